@@ -1,0 +1,7 @@
+"""``python -m mmdemo``: see mmdemo/cli.py."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

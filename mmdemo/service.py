@@ -1,0 +1,156 @@
+"""The service API that the CLI and the UI call: load a checkpoint, predict, explain.
+
+``Predictor`` owns one model on one device, in eval mode, prepared for inference (conv+BN
+folded, channels_last). It never mutates the checkpoint it came from.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .checkpoint import load_checkpoint
+from .encoders import fuse_conv_bn, load_tokenizer
+from .explain import DEFAULT_METHOD, METHODS, Explanation, explain, gradient_relevance, raw_relevance
+from .imaging import ImageSource, decode_image
+from .model import MultimodalClassifier
+from .preprocess import TextBatch, image_to_tensor, tokenize
+
+
+def resolve_device(name: str | None = None) -> torch.device:
+    """``None``/"auto": CUDA when available, else CPU; otherwise the named device."""
+    if name in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but CUDA is not available here")
+    return device
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on GPUs that have it, fp16 on older ones; nothing on CPU (fp32 is faster there)."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+@dataclass
+class Prediction:
+    label: str
+    scores: dict[str, float]  # label -> probability, summing to 1
+    explanation: Explanation
+    truncated: bool  # the text was cut to the encoder's token limit
+    image_size: tuple[int, int]  # (width, height) of the decoded input image
+    forward_ms: float  # model time for the batch this sample was in (preprocessing excluded)
+
+
+class Predictor:
+    def __init__(self, model: MultimodalClassifier, device: torch.device | str | None = None):
+        self.device = resolve_device(device) if not isinstance(device, torch.device) else device
+        self.config = model.config
+        # the predictor owns this model and only serves with it: fold BatchNorm into the
+        # convs and use the faster memory layout (the checkpoint on disk is untouched)
+        model = model.eval()
+        fuse_conv_bn(model.image_encoder)
+        self.model = model.to(self.device).to(memory_format=torch.channels_last)
+        self.tokenizer = load_tokenizer(self.config.text_model)
+        self.labels = list(self.config.labels)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | None = None) -> Predictor:
+        return cls(load_checkpoint(path), resolve_device(device))
+
+    # -- preprocessing -------------------------------------------------------------------
+    def pixels(self, images: list) -> torch.Tensor:
+        batch = torch.stack([image_to_tensor(image, self.config) for image in images])  # (B, 3, S, S)
+        return batch.to(self.device).contiguous(memory_format=torch.channels_last)
+
+    def tokens(self, texts: list[str]) -> TextBatch:
+        return tokenize(self.tokenizer, texts, self.config.max_tokens)
+
+    # -- inference -----------------------------------------------------------------------
+    def predict(self, image: ImageSource, text: str, method: str = DEFAULT_METHOD) -> Prediction:
+        """Classify one (image, text) pair and explain the answer."""
+        return self.predict_batch([decode_image(image)], [text], method)[0]
+
+    def predict_batch(self, images: list, texts: list[str], method: str = DEFAULT_METHOD) -> list[Prediction]:
+        """Classify decoded RGB images with their texts, one explanation per sample."""
+        if method not in METHODS:
+            raise ValueError(f"explanation method must be one of {METHODS}, got {method!r}")
+        if len(images) != len(texts):
+            raise ValueError(f"{len(images)} images but {len(texts)} texts")
+        text_batch = self.tokens(texts)
+        pixels = self.pixels(images)
+        ids, mask = text_batch.input_ids.to(self.device), text_batch.attention_mask.to(self.device)
+        start = time.perf_counter()
+        with autocast(self.device):
+            with torch.no_grad():
+                feature_map = self.model.encode_image(pixels)
+                text_states = self.model.encode_text(ids, mask)
+            with torch.set_grad_enabled(method == "gradient"):
+                out = self.model.forward_fusion(feature_map, text_states, mask)
+                logits = out.logits.float()
+                target = logits.argmax(-1)
+                if method == "gradient":
+                    # samples are independent, so the gradient of the summed target logits
+                    # gives each sample the gradient of its own target logit
+                    grads = torch.autograd.grad(
+                        logits.gather(1, target[:, None]).sum(), out.cross_attention + out.text_attention
+                    )
+        probs = logits.detach().softmax(-1).cpu()
+        forward_ms = (time.perf_counter() - start) * 1000
+        n_layers = len(out.cross_attention)
+        results = []
+        for i, image in enumerate(images):
+            cross = tuple(a[i].detach().cpu() for a in out.cross_attention)
+            text_self = tuple(a[i].detach().cpu() for a in out.text_attention)
+            if method == "gradient":
+                g = [x[i].cpu() for x in grads]
+                cross_rel = gradient_relevance(cross, g[:n_layers])
+                text_rel = gradient_relevance(text_self, g[n_layers:])
+            else:
+                cross_rel, text_rel = raw_relevance(cross), raw_relevance(text_self)
+            n_tokens = int(mask[i].sum())
+            explanation = explain(
+                cross_rel[: 1 + n_tokens],
+                text_rel[: 1 + n_tokens, : 1 + n_tokens],
+                out.grid,
+                text_batch.word_ids[i],
+                text_batch.words[i],
+                image.size,
+                method,
+            )
+            scores = {label: float(p) for label, p in zip(self.labels, probs[i])}
+            results.append(
+                Prediction(
+                    label=self.labels[int(target[i])],
+                    scores=scores,
+                    explanation=explanation,
+                    truncated=text_batch.truncated[i],
+                    image_size=image.size,
+                    forward_ms=forward_ms,
+                )
+            )
+        return results
+
+    @torch.inference_mode()
+    def modality_contributions(self, image: ImageSource, text: str) -> dict[str, dict[str, float]]:
+        """Probabilities with both modalities, the image only, and the text only."""
+        pixels = self.pixels([decode_image(image)])
+        text_batch = self.tokens([text])
+        ids = text_batch.input_ids.to(self.device).expand(3, -1)
+        mask = text_batch.attention_mask.to(self.device).expand(3, -1)
+        drop_image = torch.tensor([False, False, True], device=self.device)
+        drop_text = torch.tensor([False, True, False], device=self.device)
+        with autocast(self.device):
+            feature_map = self.model.encode_image(pixels).expand(3, -1, -1, -1)
+            text_states = self.model.encode_text(ids[:1], mask[:1]).expand(3, -1, -1)
+            logits = self.model.forward_fusion(feature_map, text_states, mask, drop_image, drop_text).logits
+        probs = logits.float().softmax(-1).cpu()
+        names = ("both", "image only", "text only")
+        return {name: {label: float(p) for label, p in zip(self.labels, row)} for name, row in zip(names, probs)}
