@@ -37,7 +37,78 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="speed figures of a checkpoint on this machine")
     _add_common(p)
     p.add_argument("--repeats", type=int, default=100)
+
+    p = sub.add_parser("train", help="train or fine-tune on a CSV (image,text,label)")
+    p.add_argument("--csv", type=Path, required=True, help="training CSV; image paths relative to its folder")
+    p.add_argument("--val-csv", type=Path, help="validation CSV (default: hold out --val-split of the images)")
+    p.add_argument("--val-split", type=float, default=0.1)
+    p.add_argument("--out", type=Path, required=True, help="folder for the new checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--init", type=Path, help="start from this checkpoint (default: a new model)")
+    p.add_argument("--time-limit", type=float, help="stop after this many minutes (the best epoch so far is kept)")
+    _add_columns(p)
+    _add_train_settings(p)
+    _add_architecture(p)
+    p.add_argument("--device", default=None)
+
+    p = sub.add_parser("evaluate", help="accuracy, macro F1, per-class figures and confusion on a labelled CSV")
+    _add_common(p)
+    p.add_argument("--csv", type=Path, required=True)
+    _add_columns(p)
+
+    p = sub.add_parser("make-sort-of-clevr", help="generate a Sort-of-CLEVR dataset (images + data.csv)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--images", type=int, default=10_000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--phrasing", choices=("train", "canonical", "held-out"), default="train")
+
+    p = sub.add_parser("bench-sort-of-clevr", help="accuracy per question type and heatmap pointing on fresh scenes")
+    _add_common(p)
+    p.add_argument("--images", type=int, default=200)
+    p.add_argument("--seed", type=int, default=12345)
+    p.add_argument("--workdir", type=Path, default=Path("data/bench-sort-of-clevr"))
     return parser
+
+
+def _add_columns(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--image-column", default="image")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--label-column", default="label")
+
+
+def _add_train_settings(p: argparse.ArgumentParser) -> None:
+    from .train import TrainSettings
+
+    d = TrainSettings()
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="rows per step")
+    p.add_argument("--lr", type=float, default=d.lr, help="learning rate of the fusion and head")
+    p.add_argument("--encoder-lr", type=float, default=d.encoder_lr, help="learning rate of trained encoders")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument(
+        "--freeze", nargs="*", default=d.freeze, choices=["image_encoder", "text_encoder"],
+        help="encoders to keep frozen (default: both; '--freeze' alone trains both)",
+    )
+    p.add_argument("--modality-dropout", type=float, default=d.modality_dropout)
+    p.add_argument("--class-weights", action="store_true", help="weight the loss by inverse class frequency")
+    p.add_argument("--seed", type=int, default=d.seed)
+
+
+def _add_architecture(p: argparse.ArgumentParser) -> None:
+    """Architecture of a new model (ignored with --init, whose config is kept)."""
+    from .model import ModelConfig
+
+    d = ModelConfig(labels=["a", "b"])
+    p.add_argument("--image-encoder", default=d.image_encoder, choices=["efficientnet_lite0", "small_cnn"])
+    p.add_argument("--image-size", type=int, default=d.image_size)
+    p.add_argument("--image-stride", type=int, default=d.image_stride, choices=[16, 32])
+    p.add_argument("--text-encoder", default=d.text_encoder, choices=["minilm", "gru"])
+    p.add_argument("--text-model", default=d.text_model, help="'minilm' (packaged) or a folder / hub id")
+    p.add_argument("--fusion-dim", type=int, default=d.fusion_dim)
+    p.add_argument("--fusion-heads", type=int, default=d.fusion_heads)
+    p.add_argument("--fusion-layers", type=int, default=d.fusion_layers)
+    p.add_argument("--region-layers", type=int, default=d.region_layers)
+    p.add_argument("--dropout", type=float, default=d.dropout)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,6 +118,21 @@ def main(argv: list[str] | None = None) -> int:
             return _predict(args)
         if args.command == "bench":
             return _bench(args)
+        if args.command == "train":
+            return _train(args)
+        if args.command == "evaluate":
+            return _evaluate(args)
+        if args.command == "make-sort-of-clevr":
+            from .sortofclevr import generate
+
+            path = generate(args.out, args.images, args.seed, args.phrasing)
+            print(json.dumps({"csv": str(path), "images": args.images, "rows": args.images * 20}))
+            return 0
+        if args.command == "bench-sort-of-clevr":
+            from .evaluation import sort_of_clevr_benchmark
+
+            print(json.dumps(sort_of_clevr_benchmark(args.checkpoint, args.images, args.seed, args.workdir, args.device)))
+            return 0
     except (ValueError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -154,4 +240,109 @@ def _bench(args) -> int:
     predictor = _predictor(args)
     print(f"benchmarking {args.checkpoint} on {predictor.device} ...", file=sys.stderr)
     print(json.dumps(bench.run(predictor, args.repeats)))
+    return 0
+
+
+def _read_dataset(path: Path, args):
+    from .data import read_csv
+
+    dataset = read_csv(path, args.image_column, args.text_column, args.label_column)
+    print(dataset.report(), file=sys.stderr)
+    return dataset
+
+
+def _train(args) -> int:
+    import shlex
+    import time
+
+    from tqdm import tqdm
+
+    from .checkpoint import load_checkpoint, save_checkpoint
+    from .data import check_trainable
+    from .model import ModelConfig
+    from .train import TrainSettings, train
+
+    if args.out.exists() and not args.overwrite:
+        raise ValueError(f"{args.out} already exists (pass --overwrite to replace it)")
+    dataset = _read_dataset(args.csv, args)
+    check_trainable(dataset)
+    val = _read_dataset(args.val_csv, args) if args.val_csv else None
+    settings = TrainSettings(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, encoder_lr=args.encoder_lr,
+        weight_decay=args.weight_decay, freeze=list(args.freeze), modality_dropout=args.modality_dropout,
+        class_weights=args.class_weights, seed=args.seed, device=args.device,
+    )
+    init = load_checkpoint(args.init) if args.init else None
+    config = None
+    if init is None:
+        config = ModelConfig(
+            labels=dataset.labels, image_encoder=args.image_encoder, image_size=args.image_size,
+            image_stride=args.image_stride, text_encoder=args.text_encoder, text_model=args.text_model,
+            fusion_dim=args.fusion_dim, fusion_heads=args.fusion_heads, fusion_layers=args.fusion_layers,
+            region_layers=args.region_layers, dropout=args.dropout,
+        )
+    bars: dict = {}
+
+    def progress(event: dict) -> None:
+        stage = event["stage"]
+        if stage == "train":
+            bar = bars.get(event["epoch"])
+            if bar is None:
+                bar = bars[event["epoch"]] = tqdm(total=event["steps"], desc=f"epoch {event['epoch']}/{event['epochs']}", file=sys.stderr)
+            bar.update(1)
+            bar.set_postfix(loss=f"{event['loss']:.4f}")
+        elif stage == "epoch":
+            if event["epoch"] in bars:
+                bars[event["epoch"]].close()
+            print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in event.items()}), file=sys.stderr)
+
+    started = time.monotonic()
+    deadline = started + args.time_limit * 60 if args.time_limit else None
+    history: list[dict] = []
+
+    def record_training(best: dict, seconds: float) -> dict:
+        return {
+            "command": "python -m mmdemo " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+            "data": f"{args.csv.name}: {len(dataset.examples)} rows"
+            + (f"; validation {args.val_csv.name}" if args.val_csv else f"; {args.val_split:.0%} of the images held out for validation"),
+            "init": str(args.init) if args.init else "new model (pretrained encoders from their packages)",
+            "frozen": ", ".join(settings.freeze) or "nothing",
+            "best_epoch": best["epoch"],
+            "train_seconds": round(seconds, 1),
+            "device": settings.device or "auto",
+            "metrics": {k: v for k, v in best.items() if k not in ("report", "stage")},
+            "history": list(history),
+        }
+
+    def on_best(model, record: dict) -> None:
+        # saved at every new best epoch, atomically: a run that is stopped keeps its best
+        save_checkpoint(model, args.out, training=record_training(record, time.monotonic() - started), overwrite=True)
+
+    def progress_and_history(event: dict) -> None:
+        if event["stage"] == "epoch":
+            history.append({k: v for k, v in event.items() if k != "stage"})
+        progress(event)
+
+    result = train(
+        dataset, val, settings, init=init, config=config, progress=progress_and_history, val_fraction=args.val_split,
+        should_stop=(lambda: time.monotonic() > deadline) if deadline else None, on_best=on_best,
+    )
+    training = record_training({**result.best_metrics, "epoch": result.best_epoch}, result.seconds)
+    save_checkpoint(result.model, args.out, training=training, overwrite=True)
+    summary = {"checkpoint": str(args.out), "best_epoch": result.best_epoch, "seconds": round(result.seconds, 1), **training["metrics"]}
+    print(json.dumps(summary))
+    return 0
+
+
+def _evaluate(args) -> int:
+    from .checkpoint import load_checkpoint
+    from .train import evaluate_model
+
+    dataset = _read_dataset(args.csv, args)
+    if not dataset.examples:
+        raise ValueError(f"{args.csv.name}: no valid rows to evaluate")
+    model = load_checkpoint(args.checkpoint)
+    report = evaluate_model(model, dataset.examples, args.device)
+    report.pop("predictions")
+    print(json.dumps(report))
     return 0

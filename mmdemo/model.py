@@ -43,7 +43,9 @@ class ModelConfig:
     # fusion and head
     fusion_dim: int = 192
     fusion_heads: int = 4
-    fusion_layers: int = 3
+    fusion_layers: int = 3  # text layers: cross-attention to regions, self-attention
+    region_layers: int = 2  # region self-attention layers, run once per image
+    patch_embedding: bool = True  # add a linear embedding of each region's own pixels
     dropout: float = 0.1
     # pretrained encoders kept frozen: their weights are the packages', so checkpoints
     # reference them by name instead of storing them
@@ -137,8 +139,15 @@ class MultimodalClassifier(nn.Module):
         attention_mask: torch.Tensor,
         drop_image: torch.Tensor | None = None,
         drop_text: torch.Tensor | None = None,
+        image_index: torch.Tensor | None = None,
+        pixels: torch.Tensor | None = None,
     ) -> ModelOutput:
-        summary, cross, text_self = self.fusion(feature_map, text_states, attention_mask, drop_image, drop_text)
+        """feature_map (U, C, h, w), one per distinct image, and pixels (U, 3, S, S) the
+        normalised images they came from; image_index (B,) says which one each row uses
+        (default: one per row)."""
+        summary, cross, text_self = self.fusion(
+            feature_map, text_states, attention_mask, drop_image, drop_text, image_index, pixels
+        )
         return ModelOutput(self.head(summary), cross, text_self, tuple(feature_map.shape[-2:]))
 
     def forward(
@@ -165,7 +174,7 @@ class MultimodalClassifier(nn.Module):
             input_ids = torch.zeros(b, 1, dtype=torch.long, device=device)
             attention_mask = torch.zeros(b, 1, dtype=torch.long, device=device)
         text_states = self.encode_text(input_ids, attention_mask)
-        return self.forward_fusion(feature_map, text_states, attention_mask, drop_image, drop_text)
+        return self.forward_fusion(feature_map, text_states, attention_mask, drop_image, drop_text, pixels=pixels)
 
     def stored_state_dict(self) -> dict[str, torch.Tensor]:
         """What a checkpoint stores: everything but the frozen, package-referenced encoders."""
@@ -198,10 +207,12 @@ def build_model(config: ModelConfig, pretrained: bool = True) -> MultimodalClass
         config.fusion_dim,
         config.fusion_heads,
         config.fusion_layers,
+        config.region_layers,
         config.dropout,
+        patch_size=image_encoder.output_stride if config.patch_embedding else 0,
     )
     head = nn.Sequential(
-        nn.Linear(config.fusion_dim, config.fusion_dim),
+        nn.Linear(2 * config.fusion_dim, config.fusion_dim),
         nn.GELU(),
         nn.Dropout(config.dropout),
         nn.Linear(config.fusion_dim, len(config.labels)),

@@ -93,7 +93,7 @@ class Predictor:
                 feature_map = self.model.encode_image(pixels)
                 text_states = self.model.encode_text(ids, mask)
             with torch.set_grad_enabled(method == "gradient"):
-                out = self.model.forward_fusion(feature_map, text_states, mask)
+                out = self.model.forward_fusion(feature_map, text_states, mask, pixels=pixels)
                 logits = out.logits.float()
                 target = logits.argmax(-1)
                 if method == "gradient":
@@ -148,9 +148,11 @@ class Predictor:
         drop_image = torch.tensor([False, False, True], device=self.device)
         drop_text = torch.tensor([False, True, False], device=self.device)
         with autocast(self.device):
-            feature_map = self.model.encode_image(pixels).expand(3, -1, -1, -1)
+            feature_map = self.model.encode_image(pixels)  # one image, shared by the 3 rows
             text_states = self.model.encode_text(ids[:1], mask[:1]).expand(3, -1, -1)
-            logits = self.model.forward_fusion(feature_map, text_states, mask, drop_image, drop_text).logits
+            logits = self.model.forward_fusion(
+                feature_map, text_states, mask, drop_image, drop_text, torch.zeros(3, dtype=torch.long, device=self.device), pixels
+            ).logits
         probs = logits.float().softmax(-1).cpu()
         names = ("both", "image only", "text only")
         return {name: {label: float(p) for label, p in zip(self.labels, row)} for name, row in zip(names, probs)}

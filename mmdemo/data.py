@@ -1,0 +1,150 @@
+"""Training data from a CSV: reading, validation, and the pre-flight report.
+
+A CSV has an image column (paths relative to the CSV's folder), a text column and a label
+column (``image,text,label`` unless named otherwise). Every row is either accepted or
+reported with its row number and the reason; nothing is silently dropped or zero-filled.
+Row numbers are the spreadsheet's: the header is row 1, the first data row is row 2.
+Labels stay strings ("01" and "1" are different classes).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .imaging import decode_image
+
+IMBALANCE_RATIO = 5.0  # warn when the largest class is this many times the smallest
+
+
+@dataclass
+class Example:
+    row: int
+    image: Path
+    text: str
+    label: str
+
+
+@dataclass
+class Dataset:
+    csv_path: Path
+    examples: list[Example]
+    rejected: list[tuple[int, str]]  # (row, reason)
+    labels: list[str]  # sorted
+    class_counts: dict[str, int]
+    warnings: list[str] = field(default_factory=list)
+
+    def report(self) -> str:
+        """The pre-flight report, as plain text."""
+        lines = [f"{self.csv_path.name}: {len(self.examples)} rows accepted, {len(self.rejected)} rejected"]
+        for row, reason in self.rejected[:50]:
+            lines.append(f"  row {row}: {reason}")
+        if len(self.rejected) > 50:
+            lines.append(f"  ... and {len(self.rejected) - 50} more rejected rows")
+        lines.append("class counts: " + ", ".join(f"{k}={v}" for k, v in self.class_counts.items()))
+        lines += [f"warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+
+def read_csv(
+    csv_path: str | os.PathLike,
+    image_column: str = "image",
+    text_column: str = "text",
+    label_column: str = "label",
+    image_root: str | os.PathLike | None = None,
+    check_images: bool = True,
+    confine: bool = False,
+) -> Dataset:
+    """Read and validate a training CSV.
+
+    ``image_root`` is the folder image paths are relative to (default: the CSV's folder).
+    ``check_images`` decodes every image once, so unreadable ones are reported up front.
+    ``confine`` rejects absolute paths and paths that leave ``image_root`` (for uploads).
+    """
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise ValueError(f"CSV file not found: {csv_path.name}")
+    root = Path(image_root) if image_root is not None else csv_path.resolve().parent
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            found = list(reader.fieldnames or [])
+            expected = [image_column, text_column, label_column]
+            missing = [c for c in expected if c not in found]
+            if missing:
+                raise ValueError(
+                    f"{csv_path.name}: missing column(s) {missing}; expected {expected}, found {found}"
+                )
+            raw = list(reader)
+    except UnicodeDecodeError:
+        raise ValueError(f"{csv_path.name}: not a UTF-8 text file") from None
+    except csv.Error as e:
+        raise ValueError(f"{csv_path.name}: not a valid CSV ({e})") from None
+
+    examples, rejected = [], []
+    checked: dict[Path, str | None] = {}  # image -> error, each image decoded once
+    resolved_root = root.resolve()
+    for i, values in enumerate(raw):
+        row = i + 2
+        image = (values.get(image_column) or "").strip()
+        text = (values.get(text_column) or "").strip()
+        label = (values.get(label_column) or "").strip()
+        if not image:
+            rejected.append((row, f"empty {image_column}"))
+            continue
+        if not text:
+            rejected.append((row, f"empty {text_column}"))
+            continue
+        if not label:
+            rejected.append((row, f"empty {label_column}"))
+            continue
+        if confine and (Path(image).is_absolute() or ".." in Path(image).parts):
+            rejected.append((row, f"image path {image!r} must be relative, without '..'"))
+            continue
+        path = (root / image).resolve()
+        if confine and not path.is_relative_to(resolved_root):
+            rejected.append((row, f"image path {image!r} leaves the upload folder"))
+            continue
+        if path not in checked:
+            checked[path] = _image_error(path, image) if check_images else None
+        if checked[path]:
+            rejected.append((row, checked[path]))
+            continue
+        examples.append(Example(row, path, text, label))
+
+    counts = Counter(e.label for e in examples)
+    class_counts = dict(sorted(counts.items()))
+    dataset = Dataset(csv_path, examples, rejected, sorted(counts), class_counts)
+    if counts and min(counts.values()) * IMBALANCE_RATIO <= max(counts.values()):
+        small = min(counts, key=counts.get)
+        large = max(counts, key=counts.get)
+        dataset.warnings.append(
+            f"classes are imbalanced: {large!r} has {counts[large]} rows, {small!r} only {counts[small]}"
+            " (consider class weights)"
+        )
+    return dataset
+
+
+def _image_error(path: Path, name: str) -> str | None:
+    if not path.exists():
+        return f"image not found: {name}"
+    try:
+        decode_image(path, name=name)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def check_trainable(dataset: Dataset) -> None:
+    """Raise a ValueError when the dataset cannot train a classifier."""
+    if not dataset.examples:
+        reasons = "; ".join(f"row {r}: {m}" for r, m in dataset.rejected[:3])
+        raise ValueError(f"{dataset.csv_path.name}: no valid rows" + (f" ({reasons} ...)" if reasons else ""))
+    if len(dataset.labels) < 2:
+        raise ValueError(
+            f"{dataset.csv_path.name}: a classifier needs at least 2 classes, found {len(dataset.labels)}"
+            f" ({', '.join(dataset.labels)})"
+        )

@@ -1,0 +1,30 @@
+"""Classification metrics: pure functions on label lists."""
+
+from __future__ import annotations
+
+
+def classification_report(y_true: list[str], y_pred: list[str], labels: list[str]) -> dict:
+    """accuracy, macro F1, per-class precision / recall / F1 / support, and the confusion
+    matrix (rows: true label, columns: predicted label, both in ``labels`` order)."""
+    index = {label: i for i, label in enumerate(labels)}
+    confusion = [[0] * len(labels) for _ in labels]
+    for t, p in zip(y_true, y_pred):
+        confusion[index[t]][index[p]] += 1
+    per_class = {}
+    for i, label in enumerate(labels):
+        tp = confusion[i][i]
+        predicted = sum(row[i] for row in confusion)
+        support = sum(confusion[i])
+        precision = tp / predicted if predicted else 0.0
+        recall = tp / support if support else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[label] = {"precision": precision, "recall": recall, "f1": f1, "support": support}
+    present = [label for label in labels if per_class[label]["support"] > 0]
+    n = len(y_true)
+    return {
+        "n": n,
+        "accuracy": sum(t == p for t, p in zip(y_true, y_pred)) / n if n else 0.0,
+        "macro_f1": sum(per_class[label]["f1"] for label in present) / len(present) if present else 0.0,
+        "per_class": per_class,
+        "confusion": {"labels": list(labels), "matrix": confusion},
+    }

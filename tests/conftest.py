@@ -1,0 +1,56 @@
+"""Shared fixtures: a tiny offline model (small CNN + GRU, 32-d fusion) and its checkpoint."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from mmdemo.checkpoint import save_checkpoint  # noqa: E402
+from mmdemo.model import ModelConfig, build_model  # noqa: E402
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+
+
+def tiny_config(**overrides) -> ModelConfig:
+    values = dict(
+        labels=["cat", "dog", "bird"],
+        image_encoder="small_cnn",
+        image_size=32,
+        cnn_channels=[8, 16],
+        text_encoder="gru",
+        gru_dim=16,
+        max_tokens=16,
+        fusion_dim=32,
+        fusion_heads=2,
+        fusion_layers=2,
+        region_layers=1,
+        dropout=0.0,
+        frozen=[],
+    )
+    values.update(overrides)
+    return ModelConfig(**values)
+
+
+@pytest.fixture
+def tiny_model():
+    torch.manual_seed(0)
+    return build_model(tiny_config())
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny"
+    save_checkpoint(build_model(tiny_config()), path, training={"command": "built by tests/conftest.py"})
+    return path
+
+
+@pytest.fixture
+def fixture_path():
+    return lambda name: os.path.join(FIXTURES, name)

@@ -1,0 +1,93 @@
+"""CSV reading and validation: every rejection reason is reported with its row."""
+
+import csv
+
+import pytest
+from PIL import Image
+
+from mmdemo.data import check_trainable, read_csv
+
+
+def write_csv(path, rows, fields=("image", "text", "label")):
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(fields)
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture
+def images(tmp_path):
+    (tmp_path / "img").mkdir()
+    for name in ("a", "b", "c"):
+        Image.new("RGB", (8, 8), (10, 20, 30)).save(tmp_path / "img" / f"{name}.png")
+    (tmp_path / "img" / "bad.png").write_bytes(b"not a png")
+    (tmp_path / "img" / "empty.jpg").write_bytes(b"")
+    return tmp_path
+
+
+def test_rows_are_accepted_or_reported_with_their_row_number(images):
+    path = write_csv(images / "d.csv", [
+        ["img/a.png", "a red cat", "01"],  # row 2
+        ["img/b.png", "a dog", "1"],  # row 3
+        ["img/missing.png", "x", "1"],  # row 4
+        ["img/bad.png", "x", "1"],  # row 5
+        ["img/c.png", "", "1"],  # row 6
+        ["img/c.png", "text", ""],  # row 7
+        ["", "text", "1"],  # row 8
+        ["img/empty.jpg", "t", "1"],  # row 9
+        ["img/c.png", "again", "1"],  # row 10
+    ])
+    ds = read_csv(path)
+    assert [e.row for e in ds.examples] == [2, 3, 10]
+    reasons = dict(ds.rejected)
+    assert sorted(reasons) == [4, 5, 6, 7, 8, 9]
+    assert reasons[4] == "image not found: img/missing.png"
+    assert "img/bad.png: not an image" in reasons[5]
+    assert reasons[6] == "empty text" and reasons[7] == "empty label" and reasons[8] == "empty image"
+    assert "img/empty.jpg: the file is empty" in reasons[9]
+    assert ds.labels == ["01", "1"]  # labels stay strings: "01" is not "1"
+    assert ds.class_counts == {"01": 1, "1": 2}
+    report = ds.report()
+    assert "3 rows accepted, 6 rejected" in report and "row 4: image not found" in report
+
+
+def test_missing_columns_name_expected_and_found(images):
+    path = write_csv(images / "d.csv", [["img/a.png", "t"]], fields=("picture", "text"))
+    with pytest.raises(ValueError, match=r"missing column\(s\) \['image', 'label'\]; expected \['image', 'text', 'label'\], found \['picture', 'text'\]"):
+        read_csv(path)
+    ds = read_csv(path, image_column="picture", label_column="text")  # other names via arguments
+    assert len(ds.examples) == 1
+
+
+def test_fewer_than_two_classes_and_no_valid_rows(images):
+    ds = read_csv(write_csv(images / "one.csv", [["img/a.png", "t", "x"], ["img/b.png", "u", "x"]]))
+    with pytest.raises(ValueError, match="at least 2 classes, found 1"):
+        check_trainable(ds)
+    ds = read_csv(write_csv(images / "none.csv", [["img/missing.png", "t", "x"]]))
+    with pytest.raises(ValueError, match="no valid rows.*row 2: image not found"):
+        check_trainable(ds)
+
+
+def test_imbalance_warning(images):
+    rows = [["img/a.png", f"t{i}", "big"] for i in range(10)] + [["img/b.png", "u", "small"]]
+    ds = read_csv(write_csv(images / "d.csv", rows))
+    assert ds.warnings and "'big' has 10 rows, 'small' only 1" in ds.warnings[0]
+    balanced = read_csv(write_csv(images / "e.csv", rows[:2] + [["img/b.png", "u", "small"]] * 2))
+    assert balanced.warnings == []
+
+
+def test_confined_paths_cannot_escape_the_upload_folder(images):
+    outside = images.parent / "outside.png"
+    Image.new("RGB", (4, 4)).save(outside)
+    path = write_csv(images / "d.csv", [
+        ["img/a.png", "t", "x"],
+        [str(outside), "t", "y"],
+        ["../outside.png", "t", "y"],
+        ["img/../img/b.png", "t", "y"],
+    ])
+    ds = read_csv(path, confine=True)
+    assert [e.row for e in ds.examples] == [2]
+    reasons = dict(ds.rejected)
+    assert "must be relative" in reasons[3] and "must be relative" in reasons[4] and "without '..'" in reasons[5]
+    assert len(read_csv(path).examples) == 4  # a trusted local CSV may point anywhere
