@@ -219,3 +219,23 @@ def generate(out_dir: str | Path, n_images: int, seed: int, phrasing: str = "tra
             for row in questions(scene, rng, PHRASING_SETS[phrasing], per_kind):
                 writer.writerow({"image": name, **row})
     return csv_path
+
+
+def write_examples(folder: str | Path, seed: int = 2024) -> Path:
+    """Six scenes, one canonical question of each type, for the app's examples gallery:
+    ``folder/scene_N.png`` and ``folder/examples.csv`` (image,text,label)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i, qtype in enumerate(QUESTION_TYPES):
+        scene = random_scene(rng)
+        color = list(COLORS)[i % len(COLORS)]
+        name = f"scene_{i + 1}.png"
+        render(scene).save(folder / name)
+        rows.append({"image": name, "text": PHRASINGS[qtype][0].format(c=color), "label": answer(scene, qtype, color)[0]})
+    with open(folder / "examples.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["image", "text", "label"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return folder / "examples.csv"

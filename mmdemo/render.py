@@ -1,0 +1,101 @@
+"""Pictures and charts for the UI: pure functions from results to PIL images / Plotly figures.
+
+No gradio here, so they are testable without a server.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+import torch
+from PIL import Image
+
+from .explain import upsample
+
+MAX_OVERLAY_SIDE = 768  # overlays are drawn at most this large; the browser scales them
+
+
+def _colormap(values: np.ndarray) -> np.ndarray:
+    """[0, 1] -> RGB uint8 with a perceptual dark-blue -> yellow ramp (viridis-like)."""
+    stops = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], dtype=np.float32)
+    x = np.clip(values, 0, 1) * (len(stops) - 1)
+    lo = np.floor(x).astype(int).clip(0, len(stops) - 2)
+    t = (x - lo)[..., None]
+    return (stops[lo] * (1 - t) + stops[lo + 1] * t).astype(np.uint8)
+
+
+def overlay(image: Image.Image, grid_map: torch.Tensor, opacity: float = 0.5, peak_xy: tuple[float, float] | None = None) -> Image.Image:
+    """The heatmap upsampled to the image and blended over it; the peak marked with a cross."""
+    scale = min(1.0, MAX_OVERLAY_SIDE / max(image.size))
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    base = image.convert("RGB").resize(size, Image.BILINEAR) if scale < 1 or image.mode != "RGB" else image
+    if base.size != size:
+        base = base.resize(size, Image.BILINEAR)
+    heat = upsample(grid_map, (size[1], size[0])).numpy()
+    colours = _colormap(heat).astype(np.float32)
+    alpha = float(np.clip(opacity, 0, 1)) * (0.35 + 0.65 * heat[..., None])
+    blended = np.asarray(base, dtype=np.float32) * (1 - alpha) + colours * alpha
+    out = blended.clip(0, 255).astype(np.uint8)
+    if peak_xy is not None:
+        x, y = round(peak_xy[0] * scale), round(peak_xy[1] * scale)
+        r = max(3, min(size) // 40)
+        for dx in range(-r, r + 1):
+            for px, py in ((x + dx, y), (x, y + dx)):
+                if 0 <= px < size[0] and 0 <= py < size[1]:
+                    out[py, px] = (255, 0, 255)
+    return Image.fromarray(out)
+
+
+def attention_matrix(words: list[str], token_region: torch.Tensor, grid: tuple[int, int]) -> go.Figure:
+    """Token x region relevance as a heatmap (regions numbered row by row)."""
+    h, w = grid
+    z = token_region.numpy() if len(words) else np.zeros((0, h * w))
+    labels = [f"r{r},c{c}" for r in range(h) for c in range(w)]
+    fig = go.Figure(go.Heatmap(z=z, x=labels, y=words, colorscale="Viridis", colorbar={"title": "relevance"}))
+    fig.update_layout(
+        title="Word x image-region relevance", xaxis_title="image region (row, column)", yaxis_autorange="reversed",
+        height=max(260, 40 + 24 * len(words)), margin={"l": 10, "r": 10, "t": 40, "b": 10},
+    )
+    return fig
+
+
+def modality_chart(contributions: dict[str, dict[str, float]], top: int = 5) -> go.Figure:
+    """Grouped bars: probability of the top labels with both modalities, image only, text only."""
+    both = contributions["both"]
+    labels = sorted(both, key=both.get, reverse=True)[:top]
+    fig = go.Figure(
+        [go.Bar(name=name, x=labels, y=[probs[label] for label in labels]) for name, probs in contributions.items()]
+    )
+    fig.update_layout(
+        title="What each modality contributes", barmode="group", yaxis={"title": "probability", "range": [0, 1]},
+        height=300, margin={"l": 10, "r": 10, "t": 40, "b": 10},
+    )
+    return fig
+
+
+def training_curves(history: list[dict]) -> go.Figure:
+    """Loss and accuracy per epoch, train and validation."""
+    epochs = [h["epoch"] for h in history]
+    fig = go.Figure()
+    for key, name, axis in (
+        ("train_loss", "train loss", "y"), ("val_loss", "validation loss", "y"),
+        ("train_accuracy", "train accuracy", "y2"), ("val_accuracy", "validation accuracy", "y2"),
+    ):
+        if any(key in h for h in history):
+            fig.add_trace(go.Scatter(x=epochs, y=[h.get(key) for h in history], name=name, yaxis=axis, mode="lines+markers"))
+    fig.update_layout(
+        title="Training curves", xaxis_title="epoch", yaxis={"title": "loss"},
+        yaxis2={"title": "accuracy", "overlaying": "y", "side": "right", "range": [0, 1]},
+        height=320, margin={"l": 10, "r": 10, "t": 40, "b": 10}, legend={"orientation": "h"},
+    )
+    return fig
+
+
+def confusion_figure(confusion: dict) -> go.Figure:
+    labels, matrix = confusion["labels"], confusion["matrix"]
+    fig = go.Figure(go.Heatmap(z=matrix, x=labels, y=labels, colorscale="Blues", text=matrix, texttemplate="%{text}"))
+    fig.update_layout(
+        title="Confusion matrix (validation)", xaxis_title="predicted", yaxis_title="true", yaxis_autorange="reversed",
+        height=max(300, 60 + 28 * len(labels)), margin={"l": 10, "r": 10, "t": 40, "b": 10},
+    )
+    return fig

@@ -1,0 +1,118 @@
+"""The app: handlers map service results to component values; a live server answers
+gradio_client calls (predict, and a one-epoch fine-tune through the API)."""
+
+import csv
+import socket
+import time
+
+import plotly.graph_objects as go
+import pytest
+from PIL import Image
+
+gr = pytest.importorskip("gradio")
+
+from mmdemo import ui  # noqa: E402
+from mmdemo.checkpoint import save_checkpoint  # noqa: E402
+from mmdemo.jobs import CheckpointRegistry  # noqa: E402
+from mmdemo.model import build_model  # noqa: E402
+from mmdemo.sortofclevr import write_examples  # noqa: E402
+
+from .conftest import tiny_config  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    root = tmp_path_factory.mktemp("app")
+    shipped = root / "shipped"
+    path = save_checkpoint(build_model(tiny_config(labels=["circle", "square", "left", "right"])), shipped / "sort-of-clevr")
+    write_examples(path / "examples")
+    return ui.App(CheckpointRegistry(root / "mine", shipped), work_dir=str(root / "work"))
+
+
+def test_predict_handler_maps_results_to_components(app, fixture_path):
+    scores, explanation, overlay, words, matrix, modality, info, state = ui.predict(
+        app, fixture_path("chelsea.jpg"), "Where is the cat?", "sort-of-clevr", "gradient", 0.5
+    )
+    assert set(scores) == {"circle", "square", "left", "right"} and sum(scores.values()) == pytest.approx(1, abs=1e-5)
+    assert explanation["label"] == max(scores, key=scores.get)
+    assert explanation["tokens"] == ["Where", "is", "the", "cat", "?"]
+    assert len(explanation["heatmap"]) == 8 and explanation["image_size"] == [451, 300]
+    assert isinstance(overlay, Image.Image) and overlay.size == (451, 300)
+    assert [w for w, _ in words] == explanation["tokens"] and all(0 <= s <= 1 for _, s in words)
+    assert isinstance(matrix, go.Figure) and isinstance(modality, go.Figure)
+    assert {t.name for t in modality.data} == {"both", "image only", "text only"}
+    assert "ms on cpu" in info
+    # selecting a word redraws the overlay from that word's own map, without the model
+    image, new_state = ui.redraw(state, 0.5, gr.SelectData(None, {"index": 3, "value": "cat", "selected": True}))
+    assert new_state["selected"] == 3 and image.size == (451, 300)
+
+
+def test_predict_handler_errors_are_clear(app, tmp_path, fixture_path):
+    with pytest.raises(gr.Error, match="type a question"):
+        ui.predict(app, fixture_path("chelsea.jpg"), "  ", None, None, 0.5)
+    with pytest.raises(gr.Error, match="upload an image"):
+        ui.predict(app, None, "hi", None, None, 0.5)
+    broken = tmp_path / "upload.png"
+    broken.write_bytes(b"garbage")
+    with pytest.raises(gr.Error) as e:
+        ui.predict(app, str(broken), "hi", None, None, 0.5)
+    assert "the image: not an image" in str(e.value) and str(tmp_path) not in str(e.value)
+
+
+def test_csv_columns_are_guessed_by_name(tmp_path):
+    (tmp_path / "d.csv").write_text("Path,Question,Answer,extra\n")
+    updates = ui.csv_columns(str(tmp_path / "d.csv"))
+    assert [u["value"] for u in updates] == ["Path", "Question", "Answer"]
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(app):
+    demo = ui.create_demo(app)
+    demo.queue(max_size=16).launch(server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, ssr_mode=False, quiet=True)
+    yield demo
+    demo.close()
+
+
+def _tiny_dataset(folder):
+    (folder / "img").mkdir(parents=True)
+    rows = []
+    for i in range(10):
+        Image.new("RGB", (24, 24), (255, 0, 0) if i % 2 else (0, 0, 255)).save(folder / "img" / f"{i}.png")
+        rows.append([f"img/{i}.png", "which colour is it?", "red" if i % 2 else "blue"])
+    with open(folder / "data.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["image", "text", "label"], *rows])
+    import shutil
+
+    return folder / "data.csv", shutil.make_archive(str(folder / "images"), "zip", root_dir=folder, base_dir="img")
+
+
+def test_live_server_predict_and_fine_tune(server, app, fixture_path, tmp_path):
+    from gradio_client import Client, handle_file
+
+    client = Client(server.local_url, verbose=False)
+    result = client.predict(handle_file(fixture_path("chelsea.jpg")), "What shape is the cat?", api_name="/predict")
+    label, explanation = result[0], result[1]
+    assert label["label"] in ("circle", "square", "left", "right")
+    assert {c["label"] for c in label["confidences"]} == {"circle", "square", "left", "right"}
+    assert explanation["tokens"][:3] == ["What", "shape", "is"] and len(explanation["peak_xy"]) == 2
+
+    csv_path, archive = _tiny_dataset(tmp_path / "upload")
+    status = client.predict(
+        handle_file(str(csv_path)), handle_file(archive), "image", "text", "label", "sort-of-clevr",
+        1, 3e-3, 4, [], 0.2, "tuned-by-api", False, api_name="/start_finetune",
+    )
+    assert status["state"] == "running"
+    deadline = time.time() + 180
+    while status["state"] == "running" and time.time() < deadline:
+        time.sleep(0.5)
+        status = client.predict(api_name="/finetune_status")
+    assert status["state"] == "done", status["message"]
+    assert "tuned-by-api" in app.registry.names()
+    result = client.predict(handle_file(str(tmp_path / "upload" / "img" / "1.png")), "which colour is it?", "tuned-by-api", api_name="/predict")
+    assert result[0]["label"] in ("red", "blue")
