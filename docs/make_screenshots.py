@@ -1,0 +1,60 @@
+"""Refresh the README's screenshots: run the app on the shipped checkpoint in headless Chromium.
+
+    .venv/bin/python docs/make_screenshots.py   (needs Debian's chromium and the playwright package)
+"""
+
+import socket
+import sys
+from pathlib import Path
+
+from playwright.sync_api import expect, sync_playwright
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import tempfile  # noqa: E402
+
+from mmdemo.jobs import CheckpointRegistry  # noqa: E402
+from mmdemo.ui import App, create_demo  # noqa: E402
+
+
+def main() -> None:
+    app = App(CheckpointRegistry(tempfile.mkdtemp(prefix="mmdemo-screens-")))  # fine-tuned ones go to a temp dir
+    demo = create_demo(app)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, ssr_mode=False, quiet=True)
+    examples = app.examples()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path="/usr/bin/chromium", args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+        )
+        page = browser.new_page(viewport={"width": 1300, "height": 1100})
+        page.goto(demo.local_url)
+        image, question = examples[3]  # a relational question
+        page.locator("#image-input input[type=file]").set_input_files(image)
+        page.locator("#text-input textarea").fill(question)
+        page.locator("#predict-button").click()
+        expect(page.locator("#prediction")).to_contain_text("%", timeout=60_000)
+        expect(page.locator("#overlay img")).to_be_visible(timeout=30_000)
+        page.wait_for_timeout(1500)
+        page.screenshot(path=str(ROOT / "docs" / "predict.png"), full_page=False)
+        page.locator("#words").scroll_into_view_if_needed()
+        page.screenshot(path=str(ROOT / "docs" / "explain.png"), full_page=False)
+        page.get_by_role("tab", name="Fine-tune").click()
+        page.locator("#example-dataset").click()
+        page.wait_for_timeout(3000)
+        page.get_by_label("Epochs").fill("2")
+        page.locator("#checkpoint-name textarea, #checkpoint-name input").first.fill("screenshot-tuned")
+        page.get_by_label("Overwrite if it exists").check()
+        page.locator("#start-button").click()
+        expect(page.locator("#job-status")).to_contain_text("done", timeout=600_000)
+        page.wait_for_timeout(1500)
+        page.screenshot(path=str(ROOT / "docs" / "finetune.png"), full_page=True)
+        browser.close()
+    demo.close()
+
+
+if __name__ == "__main__":
+    main()

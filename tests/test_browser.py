@@ -1,0 +1,86 @@
+"""A real browser (Debian's headless Chromium driven by Playwright) uses the app: predict on an
+uploaded image, then fine-tune one epoch on the example dataset.
+
+Skipped where Chromium is not installed, unless MMDEMO_REQUIRE_BROWSER=1 (as .ci/run sets it).
+Screenshots go to artifacts/ (not committed).
+"""
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+
+if not os.path.exists(CHROMIUM) and os.environ.get("MMDEMO_REQUIRE_BROWSER") != "1":
+    pytest.skip("Debian's chromium is not installed", allow_module_level=True)
+playwright = pytest.importorskip("playwright.sync_api")
+
+from mmdemo import ui  # noqa: E402
+from mmdemo.checkpoint import save_checkpoint  # noqa: E402
+from mmdemo.jobs import CheckpointRegistry  # noqa: E402
+from mmdemo.model import build_model  # noqa: E402
+from mmdemo.sortofclevr import write_examples  # noqa: E402
+
+from .conftest import tiny_config  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def url(tmp_path_factory):
+    root = tmp_path_factory.mktemp("browser")
+    path = save_checkpoint(build_model(tiny_config(labels=["circle", "square", "left", "right"])), root / "shipped" / "sort-of-clevr")
+    write_examples(path / "examples")
+    app = ui.App(CheckpointRegistry(root / "mine", root / "shipped"), work_dir=str(root / "work"))
+    demo = ui.create_demo(app)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo.queue(max_size=16).launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, ssr_mode=False, quiet=True)
+    yield demo.local_url
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def page(url):
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.goto(url)
+        yield page
+        browser.close()
+
+
+def test_predict_in_the_browser(page, fixture_path):
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.locator("#image-input input[type=file]").set_input_files(fixture_path("chelsea.jpg"))
+    page.locator("#text-input textarea").fill("What shape is the cat?")
+    page.locator("#predict-button").click()
+    label = page.locator("#prediction")
+    playwright.expect(label).to_contain_text("%", timeout=60_000)
+    assert any(name in label.inner_text() for name in ("circle", "square", "left", "right"))
+    playwright.expect(page.locator("#overlay img")).to_be_visible(timeout=30_000)
+    playwright.expect(page.locator("#timing")).to_contain_text("ms on cpu")
+    page.screenshot(path=str(ARTIFACTS / "browser-predict.png"), full_page=True)
+
+
+def test_fine_tune_in_the_browser(page):
+    page.get_by_role("tab", name="Fine-tune").click()
+    page.locator("#example-dataset").click()
+    playwright.expect(page.locator("#csv-upload")).to_contain_text("sort-of-clevr", timeout=60_000)
+    epochs = page.get_by_label("Epochs")
+    epochs.fill("1")
+    page.locator("#checkpoint-name textarea, #checkpoint-name input").first.fill("browser-tuned")
+    page.locator("#start-button").click()
+    status = page.locator("#job-status")
+    playwright.expect(status).to_contain_text("done", timeout=300_000)
+    playwright.expect(status).to_contain_text("browser-tuned")
+    playwright.expect(page.locator("#curves .js-plotly-plot")).to_be_visible(timeout=30_000)
+    page.screenshot(path=str(ARTIFACTS / "browser-finetune.png"), full_page=True)
+    page.get_by_role("tab", name="Predict & Explain").click()
+    page.locator("#checkpoint input").click()
+    playwright.expect(page.get_by_role("option", name="browser-tuned")).to_be_visible(timeout=10_000)
