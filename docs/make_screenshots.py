@@ -1,6 +1,6 @@
 """Refresh the README's screenshots: run the app on the shipped checkpoint in headless Chromium.
 
-    .venv/bin/python docs/make_screenshots.py   (needs Debian's chromium and the playwright package)
+.venv/bin/python docs/make_screenshots.py   (needs Debian's chromium and the playwright package)
 """
 
 import socket
@@ -28,7 +28,8 @@ def main() -> None:
     examples = app.examples()
     with sync_playwright() as p:
         browser = p.chromium.launch(
-            executable_path="/usr/bin/chromium", args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+            executable_path="/usr/bin/chromium",
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
         )
         page = browser.new_page(viewport={"width": 1300, "height": 1100})
         page.goto(demo.local_url)

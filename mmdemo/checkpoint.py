@@ -81,7 +81,11 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
             f"{weights_path} does not match its config: "
             f"{len(missing)} missing key(s) {missing[:5]}, {len(unexpected)} unexpected key(s) {unexpected[:5]}"
         )
-    wrong = [f"{k}: stored {tuple(state[k].shape)}, model {tuple(v.shape)}" for k, v in expected.items() if state[k].shape != v.shape]
+    wrong = [
+        f"{k}: stored {tuple(state[k].shape)}, model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if state[k].shape != v.shape
+    ]
     if wrong:
         raise ValueError(f"{weights_path} does not match its config: wrong shape for {'; '.join(wrong[:5])}")
     result = model.load_state_dict(state, strict=False)
@@ -145,7 +149,9 @@ def model_card(name: str, data: dict) -> str:
         f"- Image encoder: {config['image_encoder']} at {config['image_size']} px"
         + (f", output stride {config['image_stride']}" if config["image_encoder"] == "efficientnet_lite0" else "")
     )
-    lines.append(f"- Text encoder: {config['text_encoder']} ({config['text_model']}), up to {config['max_tokens']} tokens")
+    lines.append(
+        f"- Text encoder: {config['text_encoder']} ({config['text_model']}), up to {config['max_tokens']} tokens"
+    )
     lines.append(
         f"- Fusion: {config['fusion_layers']} cross-modal layers, dim {config['fusion_dim']}, {config['fusion_heads']} heads"
     )

@@ -62,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--phrasing", choices=("train", "canonical", "held-out"), default="train")
 
+    p = sub.add_parser("bench-app", help="app start-up to first answer and /predict latency over HTTP")
+    p.add_argument("--image", type=Path, default=DEFAULT_CHECKPOINT / "examples" / "scene_4.png")
+    p.add_argument("--text", default="What shape is the object closest to the orange object?")
+    p.add_argument("--repeats", type=int, default=50)
+
     p = sub.add_parser("bench-sort-of-clevr", help="accuracy per question type and heatmap pointing on fresh scenes")
     _add_common(p)
     p.add_argument("--images", type=int, default=200)
@@ -86,7 +91,10 @@ def _add_train_settings(p: argparse.ArgumentParser) -> None:
     p.add_argument("--encoder-lr", type=float, default=d.encoder_lr, help="learning rate of trained encoders")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
     p.add_argument(
-        "--freeze", nargs="*", default=d.freeze, choices=["image_encoder", "text_encoder"],
+        "--freeze",
+        nargs="*",
+        default=d.freeze,
+        choices=["image_encoder", "text_encoder"],
         help="encoders to keep frozen (default: both; '--freeze' alone trains both)",
     )
     p.add_argument("--modality-dropout", type=float, default=d.modality_dropout)
@@ -128,10 +136,17 @@ def main(argv: list[str] | None = None) -> int:
             path = generate(args.out, args.images, args.seed, args.phrasing)
             print(json.dumps({"csv": str(path), "images": args.images, "rows": args.images * 20}))
             return 0
+        if args.command == "bench-app":
+            from .bench_app import run
+
+            print(json.dumps(run(args.image, args.text, args.repeats)))
+            return 0
         if args.command == "bench-sort-of-clevr":
             from .evaluation import sort_of_clevr_benchmark
 
-            print(json.dumps(sort_of_clevr_benchmark(args.checkpoint, args.images, args.seed, args.workdir, args.device)))
+            print(
+                json.dumps(sort_of_clevr_benchmark(args.checkpoint, args.images, args.seed, args.workdir, args.device))
+            )
             return 0
     except (ValueError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -193,12 +208,16 @@ def _predict_csv(args) -> int:
                 try:
                     if not (row[args.text_column] or "").strip():
                         raise ValueError("the text is empty")
-                    ready.append((row, decode_image(root / (row[args.image_column] or ""), name=row[args.image_column])))
+                    ready.append(
+                        (row, decode_image(root / (row[args.image_column] or ""), name=row[args.image_column]))
+                    )
                 except ValueError as e:
                     row["error"] = str(e)
             if ready:
                 try:
-                    results = predictor.predict_batch([im for _, im in ready], [r[args.text_column] for r, _ in ready], args.method)
+                    results = predictor.predict_batch(
+                        [im for _, im in ready], [r[args.text_column] for r, _ in ready], args.method
+                    )
                 except (ValueError, RuntimeError) as e:  # keep going: mark the whole batch
                     results = [None] * len(ready)
                     for row, _ in ready:
@@ -268,18 +287,32 @@ def _train(args) -> int:
     check_trainable(dataset)
     val = _read_dataset(args.val_csv, args) if args.val_csv else None
     settings = TrainSettings(
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, encoder_lr=args.encoder_lr,
-        weight_decay=args.weight_decay, freeze=list(args.freeze), modality_dropout=args.modality_dropout,
-        class_weights=args.class_weights, seed=args.seed, device=args.device,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        encoder_lr=args.encoder_lr,
+        weight_decay=args.weight_decay,
+        freeze=list(args.freeze),
+        modality_dropout=args.modality_dropout,
+        class_weights=args.class_weights,
+        seed=args.seed,
+        device=args.device,
     )
     init = load_checkpoint(args.init) if args.init else None
     config = None
     if init is None:
         config = ModelConfig(
-            labels=dataset.labels, image_encoder=args.image_encoder, image_size=args.image_size,
-            image_stride=args.image_stride, text_encoder=args.text_encoder, text_model=args.text_model,
-            fusion_dim=args.fusion_dim, fusion_heads=args.fusion_heads, fusion_layers=args.fusion_layers,
-            region_layers=args.region_layers, dropout=args.dropout,
+            labels=dataset.labels,
+            image_encoder=args.image_encoder,
+            image_size=args.image_size,
+            image_stride=args.image_stride,
+            text_encoder=args.text_encoder,
+            text_model=args.text_model,
+            fusion_dim=args.fusion_dim,
+            fusion_heads=args.fusion_heads,
+            fusion_layers=args.fusion_layers,
+            region_layers=args.region_layers,
+            dropout=args.dropout,
         )
     bars: dict = {}
 
@@ -288,13 +321,17 @@ def _train(args) -> int:
         if stage == "train":
             bar = bars.get(event["epoch"])
             if bar is None:
-                bar = bars[event["epoch"]] = tqdm(total=event["steps"], desc=f"epoch {event['epoch']}/{event['epochs']}", file=sys.stderr)
+                bar = bars[event["epoch"]] = tqdm(
+                    total=event["steps"], desc=f"epoch {event['epoch']}/{event['epochs']}", file=sys.stderr
+                )
             bar.update(1)
             bar.set_postfix(loss=f"{event['loss']:.4f}")
         elif stage == "epoch":
             if event["epoch"] in bars:
                 bars[event["epoch"]].close()
-            print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in event.items()}), file=sys.stderr)
+            print(
+                json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in event.items()}), file=sys.stderr
+            )
 
     started = time.monotonic()
     deadline = started + args.time_limit * 60 if args.time_limit else None
@@ -304,7 +341,11 @@ def _train(args) -> int:
         return {
             "command": "python -m mmdemo " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
             "data": f"{args.csv.name}: {len(dataset.examples)} rows"
-            + (f"; validation {args.val_csv.name}" if args.val_csv else f"; {args.val_split:.0%} of the images held out for validation"),
+            + (
+                f"; validation {args.val_csv.name}"
+                if args.val_csv
+                else f"; {args.val_split:.0%} of the images held out for validation"
+            ),
             "init": str(args.init) if args.init else "new model (pretrained encoders from their packages)",
             "frozen": ", ".join(settings.freeze) or "nothing",
             "best_epoch": best["epoch"],
@@ -324,12 +365,24 @@ def _train(args) -> int:
         progress(event)
 
     result = train(
-        dataset, val, settings, init=init, config=config, progress=progress_and_history, val_fraction=args.val_split,
-        should_stop=(lambda: time.monotonic() > deadline) if deadline else None, on_best=on_best,
+        dataset,
+        val,
+        settings,
+        init=init,
+        config=config,
+        progress=progress_and_history,
+        val_fraction=args.val_split,
+        should_stop=(lambda: time.monotonic() > deadline) if deadline else None,
+        on_best=on_best,
     )
     training = record_training({**result.best_metrics, "epoch": result.best_epoch}, result.seconds)
     save_checkpoint(result.model, args.out, training=training, overwrite=True)
-    summary = {"checkpoint": str(args.out), "best_epoch": result.best_epoch, "seconds": round(result.seconds, 1), **training["metrics"]}
+    summary = {
+        "checkpoint": str(args.out),
+        "best_epoch": result.best_epoch,
+        "seconds": round(result.seconds, 1),
+        **training["metrics"],
+    }
     print(json.dumps(summary))
     return 0
 

@@ -75,9 +75,7 @@ def read_csv(
             expected = [image_column, text_column, label_column]
             missing = [c for c in expected if c not in found]
             if missing:
-                raise ValueError(
-                    f"{csv_path.name}: missing column(s) {missing}; expected {expected}, found {found}"
-                )
+                raise ValueError(f"{csv_path.name}: missing column(s) {missing}; expected {expected}, found {found}")
             raw = list(reader)
     except UnicodeDecodeError:
         raise ValueError(f"{csv_path.name}: not a UTF-8 text file") from None

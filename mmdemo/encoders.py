@@ -140,7 +140,9 @@ class EfficientNetLite0(nn.Module):
     def __init__(self, output_stride: int = 16, imagenet_head: bool = False):
         super().__init__()
         if output_stride not in LITE0_CUTS:
-            raise ValueError(f"EfficientNet-Lite0 output_stride must be one of {sorted(LITE0_CUTS)}, got {output_stride}")
+            raise ValueError(
+                f"EfficientNet-Lite0 output_stride must be one of {sorted(LITE0_CUTS)}, got {output_stride}"
+            )
         self.output_stride = output_stride
         n_blocks, self.out_channels = LITE0_CUTS[output_stride]
         self._conv_stem = SameConv2d(3, 32, 3, stride=2, bias=False)
@@ -265,5 +267,3 @@ def fuse_conv_bn(module: nn.Module) -> nn.Module:
         setattr(owner, conv_name, new)
         setattr(owner, bn_name, nn.Identity())
     return module
-
-

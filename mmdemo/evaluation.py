@@ -73,7 +73,9 @@ def pointing(predictor: Predictor, root: Path, rows: list[dict], method: str, ba
     }
 
 
-def sort_of_clevr_benchmark(checkpoint: Path, n_images: int, seed: int, workdir: Path, device: str | None = None) -> dict:
+def sort_of_clevr_benchmark(
+    checkpoint: Path, n_images: int, seed: int, workdir: Path, device: str | None = None
+) -> dict:
     start = time.perf_counter()
     workdir = Path(workdir)
     sets = {

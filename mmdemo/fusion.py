@@ -103,7 +103,9 @@ class Attention(nn.Module):
 
 class FeedForward(nn.Sequential):
     def __init__(self, dim: int, dropout: float):
-        super().__init__(nn.LayerNorm(dim), nn.Linear(dim, 4 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(4 * dim, dim))
+        super().__init__(
+            nn.LayerNorm(dim), nn.Linear(dim, 4 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(4 * dim, dim)
+        )
 
 
 class RegionLayer(nn.Module):

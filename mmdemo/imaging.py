@@ -56,7 +56,9 @@ def decode_image(source: ImageSource, name: str | None = None, max_pixels: int =
         raise ValueError(f"{name}: image is too large (over {max_pixels:,} pixels)") from None
     width, height = image.size
     if width * height > max_pixels:
-        raise ValueError(f"{name}: image is {width}x{height} = {width * height:,} pixels, over the limit of {max_pixels:,}")
+        raise ValueError(
+            f"{name}: image is {width}x{height} = {width * height:,} pixels, over the limit of {max_pixels:,}"
+        )
     if width == 0 or height == 0:
         raise ValueError(f"{name}: image has no pixels ({width}x{height})")
     try:

@@ -34,7 +34,12 @@ MAX_ZIP_ENTRIES = 20_000
 MAX_ZIP_BYTES = 2 * 1024**3
 
 
-def extract_zip(zip_path: str | os.PathLike, dest: str | os.PathLike, max_entries: int = MAX_ZIP_ENTRIES, max_bytes: int = MAX_ZIP_BYTES) -> Path:
+def extract_zip(
+    zip_path: str | os.PathLike,
+    dest: str | os.PathLike,
+    max_entries: int = MAX_ZIP_ENTRIES,
+    max_bytes: int = MAX_ZIP_BYTES,
+) -> Path:
     """Extract an uploaded zip safely into ``dest``; ValueError names the entry or limit broken."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
@@ -81,7 +86,13 @@ class CheckpointRegistry:
     """Checkpoint folders by name: the shipped ones and the writable folder's, newest state on
     every call (a fine-tuned checkpoint shows up as soon as it is saved)."""
 
-    def __init__(self, writable_dir: str | os.PathLike | None = None, shipped_dir: str | os.PathLike = REPO_CHECKPOINTS, device: str | None = None, cache_size: int = 3):
+    def __init__(
+        self,
+        writable_dir: str | os.PathLike | None = None,
+        shipped_dir: str | os.PathLike = REPO_CHECKPOINTS,
+        device: str | None = None,
+        cache_size: int = 3,
+    ):
         self.writable_dir = Path(writable_dir or os.environ.get("MMDEMO_CHECKPOINT_DIR") or REPO_CHECKPOINTS)
         self.shipped_dir = Path(shipped_dir)
         self.device = device
@@ -144,8 +155,14 @@ class JobStatus:
 
     def to_dict(self) -> dict:
         return {
-            "state": self.state, "message": self.message, "progress": round(self.progress, 4), "epoch": self.epoch,
-            "epochs": self.epochs, "history": self.history, "report": self.report, "checkpoint": self.checkpoint,
+            "state": self.state,
+            "message": self.message,
+            "progress": round(self.progress, 4),
+            "epoch": self.epoch,
+            "epochs": self.epochs,
+            "history": self.history,
+            "report": self.report,
+            "checkpoint": self.checkpoint,
             "elapsed_s": round((self.finished or time.time()) - self.started, 1) if self.started else 0.0,
         }
 
@@ -188,7 +205,9 @@ class JobManager:
             if self.running():
                 raise ValueError("a fine-tune job is already running; wait for it or stop it first")
             self._stop.clear()
-            self._status = JobStatus(state="running", message="starting", epochs=settings.epochs, started=time.time(), checkpoint=name)
+            self._status = JobStatus(
+                state="running", message="starting", epochs=settings.epochs, started=time.time(), checkpoint=name
+            )
             self._thread = threading.Thread(
                 target=self._run, args=(dataset, settings, init, target, overwrite, val_fraction, base), daemon=True
             )
@@ -224,7 +243,12 @@ class JobManager:
     def _run(self, dataset, settings, init, target, overwrite, val_fraction, base) -> None:
         try:
             result = train(
-                dataset, None, settings, init=init, progress=self._progress, should_stop=self._stop.is_set,
+                dataset,
+                None,
+                settings,
+                init=init,
+                progress=self._progress,
+                should_stop=self._stop.is_set,
                 val_fraction=val_fraction,
             )
             if not result.history:

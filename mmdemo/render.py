@@ -24,7 +24,9 @@ def _colormap(values: np.ndarray) -> np.ndarray:
     return (stops[lo] * (1 - t) + stops[lo + 1] * t).astype(np.uint8)
 
 
-def overlay(image: Image.Image, grid_map: torch.Tensor, opacity: float = 0.5, peak_xy: tuple[float, float] | None = None) -> Image.Image:
+def overlay(
+    image: Image.Image, grid_map: torch.Tensor, opacity: float = 0.5, peak_xy: tuple[float, float] | None = None
+) -> Image.Image:
     """The heatmap upsampled to the image and blended over it; the peak marked with a cross."""
     scale = min(1.0, MAX_OVERLAY_SIDE / max(image.size))
     size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
@@ -53,8 +55,11 @@ def attention_matrix(words: list[str], token_region: torch.Tensor, grid: tuple[i
     labels = [f"r{r},c{c}" for r in range(h) for c in range(w)]
     fig = go.Figure(go.Heatmap(z=z, x=labels, y=words, colorscale="Viridis", colorbar={"title": "relevance"}))
     fig.update_layout(
-        title="Word x image-region relevance", xaxis_title="image region (row, column)", yaxis_autorange="reversed",
-        height=max(260, 40 + 24 * len(words)), margin={"l": 10, "r": 10, "t": 40, "b": 10},
+        title="Word x image-region relevance",
+        xaxis_title="image region (row, column)",
+        yaxis_autorange="reversed",
+        height=max(260, 40 + 24 * len(words)),
+        margin={"l": 10, "r": 10, "t": 40, "b": 10},
     )
     return fig
 
@@ -67,8 +72,11 @@ def modality_chart(contributions: dict[str, dict[str, float]], top: int = 5) -> 
         [go.Bar(name=name, x=labels, y=[probs[label] for label in labels]) for name, probs in contributions.items()]
     )
     fig.update_layout(
-        title="What each modality contributes", barmode="group", yaxis={"title": "probability", "range": [0, 1]},
-        height=300, margin={"l": 10, "r": 10, "t": 40, "b": 10},
+        title="What each modality contributes",
+        barmode="group",
+        yaxis={"title": "probability", "range": [0, 1]},
+        height=300,
+        margin={"l": 10, "r": 10, "t": 40, "b": 10},
     )
     return fig
 
@@ -78,15 +86,23 @@ def training_curves(history: list[dict]) -> go.Figure:
     epochs = [h["epoch"] for h in history]
     fig = go.Figure()
     for key, name, axis in (
-        ("train_loss", "train loss", "y"), ("val_loss", "validation loss", "y"),
-        ("train_accuracy", "train accuracy", "y2"), ("val_accuracy", "validation accuracy", "y2"),
+        ("train_loss", "train loss", "y"),
+        ("val_loss", "validation loss", "y"),
+        ("train_accuracy", "train accuracy", "y2"),
+        ("val_accuracy", "validation accuracy", "y2"),
     ):
         if any(key in h for h in history):
-            fig.add_trace(go.Scatter(x=epochs, y=[h.get(key) for h in history], name=name, yaxis=axis, mode="lines+markers"))
+            fig.add_trace(
+                go.Scatter(x=epochs, y=[h.get(key) for h in history], name=name, yaxis=axis, mode="lines+markers")
+            )
     fig.update_layout(
-        title="Training curves", xaxis_title="epoch", yaxis={"title": "loss"},
+        title="Training curves",
+        xaxis_title="epoch",
+        yaxis={"title": "loss"},
         yaxis2={"title": "accuracy", "overlaying": "y", "side": "right", "range": [0, 1]},
-        height=320, margin={"l": 10, "r": 10, "t": 40, "b": 10}, legend={"orientation": "h"},
+        height=320,
+        margin={"l": 10, "r": 10, "t": 40, "b": 10},
+        legend={"orientation": "h"},
     )
     return fig
 
@@ -95,7 +111,11 @@ def confusion_figure(confusion: dict) -> go.Figure:
     labels, matrix = confusion["labels"], confusion["matrix"]
     fig = go.Figure(go.Heatmap(z=matrix, x=labels, y=labels, colorscale="Blues", text=matrix, texttemplate="%{text}"))
     fig.update_layout(
-        title="Confusion matrix (validation)", xaxis_title="predicted", yaxis_title="true", yaxis_autorange="reversed",
-        height=max(300, 60 + 28 * len(labels)), margin={"l": 10, "r": 10, "t": 40, "b": 10},
+        title="Confusion matrix (validation)",
+        xaxis_title="predicted",
+        yaxis_title="true",
+        yaxis_autorange="reversed",
+        height=max(300, 60 + 28 * len(labels)),
+        margin={"l": 10, "r": 10, "t": 40, "b": 10},
     )
     return fig

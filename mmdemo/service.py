@@ -151,7 +151,13 @@ class Predictor:
             feature_map = self.model.encode_image(pixels)  # one image, shared by the 3 rows
             text_states = self.model.encode_text(ids[:1], mask[:1]).expand(3, -1, -1)
             logits = self.model.forward_fusion(
-                feature_map, text_states, mask, drop_image, drop_text, torch.zeros(3, dtype=torch.long, device=self.device), pixels
+                feature_map,
+                text_states,
+                mask,
+                drop_image,
+                drop_text,
+                torch.zeros(3, dtype=torch.long, device=self.device),
+                pixels,
             ).logits
         probs = logits.float().softmax(-1).cpu()
         names = ("both", "image only", "text only")

@@ -119,8 +119,7 @@ def random_scene(rng: np.random.Generator) -> Scene:
             centres.append((x, y))
     shapes = rng.integers(0, 2, size=len(COLORS))
     return [
-        SceneObject(color, "circle" if s == 0 else "square", x, y)
-        for color, s, (x, y) in zip(COLORS, shapes, centres)
+        SceneObject(color, "circle" if s == 0 else "square", x, y) for color, s, (x, y) in zip(COLORS, shapes, centres)
     ]
 
 
@@ -233,7 +232,9 @@ def write_examples(folder: str | Path, seed: int = 2024) -> Path:
         color = list(COLORS)[i % len(COLORS)]
         name = f"scene_{i + 1}.png"
         render(scene).save(folder / name)
-        rows.append({"image": name, "text": PHRASINGS[qtype][0].format(c=color), "label": answer(scene, qtype, color)[0]})
+        rows.append(
+            {"image": name, "text": PHRASINGS[qtype][0].format(c=color), "label": answer(scene, qtype, color)[0]}
+        )
     with open(folder / "examples.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["image", "text", "label"])
         writer.writeheader()

@@ -158,7 +158,9 @@ def grouped_batches(rows_image: torch.Tensor, batch_size: int, generator: torch.
 
 
 @torch.no_grad()
-def predict_encoded(model: MultimodalClassifier, encoded: Encoded, device: torch.device, batch_size: int = 256) -> torch.Tensor:
+def predict_encoded(
+    model: MultimodalClassifier, encoded: Encoded, device: torch.device, batch_size: int = 256
+) -> torch.Tensor:
     """(N, L) logits of every row, in row order."""
     model.eval()
     all_logits = []
@@ -174,7 +176,10 @@ def predict_encoded(model: MultimodalClassifier, encoded: Encoded, device: torch
 
 
 def evaluate_model(
-    model: MultimodalClassifier, examples: list[Example], device: torch.device | str | None = None, progress: Progress | None = None
+    model: MultimodalClassifier,
+    examples: list[Example],
+    device: torch.device | str | None = None,
+    progress: Progress | None = None,
 ) -> dict:
     """The classification report of ``model`` on labelled examples (unknown labels count as errors)."""
     device = resolve_device(device) if not isinstance(device, torch.device) else device
@@ -281,8 +286,14 @@ def train(
             total_correct += int((out.logits.argmax(-1) == y).sum())
             seen += len(rows)
             progress(
-                {"stage": "train", "epoch": epoch, "epochs": settings.epochs, "step": i + 1, "steps": len(batches),
-                 "loss": total_loss / seen}
+                {
+                    "stage": "train",
+                    "epoch": epoch,
+                    "epochs": settings.epochs,
+                    "step": i + 1,
+                    "steps": len(batches),
+                    "loss": total_loss / seen,
+                }
             )
         if seen == 0:
             break

@@ -72,6 +72,7 @@ try:  # ZeroGPU on Hugging Face Spaces: GPU-bound handlers get a GPU while they 
 
     gpu = spaces.GPU
 except ImportError:
+
     def gpu(fn):
         return fn
 
@@ -95,10 +96,17 @@ def predict(app: App, image_path, text, checkpoint, method, opacity):
     except ValueError as e:
         raise gr.Error(str(e)) from None
     e = prediction.explanation
-    info = f"Inference: {elapsed:.0f} ms on {predictor.device} (model {prediction.forward_ms:.0f} ms) with `{checkpoint}`."
+    info = (
+        f"Inference: {elapsed:.0f} ms on {predictor.device} (model {prediction.forward_ms:.0f} ms) with `{checkpoint}`."
+    )
     if prediction.truncated:
         info += f" The text was longer than {predictor.config.max_tokens} tokens and was truncated."
-    state = {"image": image_path, "explanation": _explanation_json(prediction), "word_maps": e.word_maps.tolist(), "selected": None}
+    state = {
+        "image": image_path,
+        "explanation": _explanation_json(prediction),
+        "word_maps": e.word_maps.tolist(),
+        "selected": None,
+    }
     return (
         prediction.scores,
         state["explanation"],
@@ -167,7 +175,9 @@ def _prepare(app: App, csv_file, zip_file, image_col, text_col, label_col):
         csv_path = folder / "data.csv"
         if Path(csv_file).resolve() != csv_path.resolve():
             shutil.copyfile(csv_file, csv_path)
-        return read_csv(csv_path, image_col or "image", text_col or "text", label_col or "label", image_root=folder, confine=True)
+        return read_csv(
+            csv_path, image_col or "image", text_col or "text", label_col or "label", image_root=folder, confine=True
+        )
     except ValueError as e:
         raise gr.Error(str(e)) from None
 
@@ -191,7 +201,22 @@ def example_dataset(app: App):
     return str(slim), archive, *csv_columns(str(slim))
 
 
-def start_finetune(app: App, csv_file, zip_file, image_col, text_col, label_col, base, epochs, lr, batch_size, freeze, val_split, name, overwrite):
+def start_finetune(
+    app: App,
+    csv_file,
+    zip_file,
+    image_col,
+    text_col,
+    label_col,
+    base,
+    epochs,
+    lr,
+    batch_size,
+    freeze,
+    val_split,
+    name,
+    overwrite,
+):
     """Handler of /start_finetune: validates everything, starts the background job."""
     try:
         name = validate_name(name)
@@ -201,11 +226,16 @@ def start_finetune(app: App, csv_file, zip_file, image_col, text_col, label_col,
         raise gr.Error("A fine-tune job is already running (one at a time); watch its progress below or stop it.")
     dataset = _prepare(app, csv_file, zip_file, image_col, text_col, label_col)
     settings = TrainSettings(
-        epochs=int(epochs), lr=float(lr), encoder_lr=float(lr) / 3, batch_size=int(batch_size),
+        epochs=int(epochs),
+        lr=float(lr),
+        encoder_lr=float(lr) / 3,
+        batch_size=int(batch_size),
         freeze=list(freeze or []),
     )
     try:
-        status = app.jobs.start(dataset, settings, name, None if base in (None, "", NEW_MODEL) else base, bool(overwrite), float(val_split))
+        status = app.jobs.start(
+            dataset, settings, name, None if base in (None, "", NEW_MODEL) else base, bool(overwrite), float(val_split)
+        )
     except ValueError as e:
         raise gr.Error(str(e)) from None
     return status
@@ -233,7 +263,10 @@ def status_views(app: App, status: dict):
     report = status.get("report") or {}
     confusion = render.confusion_figure(report["confusion"]) if report.get("confusion") else None
     table = (
-        [[label, round(v["precision"], 3), round(v["recall"], 3), round(v["f1"], 3), v["support"]] for label, v in report["per_class"].items()]
+        [
+            [label, round(v["precision"], 3), round(v["recall"], 3), round(v["f1"], 3), v["support"]]
+            for label, v in report["per_class"].items()
+        ]
         if report.get("per_class")
         else []
     )
@@ -252,18 +285,37 @@ def create_demo(app: App) -> gr.Blocks:
             state = gr.State(None)
             with gr.Row():
                 with gr.Column():
-                    image = gr.Image(type="filepath", sources=["upload", "clipboard", "webcam"], label="Image", elem_id="image-input")
-                    text = gr.Textbox(label="Question or text", placeholder="What shape is the red object?", elem_id="text-input")
+                    image = gr.Image(
+                        type="filepath", sources=["upload", "clipboard", "webcam"], label="Image", elem_id="image-input"
+                    )
+                    text = gr.Textbox(
+                        label="Question or text", placeholder="What shape is the red object?", elem_id="text-input"
+                    )
                     with gr.Row():
-                        checkpoint = gr.Dropdown(app.registry.names(), value=default, label="Checkpoint", elem_id="checkpoint", allow_custom_value=True)
+                        checkpoint = gr.Dropdown(
+                            app.registry.names(),
+                            value=default,
+                            label="Checkpoint",
+                            elem_id="checkpoint",
+                            allow_custom_value=True,
+                        )
                         refresh = gr.Button("Refresh list", size="sm")
                     with gr.Row():
-                        method = gr.Radio(list(METHODS), value=DEFAULT_METHOD, label="Explanation", info="gradient: attention x gradient (class-specific); raw: attention weights")
+                        method = gr.Radio(
+                            list(METHODS),
+                            value=DEFAULT_METHOD,
+                            label="Explanation",
+                            info="gradient: attention x gradient (class-specific); raw: attention weights",
+                        )
                         opacity = gr.Slider(0, 1, value=0.55, step=0.05, label="Heatmap opacity")
                     button = gr.Button("Predict", variant="primary", elem_id="predict-button")
                 with gr.Column():
                     label = gr.Label(num_top_classes=5, label="Prediction", elem_id="prediction")
-                    overlay = gr.Image(label="Where the model looked (click a word below for its own map)", elem_id="overlay", interactive=False)
+                    overlay = gr.Image(
+                        label="Where the model looked (click a word below for its own map)",
+                        elem_id="overlay",
+                        interactive=False,
+                    )
                     words = gr.HighlightedText(label="Word importance", elem_id="words", interactive=False)
                     info = gr.Markdown(elem_id="timing")
             with gr.Row():
@@ -272,18 +324,30 @@ def create_demo(app: App) -> gr.Blocks:
             explanation = gr.JSON(label="Explanation (JSON, as the API returns it)", open=False)
             outputs = [label, explanation, overlay, words, matrix, modality, info, state]
             button.click(
-                lambda *a: predict(app, *a), [image, text, checkpoint, method, opacity], outputs,
-                api_name="predict", concurrency_limit=2, concurrency_id="predict",
+                lambda *a: predict(app, *a),
+                [image, text, checkpoint, method, opacity],
+                outputs,
+                api_name="predict",
+                concurrency_limit=2,
+                concurrency_id="predict",
             )
             examples = app.examples()
             if examples:
                 gr.Examples(
-                    examples, [image, text], outputs, fn=lambda i, t: predict(app, i, t, default, DEFAULT_METHOD, 0.55),
-                    cache_examples=True, cache_mode="lazy", label="Examples (click one)", api_name=False,
+                    examples,
+                    [image, text],
+                    outputs,
+                    fn=lambda i, t: predict(app, i, t, default, DEFAULT_METHOD, 0.55),
+                    cache_examples=True,
+                    cache_mode="lazy",
+                    label="Examples (click one)",
+                    api_name=False,
                 )
             opacity.release(redraw, [state, opacity], [overlay, state], api_name=False, queue=False)
             words.select(redraw, [state, opacity], [overlay, state], api_name=False, queue=False)
-            refresh.click(lambda: gr.update(choices=app.registry.names()), None, checkpoint, api_name=False, queue=False)
+            refresh.click(
+                lambda: gr.update(choices=app.registry.names()), None, checkpoint, api_name=False, queue=False
+            )
 
         with gr.Tab("Fine-tune"):
             gr.Markdown(
@@ -292,7 +356,9 @@ def create_demo(app: App) -> gr.Blocks:
             )
             with gr.Row():
                 csv_file = gr.File(label="CSV", file_types=[".csv"], type="filepath", elem_id="csv-upload")
-                zip_file = gr.File(label="Images (zip, optional)", file_types=[".zip"], type="filepath", elem_id="zip-upload")
+                zip_file = gr.File(
+                    label="Images (zip, optional)", file_types=[".zip"], type="filepath", elem_id="zip-upload"
+                )
             example_button = gr.Button("Use example dataset", elem_id="example-dataset")
             with gr.Row():
                 image_col = gr.Dropdown([], label="Image column", allow_custom_value=True)
@@ -301,12 +367,16 @@ def create_demo(app: App) -> gr.Blocks:
             check = gr.Button("Check data")
             report = gr.Markdown(elem_id="preflight")
             with gr.Row():
-                base = gr.Dropdown([NEW_MODEL, *app.registry.names()], value=NEW_MODEL, label="Start from", allow_custom_value=True)
+                base = gr.Dropdown(
+                    [NEW_MODEL, *app.registry.names()], value=NEW_MODEL, label="Start from", allow_custom_value=True
+                )
                 epochs = gr.Number(5, label="Epochs", precision=0, minimum=1, maximum=200)
                 lr = gr.Number(3e-4, label="Learning rate", minimum=1e-6, maximum=1e-1)
                 batch_size = gr.Number(64, label="Batch size", precision=0, minimum=1, maximum=1024)
             with gr.Row():
-                freeze = gr.CheckboxGroup(["image_encoder", "text_encoder"], value=["image_encoder", "text_encoder"], label="Freeze")
+                freeze = gr.CheckboxGroup(
+                    ["image_encoder", "text_encoder"], value=["image_encoder", "text_encoder"], label="Freeze"
+                )
                 val_split = gr.Slider(0.05, 0.5, value=0.1, step=0.05, label="Validation split (of the images)")
                 name = gr.Textbox("my-model", label="New checkpoint name", elem_id="checkpoint-name")
                 overwrite = gr.Checkbox(False, label="Overwrite if it exists")
@@ -318,7 +388,9 @@ def create_demo(app: App) -> gr.Blocks:
             curves = gr.Plot(label="Curves", elem_id="curves")
             with gr.Row():
                 confusion = gr.Plot(label="Confusion matrix")
-                per_class = gr.Dataframe(headers=["label", "precision", "recall", "f1", "support"], label="Per class", interactive=False)
+                per_class = gr.Dataframe(
+                    headers=["label", "precision", "recall", "f1", "support"], label="Per class", interactive=False
+                )
             with gr.Row():
                 download_name = gr.Dropdown(app.registry.names(), label="Checkpoint to download")
                 download = gr.Button("Zip it")
@@ -327,15 +399,41 @@ def create_demo(app: App) -> gr.Blocks:
             status_outputs = [status_text, status_bar, curves, confusion, per_class]
 
             csv_file.upload(csv_columns, csv_file, [image_col, text_col, label_col], api_name=False)
-            example_button.click(lambda: example_dataset(app), None, [csv_file, zip_file, image_col, text_col, label_col], api_name=False)
-            check.click(lambda *a: preflight(app, *a), [csv_file, zip_file, image_col, text_col, label_col], report, api_name="preflight")
+            example_button.click(
+                lambda: example_dataset(app), None, [csv_file, zip_file, image_col, text_col, label_col], api_name=False
+            )
+            check.click(
+                lambda *a: preflight(app, *a),
+                [csv_file, zip_file, image_col, text_col, label_col],
+                report,
+                api_name="preflight",
+            )
             start.click(
                 lambda *a: start_finetune(app, *a),
-                [csv_file, zip_file, image_col, text_col, label_col, base, epochs, lr, batch_size, freeze, val_split, name, overwrite],
-                job, api_name="start_finetune", concurrency_limit=1, concurrency_id="train",
+                [
+                    csv_file,
+                    zip_file,
+                    image_col,
+                    text_col,
+                    label_col,
+                    base,
+                    epochs,
+                    lr,
+                    batch_size,
+                    freeze,
+                    val_split,
+                    name,
+                    overwrite,
+                ],
+                job,
+                api_name="start_finetune",
+                concurrency_limit=1,
+                concurrency_id="train",
             ).then(lambda s: status_views(app, s), job, status_outputs, api_name=False)
             stop.click(lambda: stop_finetune(app), None, job, api_name="stop_finetune")
-            gr.Button("status", visible=False).click(lambda: finetune_status(app), None, job, api_name="finetune_status")
+            gr.Button("status", visible=False).click(
+                lambda: finetune_status(app), None, job, api_name="finetune_status"
+            )
 
             known_names = gr.State(None)
 
@@ -343,9 +441,11 @@ def create_demo(app: App) -> gr.Blocks:
                 """Job status for this page; checkpoint lists only when they changed (a list
                 refreshed every second would close a dropdown the user has open)."""
                 names = app.registry.names()
-                lists = [gr.skip()] * 3 if names == known else [
-                    gr.update(choices=names), gr.update(choices=[NEW_MODEL, *names]), gr.update(choices=names)
-                ]
+                lists = (
+                    [gr.skip()] * 3
+                    if names == known
+                    else [gr.update(choices=names), gr.update(choices=[NEW_MODEL, *names]), gr.update(choices=names)]
+                )
                 return (*status_views(app, app.jobs.status()), *lists, names)
 
             poll_outputs = [*status_outputs, checkpoint, base, download_name, known_names]

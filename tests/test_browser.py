@@ -30,14 +30,18 @@ from .conftest import tiny_config  # noqa: E402
 @pytest.fixture(scope="module")
 def url(tmp_path_factory):
     root = tmp_path_factory.mktemp("browser")
-    path = save_checkpoint(build_model(tiny_config(labels=["circle", "square", "left", "right"])), root / "shipped" / "sort-of-clevr")
+    path = save_checkpoint(
+        build_model(tiny_config(labels=["circle", "square", "left", "right"])), root / "shipped" / "sort-of-clevr"
+    )
     write_examples(path / "examples")
     app = ui.App(CheckpointRegistry(root / "mine", root / "shipped"), work_dir=str(root / "work"))
     demo = ui.create_demo(app)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    demo.queue(max_size=16).launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, ssr_mode=False, quiet=True)
+    demo.queue(max_size=16).launch(
+        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, ssr_mode=False, quiet=True
+    )
     yield demo.local_url
     demo.close()
 

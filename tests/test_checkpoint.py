@@ -23,7 +23,9 @@ def _logits(model):
 
 
 def test_save_load_gives_identical_logits(tiny_model, tmp_path):
-    path = save_checkpoint(tiny_model, tmp_path / "ck", training={"command": "python -m mmdemo train ...", "metrics": {"accuracy": 0.5}})
+    path = save_checkpoint(
+        tiny_model, tmp_path / "ck", training={"command": "python -m mmdemo train ...", "metrics": {"accuracy": 0.5}}
+    )
     assert sorted(p.name for p in path.iterdir()) == ["README.md", "config.json", "model.safetensors"]
     loaded = load_checkpoint(path)
     torch.testing.assert_close(_logits(loaded), _logits(tiny_model), rtol=0, atol=0)
@@ -42,7 +44,9 @@ def test_strict_load_refuses_wrong_shapes_and_keys(tiny_model, tmp_path):
     del state["head.3.weight"]
     state["extra.weight"] = torch.zeros(1)
     save_file(state, path / "model.safetensors")
-    with pytest.raises(ValueError, match=r"1 missing key\(s\) \['head.3.weight'\], 1 unexpected key\(s\) \['extra.weight'\]"):
+    with pytest.raises(
+        ValueError, match=r"1 missing key\(s\) \['head.3.weight'\], 1 unexpected key\(s\) \['extra.weight'\]"
+    ):
         load_checkpoint(path)
 
 
@@ -56,7 +60,9 @@ def test_missing_or_broken_files_give_clear_errors(tiny_model, tmp_path):
     (path / "config.json").write_text("{not json")
     with pytest.raises(ValueError, match="invalid JSON"):
         read_config(path)
-    (path / "config.json").write_text(json.dumps({"format": "mmdemo-checkpoint", "version": 1, "model": {"labels": ["a", "b"], "colour": 1}}))
+    (path / "config.json").write_text(
+        json.dumps({"format": "mmdemo-checkpoint", "version": 1, "model": {"labels": ["a", "b"], "colour": 1}})
+    )
     with pytest.raises(ValueError, match="unknown model config keys: \\['colour'\\]"):
         read_config(path)
 

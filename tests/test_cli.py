@@ -17,7 +17,15 @@ def _run(*args, check=True):
 
 
 def test_predict_prints_one_json_object(tiny_checkpoint, fixture_path):
-    result = _run("predict", "--checkpoint", str(tiny_checkpoint), "--image", fixture_path("chelsea.jpg"), "--text", "Where is the cat?")
+    result = _run(
+        "predict",
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--image",
+        fixture_path("chelsea.jpg"),
+        "--text",
+        "Where is the cat?",
+    )
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert out["label"] in ("cat", "dog", "bird")
     assert set(out["scores"]) == {"cat", "dog", "bird"} and sum(out["scores"].values()) == pytest.approx(1, abs=1e-5)
@@ -36,9 +44,27 @@ def test_predict_errors_are_clear(tiny_checkpoint, tmp_path, fixture_path):
     empty.write_bytes(b"")
     result = _run("predict", "--checkpoint", str(tiny_checkpoint), "--image", str(empty), "--text", "hi", check=False)
     assert result.returncode == 2 and "empty.png: the file is empty" in result.stderr
-    result = _run("predict", "--checkpoint", str(tiny_checkpoint), "--image", fixture_path("chelsea.jpg"), "--text", "  ", check=False)
+    result = _run(
+        "predict",
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--image",
+        fixture_path("chelsea.jpg"),
+        "--text",
+        "  ",
+        check=False,
+    )
     assert result.returncode == 2 and "the text is empty" in result.stderr
-    result = _run("predict", "--checkpoint", str(tmp_path / "none"), "--image", fixture_path("chelsea.jpg"), "--text", "x", check=False)
+    result = _run(
+        "predict",
+        "--checkpoint",
+        str(tmp_path / "none"),
+        "--image",
+        fixture_path("chelsea.jpg"),
+        "--text",
+        "x",
+        check=False,
+    )
     assert result.returncode == 2 and "checkpoint folder not found" in result.stderr
 
 
@@ -54,7 +80,17 @@ def test_predict_csv_batch_marks_failed_rows(tiny_checkpoint, tmp_path):
         writer = csv.DictWriter(f, fieldnames=["id", "image", "text"])
         writer.writeheader()
         writer.writerows(rows)
-    result = _run("predict", "--checkpoint", str(tiny_checkpoint), "--csv", str(tmp_path / "in.csv"), "--out", str(tmp_path / "out.csv"), "--batch-size", "2")
+    result = _run(
+        "predict",
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--csv",
+        str(tmp_path / "in.csv"),
+        "--out",
+        str(tmp_path / "out.csv"),
+        "--batch-size",
+        "2",
+    )
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary == {"rows": 7, "predicted": 5, "errors": 2, "out": str(tmp_path / "out.csv")}
     out = list(csv.DictReader(open(tmp_path / "out.csv")))
@@ -71,14 +107,34 @@ def test_predict_csv_batch_marks_failed_rows(tiny_checkpoint, tmp_path):
 
 def test_predict_csv_missing_column(tiny_checkpoint, tmp_path):
     (tmp_path / "in.csv").write_text("picture,text\na.png,hello\n")
-    result = _run("predict", "--checkpoint", str(tiny_checkpoint), "--csv", str(tmp_path / "in.csv"), "--out", str(tmp_path / "o.csv"), check=False)
-    assert result.returncode == 2 and "missing column(s) ['image']" in result.stderr and "found ['picture', 'text']" in result.stderr
+    result = _run(
+        "predict",
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--csv",
+        str(tmp_path / "in.csv"),
+        "--out",
+        str(tmp_path / "o.csv"),
+        check=False,
+    )
+    assert (
+        result.returncode == 2
+        and "missing column(s) ['image']" in result.stderr
+        and "found ['picture', 'text']" in result.stderr
+    )
 
 
 def test_bench_prints_figures(tiny_checkpoint):
     result = _run("bench", "--checkpoint", str(tiny_checkpoint), "--repeats", "5")
     out = json.loads(result.stdout.strip().splitlines()[-1])
-    assert set(out) >= {"device", "forward_ms_p50", "forward_ms_p95", "throughput_bs32", "matmul_gflops", "model_gflops"}
+    assert set(out) >= {
+        "device",
+        "forward_ms_p50",
+        "forward_ms_p95",
+        "throughput_bs32",
+        "matmul_gflops",
+        "model_gflops",
+    }
     assert out["device"] == "cpu"
     assert 0 < out["forward_ms_p50"] <= out["forward_ms_p95"]
     assert out["throughput_bs32"] > 0 and out["matmul_gflops"] > 0 and out["model_gflops"] > 0

@@ -27,17 +27,20 @@ def images(tmp_path):
 
 
 def test_rows_are_accepted_or_reported_with_their_row_number(images):
-    path = write_csv(images / "d.csv", [
-        ["img/a.png", "a red cat", "01"],  # row 2
-        ["img/b.png", "a dog", "1"],  # row 3
-        ["img/missing.png", "x", "1"],  # row 4
-        ["img/bad.png", "x", "1"],  # row 5
-        ["img/c.png", "", "1"],  # row 6
-        ["img/c.png", "text", ""],  # row 7
-        ["", "text", "1"],  # row 8
-        ["img/empty.jpg", "t", "1"],  # row 9
-        ["img/c.png", "again", "1"],  # row 10
-    ])
+    path = write_csv(
+        images / "d.csv",
+        [
+            ["img/a.png", "a red cat", "01"],  # row 2
+            ["img/b.png", "a dog", "1"],  # row 3
+            ["img/missing.png", "x", "1"],  # row 4
+            ["img/bad.png", "x", "1"],  # row 5
+            ["img/c.png", "", "1"],  # row 6
+            ["img/c.png", "text", ""],  # row 7
+            ["", "text", "1"],  # row 8
+            ["img/empty.jpg", "t", "1"],  # row 9
+            ["img/c.png", "again", "1"],  # row 10
+        ],
+    )
     ds = read_csv(path)
     assert [e.row for e in ds.examples] == [2, 3, 10]
     reasons = dict(ds.rejected)
@@ -54,7 +57,10 @@ def test_rows_are_accepted_or_reported_with_their_row_number(images):
 
 def test_missing_columns_name_expected_and_found(images):
     path = write_csv(images / "d.csv", [["img/a.png", "t"]], fields=("picture", "text"))
-    with pytest.raises(ValueError, match=r"missing column\(s\) \['image', 'label'\]; expected \['image', 'text', 'label'\], found \['picture', 'text'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"missing column\(s\) \['image', 'label'\]; expected \['image', 'text', 'label'\], found \['picture', 'text'\]",
+    ):
         read_csv(path)
     ds = read_csv(path, image_column="picture", label_column="text")  # other names via arguments
     assert len(ds.examples) == 1
@@ -80,12 +86,15 @@ def test_imbalance_warning(images):
 def test_confined_paths_cannot_escape_the_upload_folder(images):
     outside = images.parent / "outside.png"
     Image.new("RGB", (4, 4)).save(outside)
-    path = write_csv(images / "d.csv", [
-        ["img/a.png", "t", "x"],
-        [str(outside), "t", "y"],
-        ["../outside.png", "t", "y"],
-        ["img/../img/b.png", "t", "y"],
-    ])
+    path = write_csv(
+        images / "d.csv",
+        [
+            ["img/a.png", "t", "x"],
+            [str(outside), "t", "y"],
+            ["../outside.png", "t", "y"],
+            ["img/../img/b.png", "t", "y"],
+        ],
+    )
     ds = read_csv(path, confine=True)
     assert [e.row for e in ds.examples] == [2]
     reasons = dict(ds.rejected)

@@ -34,7 +34,9 @@ def _png():
 
 
 def test_zip_extracts_plain_relative_files(tmp_path):
-    root = extract_zip(_zip(tmp_path / "ok.zip", [("images/a.png", _png()), ("images/sub/b.png", _png())]), tmp_path / "out")
+    root = extract_zip(
+        _zip(tmp_path / "ok.zip", [("images/a.png", _png()), ("images/sub/b.png", _png())]), tmp_path / "out"
+    )
     assert (root / "images" / "a.png").is_file() and (root / "images" / "sub" / "b.png").is_file()
 
 
@@ -79,7 +81,12 @@ def test_registry_lists_shipped_and_writable_checkpoints(tmp_path):
     with pytest.raises(ValueError, match="unknown checkpoint 'nope'"):
         registry.path("nope")
     archive = registry.zip("tuned", tmp_path)
-    assert sorted(zipfile.ZipFile(archive).namelist()) == ["tuned/", "tuned/README.md", "tuned/config.json", "tuned/model.safetensors"]
+    assert sorted(zipfile.ZipFile(archive).namelist()) == [
+        "tuned/",
+        "tuned/README.md",
+        "tuned/config.json",
+        "tuned/model.safetensors",
+    ]
 
 
 def test_job_trains_in_the_background_and_saves_a_usable_checkpoint(tmp_path):

@@ -42,8 +42,14 @@ def test_non_relational_answers():
 
 
 def test_the_37_5_line():
-    s = scene(("red", "circle", 37, 38), ("green", "square", 38, 37), ("blue", "circle", 37.5, 37.5),
-              ("orange", "circle", 5, 5), ("gray", "circle", 69, 69), ("yellow", "circle", 5, 69))
+    s = scene(
+        ("red", "circle", 37, 38),
+        ("green", "square", 38, 37),
+        ("blue", "circle", 37.5, 37.5),
+        ("orange", "circle", 5, 5),
+        ("gray", "circle", 69, 69),
+        ("yellow", "circle", 5, 69),
+    )
     assert answer(s, "horizontal", "red")[0] == "left" and answer(s, "vertical", "red")[0] == "bottom"
     assert answer(s, "horizontal", "green")[0] == "right" and answer(s, "vertical", "green")[0] == "top"
     # exactly on the line is not "< 37.5": right and bottom
@@ -64,11 +70,21 @@ def test_closest_furthest_and_count():
 
 
 def test_distance_ties_go_to_the_first_colour():
-    s = scene(("red", "circle", 40, 40), ("green", "square", 40, 20), ("blue", "circle", 40, 60),
-              ("orange", "circle", 5, 5), ("gray", "circle", 69, 5), ("yellow", "circle", 5, 69))
+    s = scene(
+        ("red", "circle", 40, 40),
+        ("green", "square", 40, 20),
+        ("blue", "circle", 40, 60),
+        ("orange", "circle", 5, 5),
+        ("gray", "circle", 69, 5),
+        ("yellow", "circle", 5, 69),
+    )
     label, obj = answer(s, "closest", "red")  # green and blue are both 20 px away
     assert obj.color == "green" and label == "square"
-    s2 = [SceneObject("red", "circle", 40, 40), SceneObject("green", "circle", 40, 20), SceneObject("blue", "square", 40, 60)] + s[3:]
+    s2 = [
+        SceneObject("red", "circle", 40, 40),
+        SceneObject("green", "circle", 40, 20),
+        SceneObject("blue", "square", 40, 60),
+    ] + s[3:]
     assert answer(s2, "closest", "red")[1].color == "green"
 
 

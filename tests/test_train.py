@@ -40,7 +40,9 @@ def sixteen_rows(tmp_path):
 
 
 def _settings(**kw):
-    values = dict(epochs=40, batch_size=8, lr=3e-3, encoder_lr=3e-3, freeze=[], modality_dropout=0.0, seed=0, warmup=0.1)
+    values = dict(
+        epochs=40, batch_size=8, lr=3e-3, encoder_lr=3e-3, freeze=[], modality_dropout=0.0, seed=0, warmup=0.1
+    )
     values.update(kw)
     return TrainSettings(**values)
 
@@ -69,8 +71,14 @@ def test_stop_request_ends_training_and_keeps_the_best_epoch(sixteen_rows):
     ds = read_csv(sixteen_rows)
     events = []
     epochs_done = lambda: sum(e["stage"] == "epoch" for e in events)  # noqa: E731
-    result = train(ds, ds, _settings(epochs=10), config=tiny_config(), progress=events.append,
-                   should_stop=lambda: epochs_done() >= 2)
+    result = train(
+        ds,
+        ds,
+        _settings(epochs=10),
+        config=tiny_config(),
+        progress=events.append,
+        should_stop=lambda: epochs_done() >= 2,
+    )
     assert len(result.history) == 2 and result.best_epoch in (1, 2)
     assert {"prepare", "train", "epoch"} <= {e["stage"] for e in events}
 
@@ -97,11 +105,45 @@ def _cli(*args):
 
 def test_train_and_evaluate_cli(sixteen_rows, tmp_path):
     out = tmp_path / "ck"
-    tiny = ["--image-encoder", "small_cnn", "--image-size", "32", "--text-encoder", "gru", "--fusion-dim", "32",
-            "--fusion-heads", "2", "--fusion-layers", "1", "--region-layers", "1", "--dropout", "0"]
-    summary, stderr = _cli("train", "--csv", str(sixteen_rows), "--val-csv", str(sixteen_rows), "--out", str(out),
-                           "--epochs", "30", "--batch-size", "8", "--lr", "3e-3", "--encoder-lr", "3e-3", "--freeze",
-                           "--modality-dropout", "0", *tiny)
+    tiny = [
+        "--image-encoder",
+        "small_cnn",
+        "--image-size",
+        "32",
+        "--text-encoder",
+        "gru",
+        "--fusion-dim",
+        "32",
+        "--fusion-heads",
+        "2",
+        "--fusion-layers",
+        "1",
+        "--region-layers",
+        "1",
+        "--dropout",
+        "0",
+    ]
+    summary, stderr = _cli(
+        "train",
+        "--csv",
+        str(sixteen_rows),
+        "--val-csv",
+        str(sixteen_rows),
+        "--out",
+        str(out),
+        "--epochs",
+        "30",
+        "--batch-size",
+        "8",
+        "--lr",
+        "3e-3",
+        "--encoder-lr",
+        "3e-3",
+        "--freeze",
+        "--modality-dropout",
+        "0",
+        *tiny,
+    )
     assert summary["checkpoint"] == str(out) and summary["val_accuracy"] > 0.7
     assert "16 rows accepted, 0 rejected" in stderr
     card = (out / "README.md").read_text()
@@ -112,6 +154,10 @@ def test_train_and_evaluate_cli(sixteen_rows, tmp_path):
     assert set(report["per_class"]["red"]) == {"precision", "recall", "f1", "support"}
     assert report["confusion"]["labels"] == ["blue", "cold", "red", "warm"]
     assert sum(map(sum, report["confusion"]["matrix"])) == 16
-    result = subprocess.run([sys.executable, "-m", "mmdemo", "train", "--csv", str(sixteen_rows), "--out", str(out)],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "mmdemo", "train", "--csv", str(sixteen_rows), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2 and "already exists" in result.stderr

@@ -24,7 +24,9 @@ from .conftest import tiny_config  # noqa: E402
 def app(tmp_path_factory):
     root = tmp_path_factory.mktemp("app")
     shipped = root / "shipped"
-    path = save_checkpoint(build_model(tiny_config(labels=["circle", "square", "left", "right"])), shipped / "sort-of-clevr")
+    path = save_checkpoint(
+        build_model(tiny_config(labels=["circle", "square", "left", "right"])), shipped / "sort-of-clevr"
+    )
     write_examples(path / "examples")
     return ui.App(CheckpointRegistry(root / "mine", shipped), work_dir=str(root / "work"))
 
@@ -74,7 +76,9 @@ def _free_port():
 @pytest.fixture(scope="module")
 def server(app):
     demo = ui.create_demo(app)
-    demo.queue(max_size=16).launch(server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, ssr_mode=False, quiet=True)
+    demo.queue(max_size=16).launch(
+        server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, ssr_mode=False, quiet=True
+    )
     yield demo
     demo.close()
 
@@ -104,8 +108,20 @@ def test_live_server_predict_and_fine_tune(server, app, fixture_path, tmp_path):
 
     csv_path, archive = _tiny_dataset(tmp_path / "upload")
     status = client.predict(
-        handle_file(str(csv_path)), handle_file(archive), "image", "text", "label", "sort-of-clevr",
-        1, 3e-3, 4, [], 0.2, "tuned-by-api", False, api_name="/start_finetune",
+        handle_file(str(csv_path)),
+        handle_file(archive),
+        "image",
+        "text",
+        "label",
+        "sort-of-clevr",
+        1,
+        3e-3,
+        4,
+        [],
+        0.2,
+        "tuned-by-api",
+        False,
+        api_name="/start_finetune",
     )
     assert status["state"] == "running"
     deadline = time.time() + 180
@@ -114,5 +130,10 @@ def test_live_server_predict_and_fine_tune(server, app, fixture_path, tmp_path):
         status = client.predict(api_name="/finetune_status")
     assert status["state"] == "done", status["message"]
     assert "tuned-by-api" in app.registry.names()
-    result = client.predict(handle_file(str(tmp_path / "upload" / "img" / "1.png")), "which colour is it?", "tuned-by-api", api_name="/predict")
+    result = client.predict(
+        handle_file(str(tmp_path / "upload" / "img" / "1.png")),
+        "which colour is it?",
+        "tuned-by-api",
+        api_name="/predict",
+    )
     assert result[0]["label"] in ("red", "blue")
