@@ -162,11 +162,27 @@ def model_card(name: str, data: dict) -> str:
         if "command" in training:
             lines += ["```", training["command"], "```", ""]
         for key, value in training.items():
-            if key not in ("command", "description", "metrics"):
+            if key not in ("command", "description", "metrics", "benchmark", "history"):
                 lines.append(f"- {key}: {value}")
+    benchmark = training.get("benchmark")
+    if benchmark:
+        lines += ["", "## Benchmark", "", "```json", json.dumps(benchmark, indent=2), "```"]
     metrics = training.get("metrics")
     if metrics:
         lines += ["", "## Metrics", "", "| metric | value |", "|---|---|"]
         for key, value in metrics.items():
             lines.append(f"| {key} | {value:.4f} |" if isinstance(value, float) else f"| {key} | {value} |")
     return "\n".join(lines) + "\n"
+
+
+def update_training_record(path: str | os.PathLike, **entries) -> None:
+    """Add entries (e.g. benchmark figures) to a checkpoint's training record and rewrite its
+    model card; each file is replaced atomically, the weights are not touched."""
+    path = Path(path)
+    read_config(path)  # refuse anything that is not a checkpoint
+    data = json.loads((path / CONFIG_FILE).read_text())
+    data.setdefault("training", {}).update(entries)
+    for name, text in ((CONFIG_FILE, json.dumps(data, indent=2) + "\n"), (CARD_FILE, model_card(path.name, data))):
+        tmp = path / f".{name}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, path / name)
