@@ -160,21 +160,6 @@ def _predictor(args):
     return Predictor.from_checkpoint(args.checkpoint, args.device)
 
 
-def prediction_json(prediction) -> dict:
-    e = prediction.explanation
-    return {
-        "label": prediction.label,
-        "scores": prediction.scores,
-        "tokens": e.words,
-        "token_scores": e.word_scores,
-        "heatmap": [[round(float(v), 4) for v in row] for row in e.heatmap],
-        "peak_xy": [round(e.peak_xy[0], 1), round(e.peak_xy[1], 1)],
-        "method": e.method,
-        "truncated": prediction.truncated,
-        "image_size": list(prediction.image_size),
-    }
-
-
 def _predict(args) -> int:
     if args.csv:
         if args.image or args.text:
@@ -185,7 +170,7 @@ def _predict(args) -> int:
     if not args.image or args.text is None:
         raise ValueError("predict needs --image and --text (or --csv and --out)")
     prediction = _predictor(args).predict(args.image, args.text, args.method)
-    print(json.dumps(prediction_json(prediction)))
+    print(json.dumps(prediction.to_json()))
     return 0
 
 

@@ -48,6 +48,21 @@ class Prediction:
     image_size: tuple[int, int]  # (width, height) of the decoded input image
     forward_ms: float  # model time for the batch this sample was in (preprocessing excluded)
 
+    def to_json(self) -> dict:
+        """What the CLI prints and the API returns: plain JSON types, heatmap at grid size."""
+        e = self.explanation
+        return {
+            "label": self.label,
+            "scores": self.scores,
+            "tokens": e.words,
+            "token_scores": e.word_scores,
+            "heatmap": [[round(float(v), 4) for v in row] for row in e.heatmap],
+            "peak_xy": [round(e.peak_xy[0], 1), round(e.peak_xy[1], 1)],
+            "method": e.method,
+            "truncated": self.truncated,
+            "image_size": list(self.image_size),
+        }
+
 
 class Predictor:
     def __init__(self, model: MultimodalClassifier, device: torch.device | str | None = None):

@@ -53,20 +53,6 @@ class App:
 
 
 # -- Predict & Explain ---------------------------------------------------------------------
-def _explanation_json(prediction) -> dict:
-    e = prediction.explanation
-    return {
-        "label": prediction.label,
-        "method": e.method,
-        "tokens": e.words,
-        "token_scores": e.word_scores,
-        "heatmap": [[round(float(v), 4) for v in row] for row in e.heatmap],
-        "peak_xy": [round(e.peak_xy[0], 1), round(e.peak_xy[1], 1)],
-        "image_size": list(prediction.image_size),
-        "truncated": prediction.truncated,
-    }
-
-
 try:  # ZeroGPU on Hugging Face Spaces: GPU-bound handlers get a GPU while they run
     import spaces
 
@@ -103,7 +89,7 @@ def predict(app: App, image_path, text, checkpoint, method, opacity):
         info += f" The text was longer than {predictor.config.max_tokens} tokens and was truncated."
     state = {
         "image": image_path,
-        "explanation": _explanation_json(prediction),
+        "explanation": prediction.to_json(),
         "word_maps": e.word_maps.tolist(),
         "selected": None,
     }
