@@ -15,7 +15,8 @@ import torch
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
-from .service import Predictor, autocast
+from .device import autocast
+from .service import Predictor
 
 QUESTION = "What shape is the object that is closest to the small red object in the picture?"
 

@@ -6,7 +6,6 @@ folded, channels_last). It never mutates the checkpoint it came from.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,29 +13,12 @@ from pathlib import Path
 import torch
 
 from .checkpoint import load_checkpoint
+from .device import autocast, resolve_device
 from .encoders import fuse_conv_bn, load_tokenizer
 from .explain import DEFAULT_METHOD, METHODS, Explanation, explain, gradient_relevance, raw_relevance
 from .imaging import ImageSource, decode_image
 from .model import MultimodalClassifier
 from .preprocess import TextBatch, image_to_tensor, tokenize
-
-
-def resolve_device(name: str | None = None) -> torch.device:
-    """``None``/"auto": CUDA when available, else CPU; otherwise the named device."""
-    if name in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but CUDA is not available here")
-    return device
-
-
-def autocast(device: torch.device):
-    """bf16 autocast on GPUs that have it, fp16 on older ones; nothing on CPU (fp32 is faster there)."""
-    if device.type != "cuda":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
 
 
 @dataclass

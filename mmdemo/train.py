@@ -19,7 +19,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -27,12 +27,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import Dataset, Example
+from .device import autocast, resolve_device
 from .encoders import load_tokenizer
 from .imaging import decode_image
 from .metrics import classification_report
 from .model import PARTS, ModelConfig, MultimodalClassifier, build_model
 from .preprocess import image_to_uint8, normalize_pixels, tokenize
-from .service import autocast, resolve_device
 
 Progress = Callable[[dict], None]
 
@@ -340,7 +340,3 @@ def split_by_image(examples: list[Example], fraction: float, seed: int) -> tuple
     n_val = max(1, round(len(images) * fraction)) if len(images) > 1 else 0
     val_images = set(images[:n_val])
     return [e for e in examples if e.image not in val_images], [e for e in examples if e.image in val_images]
-
-
-def settings_dict(settings: TrainSettings) -> dict:
-    return asdict(settings)
