@@ -13,10 +13,11 @@ import time
 from pathlib import Path
 
 import gradio as gr
+import torch
 
 from . import render
 from .data import read_csv
-from .explain import DEFAULT_METHOD, METHODS
+from .explain import DEFAULT_METHOD, METHODS, peak_xy
 from .imaging import decode_image
 from .jobs import CheckpointRegistry, JobManager, extract_zip, validate_name
 from .sortofclevr import generate
@@ -107,8 +108,6 @@ def predict(app: App, image_path, text, checkpoint, method, opacity):
 
 def redraw(state, opacity, selection: gr.SelectData | None = None):
     """Overlay for the whole text, or for the selected word; no model call."""
-    import torch
-
     if not state:
         return None, state
     if selection is not None:
@@ -118,8 +117,6 @@ def redraw(state, opacity, selection: gr.SelectData | None = None):
     index = state.get("selected")
     if index is not None and index < len(state["word_maps"]):
         grid = torch.tensor(state["word_maps"][index])
-        from .explain import peak_xy
-
         return render.overlay(image, grid, opacity, peak_xy(grid, image.size)), state
     return render.overlay(image, torch.tensor(explanation["heatmap"]), opacity, tuple(explanation["peak_xy"])), state
 
