@@ -1,0 +1,42 @@
+"""Renderers: overlays and charts from results (pure functions)."""
+
+import numpy as np
+import torch
+from PIL import Image
+
+from mmdemo import render
+
+
+def test_overlay_puts_the_heat_where_the_map_peaks():
+    image = Image.new("RGB", (200, 100), (128, 128, 128))
+    grid = torch.zeros(2, 4)
+    grid[0, 3] = 1.0  # top-right cell
+    out = np.asarray(render.overlay(image, grid, opacity=0.8))
+    assert out.shape == (100, 200, 3)
+    hot, cold = out[20, 185].astype(int), out[80, 15].astype(int)
+    assert hot[0] + hot[1] > cold[0] + cold[1] + 150  # yellow-ish over the peak, dark blue elsewhere
+    assert tuple(render.overlay(image, grid, opacity=0.0).getpixel((10, 10))) == (128, 128, 128)
+
+
+def test_overlay_marks_the_peak_and_caps_large_images():
+    image = Image.new("RGB", (3000, 1500), (255, 255, 255))
+    out = render.overlay(image, torch.rand(7, 7), 0.5, peak_xy=(1500, 750))
+    assert out.size == (768, 384)
+    assert out.getpixel((384, 192)) == (255, 0, 255)
+
+
+def test_charts():
+    fig = render.attention_matrix(["red", "cube"], torch.rand(2, 4), (2, 2))
+    assert fig.data[0].z.shape == (2, 4) and list(fig.data[0].y) == ["red", "cube"]
+    fig = render.modality_chart(
+        {"both": {"a": 0.7, "b": 0.3}, "image only": {"a": 0.5, "b": 0.5}, "text only": {"a": 0.2, "b": 0.8}}
+    )
+    assert [t.name for t in fig.data] == ["both", "image only", "text only"] and list(fig.data[0].x) == ["a", "b"]
+    history = [
+        {"epoch": 1, "train_loss": 1.0, "val_loss": 1.1, "train_accuracy": 0.5, "val_accuracy": 0.4},
+        {"epoch": 2, "train_loss": 0.5, "val_loss": 0.7, "train_accuracy": 0.8, "val_accuracy": 0.7},
+    ]
+    fig = render.training_curves(history)
+    assert {t.name for t in fig.data} == {"train loss", "validation loss", "train accuracy", "validation accuracy"}
+    fig = render.confusion_figure({"labels": ["a", "b"], "matrix": [[3, 1], [0, 4]]})
+    assert fig.data[0].z == ((3, 1), (0, 4)) or np.array(fig.data[0].z).tolist() == [[3, 1], [0, 4]]
