@@ -11,6 +11,8 @@ import json
 import sys
 from pathlib import Path
 
+from .explain import DEFAULT_METHOD, METHODS
+
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "sort-of-clevr"
 
 
@@ -32,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-column", default="image")
     p.add_argument("--text-column", default="text")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--method", choices=("gradient", "raw"), default="gradient", help="explanation method")
+    p.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD, help="explanation method")
 
     p = sub.add_parser("bench", help="speed figures of a checkpoint on this machine")
     _add_common(p)

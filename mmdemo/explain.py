@@ -1,17 +1,22 @@
 """Explanations from the model's attention: pure functions on tensors, no model, no device.
 
 Two ways to turn attention into relevance of each (query, region) pair:
-- ``raw``: the cross-attention weights averaged over heads and layers. Cheap (no backward),
-  but it shows where the model looked, whatever the answer.
-- ``gradient`` (default): each layer's attention weighted by the gradient of the predicted
-  class's logit w.r.t. it, negative parts dropped, averaged over heads, summed over layers
-  (Chefer et al. 2021, "Generic Attention-model Explainability", eq. 5 without the rollout).
-  It is class-specific and silences heads that do not matter for the answer, which is why
-  it is the default; its cost is one backward pass through the fusion module only.
+- ``raw`` (default): the cross-attention weights averaged over heads and layers.
+  No backward pass.
+- ``gradient``: each layer's attention weighted by the gradient of the predicted class's logit
+  w.r.t. it, negative parts dropped, averaged over heads, summed over layers (Chefer et al.
+  2021, "Generic Attention-model Explainability", eq. 5 without the rollout). Class-specific;
+  costs one backward pass through the fusion module.
+``raw`` is the default because it points better, measured: on fresh Sort-of-CLEVR scenes
+(``python -m mmdemo bench-sort-of-clevr``) the peak of the whole-text heatmap falls inside the
+asked-about object in 95 % of non-relational questions with ``raw`` and under 50 % with
+``gradient``, whose later layers' gradients favour the regions the answer is compared with.
 
-Query rows are ``[summary; token_1 .. token_T]``. Token importance is the relevance of each
-token to the summary state that the head reads (the summary row of the text self-attention);
-the aggregated heatmap for the whole text weights each query's map by that importance.
+Query rows are ``[summary; token_1 .. token_T]``. The whole text's heatmap is the summary
+token's row: the summary starts from the whole question and is what the classifier head
+reads, so where it looks is where the model looked for the answer. Each word's heatmap is its
+own row. Word importance is the relevance of each token to the summary (the summary row of
+the text self-attention).
 """
 
 from __future__ import annotations
@@ -21,8 +26,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-METHODS = ("gradient", "raw")
-DEFAULT_METHOD = "gradient"
+METHODS = ("raw", "gradient")
+DEFAULT_METHOD = "raw"
 
 
 def raw_relevance(attention: tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -39,14 +44,6 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
     """Min-max scale to [0, 1]; a constant map becomes all zeros."""
     lo, hi = x.min(), x.max()
     return (x - lo) / (hi - lo) if hi > lo else torch.zeros_like(x)
-
-
-def aggregate(query_region: torch.Tensor, query_weights: torch.Tensor) -> torch.Tensor:
-    """(Q, R) relevance and (Q,) query weights -> (R,) relevance of each region for the text."""
-    w = query_weights.clamp(min=0)
-    if w.sum() <= 0:
-        w = torch.ones_like(w)
-    return (w[:, None] * query_region).sum(0) / w.sum()
 
 
 def upsample(grid_map: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -108,8 +105,8 @@ def explain(
     if method not in METHODS:
         raise ValueError(f"explanation method must be one of {METHODS}, got {method!r}")
     h, w = grid
+    heatmap = normalize(cross[0]).view(h, w)  # the summary token's row
     query_weights = text_self[0]  # (1 + T,) what the summary state gathered from each query
-    heatmap = normalize(aggregate(cross, query_weights)).view(h, w)
 
     token_cross, token_weights = cross[1:], query_weights[1:]  # drop the summary row
     n = len(words)
