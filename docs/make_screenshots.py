@@ -41,8 +41,6 @@ def main() -> None:
         expect(page.locator("#overlay img")).to_be_visible(timeout=30_000)
         page.wait_for_timeout(1500)
         page.screenshot(path=str(ROOT / "docs" / "predict.png"), full_page=False)
-        page.locator("#words").scroll_into_view_if_needed()
-        page.screenshot(path=str(ROOT / "docs" / "explain.png"), full_page=False)
         page.get_by_role("tab", name="Fine-tune").click()
         page.locator("#example-dataset").click()
         page.wait_for_timeout(3000)

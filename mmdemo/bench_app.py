@@ -32,7 +32,9 @@ def http_predict(client: httpx.Client, base: str, image: Path, text: str) -> dic
     with open(image, "rb") as f:
         uploaded = client.post(f"{base}/gradio_api/upload", files={"files": (image.name, f, "image/png")}).json()
     # every input, as the browser sends them: image, text, checkpoint, method, opacity
-    payload = {"data": [{"path": uploaded[0], "meta": {"_type": "gradio.FileData"}}, text, "sort-of-clevr", "raw", 0.55]}
+    payload = {
+        "data": [{"path": uploaded[0], "meta": {"_type": "gradio.FileData"}}, text, "sort-of-clevr", "raw", 0.55]
+    }
     event_id = client.post(f"{base}/gradio_api/call/predict", json=payload).json()["event_id"]
     event = None
     with client.stream("GET", f"{base}/gradio_api/call/predict/{event_id}") as stream:

@@ -13,6 +13,7 @@ from PIL import Image
 from .explain import upsample
 
 MAX_OVERLAY_SIDE = 768  # overlays are drawn at most this large; the browser scales them
+MIN_OVERLAY_SIDE = 384  # small images (a 75 px scene) are enlarged so the heatmap is visible
 
 
 def _colormap(values: np.ndarray) -> np.ndarray:
@@ -28,11 +29,12 @@ def overlay(
     image: Image.Image, grid_map: torch.Tensor, opacity: float = 0.5, peak_xy: tuple[float, float] | None = None
 ) -> Image.Image:
     """The heatmap upsampled to the image and blended over it; the peak marked with a cross."""
-    scale = min(1.0, MAX_OVERLAY_SIDE / max(image.size))
+    longest = max(image.size)
+    scale = MAX_OVERLAY_SIDE / longest if longest > MAX_OVERLAY_SIDE else max(1.0, MIN_OVERLAY_SIDE / longest)
     size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-    base = image.convert("RGB").resize(size, Image.BILINEAR) if scale < 1 or image.mode != "RGB" else image
+    base = image.convert("RGB")
     if base.size != size:
-        base = base.resize(size, Image.BILINEAR)
+        base = base.resize(size, Image.NEAREST if scale > 1 else Image.BILINEAR)
     heat = upsample(grid_map, (size[1], size[0])).numpy()
     colours = _colormap(heat).astype(np.float32)
     alpha = float(np.clip(opacity, 0, 1)) * (0.35 + 0.65 * heat[..., None])

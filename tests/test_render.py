@@ -8,12 +8,12 @@ from mmdemo import render
 
 
 def test_overlay_puts_the_heat_where_the_map_peaks():
-    image = Image.new("RGB", (200, 100), (128, 128, 128))
+    image = Image.new("RGB", (400, 200), (128, 128, 128))
     grid = torch.zeros(2, 4)
     grid[0, 3] = 1.0  # top-right cell
     out = np.asarray(render.overlay(image, grid, opacity=0.8))
-    assert out.shape == (100, 200, 3)
-    hot, cold = out[20, 185].astype(int), out[80, 15].astype(int)
+    assert out.shape == (200, 400, 3)
+    hot, cold = out[40, 370].astype(int), out[160, 30].astype(int)
     assert hot[0] + hot[1] > cold[0] + cold[1] + 150  # yellow-ish over the peak, dark blue elsewhere
     assert tuple(render.overlay(image, grid, opacity=0.0).getpixel((10, 10))) == (128, 128, 128)
 
@@ -23,6 +23,7 @@ def test_overlay_marks_the_peak_and_caps_large_images():
     out = render.overlay(image, torch.rand(7, 7), 0.5, peak_xy=(1500, 750))
     assert out.size == (768, 384)
     assert out.getpixel((384, 192)) == (255, 0, 255)
+    assert render.overlay(Image.new("RGB", (75, 75)), torch.rand(8, 8)).size == (384, 384)  # small scenes enlarged
 
 
 def test_charts():
