@@ -1,143 +1,20 @@
-"""Fine-tune jobs for the app: safe uploads, a checkpoint registry, one background job at a time.
+"""Fine-tune jobs for the app: one background job at a time.
 
-- Uploads: a zip of images is extracted only if every entry is a plain file with a relative
-  path inside the folder, the entry count and total size are under caps; CSV image paths are
-  confined to the extraction folder (data.read_csv(confine=True)).
-- Checkpoints: the shipped ones (read-only) plus a writable folder ($MMDEMO_CHECKPOINT_DIR,
-  default checkpoints/) where fine-tuned ones are saved under a validated name.
-- Jobs: training runs in a worker thread so the server keeps answering; the job's status is
-  held here, not in the browser, so it survives a page reload.
+Training runs in a worker thread so the server keeps answering; the job's status is held here,
+not in the browser, so it survives a page reload.
 """
 
 from __future__ import annotations
 
-import os
-import re
-import shutil
-import stat
 import threading
 import time
 import traceback
-import zipfile
-from collections import OrderedDict
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from .checkpoint import is_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint
 from .data import Dataset, check_trainable
-from .service import Predictor
+from .registry import CheckpointRegistry, validate_name
 from .train import TrainSettings, train
-
-REPO_CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-MAX_ZIP_ENTRIES = 20_000
-MAX_ZIP_BYTES = 2 * 1024**3
-
-
-def extract_zip(
-    zip_path: str | os.PathLike,
-    dest: str | os.PathLike,
-    max_entries: int = MAX_ZIP_ENTRIES,
-    max_bytes: int = MAX_ZIP_BYTES,
-) -> Path:
-    """Extract an uploaded zip safely into ``dest``; ValueError names the entry or limit broken."""
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    root = dest.resolve()
-    try:
-        archive = zipfile.ZipFile(zip_path)
-    except zipfile.BadZipFile:
-        raise ValueError("the images upload is not a valid zip file") from None
-    with archive:
-        entries = archive.infolist()
-        if len(entries) > max_entries:
-            raise ValueError(f"the zip has {len(entries):,} entries, over the limit of {max_entries:,}")
-        total = sum(e.file_size for e in entries)
-        if total > max_bytes:
-            raise ValueError(f"the zip expands to {total / 1e6:,.0f} MB, over the limit of {max_bytes / 1e6:,.0f} MB")
-        for e in entries:
-            name = e.filename
-            if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name) or ".." in Path(name).parts:
-                raise ValueError(f"zip entry {name!r} has an absolute or '..' path")
-            if stat.S_ISLNK(e.external_attr >> 16):
-                raise ValueError(f"zip entry {name!r} is a link; only plain files are accepted")
-            if not (root / name).resolve().is_relative_to(root):
-                raise ValueError(f"zip entry {name!r} leaves the upload folder")
-        for e in entries:
-            if e.is_dir():
-                continue
-            target = root / e.filename
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with archive.open(e) as src, open(target, "wb") as dst:
-                shutil.copyfileobj(src, dst)
-    return root
-
-
-def validate_name(name: str) -> str:
-    name = (name or "").strip()
-    if not NAME_PATTERN.match(name):
-        raise ValueError(
-            f"checkpoint name {name!r} is not valid: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
-        )
-    return name
-
-
-class CheckpointRegistry:
-    """Checkpoint folders by name: the shipped ones and the writable folder's, newest state on
-    every call (a fine-tuned checkpoint shows up as soon as it is saved)."""
-
-    def __init__(
-        self,
-        writable_dir: str | os.PathLike | None = None,
-        shipped_dir: str | os.PathLike = REPO_CHECKPOINTS,
-        device: str | None = None,
-        cache_size: int = 3,
-    ):
-        self.writable_dir = Path(writable_dir or os.environ.get("MMDEMO_CHECKPOINT_DIR") or REPO_CHECKPOINTS)
-        self.shipped_dir = Path(shipped_dir)
-        self.device = device
-        self._predictors: OrderedDict[tuple[str, float], Predictor] = OrderedDict()
-        self._lock = threading.Lock()
-        self.cache_size = cache_size
-
-    def paths(self) -> dict[str, Path]:
-        found: dict[str, Path] = {}
-        for folder in (self.shipped_dir, self.writable_dir):
-            if folder.is_dir():
-                for path in sorted(folder.iterdir()):
-                    if path.is_dir() and not path.name.startswith(".") and is_checkpoint(path):
-                        found.setdefault(path.name, path)
-        return found
-
-    def names(self) -> list[str]:
-        return list(self.paths())
-
-    def path(self, name: str) -> Path:
-        paths = self.paths()
-        if name not in paths:
-            raise ValueError(f"unknown checkpoint {name!r}; available: {', '.join(paths) or 'none'}")
-        return paths[name]
-
-    def predictor(self, name: str) -> Predictor:
-        """A predictor per checkpoint, cached (keyed by the weights' mtime, so a replaced
-        checkpoint is reloaded)."""
-        path = self.path(name)
-        key = (str(path), (path / "model.safetensors").stat().st_mtime)
-        with self._lock:
-            if key in self._predictors:
-                self._predictors.move_to_end(key)
-                return self._predictors[key]
-            predictor = Predictor.from_checkpoint(path, self.device)
-            self._predictors[key] = predictor
-            while len(self._predictors) > self.cache_size:
-                self._predictors.popitem(last=False)
-            return predictor
-
-    def zip(self, name: str, out_dir: str | os.PathLike) -> Path:
-        """The checkpoint folder as a zip (for download)."""
-        path = self.path(name)
-        base = Path(out_dir) / name
-        return Path(shutil.make_archive(str(base), "zip", root_dir=path.parent, base_dir=path.name))
 
 
 @dataclass

@@ -20,8 +20,8 @@ playwright = pytest.importorskip("playwright.sync_api")
 
 from mmdemo import ui  # noqa: E402
 from mmdemo.checkpoint import save_checkpoint  # noqa: E402
-from mmdemo.jobs import CheckpointRegistry  # noqa: E402
 from mmdemo.model import build_model  # noqa: E402
+from mmdemo.registry import CheckpointRegistry  # noqa: E402
 from mmdemo.sortofclevr import write_examples  # noqa: E402
 
 from .conftest import tiny_config  # noqa: E402

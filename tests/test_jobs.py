@@ -10,9 +10,11 @@ from PIL import Image
 
 from mmdemo.checkpoint import save_checkpoint
 from mmdemo.data import read_csv
-from mmdemo.jobs import CheckpointRegistry, JobManager, extract_zip, validate_name
+from mmdemo.jobs import JobManager
 from mmdemo.model import build_model
+from mmdemo.registry import CheckpointRegistry, validate_name
 from mmdemo.train import TrainSettings
+from mmdemo.uploads import extract_zip
 
 from .conftest import tiny_config
 
