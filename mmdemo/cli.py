@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                 json.dumps(sort_of_clevr_benchmark(args.checkpoint, args.images, args.seed, args.workdir, args.device))
             )
             return 0
-    except (ValueError, FileExistsError) as e:
+    except (ValueError, FileExistsError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 1
@@ -259,19 +259,16 @@ def _read_dataset(path: Path, args):
 
 def _train(args) -> int:
     import shlex
-    import time
 
     from tqdm import tqdm
 
-    from .checkpoint import load_checkpoint, save_checkpoint
-    from .data import check_trainable
+    from .finetune import FinetuneRequest, finetune
     from .model import ModelConfig
-    from .train import TrainSettings, train
+    from .train import TrainSettings
 
     if args.out.exists() and not args.overwrite:
         raise ValueError(f"{args.out} already exists (pass --overwrite to replace it)")
     dataset = _read_dataset(args.csv, args)
-    check_trainable(dataset)
     val = _read_dataset(args.val_csv, args) if args.val_csv else None
     settings = TrainSettings(
         epochs=args.epochs,
@@ -285,9 +282,8 @@ def _train(args) -> int:
         seed=args.seed,
         device=args.device,
     )
-    init = load_checkpoint(args.init) if args.init else None
     config = None
-    if init is None:
+    if args.init is None:
         config = ModelConfig(
             labels=dataset.labels,
             image_encoder=args.image_encoder,
@@ -320,55 +316,26 @@ def _train(args) -> int:
                 json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in event.items()}), file=sys.stderr
             )
 
-    started = time.monotonic()
-    deadline = started + args.time_limit * 60 if args.time_limit else None
-    history: list[dict] = []
-
-    def record_training(best: dict, seconds: float) -> dict:
-        return {
-            "command": "python -m mmdemo " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-            "data": f"{args.csv.name}: {len(dataset.examples)} rows"
-            + (
-                f"; validation {args.val_csv.name}"
-                if args.val_csv
-                else f"; {args.val_split:.0%} of the images held out for validation"
-            ),
-            "init": str(args.init) if args.init else "new model (pretrained encoders from their packages)",
-            "frozen": ", ".join(settings.freeze) or "nothing",
-            "best_epoch": best["epoch"],
-            "train_seconds": round(seconds, 1),
-            "device": settings.device or "auto",
-            "metrics": {k: v for k, v in best.items() if k not in ("report", "stage")},
-            "history": list(history),
-        }
-
-    def on_best(model, record: dict) -> None:
-        # saved at every new best epoch, atomically: a run that is stopped keeps its best
-        save_checkpoint(model, args.out, training=record_training(record, time.monotonic() - started), overwrite=True)
-
-    def progress_and_history(event: dict) -> None:
-        if event["stage"] == "epoch":
-            history.append({k: v for k, v in event.items() if k != "stage"})
-        progress(event)
-
-    result = train(
-        dataset,
-        val,
-        settings,
-        init=init,
-        config=config,
-        progress=progress_and_history,
+    request = FinetuneRequest(
+        dataset=dataset,
+        out=args.out,
+        settings=settings,
+        val_dataset=val,
         val_fraction=args.val_split,
-        should_stop=(lambda: time.monotonic() > deadline) if deadline else None,
-        on_best=on_best,
+        init=args.init,
+        config=config,
+        time_limit_s=args.time_limit * 60 if args.time_limit else None,
+        overwrite=args.overwrite,
+        command="python -m mmdemo " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
     )
-    training = record_training({**result.best_metrics, "epoch": result.best_epoch}, result.seconds)
-    save_checkpoint(result.model, args.out, training=training, overwrite=True)
+    result = finetune(request, progress)
+    record = result.record
     summary = {
-        "checkpoint": str(args.out),
-        "best_epoch": result.best_epoch,
-        "seconds": round(result.seconds, 1),
-        **training["metrics"],
+        "checkpoint": str(result.checkpoint),
+        "best_epoch": record["best_epoch"],
+        "seconds": record["train_seconds"],
+        "stopped_by": record["stopped_by"],
+        **record["metrics"],
     }
     print(json.dumps(summary))
     return 0

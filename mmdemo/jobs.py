@@ -11,10 +11,10 @@ import time
 import traceback
 from dataclasses import dataclass, field
 
-from .checkpoint import load_checkpoint, save_checkpoint
 from .data import Dataset, check_trainable
+from .finetune import FinetuneRequest, finetune
 from .registry import CheckpointRegistry, validate_name
-from .train import TrainSettings, train
+from .train import TrainSettings
 
 
 @dataclass
@@ -77,7 +77,16 @@ class JobManager:
             raise ValueError(f"a checkpoint named {name!r} already exists; choose another name or confirm overwriting")
         if (self.registry.shipped_dir / name).exists() and self.registry.shipped_dir != self.registry.writable_dir:
             raise ValueError(f"{name!r} is a shipped checkpoint and cannot be overwritten")
-        init = load_checkpoint(self.registry.path(base)) if base else None
+        init = self.registry.path(base) if base else None
+        request = FinetuneRequest(
+            dataset=dataset,
+            out=target,
+            settings=settings,
+            val_fraction=val_fraction,
+            init=init,
+            overwrite=overwrite,
+            description=f"Fine-tuned in the mmdemo app on {dataset.csv_path.name}.",
+        )
         with self._lock:
             if self.running():
                 raise ValueError("a fine-tune job is already running; wait for it or stop it first")
@@ -85,9 +94,7 @@ class JobManager:
             self._status = JobStatus(
                 state="running", message="starting", epochs=settings.epochs, started=time.time(), checkpoint=name
             )
-            self._thread = threading.Thread(
-                target=self._run, args=(dataset, settings, init, target, overwrite, val_fraction, base), daemon=True
-            )
+            self._thread = threading.Thread(target=self._run, args=(request,), daemon=True)
             self._thread.start()
         return self.status()
 
@@ -117,39 +124,19 @@ class JobManager:
             elif "message" in event:
                 s.message = event["message"]
 
-    def _run(self, dataset, settings, init, target, overwrite, val_fraction, base) -> None:
+    def _run(self, request: FinetuneRequest) -> None:
         try:
-            result = train(
-                dataset,
-                None,
-                settings,
-                init=init,
-                progress=self._progress,
-                should_stop=self._stop.is_set,
-                val_fraction=val_fraction,
-            )
-            if not result.history:
-                raise RuntimeError("stopped before the first epoch finished; nothing was saved")
-            metrics = {k: v for k, v in result.best_metrics.items() if k not in ("report", "stage")}
-            training = {
-                "description": f"Fine-tuned in the mmdemo app on {dataset.csv_path.name}.",
-                "data": f"{dataset.csv_path.name}: {len(dataset.examples)} rows, {val_fraction:.0%} of the images held out for validation",
-                "init": base or "new model (pretrained encoders from their packages)",
-                "settings": {k: v for k, v in vars(settings).items()},
-                "best_epoch": result.best_epoch,
-                "train_seconds": round(result.seconds, 1),
-                "metrics": metrics,
-                "history": result.history,
-            }
-            save_checkpoint(result.model, target, training=training, overwrite=overwrite)
+            result = finetune(request, self._progress, self._stop.is_set)
+            metrics = result.record["metrics"]
             with self._lock:
                 s = self._status
-                s.report = result.best_metrics.get("report", {})
-                s.state = "stopped" if self._stop.is_set() else "done"
+                s.report = result.report
+                s.state = "stopped" if result.stopped_by == "stop" else "done"
                 s.progress = 1.0 if s.state == "done" else s.progress
                 s.message = (
-                    f"{'stopped early; ' if s.state == 'stopped' else ''}saved checkpoint {target.name!r} "
-                    f"(best epoch {result.best_epoch}, validation accuracy {metrics.get('val_accuracy', float('nan')):.3f})"
+                    f"{'stopped early; ' if s.state == 'stopped' else ''}saved checkpoint {request.out.name!r} "
+                    f"(best epoch {result.record['best_epoch']}, "
+                    f"validation accuracy {metrics.get('val_accuracy', float('nan')):.3f})"
                 )
         except Exception as e:  # the job fails, the server keeps serving
             traceback.print_exc()

@@ -47,6 +47,9 @@ class ModelConfig:
     region_layers: int = 2  # region self-attention layers, run once per image
     patch_embedding: bool = True  # add a linear embedding of each region's own pixels
     dropout: float = 0.1
+    # calibration: probabilities are softmax(logits / temperature); fitted on the validation
+    # split after training (1.0 = as trained)
+    temperature: float = 1.0
     # pretrained encoders kept frozen: their weights are the packages', so checkpoints
     # reference them by name instead of storing them
     frozen: list[str] = field(default_factory=lambda: list(PARTS))
@@ -60,6 +63,8 @@ class ModelConfig:
             raise ValueError(f"image_encoder must be one of {IMAGE_ENCODERS}, got {self.image_encoder!r}")
         if self.text_encoder not in TEXT_ENCODERS:
             raise ValueError(f"text_encoder must be one of {TEXT_ENCODERS}, got {self.text_encoder!r}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature}")
         unknown = set(self.frozen) - set(PARTS)
         if unknown:
             raise ValueError(f"frozen may name {PARTS}, got {sorted(unknown)}")

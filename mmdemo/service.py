@@ -99,7 +99,7 @@ class Predictor:
                     grads = torch.autograd.grad(
                         logits.gather(1, target[:, None]).sum(), out.cross_attention + out.text_attention
                     )
-        probs = logits.detach().softmax(-1).cpu()
+        probs = (logits.detach() / self.config.temperature).softmax(-1).cpu()
         forward_ms = (time.perf_counter() - start) * 1000
         n_layers = len(out.cross_attention)
         results = []
@@ -156,6 +156,6 @@ class Predictor:
                 torch.zeros(3, dtype=torch.long, device=self.device),
                 pixels,
             ).logits
-        probs = logits.float().softmax(-1).cpu()
+        probs = (logits.float() / self.config.temperature).softmax(-1).cpu()
         names = ("both", "image only", "text only")
         return {name: {label: float(p) for label, p in zip(self.labels, row)} for name, row in zip(names, probs)}

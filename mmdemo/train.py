@@ -297,7 +297,12 @@ def train(
             )
         if seen == 0:
             break
-        record = {"epoch": epoch, "train_loss": total_loss / seen, "train_accuracy": total_correct / seen}
+        record = {
+            "epoch": epoch,
+            "train_loss": total_loss / seen,
+            "train_accuracy": total_correct / seen,
+            "complete": seen == len(train_examples),  # False: cut short by a stop or the time limit
+        }
         if val_enc is not None:
             logits = predict_encoded(model, val_enc, device)
             val_y = torch.tensor([label_index.get(t, -1) for t in val_targets])

@@ -161,3 +161,32 @@ def test_train_and_evaluate_cli(sixteen_rows, tmp_path):
         timeout=300,
     )
     assert result.returncode == 2 and "already exists" in result.stderr
+
+
+def test_finetune_saves_nothing_without_a_training_step(sixteen_rows, tmp_path):
+    from mmdemo.finetune import FinetuneRequest, finetune
+
+    out = tmp_path / "never"
+    request = FinetuneRequest(read_csv(sixteen_rows), out, _settings(epochs=1), config=tiny_config())
+    with pytest.raises(RuntimeError, match="before the first training step"):
+        finetune(request, should_stop=lambda: True)
+    assert not out.exists()
+
+
+def test_finetune_record_says_when_the_best_epoch_was_cut_short(sixteen_rows, tmp_path):
+    from mmdemo.finetune import FinetuneRequest, finetune
+
+    calls = []
+
+    def stop_after_one_step():
+        calls.append(1)
+        return len(calls) > 1  # the first check lets one step run, the next one stops
+
+    request = FinetuneRequest(
+        read_csv(sixteen_rows), tmp_path / "m", _settings(epochs=3, batch_size=4), config=tiny_config()
+    )
+    result = finetune(request, should_stop=stop_after_one_step)
+    saved = json.loads((tmp_path / "m" / "config.json").read_text())["training"]
+    assert result.stopped_by == "stop" and saved["stopped_by"] == "stop"
+    assert saved["best_epoch"] == 1 and "cut short" in saved["best_epoch_note"]
+    assert "cut short" in (tmp_path / "m" / "README.md").read_text()
