@@ -3,6 +3,7 @@
 - Never pickle: tensors go through safetensors, everything else through JSON.
 - Store what was trained: frozen pretrained encoders are referenced by package name in the
   config and rebuilt from the package at load time (config.referenced_parts()).
+- Errors name the checkpoint folder, never its server path.
 - Strict load: the stored keys must be exactly the ones the config's model expects, with the
   same shapes; otherwise a ValueError says which keys and shapes differ.
 - Atomic save: everything is written to a temporary sibling folder which is then renamed, so
@@ -26,6 +27,9 @@ from .model import ModelConfig, MultimodalClassifier, build_model
 
 FORMAT = "mmdemo-checkpoint"
 FORMAT_VERSION = 1
+# the versioned schema of config.json: every top-level key any version of mmdemo writes
+# (calibration and scope are reserved for the calibration and out-of-scope features)
+CONFIG_KEYS = ("format", "version", "model", "base_weights", "training", "calibration", "scope")
 CONFIG_FILE, WEIGHTS_FILE, CARD_FILE = "config.json", "model.safetensors", "README.md"
 
 
@@ -35,24 +39,35 @@ def is_checkpoint(path: str | os.PathLike) -> bool:
 
 
 def read_config(path: str | os.PathLike) -> ModelConfig:
-    path = Path(path)
+    return ModelConfig.from_dict(_read_config_data(Path(path))["model"])
+
+
+def _read_config_data(path: Path) -> dict:
+    """config.json, checked against the schema; ValueError names the checkpoint, not its path."""
+    where = f"checkpoint {path.name!r}"
     if not path.is_dir():
-        raise ValueError(f"checkpoint folder not found: {path}")
+        raise ValueError(f"checkpoint folder not found: {path.name!r}")
     config_path = path / CONFIG_FILE
     if not config_path.is_file():
-        raise ValueError(f"{path} is not a checkpoint: {CONFIG_FILE} is missing")
+        raise ValueError(f"{where} is not a checkpoint: {CONFIG_FILE} is missing")
     try:
         data = json.loads(config_path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{config_path}: invalid JSON ({e})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{where}: {CONFIG_FILE} has invalid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: {CONFIG_FILE} must hold a JSON object")
     if data.get("format") != FORMAT:
-        raise ValueError(f"{config_path}: not an mmdemo checkpoint config (format={data.get('format')!r})")
+        raise ValueError(f"{where}: not an mmdemo checkpoint config (format={data.get('format')!r})")
     if data.get("version") != FORMAT_VERSION:
-        raise ValueError(f"{config_path}: checkpoint format version {data.get('version')}, expected {FORMAT_VERSION}")
+        raise ValueError(f"{where}: checkpoint format version {data.get('version')!r}, expected {FORMAT_VERSION}")
+    unknown = [k for k in data if k not in CONFIG_KEYS]
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown} in {CONFIG_FILE}; known keys: {', '.join(CONFIG_KEYS)}")
     try:
-        return ModelConfig.from_dict(data["model"])
+        ModelConfig.from_dict(data["model"])
     except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{config_path}: invalid model config ({e})") from None
+        raise ValueError(f"{where}: invalid model config ({e})") from None
+    return data
 
 
 def read_card(path: str | os.PathLike) -> dict:
@@ -66,19 +81,21 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     path = Path(path)
     config = read_config(path)
     weights_path = path / WEIGHTS_FILE
+    where = f"checkpoint {path.name!r}: {WEIGHTS_FILE}"
     if not weights_path.is_file():
-        raise ValueError(f"{path} is not a complete checkpoint: {WEIGHTS_FILE} is missing")
+        raise ValueError(f"checkpoint {path.name!r} is not complete: {WEIGHTS_FILE} is missing")
     try:
         state = load_file(weights_path)
     except (SafetensorError, OSError) as e:
-        raise ValueError(f"{weights_path}: unreadable safetensors file ({e})") from None
+        reason = str(e).replace(str(weights_path), WEIGHTS_FILE)
+        raise ValueError(f"{where} is not a readable safetensors file ({reason})") from None
     model = build_model(config, pretrained=False)
     expected = model.stored_state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
         raise ValueError(
-            f"{weights_path} does not match its config: "
+            f"{where} does not match its config: "
             f"{len(missing)} missing key(s) {missing[:5]}, {len(unexpected)} unexpected key(s) {unexpected[:5]}"
         )
     wrong = [
@@ -87,7 +104,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         if state[k].shape != v.shape
     ]
     if wrong:
-        raise ValueError(f"{weights_path} does not match its config: wrong shape for {'; '.join(wrong[:5])}")
+        raise ValueError(f"{where} does not match its config: wrong shape for {'; '.join(wrong[:5])}")
     result = model.load_state_dict(state, strict=False)
     # every stored key was consumed; the only keys not loaded are the package-referenced ones
     assert not result.unexpected_keys, result.unexpected_keys
@@ -179,8 +196,7 @@ def update_training_record(path: str | os.PathLike, **entries) -> None:
     """Add entries (e.g. benchmark figures) to a checkpoint's training record and rewrite its
     model card; each file is replaced atomically, the weights are not touched."""
     path = Path(path)
-    read_config(path)  # refuse anything that is not a checkpoint
-    data = json.loads((path / CONFIG_FILE).read_text())
+    data = _read_config_data(path)  # refuse anything that is not a checkpoint
     data.setdefault("training", {}).update(entries)
     for name, text in ((CONFIG_FILE, json.dumps(data, indent=2) + "\n"), (CARD_FILE, model_card(path.name, data))):
         tmp = path / f".{name}.tmp"

@@ -15,9 +15,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .imaging import decode_image
+from .imaging import MAX_PIXELS, decode_image
 
 IMBALANCE_RATIO = 5.0  # warn when the largest class is this many times the smallest
+# labels a spreadsheet or pandas writes for a missing value: never a class
+MISSING_LABELS = frozenset({"nan", "none", "null", "n/a", "#n/a"})
 
 
 @dataclass
@@ -57,12 +59,16 @@ def read_csv(
     image_root: str | os.PathLike | None = None,
     check_images: bool = True,
     confine: bool = False,
+    max_rows: int | None = None,
+    max_text_chars: int | None = None,
+    max_pixels: int = MAX_PIXELS,
 ) -> Dataset:
     """Read and validate a training CSV.
 
     ``image_root`` is the folder image paths are relative to (default: the CSV's folder).
     ``check_images`` decodes every image once, so unreadable ones are reported up front.
     ``confine`` rejects absolute paths and paths that leave ``image_root`` (for uploads).
+    ``max_rows``, ``max_text_chars`` and ``max_pixels`` bound web uploads (the CLI passes none).
     """
     csv_path = Path(csv_path)
     if not csv_path.is_file():
@@ -72,11 +78,18 @@ def read_csv(
         with open(csv_path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             found = list(reader.fieldnames or [])
+            duplicated = sorted({c for c in found if found.count(c) > 1})
+            if duplicated:
+                raise ValueError(f"{csv_path.name}: the header names column(s) {duplicated} more than once")
             expected = [image_column, text_column, label_column]
             missing = [c for c in expected if c not in found]
             if missing:
                 raise ValueError(f"{csv_path.name}: missing column(s) {missing}; expected {expected}, found {found}")
-            raw = list(reader)
+            raw = []
+            for values in reader:
+                if max_rows is not None and len(raw) >= max_rows:
+                    raise ValueError(f"{csv_path.name}: more than {max_rows:,} data rows, the limit for uploads")
+                raw.append(values)
     except UnicodeDecodeError:
         raise ValueError(f"{csv_path.name}: not a UTF-8 text file") from None
     except csv.Error as e:
@@ -99,6 +112,12 @@ def read_csv(
         if not label:
             rejected.append((row, f"empty {label_column}"))
             continue
+        if label.lower() in MISSING_LABELS:
+            rejected.append((row, f"{label_column} {label!r} marks a missing value, not a class"))
+            continue
+        if max_text_chars is not None and len(text) > max_text_chars:
+            rejected.append((row, f"{text_column} has {len(text):,} characters, over the limit of {max_text_chars:,}"))
+            continue
         if confine and (Path(image).is_absolute() or ".." in Path(image).parts):
             rejected.append((row, f"image path {image!r} must be relative, without '..'"))
             continue
@@ -107,7 +126,7 @@ def read_csv(
             rejected.append((row, f"image path {image!r} leaves the upload folder"))
             continue
         if path not in checked:
-            checked[path] = _image_error(path, image) if check_images else None
+            checked[path] = _image_error(path, image, max_pixels) if check_images else None
         if checked[path]:
             rejected.append((row, checked[path]))
             continue
@@ -126,11 +145,11 @@ def read_csv(
     return dataset
 
 
-def _image_error(path: Path, name: str) -> str | None:
+def _image_error(path: Path, name: str, max_pixels: int = MAX_PIXELS) -> str | None:
     if not path.exists():
         return f"image not found: {name}"
     try:
-        decode_image(path, name=name)
+        decode_image(path, name=name, max_pixels=max_pixels)
     except ValueError as e:
         return str(e)
     return None

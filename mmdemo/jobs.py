@@ -1,148 +1,310 @@
-"""Fine-tune jobs for the app: one background job at a time.
+"""Fine-tune jobs for the app: a fair queue, one job running at a time, each in its own
+worker process (mmdemo/worker.py), each with a record on disk.
 
-Training runs in a worker thread so the server keeps answering; the job's status is held here,
-not in the browser, so it survives a page reload.
+States: ``queued`` (position shown), ``preparing`` (reading and encoding the data), ``running``
+(training), then ``done``, ``failed``, ``stopped``, or ``interrupted`` (the server stopped while
+the job was unfinished; its data folder is kept for a later resume until it expires).
+
+The record (``<data>/jobs/<id>.json``) holds what a resume needs: the owner, the data folder and
+CSV columns, the settings, the base and target checkpoints. Every visitor sees and controls
+only their own jobs (``owner``); the queue admits at most ``max_jobs_per_visitor`` unfinished
+jobs per visitor and ``max_queued_jobs`` in all.
 """
 
 from __future__ import annotations
 
+import logging
+import multiprocessing
+import secrets
+import shutil
 import threading
 import time
-import traceback
-from dataclasses import dataclass, field
+from dataclasses import asdict
+from pathlib import Path
+from typing import NamedTuple
 
 from .data import Dataset, check_trainable
-from .finetune import FinetuneRequest, finetune
-from .registry import CheckpointRegistry, validate_name
+from .limits import Limits, data_dir
+from .registry import CheckpointRegistry
 from .train import TrainSettings
+from .worker import read_record, run_job, write_record
+
+log = logging.getLogger("mmdemo.jobs")
+
+UNFINISHED = ("queued", "preparing", "running")
+FINISHED = ("done", "failed", "stopped", "interrupted")
+STOP_GRACE_S = {"queued": 0.0, "preparing": 2.0, "running": 30.0}  # then the worker is terminated
+IDLE = {"state": "idle", "message": "No fine-tune job has run yet."}
 
 
-@dataclass
-class JobStatus:
-    state: str = "idle"  # idle | running | done | failed | stopped
-    message: str = "No fine-tune job has run yet."
-    progress: float = 0.0
-    epoch: int = 0
-    epochs: int = 0
-    history: list[dict] = field(default_factory=list)
-    report: dict = field(default_factory=dict)
-    checkpoint: str = ""
-    started: float = 0.0
-    finished: float = 0.0
+class DataSource(NamedTuple):
+    """Where a job's data is: the upload folder (deleted when the job ends), the CSV in it and
+    its columns."""
 
-    def to_dict(self) -> dict:
-        return {
-            "state": self.state,
-            "message": self.message,
-            "progress": round(self.progress, 4),
-            "epoch": self.epoch,
-            "epochs": self.epochs,
-            "history": self.history,
-            "report": self.report,
-            "checkpoint": self.checkpoint,
-            "elapsed_s": round((self.finished or time.time()) - self.started, 1) if self.started else 0.0,
-        }
+    folder: Path
+    csv: Path
+    image_column: str = "image"
+    text_column: str = "text"
+    label_column: str = "label"
+    name: str = "data.csv"  # the name the user uploaded it under (for the model card)
 
 
 class JobManager:
-    """One fine-tune job at a time, in a worker thread."""
+    """A queue of fine-tune jobs run one at a time in worker processes."""
 
-    def __init__(self, registry: CheckpointRegistry):
+    def __init__(self, registry: CheckpointRegistry, jobs_dir: str | Path | None = None, limits: Limits | None = None):
         self.registry = registry
-        self._status = JobStatus()
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.limits = limits or registry.limits
+        self.dir = Path(jobs_dir) if jobs_dir else data_dir() / "jobs"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._context = multiprocessing.get_context("spawn")
+        self._lock = threading.RLock()
+        self._wake = threading.Event()
+        self._process = None  # the running worker
+        self._running_id: str | None = None
+        self._running_owner: str | None = None
+        self._stop = None  # its stop Event
+        self._stop_requested_at: float | None = None
+        self._closed = False
+        self._mark_interrupted()
+        self._scheduler = threading.Thread(target=self._schedule, name="mmdemo-jobs", daemon=True)
+        self._scheduler.start()
 
-    def status(self) -> dict:
+    # --- records -------------------------------------------------------------------------
+    def _path(self, job_id: str) -> Path:
+        return self.dir / f"{job_id}.json"
+
+    def records(self) -> list[dict]:
+        out = []
+        for path in self.dir.glob("*.json"):
+            try:
+                out.append(read_record(path))
+            except (OSError, ValueError):
+                continue
+        return sorted(out, key=lambda r: r["created"])
+
+    def _mark_interrupted(self) -> None:
+        """At start-up: jobs that were unfinished when the server stopped are interrupted."""
+        ttl_h = self.limits.anonymous_ttl_hours
+        for record in self.records():
+            if record["state"] in UNFINISHED:
+                was = record["state"]
+                record.update(
+                    state="interrupted",
+                    finished=time.time(),
+                    message=f"the server restarted while this job was {was}; its data is kept for {ttl_h} h",
+                )
+                write_record(self._path(record["id"]), record)
+            elif record["state"] == "interrupted" and time.time() - record["finished"] > ttl_h * 3600:
+                shutil.rmtree(record["data"]["folder"], ignore_errors=True)
+                self._path(record["id"]).unlink(missing_ok=True)
+
+    def kept_data(self) -> set[Path]:
+        """Upload folders that belong to interrupted jobs (not swept at start-up)."""
+        return {Path(r["data"]["folder"]) for r in self.records() if r["state"] == "interrupted"}
+
+    # --- what a visitor sees -------------------------------------------------------------
+    def status(self, owner: str) -> dict:
+        """The visitor's latest job, with its queue position while queued."""
         with self._lock:
-            return self._status.to_dict()
+            records = self.records()
+            mine = [r for r in records if r["owner"] == owner]
+            if not mine:
+                return dict(IDLE, progress=0.0, epoch=0, epochs=0, history=[], report={}, checkpoint="", elapsed_s=0.0)
+            record = mine[-1]
+            queued = [r["id"] for r in records if r["state"] == "queued"]
+            stopping = record["id"] == self._running_id and self._stop_requested_at is not None
+        return _public(record, queued, stopping)
 
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+    def running(self, owner: str | None = None) -> bool:
+        """Whether a job (of ``owner``) is unfinished, or finished but not yet cleaned up."""
+        if self._running_owner is not None and owner in (None, self._running_owner):
+            return True
+        return any(r["state"] in UNFINISHED and (owner is None or r["owner"] == owner) for r in self.records())
 
+    # --- actions -------------------------------------------------------------------------
     def start(
         self,
+        owner: str,
         dataset: Dataset,
+        source: DataSource,
         settings: TrainSettings,
         name: str,
         base: str | None = None,
         overwrite: bool = False,
         val_fraction: float = 0.1,
     ) -> dict:
-        name = validate_name(name)
+        """Queue a job; ValueError (nothing queued) names what is wrong."""
         check_trainable(dataset)
-        target = self.registry.writable_dir / name
-        if name in self.registry.names() and not overwrite:
-            raise ValueError(f"a checkpoint named {name!r} already exists; choose another name or confirm overwriting")
-        if (self.registry.shipped_dir / name).exists() and self.registry.shipped_dir != self.registry.writable_dir:
-            raise ValueError(f"{name!r} is a shipped checkpoint and cannot be overwritten")
-        init = self.registry.path(base) if base else None
-        request = FinetuneRequest(
-            dataset=dataset,
-            out=target,
-            settings=settings,
-            val_fraction=val_fraction,
-            init=init,
-            overwrite=overwrite,
-            description=f"Fine-tuned in the mmdemo app on {dataset.csv_path.name}.",
-        )
+        if not 1 <= settings.epochs <= self.limits.max_epochs:
+            raise ValueError(f"epochs must be 1-{self.limits.max_epochs} (MMDEMO_MAX_EPOCHS), got {settings.epochs}")
+        target = self.registry.target(name, owner, overwrite)
+        init = self.registry.path(base, owner) if base else None
         with self._lock:
-            if self.running():
-                raise ValueError("a fine-tune job is already running; wait for it or stop it first")
-            self._stop.clear()
-            self._status = JobStatus(
-                state="running", message="starting", epochs=settings.epochs, started=time.time(), checkpoint=name
-            )
-            self._thread = threading.Thread(target=self._run, args=(request,), daemon=True)
-            self._thread.start()
-        return self.status()
-
-    def stop(self) -> dict:
-        if self.running():
-            self._stop.set()
-            with self._lock:
-                self._status.message = "stopping after the current step ..."
-        return self.status()
-
-    def wait(self, timeout: float | None = None) -> dict:
-        if self._thread is not None:
-            self._thread.join(timeout)
-        return self.status()
-
-    def _progress(self, event: dict) -> None:
-        with self._lock:
-            s = self._status
-            if event["stage"] == "train":
-                s.epoch = event["epoch"]
-                s.progress = ((event["epoch"] - 1) + event["step"] / event["steps"]) / max(1, event["epochs"])
-                s.message = f"epoch {event['epoch']}/{event['epochs']}, step {event['step']}/{event['steps']}, loss {event['loss']:.4f}"
-            elif event["stage"] == "epoch":
-                s.history.append({k: v for k, v in event.items() if k != "stage"})
-            elif "total" in event:
-                s.message = f"{event['stage']}: {event['done']}/{event['total']}"
-            elif "message" in event:
-                s.message = event["message"]
-
-    def _run(self, request: FinetuneRequest) -> None:
-        try:
-            result = finetune(request, self._progress, self._stop.is_set)
-            metrics = result.record["metrics"]
-            with self._lock:
-                s = self._status
-                s.report = result.report
-                s.state = "stopped" if result.stopped_by == "stop" else "done"
-                s.progress = 1.0 if s.state == "done" else s.progress
-                s.message = (
-                    f"{'stopped early; ' if s.state == 'stopped' else ''}saved checkpoint {request.out.name!r} "
-                    f"(best epoch {result.record['best_epoch']}, "
-                    f"validation accuracy {metrics.get('val_accuracy', float('nan')):.3f})"
+            records = self.records()
+            mine = [r for r in records if r["owner"] == owner and r["state"] in UNFINISHED]
+            if len(mine) >= self.limits.max_jobs_per_visitor:
+                raise ValueError(
+                    f"you already have a fine-tune job {mine[-1]['state']}; wait for it or stop it first"
+                    f" (MMDEMO_MAX_JOBS_PER_VISITOR={self.limits.max_jobs_per_visitor})"
                 )
-        except Exception as e:  # the job fails, the server keeps serving
-            traceback.print_exc()
-            with self._lock:
-                self._status.state = "failed"
-                self._status.message = f"training failed: {e}"
-        finally:
-            with self._lock:
-                self._status.finished = time.time()
+            if any(r["target"] == str(target) and r["state"] in UNFINISHED for r in records):
+                raise ValueError(f"a job is already training {name!r}")
+            if sum(r["state"] == "queued" for r in records) >= self.limits.max_queued_jobs:
+                raise ValueError(
+                    f"queue full: {self.limits.max_queued_jobs} fine-tune jobs are waiting; try again later"
+                    " (MMDEMO_MAX_QUEUED_JOBS)"
+                )
+            job_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(4)}"
+            record = {
+                "id": job_id,
+                "owner": owner,
+                "state": "queued",
+                "message": "waiting for its turn",
+                "created": time.time(),
+                "started": 0.0,
+                "finished": 0.0,
+                "progress": 0.0,
+                "epoch": 0,
+                "epochs": settings.epochs,
+                "history": [],
+                "report": {},
+                "checkpoint": target.name,
+                "target": str(target),
+                "base": str(init) if init else None,
+                "base_name": base,
+                "overwrite": bool(overwrite),
+                "val_fraction": float(val_fraction),
+                "settings": asdict(settings),
+                "time_limit_s": self.limits.job_time_limit_min * 60,
+                "data": {k: str(v) for k, v in source._asdict().items()},
+            }
+            write_record(self._path(job_id), record)
+        self._wake.set()
+        return self.status(owner)
+
+    def stop(self, owner: str) -> dict:
+        """Stop the visitor's unfinished job, at any phase."""
+        with self._lock:
+            mine = [r for r in self.records() if r["owner"] == owner and r["state"] in UNFINISHED]
+            for record in mine:
+                if record["id"] == self._running_id:
+                    self._stop.set()
+                    self._stop_requested_at = time.monotonic()
+                else:  # still queued: never started
+                    record.update(state="stopped", message="stopped before it started", finished=time.time())
+                    self._finish(record)
+        self._wake.set()
+        return self.status(owner)
+
+    def wait(self, owner: str, timeout: float | None = None) -> dict:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.running(owner) and (deadline is None or time.monotonic() < deadline):
+            time.sleep(0.2)
+        return self.status(owner)
+
+    def close(self) -> None:
+        """Stop the scheduler and terminate a running worker (its job shows as interrupted)."""
+        self._closed = True
+        self._wake.set()
+        with self._lock:
+            if self._process is not None and self._process.is_alive():
+                self._process.terminate()
+                self._process.join(5)
+
+    # --- the scheduler -------------------------------------------------------------------
+    def _schedule(self) -> None:
+        while not self._closed:
+            self._wake.wait(0.5)
+            self._wake.clear()
+            try:
+                self._tick()
+            except Exception:  # the scheduler must survive anything a job does
+                log.exception("job scheduler")
+
+    def _tick(self) -> None:
+        with self._lock:
+            if self._process is not None:
+                grace = STOP_GRACE_S.get(self._current_state(), 0.0)
+                if (
+                    self._stop_requested_at is not None
+                    and self._process.is_alive()
+                    and time.monotonic() - self._stop_requested_at > grace
+                ):
+                    self._process.terminate()  # did not stop by itself (e.g. while encoding data)
+                    self._process.join(5)
+                if self._process.is_alive():
+                    return
+                self._reap()
+            if self._closed:
+                return
+            queued = [r for r in self.records() if r["state"] == "queued"]
+            if queued:
+                self._launch(queued[0])
+
+    def _current_state(self) -> str:
+        try:
+            return read_record(self._path(self._running_id))["state"]
+        except (OSError, ValueError):
+            return "running"
+
+    def _launch(self, record: dict) -> None:
+        record.update(state="preparing", message="preparing: starting the worker", started=time.time())
+        write_record(self._path(record["id"]), record)
+        self._stop = self._context.Event()
+        self._stop_requested_at = None
+        self._running_id = record["id"]
+        self._running_owner = record["owner"]
+        self._process = self._context.Process(
+            target=run_job, args=(str(self._path(record["id"])), self._stop), name=f"mmdemo-job-{record['id']}"
+        )
+        self._process.start()
+
+    def _reap(self) -> None:
+        """The worker ended: make its record final and delete its upload folder."""
+        record = read_record(self._path(self._running_id))
+        code = self._process.exitcode
+        if record["state"] in UNFINISHED:  # it did not finish its own record: stopped or crashed
+            if self._stop_requested_at is not None:
+                kept = " (the best epoch so far is kept)" if Path(record["target"]).exists() else ""
+                record.update(state="stopped", message=f"stopped during {record['state']}{kept}")
+            else:
+                why = "killed, possibly out of memory" if code in (-9, 137) else f"exit code {code}"
+                record.update(state="failed", message=f"the training process ended unexpectedly ({why})")
+            record["finished"] = time.time()
+            log.warning("job %s: %s", record["id"], record["message"])
+        self._finish(record)
+        self._process.close()
+        self._process = None
+        self._running_id = None
+        self._running_owner = None
+        self._stop_requested_at = None
+
+    def _finish(self, record: dict) -> None:
+        write_record(self._path(record["id"]), record)
+        shutil.rmtree(record["data"]["folder"], ignore_errors=True)
+
+
+def _public(record: dict, queued: list[str], stopping: bool) -> dict:
+    """What the API and the UI show of a record (no server paths)."""
+    state = record["state"]
+    message = record["message"]
+    if state == "queued":
+        position = queued.index(record["id"]) + 1 if record["id"] in queued else 0
+        message = f"queued: position {position} of {len(queued)}"
+    elif stopping:
+        message = "stopping ..."
+    end = record["finished"] or time.time()
+    return {
+        "state": state,
+        "message": message,
+        "progress": round(record["progress"], 4),
+        "epoch": record["epoch"],
+        "epochs": record["epochs"],
+        "history": record["history"],
+        "report": record["report"],
+        "checkpoint": record["checkpoint"],
+        "job": record["id"],
+        "queue_position": (queued.index(record["id"]) + 1) if record["id"] in queued else 0,
+        "elapsed_s": round(end - record["started"], 1) if record["started"] else 0.0,
+    }

@@ -33,6 +33,13 @@ def image_to_tensor(image: Image.Image, config: ModelConfig) -> torch.Tensor:
     return normalize_pixels(image_to_uint8(image, config), config)
 
 
+# A WordPiece token covers at most 100 characters (longer words become one [UNK]), so
+# max_tokens * 100 characters hold the kept tokens of any text without long runs of spaces:
+# text beyond that is cut before the tokenizer sees it (a 50 MB question then costs what
+# 6 kB do, instead of minutes).
+CHARS_PER_TOKEN_BOUND = 100
+
+
 class TextBatch(NamedTuple):
     input_ids: torch.Tensor  # (B, T)
     attention_mask: torch.Tensor  # (B, T)
@@ -47,6 +54,9 @@ def tokenize(tokenizer, texts: list[str], max_tokens: int) -> TextBatch:
     for i, text in enumerate(texts):
         if not isinstance(text, str) or not text.strip():
             raise ValueError("the text is empty" if len(texts) == 1 else f"text {i + 1} is empty")
+    budget = max_tokens * CHARS_PER_TOKEN_BOUND
+    cut = [len(t) > budget for t in texts]
+    texts = [t[:budget] for t in texts]
     enc = tokenizer(list(texts), add_special_tokens=True)
     rows, truncated, all_word_ids, all_words = [], [], [], []
     for i, (text, ids) in enumerate(zip(texts, enc["input_ids"])):
@@ -62,7 +72,7 @@ def tokenize(tokenizer, texts: list[str], max_tokens: int) -> TextBatch:
                 dense[wid] = len(words)
                 words.append(text[span.start : span.end])
         rows.append(ids)
-        truncated.append(len(enc["input_ids"][i]) > max_tokens)
+        truncated.append(cut[i] or len(enc["input_ids"][i]) > max_tokens)
         all_word_ids.append([None if wid is None else dense[wid] for wid in word_ids])
         all_words.append(words)
     length = max(len(r) for r in rows)

@@ -1,26 +1,40 @@
-"""Checkpoints by name for the app: the shipped ones (read-only) plus a writable folder
-($MMDEMO_CHECKPOINT_DIR, default checkpoints/) where fine-tuned ones are saved under a
-validated name; one cached Predictor per checkpoint.
+"""Checkpoints by name for the app: the shipped ones (read-only, always) plus each visitor's
+own, one cached Predictor per checkpoint.
+
+Layout of the writable folder (``limits.checkpoint_dir()``, never inside the shipped one)::
+
+    <writable>/<owner>/<name>/{config.json, model.safetensors, README.md}
+
+An owner is an id decided on the server (``owner_id``): the hash of a visitor's secret token,
+a signed-in Hugging Face user, or ``shared`` in shared mode. A visitor sees the shipped
+checkpoints and their own; only the owner can overwrite, delete or download theirs. A shipped
+name can never be taken. Anonymous owners' checkpoints expire (``Limits.anonymous_ttl_hours``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
 import threading
+import time
 from collections import OrderedDict
 from pathlib import Path
 
-from .checkpoint import is_checkpoint
+from .checkpoint import CONFIG_FILE, WEIGHTS_FILE, is_checkpoint
+from .limits import Limits, checkpoint_dir
 from .service import Predictor
 
 REPO_CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+OWNER_PATTERN = re.compile(r"^(shared|a-[0-9a-f]{32}|hf-[A-Za-z0-9._-]{1,96})$")
+TOKEN_PATTERN = re.compile(r"^[A-Za-z0-9_-]{32,128}$")
+SHARED = "shared"
 
 
 def validate_name(name: str) -> str:
-    name = (name or "").strip()
+    name = (name or "").strip() if isinstance(name, str) else ""
     if not NAME_PATTERN.match(name):
         raise ValueError(
             f"checkpoint name {name!r} is not valid: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
@@ -28,9 +42,28 @@ def validate_name(name: str) -> str:
     return name
 
 
+def owner_id(token: str) -> str:
+    """The owner a secret token stands for: a hash, so the folder name reveals no token."""
+    if not isinstance(token, str) or not TOKEN_PATTERN.match(token):
+        raise ValueError(
+            "the owner token is not valid (32-128 letters, digits, '-' or '_', as /start_finetune returns it)"
+        )
+    return "a-" + hashlib.sha256(token.encode()).hexdigest()[:32]
+
+
+def hf_owner(username: str) -> str:
+    return "hf-" + re.sub(r"[^A-Za-z0-9._-]", "_", username)[:96]
+
+
+def _check_owner(owner: str | None) -> str | None:
+    if owner is not None and not OWNER_PATTERN.match(owner):
+        raise ValueError("invalid owner")  # internal: owners are made by owner_id/hf_owner only
+    return owner
+
+
 class CheckpointRegistry:
-    """Checkpoint folders by name: the shipped ones and the writable folder's, newest state on
-    every call (a fine-tuned checkpoint shows up as soon as it is saved)."""
+    """Checkpoint folders by name, newest state on every call (a fine-tuned checkpoint shows up
+    as soon as it is saved). ``owner=None`` sees the shipped checkpoints only."""
 
     def __init__(
         self,
@@ -38,37 +71,54 @@ class CheckpointRegistry:
         shipped_dir: str | os.PathLike = REPO_CHECKPOINTS,
         device: str | None = None,
         cache_size: int = 3,
+        limits: Limits | None = None,
     ):
-        self.writable_dir = Path(writable_dir or os.environ.get("MMDEMO_CHECKPOINT_DIR") or REPO_CHECKPOINTS)
         self.shipped_dir = Path(shipped_dir)
+        self.writable_dir = Path(writable_dir) if writable_dir else checkpoint_dir()
+        shipped, writable = self.shipped_dir.resolve(), self.writable_dir.resolve()
+        if writable.is_relative_to(shipped) or shipped.is_relative_to(writable):
+            raise ValueError(
+                "the writable checkpoint folder must be outside the shipped checkpoints "
+                f"(MMDEMO_CHECKPOINT_DIR={self.writable_dir.name!r} overlaps {self.shipped_dir.name!r})"
+            )
+        self.limits = limits or Limits.from_env()
         self.device = device
         self._predictors: OrderedDict[tuple[str, float], Predictor] = OrderedDict()
         self._lock = threading.Lock()
         self.cache_size = cache_size
 
-    def paths(self) -> dict[str, Path]:
-        found: dict[str, Path] = {}
-        for folder in (self.shipped_dir, self.writable_dir):
-            if folder.is_dir():
-                for path in sorted(folder.iterdir()):
-                    if path.is_dir() and not path.name.startswith(".") and is_checkpoint(path):
-                        found.setdefault(path.name, path)
+    # --- listing -------------------------------------------------------------------------
+    def shipped(self) -> dict[str, Path]:
+        return _checkpoints_in(self.shipped_dir)
+
+    def is_shipped(self, name: str) -> bool:
+        return (self.shipped_dir / name).exists()
+
+    def owned(self, owner: str | None) -> dict[str, Path]:
+        if _check_owner(owner) is None:
+            return {}
+        return _checkpoints_in(self.writable_dir / owner)
+
+    def paths(self, owner: str | None = None) -> dict[str, Path]:
+        found = self.shipped()
+        for name, path in self.owned(owner).items():
+            found.setdefault(name, path)
         return found
 
-    def names(self) -> list[str]:
-        return list(self.paths())
+    def names(self, owner: str | None = None) -> list[str]:
+        return list(self.paths(owner))
 
-    def path(self, name: str) -> Path:
-        paths = self.paths()
+    def path(self, name: str, owner: str | None = None) -> Path:
+        paths = self.paths(owner)
         if name not in paths:
             raise ValueError(f"unknown checkpoint {name!r}; available: {', '.join(paths) or 'none'}")
         return paths[name]
 
-    def predictor(self, name: str) -> Predictor:
+    def predictor(self, name: str, owner: str | None = None) -> Predictor:
         """A predictor per checkpoint, cached (keyed by the weights' mtime, so a replaced
         checkpoint is reloaded)."""
-        path = self.path(name)
-        key = (str(path), (path / "model.safetensors").stat().st_mtime)
+        path = self.path(name, owner)
+        key = (str(path), (path / WEIGHTS_FILE).stat().st_mtime)
         with self._lock:
             if key in self._predictors:
                 self._predictors.move_to_end(key)
@@ -79,8 +129,79 @@ class CheckpointRegistry:
                 self._predictors.popitem(last=False)
             return predictor
 
-    def zip(self, name: str, out_dir: str | os.PathLike) -> Path:
-        """The checkpoint folder as a zip (for download)."""
-        path = self.path(name)
+    # --- writing (owners only) -----------------------------------------------------------
+    def target(self, name: str, owner: str, overwrite: bool = False) -> Path:
+        """The folder a new checkpoint ``name`` of ``owner`` will be saved to, after every check:
+        valid name, not shipped, not existing unless ``overwrite``, within the owner's quota."""
+        name = validate_name(name)
+        if self.is_shipped(name):
+            raise ValueError(f"{name!r} is a shipped checkpoint and cannot be overwritten; choose another name")
+        owned = self.owned(_check_owner(owner))
+        if name in owned and not overwrite:
+            raise ValueError(f"a checkpoint named {name!r} already exists; choose another name or confirm overwriting")
+        if name not in owned and len(owned) >= self.limits.max_checkpoints:
+            raise ValueError(
+                f"you have {len(owned)} checkpoints, the limit per visitor (MMDEMO_MAX_CHECKPOINTS={self.limits.max_checkpoints});"
+                " delete one first"
+            )
+        used = self.disk_usage(owner)
+        if used > self.limits.max_visitor_disk_mb * 1e6:
+            raise ValueError(
+                f"your checkpoints use {used / 1e6:,.0f} MB, over the limit of {self.limits.max_visitor_disk_mb:,} MB"
+                " (MMDEMO_MAX_VISITOR_DISK_MB); delete one first"
+            )
+        return self.writable_dir / owner / name
+
+    def delete(self, name: str, owner: str) -> None:
+        name = validate_name(name)
+        if self.is_shipped(name):
+            raise ValueError(f"{name!r} is a shipped checkpoint and cannot be deleted")
+        owned = self.owned(_check_owner(owner))
+        if name not in owned:
+            raise ValueError(f"you have no checkpoint named {name!r}")
+        shutil.rmtree(owned[name])
+
+    def disk_usage(self, owner: str) -> int:
+        folder = self.writable_dir / owner
+        return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) if folder.is_dir() else 0
+
+    def zip(self, name: str, out_dir: str | os.PathLike, owner: str | None = None) -> Path:
+        """The checkpoint folder as a zip (for download): shipped ones, or the owner's own."""
+        path = self.path(name, owner)
         base = Path(out_dir) / name
         return Path(shutil.make_archive(str(base), "zip", root_dir=path.parent, base_dir=path.name))
+
+    # --- housekeeping --------------------------------------------------------------------
+    def clean(self, now: float | None = None) -> list[str]:
+        """At start-up: remove half-written folders (``.<name>.*.tmp`` and ``.<name>.old`` left by
+        a crash during a save) and anonymous visitors' checkpoints older than their time to
+        live. Returns what was removed (names relative to the writable folder)."""
+        removed: list[str] = []
+        if not self.writable_dir.is_dir():
+            return removed
+        now = time.time() if now is None else now
+        ttl = self.limits.anonymous_ttl_hours * 3600
+        for owner in self.writable_dir.iterdir():
+            if not owner.is_dir() or not OWNER_PATTERN.match(owner.name):
+                continue
+            for entry in owner.iterdir():
+                half_written = entry.name.startswith(".") and entry.name.endswith((".tmp", ".old"))
+                expired = (
+                    owner.name.startswith("a-")
+                    and is_checkpoint(entry)
+                    and now - (entry / CONFIG_FILE).stat().st_mtime > ttl
+                )
+                if entry.is_dir() and (half_written or expired):
+                    shutil.rmtree(entry, ignore_errors=True)
+                    removed.append(f"{owner.name}/{entry.name}")
+        return removed
+
+
+def _checkpoints_in(folder: Path) -> dict[str, Path]:
+    if not folder.is_dir():
+        return {}
+    return {
+        p.name: p
+        for p in sorted(folder.iterdir())
+        if p.is_dir() and not p.name.startswith(".") and NAME_PATTERN.match(p.name) and is_checkpoint(p)
+    }

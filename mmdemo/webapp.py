@@ -1,19 +1,30 @@
 """What the web UI needs from the service layer, in one object: the checkpoint registry, the
-fine-tune jobs, a work folder, the example gallery and the example dataset.
+fine-tune jobs, the visitor's identity, upload handling under the limits, the example gallery
+and the example dataset.
 
-Imports no gradio: the UI (mmdemo/ui/) wires components to this object's methods.
+Imports no gradio: the UI (mmdemo/ui/) wires components to this object's methods. Every
+method that reads or writes a visitor's things takes the ``owner`` the UI resolved on the
+server (``App.owner``), never a name sent by the client.
 """
 
 from __future__ import annotations
 
 import csv
+import logging
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
 
-from .jobs import JobManager
-from .registry import CheckpointRegistry
+from .data import Dataset, check_trainable, read_csv
+from .jobs import DataSource, JobManager
+from .limits import UPLOAD_PREFIX, Limits, data_dir, shared_mode, upload_root
+from .registry import SHARED, CheckpointRegistry, hf_owner, owner_id
 from .sortofclevr import generate
+from .train import TrainSettings
+from .uploads import UploadFolder, extract_zip, sweep_uploads
+
+log = logging.getLogger("mmdemo.app")
 
 DEFAULT_CHECKPOINT = "sort-of-clevr"
 EXAMPLE_DATASET_IMAGES = 150
@@ -22,12 +33,50 @@ EXAMPLE_DATASET_IMAGES = 150
 class App:
     """What the UI needs from the service layer, in one object."""
 
-    def __init__(self, registry: CheckpointRegistry | None = None, work_dir: str | None = None):
-        self.registry = registry or CheckpointRegistry()
-        self.jobs = JobManager(self.registry)
-        self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="mmdemo-"))
+    def __init__(
+        self,
+        registry: CheckpointRegistry | None = None,
+        work_dir: str | None = None,
+        jobs_dir: str | None = None,
+        limits: Limits | None = None,
+        shared: bool | None = None,
+    ):
+        self.limits = limits or (registry.limits if registry else Limits.from_env())
+        self.registry = registry or CheckpointRegistry(limits=self.limits)
+        self.shared = shared_mode() if shared is None else shared
+        removed = self.registry.clean()
+        self.jobs = JobManager(self.registry, jobs_dir, self.limits)
+        # upload folders of earlier runs (older than a minute: not a live server's in this TMPDIR)
+        swept = sweep_uploads(keep=self.jobs.kept_data(), older_than_s=60)
+        if removed or swept:
+            log.info(
+                "start-up: removed %d half-written/expired checkpoint(s), %d upload folder(s)", len(removed), len(swept)
+            )
+        self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix=UPLOAD_PREFIX + "work-", dir=upload_root()))
         self.work_dir.mkdir(parents=True, exist_ok=True)
+        self._example_dataset: tuple[str, str] | None = None
 
+    # --- who is asking -------------------------------------------------------------------
+    @staticmethod
+    def new_token() -> str:
+        """A secret owner token (256 bits): whoever holds it controls that visitor's things."""
+        return secrets.token_urlsafe(32)
+
+    def owner(self, token: str | None, hf_username: str | None = None) -> str:
+        """The owner a request acts for, decided on the server: everyone in shared mode, else the
+        signed-in Hugging Face user, else the holder of the secret token."""
+        if self.shared:
+            return SHARED
+        if hf_username:
+            return hf_owner(hf_username)
+        if not token:
+            raise ValueError("no owner token: reload the page, or pass the owner_token /start_finetune returned")
+        return owner_id(token)
+
+    def checkpoint_names(self, owner: str | None) -> list[str]:
+        return self.registry.names(owner)
+
+    # --- examples ------------------------------------------------------------------------
     def default_checkpoint(self) -> str | None:
         names = self.registry.names()
         return DEFAULT_CHECKPOINT if DEFAULT_CHECKPOINT in names else (names[0] if names else None)
@@ -44,8 +93,12 @@ class App:
         return [[str(listing.parent / r["image"]), r["text"]] for r in rows]
 
     def example_dataset(self) -> tuple[str, str]:
-        """A small generated Sort-of-CLEVR set: the CSV (image,text,label) and a zip of its images."""
-        folder = Path(tempfile.mkdtemp(prefix="example-", dir=self.work_dir))
+        """A small generated Sort-of-CLEVR set: the CSV (image,text,label) and a zip of its images.
+        Generated once per server (the same seed gives the same set)."""
+        if self._example_dataset and all(Path(p).is_file() for p in self._example_dataset):
+            return self._example_dataset
+        folder = self.work_dir / "example-dataset"
+        shutil.rmtree(folder, ignore_errors=True)
         csv_path = generate(folder / "sort-of-clevr", EXAMPLE_DATASET_IMAGES, seed=7)
         archive = shutil.make_archive(str(folder / "images"), "zip", root_dir=csv_path.parent, base_dir="images")
         rows = list(csv.DictReader(open(csv_path, newline="")))
@@ -54,4 +107,96 @@ class App:
             writer = csv.DictWriter(f, fieldnames=["image", "text", "label"])
             writer.writeheader()
             writer.writerows({k: r[k] for k in ("image", "text", "label")} for r in rows)
-        return str(slim), archive
+        shutil.rmtree(folder / "sort-of-clevr", ignore_errors=True)
+        self._example_dataset = (str(slim), archive)
+        return self._example_dataset
+
+    # --- bounded input -------------------------------------------------------------------
+    def check_text(self, text: str) -> str:
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError("Please type a question or a description of the image.")
+        if len(text) > self.limits.max_text_chars:
+            raise ValueError(
+                f"the text has {len(text):,} characters, over the limit of {self.limits.max_text_chars:,}"
+                " (MMDEMO_MAX_TEXT_CHARS)"
+            )
+        return text
+
+    def prepare_upload(
+        self, csv_file: str, zip_file: str | None, columns: tuple[str, str, str]
+    ) -> tuple[Dataset, DataSource, UploadFolder]:
+        """Uploads -> a validated Dataset in a fresh upload folder (under the limits). The caller
+        removes the folder (or hands it to a job); on error it is already removed."""
+        if not csv_file:
+            raise ValueError("Upload a CSV file, or press 'Use example dataset'.")
+        limits = self.limits
+        size = Path(csv_file).stat().st_size
+        if size > limits.max_csv_mb * 1e6:
+            raise ValueError(
+                f"the CSV is {size / 1e6:,.1f} MB, over the limit of {limits.max_csv_mb:,} MB (MMDEMO_MAX_CSV_MB)"
+            )
+        upload = UploadFolder()
+        try:
+            if zip_file:
+                extract_zip(zip_file, upload.path, limits.max_zip_entries, limits.max_zip_mb * 1_000_000)
+            csv_path = upload.path / "data.csv"
+            shutil.copyfile(csv_file, csv_path)
+            image_col, text_col, label_col = (c or d for c, d in zip(columns, ("image", "text", "label")))
+            dataset = read_csv(
+                csv_path,
+                image_col,
+                text_col,
+                label_col,
+                image_root=upload.path,
+                confine=True,
+                max_rows=limits.max_csv_rows,
+                max_text_chars=limits.max_text_chars,
+                max_pixels=limits.max_image_pixels,
+            )
+            source = DataSource(upload.path, csv_path, image_col, text_col, label_col, Path(csv_file).name)
+            return dataset, source, upload
+        except BaseException:
+            upload.remove()
+            raise
+
+    def preflight(self, csv_file: str, zip_file: str | None, columns: tuple[str, str, str]) -> str:
+        """Check data: the pre-flight report; ValueError when the data cannot train."""
+        dataset, _, upload = self.prepare_upload(csv_file, zip_file, columns)
+        upload.remove()
+        check_trainable(dataset)
+        return dataset.report()
+
+    def start_job(
+        self,
+        owner: str,
+        csv_file: str,
+        zip_file: str | None,
+        columns: tuple[str, str, str],
+        settings: TrainSettings,
+        name: str,
+        base: str | None,
+        overwrite: bool,
+        val_fraction: float,
+    ) -> dict:
+        self.registry.target(name, owner, overwrite)  # refuse before the data is read
+        dataset, source, upload = self.prepare_upload(csv_file, zip_file, columns)
+        try:
+            status = self.jobs.start(owner, dataset, source, settings, name, base, overwrite, val_fraction)
+        except BaseException:
+            upload.remove()
+            raise
+        upload.keep()  # the job deletes it when it ends
+        return status
+
+    def download(self, name: str, owner: str | None) -> str:
+        """A zip of a shipped checkpoint or one of the owner's (one file per owner, replaced)."""
+        folder = self.work_dir / "downloads" / (owner or "public")
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        return str(self.registry.zip(name, folder, owner))
+
+    def close(self) -> None:
+        self.jobs.close()
+
+
+__all__ = ["App", "DEFAULT_CHECKPOINT", "data_dir"]

@@ -37,6 +37,19 @@ def tiny_config(**overrides) -> ModelConfig:
     return ModelConfig(**values)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def data_dir(tmp_path_factory):
+    """The app's writable folder (job records, the browser secret) in a test folder."""
+    folder = tmp_path_factory.mktemp("mmdemo-data")
+    previous = os.environ.get("MMDEMO_DATA_DIR")
+    os.environ["MMDEMO_DATA_DIR"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("MMDEMO_DATA_DIR", None)
+    else:
+        os.environ["MMDEMO_DATA_DIR"] = previous
+
+
 @pytest.fixture
 def tiny_model():
     torch.manual_seed(0)

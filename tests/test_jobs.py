@@ -10,9 +10,9 @@ from PIL import Image
 
 from mmdemo.checkpoint import save_checkpoint
 from mmdemo.data import read_csv
-from mmdemo.jobs import JobManager
+from mmdemo.jobs import DataSource, JobManager
 from mmdemo.model import build_model
-from mmdemo.registry import CheckpointRegistry, validate_name
+from mmdemo.registry import CheckpointRegistry, owner_id, validate_name
 from mmdemo.train import TrainSettings
 from mmdemo.uploads import extract_zip
 
@@ -72,50 +72,69 @@ def test_checkpoint_names_are_validated():
             validate_name(bad)
 
 
-def test_registry_lists_shipped_and_writable_checkpoints(tmp_path):
+OWNER = owner_id("x" * 43)
+OTHER = owner_id("y" * 43)
+
+
+def test_registry_lists_shipped_and_the_owners_checkpoints(tmp_path):
     shipped, writable = tmp_path / "shipped", tmp_path / "mine"
     save_checkpoint(build_model(tiny_config()), shipped / "default")
-    save_checkpoint(build_model(tiny_config()), writable / "tuned")
-    (writable / "not-a-checkpoint").mkdir()
+    save_checkpoint(build_model(tiny_config()), writable / OWNER / "tuned")
+    (writable / OWNER / "not-a-checkpoint").mkdir()
     registry = CheckpointRegistry(writable, shipped)
-    assert registry.names() == ["default", "tuned"]
-    assert registry.predictor("tuned") is registry.predictor("tuned")  # cached
+    assert registry.names() == ["default"]  # no owner: the shipped ones only
+    assert registry.names(OWNER) == ["default", "tuned"]
+    assert registry.names(OTHER) == ["default"]  # another visitor does not see it
+    assert registry.predictor("tuned", OWNER) is registry.predictor("tuned", OWNER)  # cached
+    with pytest.raises(ValueError, match="unknown checkpoint 'tuned'"):
+        registry.predictor("tuned", OTHER)
     with pytest.raises(ValueError, match="unknown checkpoint 'nope'"):
         registry.path("nope")
-    archive = registry.zip("tuned", tmp_path)
+    archive = registry.zip("tuned", tmp_path, OWNER)
     assert sorted(zipfile.ZipFile(archive).namelist()) == [
         "tuned/",
         "tuned/README.md",
         "tuned/config.json",
         "tuned/model.safetensors",
     ]
+    with pytest.raises(ValueError, match="unknown checkpoint"):
+        registry.zip("tuned", tmp_path, OTHER)
 
 
-def test_job_trains_in_the_background_and_saves_a_usable_checkpoint(tmp_path):
-    (tmp_path / "up" / "img").mkdir(parents=True)
+def _dataset(folder):
+    (folder / "img").mkdir(parents=True)
     rows = []
     for i in range(12):
-        Image.new("RGB", (16, 16), (255, 0, 0) if i % 2 else (0, 0, 255)).save(tmp_path / "up" / "img" / f"{i}.png")
+        Image.new("RGB", (16, 16), (255, 0, 0) if i % 2 else (0, 0, 255)).save(folder / "img" / f"{i}.png")
         rows.append([f"img/{i}.png", "what colour?", "red" if i % 2 else "blue"])
-    with open(tmp_path / "up" / "data.csv", "w", newline="") as f:
+    with open(folder / "data.csv", "w", newline="") as f:
         csv.writer(f).writerows([["image", "text", "label"], *rows])
-    dataset = read_csv(tmp_path / "up" / "data.csv", image_root=tmp_path / "up", confine=True)
+    dataset = read_csv(folder / "data.csv", image_root=folder, confine=True)
+    return dataset, DataSource(folder, folder / "data.csv")
+
+
+def test_job_trains_in_a_worker_process_and_saves_a_usable_checkpoint(tmp_path):
+    dataset, source = _dataset(tmp_path / "up")
     shipped = tmp_path / "shipped"
     save_checkpoint(build_model(tiny_config(labels=["blue", "red"])), shipped / "base")
     registry = CheckpointRegistry(tmp_path / "mine", shipped)
-    jobs = JobManager(registry)
+    jobs = JobManager(registry, tmp_path / "jobs")
     settings = TrainSettings(epochs=2, batch_size=4, freeze=[])
-    status = jobs.start(dataset, settings, "tuned", base="base", val_fraction=0.25)
-    assert status["state"] == "running"
-    with pytest.raises(ValueError, match="already running"):
-        jobs.start(dataset, settings, "other", base="base")
-    status = jobs.wait(120)
+    status = jobs.start(OWNER, dataset, source, settings, "tuned", base="base", val_fraction=0.25)
+    assert status["state"] in ("queued", "preparing")
+    with pytest.raises(ValueError, match="already have a fine-tune job"):
+        jobs.start(OWNER, dataset, source, settings, "other", base="base")
+    assert jobs.status(OTHER)["state"] == "idle"  # another visitor sees nothing of it
+    jobs.stop(OTHER)
+    status = jobs.wait(OWNER, 240)
     assert status["state"] == "done", status["message"]
     assert len(status["history"]) == 2 and status["progress"] == 1.0
-    assert "tuned" in registry.names()
-    prediction = registry.predictor("tuned").predict(tmp_path / "up" / "img" / "1.png", "what colour?")
-    assert prediction.label in ("blue", "red")
+    assert "tuned" in registry.names(OWNER) and "tuned" not in registry.names(OTHER)
+    assert not (tmp_path / "up").exists()  # the upload folder went with the job
+    Image.new("RGB", (16, 16), (255, 0, 0)).save(tmp_path / "red.png")
+    assert registry.predictor("tuned", OWNER).predict(tmp_path / "red.png", "what colour?").label in ("blue", "red")
     with pytest.raises(ValueError, match="already exists"):
-        jobs.start(dataset, settings, "tuned", base="base")
-    with pytest.raises(ValueError, match="shipped checkpoint"):
-        jobs.start(dataset, settings, "base", base="base", overwrite=True)
+        jobs.start(OWNER, dataset, source, settings, "tuned", base="base")
+    with pytest.raises(ValueError, match="'base' is a shipped checkpoint and cannot be overwritten"):
+        jobs.start(OWNER, dataset, source, settings, "base", base="base", overwrite=True)
+    jobs.close()

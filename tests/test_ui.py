@@ -123,17 +123,19 @@ def test_live_server_predict_and_fine_tune(server, app, fixture_path, tmp_path):
         False,
         api_name="/start_finetune",
     )
-    assert status["state"] == "running"
+    assert status["state"] in ("queued", "preparing", "running") and len(status["owner_token"]) >= 32
+    token = status["owner_token"]
     deadline = time.time() + 180
-    while status["state"] == "running" and time.time() < deadline:
+    while status["state"] in ("queued", "preparing", "running") and time.time() < deadline:
         time.sleep(0.5)
-        status = client.predict(api_name="/finetune_status")
+        status = client.predict(api_name="/finetune_status")  # the same Client keeps its token
     assert status["state"] == "done", status["message"]
-    assert "tuned-by-api" in app.registry.names()
-    result = client.predict(
-        handle_file(str(tmp_path / "upload" / "img" / "1.png")),
-        "which colour is it?",
-        "tuned-by-api",
-        api_name="/predict",
-    )
+    assert "tuned-by-api" in app.registry.names(app.owner(token))
+    # a new client controls it with the token; without it the checkpoint does not exist for it
+    other = Client(server.local_url, verbose=False)
+    image = handle_file(str(tmp_path / "upload" / "img" / "1.png"))
+    result = other.predict(image, "which colour is it?", "tuned-by-api", "gradient", 0.5, token, api_name="/predict")
     assert result[0]["label"] in ("red", "blue")
+    with pytest.raises(Exception, match="unknown checkpoint 'tuned-by-api'"):
+        other.predict(image, "which colour is it?", "tuned-by-api", api_name="/predict")
+    assert other.predict(token, api_name="/finetune_status")["state"] == "done"

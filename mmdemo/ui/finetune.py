@@ -4,18 +4,15 @@ settings, a background job with live curves, then the report and a new checkpoin
 from __future__ import annotations
 
 import csv
-import shutil
-import tempfile
-from pathlib import Path
+import html
 
 import gradio as gr
 
 from .. import render
-from ..data import read_csv
 from ..registry import validate_name
 from ..train import TrainSettings
-from ..uploads import extract_zip
 from ..webapp import App
+from .identity import owner_of, refuse, unexpected
 
 NEW_MODEL = "(new model)"
 
@@ -34,9 +31,9 @@ def csv_columns(csv_file):
         return [gr.update(choices=[], value=None)] * 3
     try:
         with open(csv_file, newline="", encoding="utf-8-sig") as f:
-            columns = next(csv.reader(f), [])
+            columns = next(csv.reader([f.readline(65536)]), [])
     except (UnicodeDecodeError, csv.Error) as e:
-        raise gr.Error(f"cannot read the CSV header: {e}") from None
+        raise refuse(f"cannot read the CSV header: {e}") from None
     guesses = (
         _guess(columns, "image", "image_path", "path", "file", "filename"),
         _guess(columns, "text", "question", "caption", "prompt"),
@@ -45,27 +42,15 @@ def csv_columns(csv_file):
     return [gr.update(choices=columns, value=g) for g in guesses]
 
 
-def _prepare(app: App, csv_file, zip_file, image_col, text_col, label_col):
-    """Uploads -> validated Dataset, confined to the upload folder."""
-    if not csv_file:
-        raise gr.Error("Upload a CSV file, or press 'Use example dataset'.")
-    folder = Path(tempfile.mkdtemp(prefix="upload-", dir=app.work_dir))
-    try:
-        if zip_file:
-            extract_zip(zip_file, folder)
-        csv_path = folder / "data.csv"
-        if Path(csv_file).resolve() != csv_path.resolve():
-            shutil.copyfile(csv_file, csv_path)
-        return read_csv(
-            csv_path, image_col or "image", text_col or "text", label_col or "label", image_root=folder, confine=True
-        )
-    except ValueError as e:
-        raise gr.Error(str(e)) from None
-
-
 def preflight(app: App, csv_file, zip_file, image_col, text_col, label_col) -> str:
-    dataset = _prepare(app, csv_file, zip_file, image_col, text_col, label_col)
-    return "```\n" + dataset.report() + "\n```"
+    """Handler of /preflight: the report, or a refusal naming what is wrong; the upload folder
+    is removed either way."""
+    try:
+        return "```\n" + app.preflight(csv_file, zip_file, (image_col, text_col, label_col)) + "\n```"
+    except ValueError as e:
+        raise refuse(str(e)) from None
+    except Exception as e:  # noqa: BLE001 - the server keeps serving
+        raise unexpected("checking the data", e) from None
 
 
 def example_dataset(app: App):
@@ -89,39 +74,52 @@ def start_finetune(
     val_split,
     name,
     overwrite,
+    owner: str = "",
 ):
-    """Handler of /start_finetune: validates everything, starts the background job."""
+    """Handler of /start_finetune: validates everything, queues the job of ``owner``."""
     try:
         name = validate_name(name)
-    except ValueError as e:
-        raise gr.Error(str(e)) from None
-    if app.jobs.running():
-        raise gr.Error("A fine-tune job is already running (one at a time); watch its progress below or stop it.")
-    dataset = _prepare(app, csv_file, zip_file, image_col, text_col, label_col)
-    settings = TrainSettings(
-        epochs=int(epochs),
-        lr=float(lr),
-        encoder_lr=float(lr) / 3,
-        batch_size=int(batch_size),
-        freeze=list(freeze or []),
-    )
-    try:
-        status = app.jobs.start(
-            dataset, settings, name, None if base in (None, "", NEW_MODEL) else base, bool(overwrite), float(val_split)
+        settings = TrainSettings(
+            epochs=int(epochs),
+            lr=float(lr),
+            encoder_lr=float(lr) / 3,
+            batch_size=int(batch_size),
+            freeze=[str(f) for f in freeze or []],
         )
-    except ValueError as e:
-        raise gr.Error(str(e)) from None
-    return status
+        if settings.batch_size < 1 or not 0 < settings.lr <= 1:
+            raise ValueError("batch size must be at least 1 and the learning rate in (0, 1]")
+        if not 0 < float(val_split) < 1:
+            raise ValueError(f"the validation split must be between 0 and 1, got {val_split}")
+        bad = [f for f in settings.freeze if f not in ("image_encoder", "text_encoder")]
+        if bad:
+            raise ValueError(f"unknown part(s) to freeze {bad}; use image_encoder, text_encoder")
+        return app.start_job(
+            owner,
+            csv_file,
+            zip_file,
+            (image_col, text_col, label_col),
+            settings,
+            name,
+            None if base in (None, "", NEW_MODEL) else str(base),
+            bool(overwrite),
+            float(val_split),
+        )
+    except (ValueError, TypeError) as e:
+        raise refuse(str(e)) from None
+    except Exception as e:  # noqa: BLE001 - the server keeps serving
+        raise unexpected("starting the fine-tune", e) from None
 
 
-def finetune_status(app: App) -> dict:
-    """Handler of /finetune_status."""
-    return app.jobs.status()
+def finetune_status(app: App, owner: str | None) -> dict:
+    """Handler of /finetune_status: the visitor's own latest job."""
+    return app.jobs.status(owner or "")
 
 
-def stop_finetune(app: App) -> dict:
-    """Handler of /stop_finetune."""
-    return app.jobs.stop()
+def stop_finetune(app: App, owner: str | None) -> dict:
+    """Handler of /stop_finetune: stops the visitor's own job, at any phase."""
+    if owner is None:
+        raise refuse("no owner token: pass the owner_token /start_finetune returned")
+    return app.jobs.stop(owner)
 
 
 def status_views(app: App, status: dict):
@@ -131,7 +129,8 @@ def status_views(app: App, status: dict):
         f"<div style='border:1px solid #999;border-radius:4px;height:18px;width:100%'>"
         f"<div id='ft-bar' style='background:#4c8bf5;height:100%;width:{pct}%'></div></div>"
     )
-    text = f"**{status['state']}** ({pct}%, {status['elapsed_s']:.0f} s) - {status['message']}"
+    message = html.escape(status["message"], quote=False)  # may quote the user's data
+    text = f"**{status['state']}** ({pct}%, {status['elapsed_s']:.0f} s) - {message}"
     curves = render.training_curves(status["history"]) if status["history"] else None
     report = status.get("report") or {}
     confusion = render.confusion_figure(report["confusion"]) if report.get("confusion") else None
@@ -146,8 +145,10 @@ def status_views(app: App, status: dict):
     return text, bar, curves, confusion, table
 
 
-def finetune_tab(app: App, checkpoint: gr.Dropdown):
-    """The tab's components and events; returns (poll, its inputs, its outputs) for page load."""
+def finetune_tab(app: App, checkpoint: gr.Dropdown, tokens: tuple[gr.BrowserState, gr.State]):
+    """The tab's components and events; returns (poll, its inputs, its outputs) for page load.
+    ``tokens``: the visitor's owner token components (ui/identity.py)."""
+    owner_token, session_token = tokens
     with gr.Tab("Fine-tune"):
         gr.Markdown(
             "Upload a CSV with an image column (paths relative to the zip's root), a text column and a label column, "
@@ -207,8 +208,55 @@ def finetune_tab(app: App, checkpoint: gr.Dropdown):
             report,
             api_name="preflight",
         )
+
+        def on_start(
+            csv_file,
+            zip_file,
+            image_col,
+            text_col,
+            label_col,
+            base,
+            epochs,
+            lr,
+            batch_size,
+            freeze,
+            val_split,
+            name,
+            overwrite,
+            owner_token=None,
+            session_token=None,
+            profile: gr.OAuthProfile | None = None,
+        ):
+            """A visitor without a token (a new gradio_client) gets one: returned once in the
+            status as ``owner_token`` and kept in this session."""
+            owner = owner_of(app, owner_token, session_token, profile)
+            new_token = None
+            if owner is None:
+                new_token = app.new_token()
+                owner = app.owner(new_token)
+            status = start_finetune(
+                app,
+                csv_file,
+                zip_file,
+                image_col,
+                text_col,
+                label_col,
+                base,
+                epochs,
+                lr,
+                batch_size,
+                freeze,
+                val_split,
+                name,
+                overwrite,
+                owner,
+            )
+            if new_token:
+                status = {**status, "owner_token": new_token}
+            return status, new_token or session_token
+
         start.click(
-            lambda *a: start_finetune(app, *a),
+            on_start,
             [
                 csv_file,
                 zip_file,
@@ -223,39 +271,67 @@ def finetune_tab(app: App, checkpoint: gr.Dropdown):
                 val_split,
                 name,
                 overwrite,
+                owner_token,
+                session_token,
             ],
-            job,
+            [job, session_token],
             api_name="start_finetune",
             concurrency_limit=1,
             concurrency_id="train",
         ).then(lambda s: status_views(app, s), job, status_outputs, api_name=False)
-        stop.click(lambda: stop_finetune(app), None, job, api_name="stop_finetune")
-        gr.Button("status", visible=False).click(lambda: finetune_status(app), None, job, api_name="finetune_status")
 
-        known_names = gr.State(None)
+        def on_stop(owner_token=None, session_token=None, profile: gr.OAuthProfile | None = None):
+            return stop_finetune(app, owner_of(app, owner_token, session_token, profile))
 
-        def poll(known):
+        def on_status(owner_token=None, session_token=None, profile: gr.OAuthProfile | None = None):
+            return finetune_status(app, owner_of(app, owner_token, session_token, profile))
+
+        def on_delete(name, owner_token=None, session_token=None, profile: gr.OAuthProfile | None = None):
+            """Handler of /delete_checkpoint: the visitor's own checkpoints only."""
+            owner = owner_of(app, owner_token, session_token, profile)
+            try:
+                if owner is None:
+                    raise ValueError("no owner token: pass the owner_token /start_finetune returned")
+                app.registry.delete(str(name or ""), owner)
+            except ValueError as e:
+                raise refuse(str(e)) from None
+            return app.registry.names(owner)
+
+        stop.click(on_stop, [owner_token, session_token], job, api_name="stop_finetune")
+        gr.Button("status", visible=False).click(
+            on_status, [owner_token, session_token], job, api_name="finetune_status"
+        )
+        deleted = gr.JSON(visible=False)
+        gr.Button("delete", visible=False).click(
+            on_delete, [name, owner_token, session_token], deleted, api_name="delete_checkpoint"
+        )
+
+        known_names = gr.State(None, time_to_live=app.limits.session_ttl_min * 60)
+
+        def poll(known, owner_token=None, session_token=None, profile: gr.OAuthProfile | None = None):
             """Job status for this page; checkpoint lists only when they changed (a list
             refreshed every second would close a dropdown the user has open)."""
-            names = app.registry.names()
+            owner = owner_of(app, owner_token, session_token, profile)
+            names = app.registry.names(owner)
             lists = (
                 [gr.skip()] * 3
                 if names == known
                 else [gr.update(choices=names), gr.update(choices=[NEW_MODEL, *names]), gr.update(choices=names)]
             )
-            return (*status_views(app, app.jobs.status()), *lists, names)
+            return (*status_views(app, finetune_status(app, owner)), *lists, names)
 
+        poll_inputs = [known_names, owner_token, session_token]
         poll_outputs = [*status_outputs, checkpoint, base, download_name, known_names]
         timer = gr.Timer(1.0)
-        timer.tick(poll, known_names, poll_outputs, api_name=False, queue=False, show_progress="hidden")
-        download.click(lambda n: _zip(app, n), download_name, download_file, api_name=False)
-    return poll, known_names, poll_outputs
+        timer.tick(poll, poll_inputs, poll_outputs, api_name=False, queue=False, show_progress="hidden")
 
+        def on_download(name, owner_token=None, session_token=None, profile: gr.OAuthProfile | None = None):
+            if not name:
+                raise refuse("Pick a checkpoint to download.")
+            try:
+                return app.download(str(name), owner_of(app, owner_token, session_token, profile))
+            except ValueError as e:
+                raise refuse(str(e)) from None
 
-def _zip(app: App, name: str | None):
-    if not name:
-        raise gr.Error("Pick a checkpoint to download.")
-    try:
-        return str(app.registry.zip(name, tempfile.mkdtemp(dir=app.work_dir)))
-    except ValueError as e:
-        raise gr.Error(str(e)) from None
+        download.click(on_download, [download_name, owner_token, session_token], download_file, api_name=False)
+    return poll, poll_inputs, poll_outputs

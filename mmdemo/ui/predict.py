@@ -3,15 +3,18 @@ word x region matrix, modality contributions."""
 
 from __future__ import annotations
 
+import base64
 import time
 
 import gradio as gr
 import torch
+from gradio import processing_utils
 
 from .. import render
 from ..explain import DEFAULT_METHOD, METHODS, peak_xy
 from ..imaging import decode_image
 from ..webapp import App
+from .identity import owner_of, refuse, unexpected
 
 try:  # ZeroGPU on Hugging Face Spaces: GPU-bound handlers get a GPU while they run
     import spaces
@@ -23,24 +26,54 @@ except ImportError:
         return fn
 
 
+class ImagePath(gr.Image):
+    """gr.Image that hands the handler the uploaded file as it is: Gradio 6.31's own
+    preprocessing opens every upload with PIL (and with an image_mode converts it), before any
+    size check of ours; here the file is decoded once, by mmdemo.imaging.decode_image, with the
+    pixel cap read from the header, so the web app and the CLI treat a file the same."""
+
+    is_template = True  # the browser side is gr.Image's
+
+    def preprocess(self, payload):
+        if payload is None:
+            return None
+        if payload.url and payload.url.startswith("data:"):  # inline image: bytes to a file, undecoded
+            data = base64.b64decode(processing_utils.extract_base64_data(payload.url))
+            return processing_utils.save_bytes_to_cache(data, "image", cache_dir=self.GRADIO_CACHE)
+        if payload.path is None:
+            raise refuse("the image upload has no file")
+        return str(payload.path)
+
+
 @gpu
-def predict(app: App, image_path, text, checkpoint, method, opacity):
-    """Handler of /predict: component values for every output of the Predict tab."""
+def predict(app: App, image_path, text, checkpoint, method, opacity, owner: str | None = None):
+    """Handler of /predict: component values for every output of the Predict tab. ``owner``
+    (decided on the server) may use their own checkpoints besides the shipped ones."""
+    try:
+        text = app.check_text(text)  # before anything else: a huge text is refused at once
+    except ValueError as e:
+        raise refuse(str(e)) from None
     if not image_path:
-        raise gr.Error("Please upload an image (or pick an example).")
-    if not text or not str(text).strip():
-        raise gr.Error("Please type a question or a description of the image.")
+        raise refuse("Please upload an image (or pick an example).")
     checkpoint = checkpoint or app.default_checkpoint()
     method = method or DEFAULT_METHOD
+    if method not in METHODS:
+        raise refuse(f"unknown explanation method {str(method)[:40]!r}; use one of {', '.join(METHODS)}")
     try:
-        predictor = app.registry.predictor(checkpoint)
-        image = decode_image(image_path, name="the image")
+        opacity = min(1.0, max(0.0, float(opacity)))
+    except (TypeError, ValueError):
+        raise refuse("the opacity must be a number from 0 to 1") from None
+    try:
+        predictor = app.registry.predictor(str(checkpoint), owner)
+        image = decode_image(image_path, name="the image", max_pixels=app.limits.max_image_pixels)
         start = time.perf_counter()
         prediction = predictor.predict_batch([image], [text], method)[0]
         contributions = predictor.modality_contributions(image, text)
         elapsed = (time.perf_counter() - start) * 1000
     except ValueError as e:
-        raise gr.Error(str(e)) from None
+        raise refuse(str(e)) from None
+    except Exception as e:  # noqa: BLE001 - the server keeps serving; the log has the traceback
+        raise unexpected("the prediction", e) from None
     e = prediction.explanation
     info = (
         f"Inference: {elapsed:.0f} ms on {predictor.device} (model {prediction.forward_ms:.0f} ms) with `{checkpoint}`."
@@ -72,7 +105,10 @@ def redraw(state, opacity, selection: gr.SelectData | None = None):
     if selection is not None:
         state = {**state, "selected": selection.index if state.get("selected") != selection.index else None}
     explanation = state["explanation"]
-    image = decode_image(state["image"], name="the image")
+    try:
+        image = decode_image(state["image"], name="the image")
+    except ValueError:  # the upload expired from the cache: nothing to redraw
+        return None, None
     index = state.get("selected")
     if index is not None and index < len(state["word_maps"]):
         grid = torch.tensor(state["word_maps"][index])
@@ -80,14 +116,16 @@ def redraw(state, opacity, selection: gr.SelectData | None = None):
     return render.overlay(image, torch.tensor(explanation["heatmap"]), opacity, tuple(explanation["peak_xy"])), state
 
 
-def predict_tab(app: App) -> gr.Dropdown:
-    """The tab's components and events; returns the checkpoint dropdown (refreshed by the poll)."""
+def predict_tab(app: App, tokens: tuple[gr.BrowserState, gr.State]) -> gr.Dropdown:
+    """The tab's components and events; returns the checkpoint dropdown (refreshed by the poll).
+    ``tokens``: the visitor's owner token components (ui/identity.py)."""
     default = app.default_checkpoint()
     with gr.Tab("Predict & Explain"):
-        state = gr.State(None)
+        state = gr.State(None, time_to_live=app.limits.session_ttl_min * 60)
+        owner_token, session_token = tokens
         with gr.Row():
             with gr.Column():
-                image = gr.Image(
+                image = ImagePath(
                     type="filepath", sources=["upload", "clipboard", "webcam"], label="Image", elem_id="image-input"
                 )
                 text = gr.Textbox(
@@ -125,9 +163,24 @@ def predict_tab(app: App) -> gr.Dropdown:
             modality = gr.Plot(label="Modality contributions")
         explanation = gr.JSON(label="Explanation (JSON, as the API returns it)", open=False)
         outputs = [label, explanation, overlay, words, matrix, modality, info, state]
+
+        def on_predict(
+            image_path,
+            text,
+            checkpoint=None,
+            method=None,
+            opacity=0.55,
+            owner_token=None,
+            session_token=None,
+            profile: gr.OAuthProfile | None = None,
+        ):
+            return predict(
+                app, image_path, text, checkpoint, method, opacity, owner_of(app, owner_token, session_token, profile)
+            )
+
         button.click(
-            lambda *a: predict(app, *a),
-            [image, text, checkpoint, method, opacity],
+            on_predict,
+            [image, text, checkpoint, method, opacity, owner_token, session_token],
             outputs,
             api_name="predict",
             concurrency_limit=2,
@@ -147,6 +200,10 @@ def predict_tab(app: App) -> gr.Dropdown:
             )
         opacity.release(redraw, [state, opacity], [overlay, state], api_name=False, queue=False)
         words.select(redraw, [state, opacity], [overlay, state], api_name=False, queue=False)
-        refresh.click(lambda: gr.update(choices=app.registry.names()), None, checkpoint, api_name=False, queue=False)
+
+        def refresh_list(owner_token=None, session_token=None, profile: gr.OAuthProfile | None = None):
+            return gr.update(choices=app.registry.names(owner_of(app, owner_token, session_token, profile)))
+
+        refresh.click(refresh_list, [owner_token, session_token], checkpoint, api_name=False, queue=False)
 
     return checkpoint
