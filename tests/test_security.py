@@ -1,0 +1,304 @@
+"""The shared-server battery (issue 8), without a server: shipped checkpoints stay untouched,
+visitors are isolated, every bad input gets a specific message and nothing is left behind.
+The live-server cases are in test_stress_battery.py; timed ones in ``python -m mmdemo stress``."""
+
+import hashlib
+import io
+import json
+import os
+import pickle
+import shutil
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from mmdemo.checkpoint import load_checkpoint, read_config, save_checkpoint
+from mmdemo.data import read_csv
+from mmdemo.encoders import load_tokenizer
+from mmdemo.limits import Limits, checkpoint_dir
+from mmdemo.model import build_model
+from mmdemo.preprocess import tokenize
+from mmdemo.registry import REPO_CHECKPOINTS, CheckpointRegistry, owner_id
+from mmdemo.uploads import UploadFolder, extract_zip, sweep_uploads
+from mmdemo.webapp import App
+
+from .conftest import tiny_config
+
+A, B = owner_id("a" * 43), owner_id("b" * 43)
+
+
+def folder_hash(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        digest.update(str(path.relative_to(folder)).encode())
+        if path.is_file():
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _csv(folder: Path, rows, header=("image", "text", "label"), n_images=4) -> Path:
+    (folder / "img").mkdir(parents=True, exist_ok=True)
+    for i in range(n_images):
+        Image.new("RGB", (16, 16), (40 * i, 0, 0)).save(folder / "img" / f"{i}.png")
+    lines = [",".join(header)] + [",".join(r) for r in rows]
+    (folder / "data.csv").write_text("\n".join(lines) + "\n")
+    return folder / "data.csv"
+
+
+@pytest.fixture
+def app(tmp_path):
+    shipped = tmp_path / "shipped"
+    save_checkpoint(build_model(tiny_config(labels=["blue", "red"])), shipped / "sort-of-clevr")
+    app = App(CheckpointRegistry(tmp_path / "mine", shipped), str(tmp_path / "work"), str(tmp_path / "jobs"))
+    yield app
+    app.close()
+
+
+# --- 1. shipped checkpoints are read-only, the writable folder is outside the repository ---
+
+
+def test_default_writable_folder_is_outside_the_repository(monkeypatch, tmp_path):
+    monkeypatch.delenv("MMDEMO_CHECKPOINT_DIR", raising=False)
+    monkeypatch.delenv("MMDEMO_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    folder = checkpoint_dir()
+    assert not folder.resolve().is_relative_to(REPO_CHECKPOINTS.parent)
+    if not (os.path.isdir("/data") and os.access("/data", os.W_OK)):
+        assert folder == tmp_path / "cache" / "mmdemo" / "checkpoints"
+    with pytest.raises(ValueError, match="outside the shipped checkpoints"):
+        CheckpointRegistry(REPO_CHECKPOINTS)
+    with pytest.raises(ValueError, match="outside the shipped checkpoints"):
+        CheckpointRegistry(REPO_CHECKPOINTS / "mine")
+
+
+def test_shipped_checkpoint_cannot_be_overwritten_or_deleted(app, tmp_path):
+    shipped = app.registry.path("sort-of-clevr")
+    before = folder_hash(shipped)
+    data = _csv(tmp_path / "d", [(f"img/{i}.png", "q", "red" if i % 2 else "blue") for i in range(4)])
+    for owner in (A, "shared"):
+        with pytest.raises(ValueError, match="'sort-of-clevr' is a shipped checkpoint and cannot be overwritten"):
+            app.start_job(
+                owner, str(data), None, ("image", "text", "label"), _settings(), "sort-of-clevr", None, True, 0.25
+            )
+        with pytest.raises(ValueError, match="'sort-of-clevr' is a shipped checkpoint and cannot be deleted"):
+            app.registry.delete("sort-of-clevr", owner)
+    assert folder_hash(shipped) == before
+    assert not list(Path(app.registry.writable_dir).rglob("sort-of-clevr"))
+
+
+def _settings():
+    from mmdemo.train import TrainSettings
+
+    return TrainSettings(epochs=1, batch_size=4, freeze=[])
+
+
+# --- 2. visitors are isolated; ownership comes from a secret token ------------------------
+
+
+def test_visitors_see_and_control_only_their_own_checkpoints(app, tmp_path):
+    save_checkpoint(build_model(tiny_config(labels=["blue", "red"])), app.registry.target("mine", A))
+    assert app.checkpoint_names(A) == ["sort-of-clevr", "mine"]
+    assert app.checkpoint_names(B) == ["sort-of-clevr"] and app.checkpoint_names(None) == ["sort-of-clevr"]
+    with pytest.raises(ValueError, match="you have no checkpoint named 'mine'"):
+        app.registry.delete("mine", B)
+    with pytest.raises(ValueError, match="unknown checkpoint 'mine'"):
+        app.download("mine", B)
+    assert Path(app.download("mine", A)).name == "mine.zip"
+    # B may use the same name for their own, without touching A's
+    save_checkpoint(build_model(tiny_config(labels=["x", "y"])), app.registry.target("mine", B))
+    assert read_config(app.registry.path("mine", A)).labels == ["blue", "red"]
+    app.registry.delete("mine", A)
+    assert app.checkpoint_names(A) == ["sort-of-clevr"] and "mine" in app.checkpoint_names(B)
+
+
+def test_owner_comes_from_a_secret_token_not_from_a_name(app):
+    token = app.new_token()
+    assert len(token) >= 43 and app.owner(token) == app.owner(token) != app.owner(app.new_token())
+    # an owner id (what a folder is called) presented as a token is a different, empty owner
+    assert app.owner(A.removeprefix("a-") + "x" * 11) not in (A, B)
+    for bad in ("", "short", "../../etc", A + "/x"):
+        with pytest.raises(ValueError):
+            app.owner(bad)
+    assert app.owner(None, hf_username="alice") == "hf-alice"
+    shared = App(app.registry, str(app.work_dir), str(app.jobs.dir), shared=True)
+    assert shared.owner(None) == shared.owner(token) == "shared"
+    shared.jobs.close()
+
+
+def test_quota_and_time_to_live_of_anonymous_checkpoints(tmp_path):
+    shipped = tmp_path / "shipped"
+    save_checkpoint(build_model(tiny_config()), shipped / "base")
+    registry = CheckpointRegistry(tmp_path / "mine", shipped, limits=Limits(max_checkpoints=2, anonymous_ttl_hours=1))
+    for name in ("one", "two"):
+        save_checkpoint(build_model(tiny_config()), registry.target(name, A))
+    with pytest.raises(ValueError, match="you have 2 checkpoints, the limit per visitor"):
+        registry.target("three", A)
+    registry.target("two", A, overwrite=True)  # replacing one is within the quota
+    save_checkpoint(build_model(tiny_config()), registry.target("kept", "hf-alice"))
+    assert registry.clean(now=time.time() + 2 * 3600) == [f"{A}/one", f"{A}/two"]
+    assert registry.names(A) == ["base"] and registry.names("hf-alice") == ["base", "kept"]
+
+
+# --- 3. bounded work per request -----------------------------------------------------------
+
+
+def test_huge_text_is_refused_before_any_work(app):
+    with pytest.raises(ValueError, match="52,428,800 characters, over the limit of 2,000"):
+        app.check_text("a" * 50 * 1024 * 1024)
+
+
+def test_tokenizer_sees_a_bounded_prefix_of_a_long_text():
+    tokenizer = load_tokenizer("minilm")
+    batch = tokenize(tokenizer, ["what colour " * 500_000], 16)
+    assert batch.truncated == [True] and batch.input_ids.shape == (1, 16)
+
+
+def test_csv_limits_duplicates_and_missing_value_labels(tmp_path):
+    rows = [
+        ("img/0.png", "q", "red"),
+        ("img/1.png", "q", "NaN"),
+        ("img/2.png", "q", "None"),
+        ("img/3.png", "q", "null"),
+    ]
+    dataset = read_csv(_csv(tmp_path / "a", rows))
+    assert dataset.labels == ["red"]
+    assert [r for r, _ in dataset.rejected] == [3, 4, 5]
+    assert "label 'NaN' marks a missing value, not a class" in dataset.report()
+    with pytest.raises(ValueError, match=r"the header names column\(s\) \['label'\] more than once"):
+        read_csv(_csv(tmp_path / "b", [("img/0.png", "q", "a", "b")], header=("image", "text", "label", "label")))
+    many = [(f"img/{i % 4}.png", "q", "red" if i % 2 else "blue") for i in range(30)]
+    with pytest.raises(ValueError, match="more than 20 data rows"):
+        read_csv(_csv(tmp_path / "c", many), max_rows=20)
+    assert len(read_csv(_csv(tmp_path / "d", many)).examples) == 30  # the CLI is not capped
+
+
+def test_check_data_refuses_one_class_and_removes_its_upload_folder(app, tmp_path):
+    before = set(Path(app.work_dir).parent.glob("mmdemo-upload-*"))
+    data = _csv(tmp_path / "one", [(f"img/{i}.png", "q", "red") for i in range(4)])
+    images = shutil.make_archive(str(tmp_path / "images"), "zip", root_dir=tmp_path / "one", base_dir="img")
+    with pytest.raises(ValueError, match="needs at least 2 classes, found 1"):
+        app.preflight(str(data), images, ("image", "text", "label"))
+    two = _csv(tmp_path / "two", [(f"img/{i}.png", "q", "red" if i % 2 else "blue") for i in range(4)])
+    assert "4 rows accepted" in app.preflight(str(two), images, ("image", "text", "label"))
+    assert set(Path(app.work_dir).parent.glob("mmdemo-upload-*")) == before
+
+
+def test_web_csv_over_its_byte_cap_is_refused(tmp_path):
+    app = App(
+        CheckpointRegistry(tmp_path / "mine", tmp_path / "shipped", limits=Limits(max_csv_mb=1)),
+        str(tmp_path / "work"),
+        str(tmp_path / "jobs"),
+    )
+    (tmp_path / "big.csv").write_text("image,text,label\n" + "a.png,q,x\n" * 200_000)
+    with pytest.raises(ValueError, match="the CSV is 2.0 MB, over the limit of 1 MB"):
+        app.preflight(str(tmp_path / "big.csv"), None, ("image", "text", "label"))
+    app.close()
+
+
+# --- 6. zips: specific messages, nothing partly extracted ---------------------------------
+
+
+def _zip_bytes(entries) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in entries:
+            z.writestr(name, data)
+    return buf.getvalue()
+
+
+def test_bad_zips_are_refused_by_name_and_leave_nothing(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "data.csv").write_text("kept")
+
+    def refused(data: bytes, match: str):
+        (tmp_path / "u.zip").write_bytes(data)
+        with pytest.raises(ValueError, match=match):
+            extract_zip(tmp_path / "u.zip", out)
+        assert sorted(p.name for p in out.iterdir()) == ["data.csv"]  # only what was there before
+
+    refused(_zip_bytes([("img/a.png", b"1"), ("img/a.png", b"2")]), "'img/a.png' appears twice")
+    refused(_zip_bytes([("img/A.png", b"1"), ("img/a.png", b"2")]), "appears twice")
+    refused(_zip_bytes([("img", b"1"), ("img/a.png", b"2")]), "'img' is both a file and a folder")
+    # encrypted: the flag bit set on an otherwise valid entry
+    data = bytearray(_zip_bytes([("img/a.png", b"secret")]))
+    data[6] |= 1  # local header flag
+    central = data.rfind(b"PK\x01\x02")
+    data[central + 8] |= 1  # central directory flag
+    refused(bytes(data), "'img/a.png' is encrypted")
+    # forged size: the header says 10 bytes, the data inflates to 10 MB
+    data = bytearray(_zip_bytes([("img/ok.png", b"x" * 100), ("img/big.bin", b"\0" * 10_000_000)]))
+    central = data.rfind(b"PK\x01\x02")
+    data[central + 24 : central + 28] = (10).to_bytes(4, "little")
+    refused(bytes(data), "'img/big.bin' is corrupt")
+    refused(b"PK\x03\x04" + os.urandom(200), "not a valid zip")
+    refused(b"", "not a valid zip")
+
+
+# --- 6. images, checkpoints and error text ------------------------------------------------
+
+
+def test_bad_images_get_specific_messages_without_server_paths(app, tmp_path):
+    from mmdemo.imaging import decode_image
+
+    cases = {
+        "empty.png": (b"", "the file is empty"),
+        "noise.png": (os.urandom(4096), "not an image in a supported format"),
+    }
+    bomb = io.BytesIO()
+    Image.new("1", (12000, 12000)).save(bomb, "PNG")
+    cases["bomb.png"] = (bomb.getvalue(), "over the limit of 40,000,000")
+    for name, (data, match) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ValueError, match=match) as e:
+            decode_image(tmp_path / name, name="the image")
+        assert str(tmp_path) not in str(e.value)
+
+
+def test_checkpoint_errors_name_no_server_path_and_unknown_keys_are_refused(tmp_path):
+    path = save_checkpoint(build_model(tiny_config()), tmp_path / "secret-place" / "ck")
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**config, "colour": "red"}))
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['colour'\]") as e:
+        load_checkpoint(path)
+    assert "secret-place" not in str(e.value)
+    (path / "config.json").write_text(json.dumps({**config, "calibration": {}, "scope": {}}))  # reserved keys
+    read_config(path)
+    (path / "config.json").write_text(json.dumps(config))
+    (path / "model.safetensors").write_bytes(pickle.dumps({"weights": [1, 2, 3]}))  # a pickle is never loaded
+    with pytest.raises(ValueError, match="not a readable safetensors file") as e:
+        load_checkpoint(path)
+    assert "secret-place" not in str(e.value)
+
+
+# --- 4. nothing left behind ---------------------------------------------------------------
+
+
+def test_start_up_removes_half_written_checkpoints_and_stale_uploads(tmp_path):
+    writable = tmp_path / "mine"
+    save_checkpoint(build_model(tiny_config()), writable / A / "good")
+    for name in (".good.abc123.tmp", ".good.old"):
+        (writable / A / name).mkdir()
+        (writable / A / name / "model.safetensors").write_bytes(b"half")
+    registry = CheckpointRegistry(writable, tmp_path / "shipped")
+    assert sorted(registry.clean()) == [f"{A}/.good.abc123.tmp", f"{A}/.good.old"]
+    assert sorted(p.name for p in (writable / A).iterdir()) == ["good"]
+
+    uploads = tmp_path / "tmp"
+    uploads.mkdir()
+    stale, kept, fresh = (UploadFolder(uploads) for _ in range(3))
+    for folder in (stale, kept):
+        os.utime(folder.path, (time.time() - 3600, time.time() - 3600))
+    assert sweep_uploads(uploads, keep={kept.path}, older_than_s=60) == [stale.path.name]
+    assert kept.path.is_dir() and fresh.path.is_dir()
+    with UploadFolder(uploads) as upload:
+        (upload.path / "x").write_text("x")
+    assert not upload.path.exists()
+
+
+def test_example_dataset_is_made_once(app):
+    first = app.example_dataset()
+    assert app.example_dataset() == first and all(Path(p).is_file() for p in first)
