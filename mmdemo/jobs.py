@@ -205,9 +205,9 @@ class JobManager:
 
     def close(self) -> None:
         """Stop the scheduler and terminate a running worker (its job shows as interrupted)."""
-        self._closed = True
-        self._wake.set()
         with self._lock:
+            self._closed = True
+            self._wake.set()
             if self._process is not None and self._process.is_alive():
                 self._process.terminate()
                 self._process.join(5)
@@ -224,6 +224,8 @@ class JobManager:
 
     def _tick(self) -> None:
         with self._lock:
+            if self._closed:  # a worker terminated by close() stays unfinished: interrupted at the next start
+                return
             if self._process is not None:
                 grace = STOP_GRACE_S.get(self._current_state(), 0.0)
                 if (

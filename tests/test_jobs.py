@@ -2,7 +2,10 @@
 
 import csv
 import io
+import os
+import signal
 import stat
+import time
 import zipfile
 
 import pytest
@@ -138,3 +141,76 @@ def test_job_trains_in_a_worker_process_and_saves_a_usable_checkpoint(tmp_path):
     with pytest.raises(ValueError, match="'base' is a shipped checkpoint and cannot be overwritten"):
         jobs.start(OWNER, dataset, source, settings, "base", base="base", overwrite=True)
     jobs.close()
+
+
+def _manager(tmp_path, **limits):
+    shipped = tmp_path / "shipped"
+    if not shipped.exists():
+        save_checkpoint(build_model(tiny_config(labels=["blue", "red"])), shipped / "base")
+    from mmdemo.limits import Limits
+
+    registry = CheckpointRegistry(tmp_path / "mine", shipped, limits=Limits(**limits))
+    return registry, JobManager(registry, tmp_path / "jobs")
+
+
+def _wait_for(jobs, owner, states, timeout=120):
+    deadline = time.monotonic() + timeout
+    while jobs.status(owner)["state"] not in states and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return jobs.status(owner)
+
+
+def test_queue_is_fair_shows_positions_and_refuses_when_full(tmp_path):
+    registry, jobs = _manager(tmp_path, max_queued_jobs=1)
+    settings = TrainSettings(epochs=1, batch_size=4, freeze=[])
+    owners = [owner_id(c * 43) for c in "cde"]
+    data = [_dataset(tmp_path / f"up{i}") for i in range(3)]
+    jobs.start(owners[0], *data[0], settings, "m", base="base")
+    _wait_for(jobs, owners[0], ("preparing", "running", "done"))
+    status = jobs.start(owners[1], *data[1], settings, "m", base="base")  # same name, other owner: fine
+    assert status["state"] == "queued" and status["message"] == "queued: position 1 of 1"
+    with pytest.raises(ValueError, match="queue full: 1 fine-tune jobs are waiting"):
+        jobs.start(owners[2], *data[2], settings, "m", base="base")
+    assert jobs.stop(owners[1])["state"] == "stopped"  # a queued job stops at once
+    assert not (tmp_path / "up1").exists()
+    jobs.stop(owners[0])
+    jobs.wait(owners[0], 120)
+    jobs.close()
+
+
+def test_stop_while_preparing_and_a_killed_worker_do_not_harm_the_server(tmp_path):
+    registry, jobs = _manager(tmp_path)
+    settings = TrainSettings(epochs=50, batch_size=2, freeze=[])
+    jobs.start(OWNER, *_dataset(tmp_path / "up"), settings, "stopped-early", base="base")
+    assert _wait_for(jobs, OWNER, ("preparing",))["state"] == "preparing"
+    jobs.stop(OWNER)
+    status = jobs.wait(OWNER, 60)
+    assert status["state"] == "stopped", status
+    # a worker killed from outside (as the out-of-memory killer does): the job fails, the next one runs
+    jobs.start(OTHER, *_dataset(tmp_path / "up2"), settings, "killed", base="base")
+    assert _wait_for(jobs, OTHER, ("running",))["state"] == "running"
+    record = next(r for r in jobs.records() if r["owner"] == OTHER)
+    os.kill(record["pid"], signal.SIGKILL)
+    status = jobs.wait(OTHER, 60)
+    assert status["state"] == "failed" and "killed, possibly out of memory" in status["message"]
+    jobs.start(
+        OTHER, *_dataset(tmp_path / "up3"), TrainSettings(epochs=1, batch_size=4, freeze=[]), "next", base="base"
+    )
+    assert jobs.wait(OTHER, 120)["state"] == "done"
+    jobs.close()
+
+
+def test_a_restart_shows_an_unfinished_job_as_interrupted_and_keeps_its_data(tmp_path):
+    registry, jobs = _manager(tmp_path)
+    settings = TrainSettings(epochs=50, batch_size=2, freeze=[])
+    jobs.start(OWNER, *_dataset(tmp_path / "up"), settings, "long", base="base")
+    _wait_for(jobs, OWNER, ("running",))
+    jobs.close()  # the server goes away mid-job
+    restarted = JobManager(registry, tmp_path / "jobs")
+    status = restarted.status(OWNER)
+    assert status["state"] == "interrupted" and "server restarted while this job was running" in status["message"]
+    assert (tmp_path / "up" / "data.csv").is_file() and restarted.kept_data() == {tmp_path / "up"}
+    record = restarted.records()[0]  # what a resume needs
+    assert record["owner"] == OWNER and record["settings"]["epochs"] == 50 and record["target"].endswith("long")
+    assert restarted.status(OTHER)["state"] == "idle"
+    restarted.close()
