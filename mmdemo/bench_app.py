@@ -31,9 +31,9 @@ def http_predict(client: httpx.Client, base: str, image: Path, text: str) -> dic
     """Upload + call + read the stream, as the browser does; returns the first output."""
     with open(image, "rb") as f:
         uploaded = client.post(f"{base}/gradio_api/upload", files={"files": (image.name, f, "image/png")}).json()
-    # every input, as the browser sends them: image, text, checkpoint, method, opacity
+    # every input, as the browser sends them: image, text, checkpoint, method, opacity, owner token
     payload = {
-        "data": [{"path": uploaded[0], "meta": {"_type": "gradio.FileData"}}, text, "sort-of-clevr", "raw", 0.55]
+        "data": [{"path": uploaded[0], "meta": {"_type": "gradio.FileData"}}, text, "sort-of-clevr", "raw", 0.55, None]
     }
     event_id = client.post(f"{base}/gradio_api/call/predict", json=payload).json()["event_id"]
     event = None

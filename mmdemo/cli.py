@@ -69,6 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", default="What shape is the object closest to the orange object?")
     p.add_argument("--repeats", type=int, default=50)
 
+    p = sub.add_parser("stress", help="shared-server load test: burst, soak, a huge question (one JSON line)")
+    p.add_argument("--image", type=Path, default=DEFAULT_CHECKPOINT / "examples" / "scene_4.png")
+    p.add_argument("--burst", type=int, default=100, help="simultaneous /predict calls (0: skip)")
+    p.add_argument("--soak-minutes", type=float, default=1.0, help="steady load duration (the goal: 10; 0: skip)")
+    p.add_argument("--rate", type=float, default=4.0, help="requests per second during the soak")
+    p.add_argument("--question-mb", type=float, default=50.0, help="size of the huge question (0: skip)")
+
     p = sub.add_parser("bench-sort-of-clevr", help="accuracy per question type and heatmap pointing on fresh scenes")
     _add_common(p)
     p.add_argument("--images", type=int, default=200)
@@ -143,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
 
             print(json.dumps(run(args.image, args.text, args.repeats)))
             return 0
+        if args.command == "stress":
+            from .stress import main as stress
+
+            return stress(args)
         if args.command == "bench-sort-of-clevr":
             from .evaluation import sort_of_clevr_benchmark
 
