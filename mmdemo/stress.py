@@ -239,17 +239,19 @@ def soak(server: Server, image: Path, minutes: float, rate: float) -> dict:
                 time.sleep(max(0.0, next_at - time.monotonic()))
                 futures.append(pool.submit(predict, client, server.base, image, QUESTION))
                 next_at += interval
-                if "after_1min" not in marks and time.monotonic() - started >= 60:
-                    marks["after_1min"] = {"rss_mb": server.rss_mb(), "disk_mb": server.disk_mb()}
+                minute = int((time.monotonic() - started) // 60)
+                if minute >= 1 and minute not in marks:
+                    marks[minute] = {"rss_mb": server.rss_mb(), "disk_mb": server.disk_mb()}
             results = [f.result() for f in futures]
     summary = _summary(results)
-    first = marks.get("after_1min")
     end_marks = {"rss_mb": server.rss_mb(), "disk_mb": server.disk_mb()}
-    summary.update(minutes=minutes, rate_per_s=rate, after_1min=first, at_end=end_marks)
-    if first:
-        summary["growth_after_1min_pct"] = {
-            k: round(100 * (end_marks[k] - first[k]) / first[k], 1) if first[k] else None for k in first
-        }
+    summary.update(minutes=minutes, rate_per_s=rate, per_minute=[marks[m] for m in sorted(marks)], at_end=end_marks)
+    for since in (1, 3):  # growth after the first minute, and after Gradio's cache age (3 min by default)
+        if since in marks:
+            first = marks[since]
+            summary[f"growth_after_{since}min_pct"] = {
+                k: round(100 * (end_marks[k] - first[k]) / first[k], 1) if first[k] else None for k in first
+            }
     return summary
 
 

@@ -18,12 +18,12 @@ from .predict import predict, predict_tab, redraw
 __all__ = ["App", "create_demo", "csv_columns", "predict", "redraw"]
 
 # Gradio's cache (uploads, output images) is swept every CACHE_SWEEP_S of files older than
-# MMDEMO_CACHE_TTL_MIN: under a steady load the cache then stays flat.
-CACHE_SWEEP_S = 60
+# MMDEMO_CACHE_TTL_MIN: under a steady load the cache stays flat once that age is reached.
+CACHE_SWEEP_S = 30
 
 
 def create_demo(app: App) -> gr.Blocks:
-    cache_ttl_s = 60 * int(os.environ.get("MMDEMO_CACHE_TTL_MIN", "15"))
+    cache_ttl_s = int(60 * float(os.environ.get("MMDEMO_CACHE_TTL_MIN", "3")))
     with gr.Blocks(
         title="mmdemo: explainable image + text classifier", delete_cache=(CACHE_SWEEP_S, cache_ttl_s)
     ) as demo:

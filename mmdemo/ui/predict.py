@@ -107,8 +107,8 @@ def redraw(state, opacity, selection: gr.SelectData | None = None):
     explanation = state["explanation"]
     try:
         image = decode_image(state["image"], name="the image")
-    except ValueError:  # the upload expired from the cache: nothing to redraw
-        return None, None
+    except ValueError:  # the upload expired from Gradio's cache (MMDEMO_CACHE_TTL_MIN): keep the overlay shown
+        return gr.skip(), state
     index = state.get("selected")
     if index is not None and index < len(state["word_maps"]):
         grid = torch.tensor(state["word_maps"][index])

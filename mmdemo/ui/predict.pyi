@@ -41,11 +41,8 @@ class ImagePath(gr.Image):
         if payload.path is None:
             raise refuse("the image upload has no file")
         return str(payload.path)
-    from collections.abc import Callable, Sequence
-    from typing import TYPE_CHECKING, Any, Literal
-
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
     from gradio.blocks import Block
-
     if TYPE_CHECKING:
         from gradio.components import Timer
         from gradio.components.base import Component

@@ -57,8 +57,8 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
-def launch(demo: gr.Blocks, app: App, server_name: str, server_port: int, **kwargs):
-    return demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1).launch(
+def launch(demo: gr.Blocks, app: App, server_name: str, server_port: int, queue_size: int = QUEUE_SIZE, **kwargs):
+    return demo.queue(max_size=queue_size, default_concurrency_limit=1).launch(
         server_name=server_name,
         server_port=server_port,
         ssr_mode=False,  # advisory for the SSR proxy of Gradio 6.27-6.31
