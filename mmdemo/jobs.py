@@ -84,7 +84,8 @@ class JobManager:
         return sorted(out, key=lambda r: r["created"])
 
     def _mark_interrupted(self) -> None:
-        """At start-up: jobs that were unfinished when the server stopped are interrupted."""
+        """At start-up: jobs that were unfinished when the server stopped are interrupted;
+        records (and an interrupted job's data) older than the anonymous time to live go."""
         ttl_h = self.limits.anonymous_ttl_hours
         for record in self.records():
             if record["state"] in UNFINISHED:
@@ -95,8 +96,8 @@ class JobManager:
                     message=f"the server restarted while this job was {was}; its data is kept for {ttl_h} h",
                 )
                 write_record(self._path(record["id"]), record)
-            elif record["state"] == "interrupted" and time.time() - record["finished"] > ttl_h * 3600:
-                shutil.rmtree(record["data"]["folder"], ignore_errors=True)
+            elif record["state"] in FINISHED and time.time() - record["finished"] > ttl_h * 3600:
+                shutil.rmtree(record["data"]["folder"], ignore_errors=True)  # an interrupted job's data
                 self._path(record["id"]).unlink(missing_ok=True)
 
     def kept_data(self) -> set[Path]:

@@ -77,12 +77,12 @@ def _rss_mb(pid: int) -> float:
 
 
 def _disk_mb(folders: list[Path]) -> float:
+    """Disk used (as ``du`` counts it: allocated blocks of files and folders), in MB."""
     total = 0
     for folder in folders:
         for path in folder.rglob("*"):
             try:
-                if path.is_file():
-                    total += path.stat().st_size
+                total += path.lstat().st_blocks * 512
             except OSError:
                 continue
     return round(total / 1e6, 2)

@@ -302,3 +302,16 @@ def test_start_up_removes_half_written_checkpoints_and_stale_uploads(tmp_path):
 def test_example_dataset_is_made_once(app):
     first = app.example_dataset()
     assert app.example_dataset() == first and all(Path(p).is_file() for p in first)
+
+
+def test_empty_gradio_cache_folders_are_removed_once_old(tmp_path):
+    from mmdemo.ui.serve import sweep_empty_cache_folders
+
+    old_empty, old_full, new_empty = (tmp_path / n for n in ("a", "b", "c"))
+    for folder in (old_empty, old_full, new_empty):
+        folder.mkdir()
+    (old_full / "image.webp").write_bytes(b"x")
+    for folder in (old_empty, old_full):
+        os.utime(folder, (time.time() - 600, time.time() - 600))
+    assert sweep_empty_cache_folders(tmp_path, 300) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "c"]

@@ -22,10 +22,13 @@ __all__ = ["App", "create_demo", "csv_columns", "predict", "redraw"]
 CACHE_SWEEP_S = 30
 
 
+def cache_ttl_s() -> int:
+    return int(60 * float(os.environ.get("MMDEMO_CACHE_TTL_MIN", "3")))
+
+
 def create_demo(app: App) -> gr.Blocks:
-    cache_ttl_s = int(60 * float(os.environ.get("MMDEMO_CACHE_TTL_MIN", "3")))
     with gr.Blocks(
-        title="mmdemo: explainable image + text classifier", delete_cache=(CACHE_SWEEP_S, cache_ttl_s)
+        title="mmdemo: explainable image + text classifier", delete_cache=(CACHE_SWEEP_S, cache_ttl_s())
     ) as demo:
         gr.Markdown(
             "# mmdemo\nAsk a question about an image; see the answer, **where** the model looked for each word, "

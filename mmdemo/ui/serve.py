@@ -12,11 +12,15 @@ import json
 import logging
 import os
 import threading
+import time
+from pathlib import Path
 
 import gradio as gr
+from gradio.utils import get_upload_folder
 from starlette.middleware import Middleware
 
 from ..webapp import App
+from . import CACHE_SWEEP_S, cache_ttl_s
 
 SESSION_CAPACITY = int(os.environ.get("MMDEMO_SESSION_CAPACITY", "300"))
 QUEUE_SIZE = int(os.environ.get("MMDEMO_QUEUE_SIZE", "64"))
@@ -57,7 +61,30 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
+def sweep_empty_cache_folders(cache: Path, age_s: float) -> int:
+    """Gradio's cache sweep (``delete_cache``) deletes files but keeps the folder each one was
+    in (one per file): remove those folders once empty and older than ``age_s``."""
+    removed = 0
+    now = time.time()
+    for folder in cache.glob("*"):
+        try:
+            if folder.is_dir() and not any(folder.iterdir()) and now - folder.stat().st_mtime > age_s:
+                folder.rmdir()
+                removed += 1
+        except OSError:  # filled or removed meanwhile
+            continue
+    return removed
+
+
+def _sweep_forever(cache: Path, age_s: float) -> None:
+    while True:
+        time.sleep(CACHE_SWEEP_S)
+        sweep_empty_cache_folders(cache, age_s)
+
+
 def launch(demo: gr.Blocks, app: App, server_name: str, server_port: int, queue_size: int = QUEUE_SIZE, **kwargs):
+    cache = Path(get_upload_folder())
+    threading.Thread(target=_sweep_forever, args=(cache, cache_ttl_s()), name="mmdemo-cache", daemon=True).start()
     return demo.queue(max_size=queue_size, default_concurrency_limit=1).launch(
         server_name=server_name,
         server_port=server_port,
