@@ -313,5 +313,5 @@ def test_empty_gradio_cache_folders_are_removed_once_old(tmp_path):
     (old_full / "image.webp").write_bytes(b"x")
     for folder in (old_empty, old_full):
         os.utime(folder, (time.time() - 600, time.time() - 600))
-    assert sweep_empty_cache_folders(tmp_path, 300) == 1
+    assert sweep_empty_cache_folders(tmp_path) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "c"]

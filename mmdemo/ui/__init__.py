@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import os
 
-import gradio as gr
+# Gradio's queue keeps a record of its last N events for analytics (10,000 by default, a few
+# MB that grow for hours under load); read when the Blocks are made, so set before that.
+os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", "200")
 
-from ..webapp import App
+import gradio as gr  # noqa: E402
+
+from ..webapp import App  # noqa: E402
 from .finetune import csv_columns, finetune_tab
 from .identity import token_components
 from .predict import predict, predict_tab, redraw

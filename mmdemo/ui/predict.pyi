@@ -41,8 +41,11 @@ class ImagePath(gr.Image):
         if payload.path is None:
             raise refuse("the image upload has no file")
         return str(payload.path)
-    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from collections.abc import Callable, Sequence
+    from typing import TYPE_CHECKING, Any, Literal
+
     from gradio.blocks import Block
+
     if TYPE_CHECKING:
         from gradio.components import Timer
         from gradio.components.base import Component

@@ -20,9 +20,9 @@ from gradio.utils import get_upload_folder
 from starlette.middleware import Middleware
 
 from ..webapp import App
-from . import CACHE_SWEEP_S, cache_ttl_s
+from . import CACHE_SWEEP_S
 
-SESSION_CAPACITY = int(os.environ.get("MMDEMO_SESSION_CAPACITY", "300"))
+SESSION_CAPACITY = int(os.environ.get("MMDEMO_SESSION_CAPACITY", "150"))
 QUEUE_SIZE = int(os.environ.get("MMDEMO_QUEUE_SIZE", "64"))
 MAX_BODY_MB = float(os.environ.get("MMDEMO_MAX_BODY_MB", "2"))
 
@@ -61,9 +61,12 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
-def sweep_empty_cache_folders(cache: Path, age_s: float) -> int:
+EMPTY_FOLDER_AGE_S = 30  # Gradio makes a folder and writes its file at once: older and empty is left over
+
+
+def sweep_empty_cache_folders(cache: Path, age_s: float = EMPTY_FOLDER_AGE_S) -> int:
     """Gradio's cache sweep (``delete_cache``) deletes files but keeps the folder each one was
-    in (one per file): remove those folders once empty and older than ``age_s``."""
+    in (one per file, 4 kB on disk each): remove those folders once empty for ``age_s``."""
     removed = 0
     now = time.time()
     for folder in cache.glob("*"):
@@ -76,15 +79,15 @@ def sweep_empty_cache_folders(cache: Path, age_s: float) -> int:
     return removed
 
 
-def _sweep_forever(cache: Path, age_s: float) -> None:
+def _sweep_forever(cache: Path) -> None:
     while True:
         time.sleep(CACHE_SWEEP_S)
-        sweep_empty_cache_folders(cache, age_s)
+        sweep_empty_cache_folders(cache)
 
 
 def launch(demo: gr.Blocks, app: App, server_name: str, server_port: int, queue_size: int = QUEUE_SIZE, **kwargs):
     cache = Path(get_upload_folder())
-    threading.Thread(target=_sweep_forever, args=(cache, cache_ttl_s()), name="mmdemo-cache", daemon=True).start()
+    threading.Thread(target=_sweep_forever, args=(cache,), name="mmdemo-cache", daemon=True).start()
     return demo.queue(max_size=queue_size, default_concurrency_limit=1).launch(
         server_name=server_name,
         server_port=server_port,
