@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .data import Dataset, check_trainable, read_csv
 from .jobs import DataSource, JobManager
-from .limits import UPLOAD_PREFIX, Limits, data_dir, shared_mode, upload_root
+from .limits import UPLOAD_PREFIX, Limits, shared_mode, upload_root
 from .registry import SHARED, CheckpointRegistry, hf_owner, owner_id
 from .sortofclevr import generate
 from .train import TrainSettings
@@ -198,5 +198,3 @@ class App:
     def close(self) -> None:
         self.jobs.close()
 
-
-__all__ = ["App", "DEFAULT_CHECKPOINT", "data_dir"]

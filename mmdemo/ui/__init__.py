@@ -14,6 +14,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", "200")
 
 import gradio as gr  # noqa: E402
 
+from ..registry import TOKEN_PATTERN  # noqa: E402
 from ..webapp import App  # noqa: E402
 from .finetune import csv_columns, finetune_tab
 from .identity import token_components
@@ -46,8 +47,8 @@ def create_demo(app: App) -> gr.Blocks:
 
         def on_load(known, owner_token=None, session_token=None, profile: gr.OAuthProfile | None = None):
             """A new browser gets its secret owner token here, made on the server."""
-            if not (isinstance(owner_token, str) and owner_token):
-                owner_token = app.new_token()
+            if not (isinstance(owner_token, str) and TOKEN_PATTERN.match(owner_token)):
+                owner_token = app.new_token()  # none yet, or not one of ours
             return (*poll(known, owner_token, session_token, profile), owner_token)
 
         demo.load(on_load, poll_inputs, [*poll_outputs, tokens[0]], api_name=False, queue=False)
