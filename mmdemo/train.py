@@ -52,6 +52,7 @@ class TrainSettings:
     label_smoothing: float = 0.0
     grad_clip: float = 1.0
     patience: int | None = None  # stop after this many epochs without a better validation score
+    cpu_threads: int | None = None  # torch threads on a CPU (None: torch's default)
     seed: int = 0
     device: str | None = None
 
@@ -255,6 +256,8 @@ def train(
     start_time = time.perf_counter()
     seed_everything(settings.seed)
     device = resolve_device(settings.device)
+    if device.type == "cpu" and settings.cpu_threads:
+        torch.set_num_threads(settings.cpu_threads)
     train_examples, val_examples = _split(dataset, val_dataset, val_fraction, settings.seed)
     labels = sorted({e.label for e in train_examples} | {e.label for e in val_examples})
     if len(labels) < 2:

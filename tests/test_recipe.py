@@ -15,8 +15,8 @@ from .conftest import tiny_config
 from .test_train import sixteen_rows  # noqa: F401  (fixture)
 
 
-def _profile(side=8, rows=4000, images=1300, counts=None):
-    return DataProfile(rows, images, 3, counts or {"a": 100, "b": 120}, side)
+def _profile(side=8, rows=4000, images=1300, imbalance=1.2):
+    return DataProfile(rows, images, 3, {"a": 100, "b": 120}, side, imbalance)
 
 
 def test_small_scans_get_64_px_and_photos_keep_224():
@@ -46,9 +46,25 @@ def test_epochs_follow_the_budget_and_the_estimate_fits_it():
     assert estimate_seconds(_profile(), 224, 196, 10, []) > estimate_seconds(_profile(), 64, 16, 10, ["image_encoder"])
 
 
-def test_class_weights_only_for_imbalanced_data():
+def test_class_weights_only_for_imbalanced_data(tmp_path):
     assert not choose(_profile()).settings.class_weights
-    assert choose(_profile(counts={"a": 1000, "b": 20})).settings.class_weights
+    assert choose(_profile(imbalance=50)).settings.class_weights
+    # answers of different questions do not compete: 10 digits vs even/odd is no imbalance
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    rows = [f"a.png,what digit?,{i % 10}" for i in range(100)] + [
+        f"a.png,even or odd?,{'eo'[i % 2]}" for i in range(100)
+    ]
+    (tmp_path / "d.csv").write_text("image,text,label\n" + "\n".join(rows) + "\n")
+    assert profile(read_csv(tmp_path / "d.csv")).imbalance == 1.0
+    rows += [f"a.png,is it odd?,{'yes' if i < 95 else 'no'}" for i in range(100)]
+    (tmp_path / "d.csv").write_text("image,text,label\n" + "\n".join(rows) + "\n")
+    assert profile(read_csv(tmp_path / "d.csv")).imbalance == 19.0
+
+
+def test_threads_leave_busy_cores_alone():
+    from mmdemo.recipe import cpu_threads
+
+    assert cpu_threads(2, 0.1)[0] == 2 and cpu_threads(2, 16.0)[0] == 1 and cpu_threads(16, 3.0)[0] == 13
 
 
 def test_early_stopping_ends_training_on_a_plateau(sixteen_rows):  # noqa: F811
