@@ -8,7 +8,7 @@
   answers; split by scan, so no scan is in both files.
 - ``photo-patches``: 32x32 grayscale patches of scikit-image's bundled photos, four questions
   per patch about what is where (which half is brighter, left or right / top or bottom; how
-  bright the patch is; how much of it is edge), 10 answers; split by source photo, so no photo
+  bright the patch is; how much of it is edge), 9 answers; split by source photo, so no photo
   is in both files.
 
 Neither is synthetic: the pixels are real scans and photos; only the questions are templated.
@@ -158,25 +158,61 @@ def _pixels(csv_path: Path) -> tuple[list[dict], np.ndarray]:
     return rows, np.stack([cache[r["image"]] for r in rows])
 
 
-def baselines(train_csv: Path, test_csv: Path) -> dict:
+def _frozen_features(csv_path: Path, rows: list[dict], image_size: int = 64) -> np.ndarray:
+    """EfficientNet-Lite0 stride-16 feature maps (frozen, ImageNet weights) at ``image_size``
+    px, flattened: the image features the recipe trains on."""
+    import torch
+
+    from .encoders import EfficientNetLite0
+    from .imaging import decode_image
+    from .model import ModelConfig
+    from .preprocess import image_to_tensor
+
+    config = ModelConfig(labels=["a", "b"], image_size=image_size)
+    encoder = EfficientNetLite0(16)
+    encoder.load_pretrained()
+    encoder.eval()
+    names = sorted({r["image"] for r in rows})
+    features = {}
+    with torch.no_grad():
+        for start in range(0, len(names), 128):
+            chunk = names[start : start + 128]
+            px = torch.stack([image_to_tensor(decode_image(csv_path.parent / n), config) for n in chunk])
+            for n, f in zip(chunk, encoder(px).flatten(1).numpy()):
+                features[n] = f
+    return np.stack([features[r["image"]] for r in rows])
+
+
+def baselines(train_csv: Path, test_csv: Path, frozen_features: bool = True) -> dict:
     """Majority class, and per question text: logistic regression and an RBF SVM on raw pixels
-    (accuracy, ECE of their probabilities, seconds)."""
+    and on frozen image features (accuracy, ECE of their probabilities, seconds)."""
     import time
 
     from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
     from sklearn.svm import SVC
 
     from .metrics import expected_calibration_error
 
-    train_rows, x_train = _pixels(Path(train_csv))
-    test_rows, x_test = _pixels(Path(test_csv))
+    train_rows, pixels_train = _pixels(Path(train_csv))
+    test_rows, pixels_test = _pixels(Path(test_csv))
     labels = [r["label"] for r in train_rows]
     majority = max(set(labels), key=labels.count)
     result = {"majority": {"accuracy": float(np.mean([r["label"] == majority for r in test_rows]))}}
-    for name, make in {
-        "logreg_pixels": lambda: LogisticRegression(max_iter=2000, C=1.0),
-        "rbf_svm_pixels": lambda: SVC(kernel="rbf", gamma="scale", C=10, probability=True, random_state=0),
-    }.items():
+    inputs = {"pixels": (pixels_train, pixels_test)}
+    if frozen_features:
+        inputs["frozen_features"] = (
+            _frozen_features(Path(train_csv), train_rows),
+            _frozen_features(Path(test_csv), test_rows),
+        )
+    # pixels in [0, 1] as they are; the feature maps standardised (their channels' scales differ)
+    models = {
+        "logreg": lambda scale: make_pipeline(*scale, LogisticRegression(max_iter=2000, C=1.0)),
+        "rbf_svm": lambda scale: make_pipeline(*scale, SVC(C=10, probability=True, random_state=0)),
+    }
+    for (model_name, make), (input_name, (x_train, x_test)) in ((m, i) for m in models.items() for i in inputs.items()):
+        name = f"{model_name}_{input_name}"
         start = time.perf_counter()
         confidences, hits = [], []
         for question in sorted({r["text"] for r in train_rows}):
@@ -188,7 +224,8 @@ def baselines(train_csv: Path, test_csv: Path) -> dict:
             if len(set(y)) < 2:
                 pred, conf = [y[0]] * len(te), [1.0] * len(te)
             else:
-                model = make().fit(x_train[tr], y)
+                scale = [StandardScaler()] if input_name == "frozen_features" else []
+                model = make(scale).fit(x_train[tr], y)
                 proba = model.predict_proba(x_test[te])
                 pred = [model.classes_[j] for j in proba.argmax(1)]
                 conf = proba.max(1).tolist()
