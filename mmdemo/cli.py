@@ -40,22 +40,36 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.add_argument("--repeats", type=int, default=100)
 
-    p = sub.add_parser("train", help="train or fine-tune on a CSV (image,text,label)")
-    p.add_argument("--csv", type=Path, required=True, help="training CSV; image paths relative to its folder")
+    p = sub.add_parser(
+        "train",
+        help="train or fine-tune on a CSV (image,text,label); settings not given are chosen from the data",
+    )
+    p.add_argument("--csv", type=Path, help="training CSV; image paths relative to its folder")
     p.add_argument("--val-csv", type=Path, help="validation CSV (default: hold out --val-split of the images)")
     p.add_argument("--val-split", type=float, default=0.1)
-    p.add_argument("--out", type=Path, required=True, help="folder for the new checkpoint")
+    p.add_argument("--out", type=Path, help="folder for the new checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--init", type=Path, help="start from this checkpoint (default: a new model)")
-    p.add_argument("--time-limit", type=float, help="stop after this many minutes (the best epoch so far is kept)")
+    p.add_argument(
+        "--time-limit",
+        type=float,
+        help="time budget in minutes: the recipe fits its epochs to it and training stops there,"
+        " keeping the best epoch (default: 10 minutes)",
+    )
+    p.add_argument(
+        "--resume", type=Path, metavar="DIR", help="continue the stopped run that was saving to checkpoint DIR"
+    )
     _add_columns(p)
     _add_train_settings(p)
     _add_architecture(p)
     p.add_argument("--device", default=None)
 
-    p = sub.add_parser("evaluate", help="accuracy, macro F1, per-class figures and confusion on a labelled CSV")
+    p = sub.add_parser(
+        "evaluate", help="accuracy, macro F1, calibration (ECE), per-class figures and confusion on a labelled CSV"
+    )
     _add_common(p)
     p.add_argument("--csv", type=Path, required=True)
+    p.add_argument("--slice-by", nargs="*", default=[], metavar="COLUMN", help="also report accuracy per value")
     _add_columns(p)
 
     p = sub.add_parser("make-sort-of-clevr", help="generate a Sort-of-CLEVR dataset (images + data.csv)")
@@ -63,6 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=int, default=10_000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--phrasing", choices=("train", "canonical", "held-out"), default="train")
+
+    p = sub.add_parser(
+        "make-real-benchmark", help="real-data benchmark CSVs (sklearn digit scans, scikit-image photo patches)"
+    )
+    p.add_argument("--kind", choices=("digits", "photo-patches"), required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--baselines", action="store_true", help="also score pixel baselines (logistic regression, SVM)")
 
     p = sub.add_parser("bench-app", help="app start-up to first answer and /predict latency over HTTP")
     p.add_argument("--image", type=Path, default=DEFAULT_CHECKPOINT / "examples" / "scene_4.png")
@@ -91,41 +113,50 @@ def _add_columns(p: argparse.ArgumentParser) -> None:
 
 
 def _add_train_settings(p: argparse.ArgumentParser) -> None:
-    from .train import TrainSettings
-
-    d = TrainSettings()
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="rows per step")
-    p.add_argument("--lr", type=float, default=d.lr, help="learning rate of the fusion and head")
-    p.add_argument("--encoder-lr", type=float, default=d.encoder_lr, help="learning rate of trained encoders")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    """Training settings: every default is None ("not given"), so the recipe chooses it."""
+    p.add_argument("--epochs", type=int, help="most epochs (default: as many as fit the time budget)")
+    p.add_argument("--batch-size", type=int, help="rows per step")
+    p.add_argument("--lr", type=float, help="learning rate of the fusion and head")
+    p.add_argument("--encoder-lr", type=float, help="learning rate of trained encoders")
+    p.add_argument("--weight-decay", type=float)
     p.add_argument(
         "--freeze",
         nargs="*",
-        default=d.freeze,
         choices=["image_encoder", "text_encoder"],
         help="encoders to keep frozen (default: both; '--freeze' alone trains both)",
     )
-    p.add_argument("--modality-dropout", type=float, default=d.modality_dropout)
-    p.add_argument("--class-weights", action="store_true", help="weight the loss by inverse class frequency")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--modality-dropout", type=float)
+    p.add_argument(
+        "--class-weights",
+        action=argparse.BooleanOptionalAction,
+        help="weight the loss by inverse class frequency (default: when classes are imbalanced)",
+    )
+    p.add_argument("--patience", type=int, help="early stopping: epochs without a better validation score")
+    p.add_argument("--seed", type=int)
+
+
+TRAIN_SETTING_FLAGS = (
+    "epochs", "batch_size", "lr", "encoder_lr", "weight_decay", "freeze", "modality_dropout", "class_weights",
+    "patience", "seed",
+)  # fmt: skip
+ARCHITECTURE_FLAGS = (
+    "image_encoder", "image_size", "image_stride", "text_encoder", "text_model", "fusion_dim", "fusion_heads",
+    "fusion_layers", "region_layers", "dropout",
+)  # fmt: skip
 
 
 def _add_architecture(p: argparse.ArgumentParser) -> None:
-    """Architecture of a new model (ignored with --init, whose config is kept)."""
-    from .model import ModelConfig
-
-    d = ModelConfig(labels=["a", "b"])
-    p.add_argument("--image-encoder", default=d.image_encoder, choices=["efficientnet_lite0", "small_cnn"])
-    p.add_argument("--image-size", type=int, default=d.image_size)
-    p.add_argument("--image-stride", type=int, default=d.image_stride, choices=[16, 32])
-    p.add_argument("--text-encoder", default=d.text_encoder, choices=["minilm", "gru"])
-    p.add_argument("--text-model", default=d.text_model, help="'minilm' (packaged) or a folder / hub id")
-    p.add_argument("--fusion-dim", type=int, default=d.fusion_dim)
-    p.add_argument("--fusion-heads", type=int, default=d.fusion_heads)
-    p.add_argument("--fusion-layers", type=int, default=d.fusion_layers)
-    p.add_argument("--region-layers", type=int, default=d.region_layers)
-    p.add_argument("--dropout", type=float, default=d.dropout)
+    """Architecture of a new model (ignored with --init, whose config is kept); None = default."""
+    p.add_argument("--image-encoder", choices=["efficientnet_lite0", "small_cnn"])
+    p.add_argument("--image-size", type=int, help="default: from the data (64 px for small scans, 224 for photos)")
+    p.add_argument("--image-stride", type=int, choices=[16, 32])
+    p.add_argument("--text-encoder", choices=["minilm", "gru"])
+    p.add_argument("--text-model", help="'minilm' (packaged) or a folder / hub id")
+    p.add_argument("--fusion-dim", type=int)
+    p.add_argument("--fusion-heads", type=int)
+    p.add_argument("--fusion-layers", type=int)
+    p.add_argument("--region-layers", type=int)
+    p.add_argument("--dropout", type=float)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
             path = generate(args.out, args.images, args.seed, args.phrasing)
             print(json.dumps({"csv": str(path), "images": args.images, "rows": args.images * 20}))
             return 0
+        if args.command == "make-real-benchmark":
+            return _make_real_benchmark(args)
         if args.command == "bench-app":
             from .bench_app import run
 
@@ -165,6 +198,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 1
+
+
+def _make_real_benchmark(args) -> int:
+    from . import realbench
+
+    make = realbench.make_digits if args.kind == "digits" else realbench.make_photo_patches
+    result = make(args.out, seed=args.seed)
+    if args.baselines:
+        result["baselines"] = realbench.baselines(Path(result["train"]), Path(result["test"]))
+    print(json.dumps(result))
+    return 0
 
 
 def _predictor(args):
@@ -271,43 +315,60 @@ def _read_dataset(path: Path, args):
 def _train(args) -> int:
     import shlex
 
+    from .finetune import FinetuneRequest, finetune, plan, resume
+
+    progress = _train_progress()
+    time_limit_s = args.time_limit * 60 if args.time_limit else None
+    if args.resume:
+        result = resume(args.resume, time_limit_s, progress)
+    else:
+        if args.csv is None or args.out is None:
+            raise ValueError("train needs --csv and --out (or --resume DIR)")
+        if args.out.exists() and not args.overwrite:
+            raise ValueError(f"{args.out} already exists (pass --overwrite to replace it)")
+        dataset = _read_dataset(args.csv, args)
+        val = _read_dataset(args.val_csv, args) if args.val_csv else None
+        overrides = {
+            k: getattr(args, k) for k in TRAIN_SETTING_FLAGS + ARCHITECTURE_FLAGS if getattr(args, k) is not None
+        }
+        if args.device:
+            overrides["device"] = args.device
+        request = FinetuneRequest(
+            dataset=dataset,
+            out=args.out,
+            val_dataset=val,
+            val_fraction=args.val_split,
+            init=args.init,
+            time_limit_s=time_limit_s,
+            overwrite=args.overwrite,
+            command="python -m mmdemo " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+            overrides=overrides,
+        )
+        recipe = plan(request)
+        print(recipe.describe(), file=sys.stderr)
+        result = finetune(request, progress, _recipe=recipe)
+    record = result.record
+    calibration = record.get("calibration", {})
+    summary = {
+        "checkpoint": str(result.checkpoint),
+        "best_epoch": record["best_epoch"],
+        "seconds": record["train_seconds"],
+        "estimated_seconds": record["estimated_seconds"],
+        "stopped_by": record["stopped_by"],
+        **record["metrics"],
+        "baselines": record.get("baselines", {}),
+        "temperature": calibration.get("temperature"),
+        "val_ece_before": calibration.get("ece_before"),
+        "val_ece_after": calibration.get("ece_after"),
+        "throughput": record["throughput"],
+    }
+    print(json.dumps(summary))
+    return 0
+
+
+def _train_progress():
     from tqdm import tqdm
 
-    from .finetune import FinetuneRequest, finetune
-    from .model import ModelConfig
-    from .train import TrainSettings
-
-    if args.out.exists() and not args.overwrite:
-        raise ValueError(f"{args.out} already exists (pass --overwrite to replace it)")
-    dataset = _read_dataset(args.csv, args)
-    val = _read_dataset(args.val_csv, args) if args.val_csv else None
-    settings = TrainSettings(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        encoder_lr=args.encoder_lr,
-        weight_decay=args.weight_decay,
-        freeze=list(args.freeze),
-        modality_dropout=args.modality_dropout,
-        class_weights=args.class_weights,
-        seed=args.seed,
-        device=args.device,
-    )
-    config = None
-    if args.init is None:
-        config = ModelConfig(
-            labels=dataset.labels,
-            image_encoder=args.image_encoder,
-            image_size=args.image_size,
-            image_stride=args.image_stride,
-            text_encoder=args.text_encoder,
-            text_model=args.text_model,
-            fusion_dim=args.fusion_dim,
-            fusion_heads=args.fusion_heads,
-            fusion_layers=args.fusion_layers,
-            region_layers=args.region_layers,
-            dropout=args.dropout,
-        )
     bars: dict = {}
 
     def progress(event: dict) -> None:
@@ -327,32 +388,12 @@ def _train(args) -> int:
                 json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in event.items()}), file=sys.stderr
             )
 
-    request = FinetuneRequest(
-        dataset=dataset,
-        out=args.out,
-        settings=settings,
-        val_dataset=val,
-        val_fraction=args.val_split,
-        init=args.init,
-        config=config,
-        time_limit_s=args.time_limit * 60 if args.time_limit else None,
-        overwrite=args.overwrite,
-        command="python -m mmdemo " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-    )
-    result = finetune(request, progress)
-    record = result.record
-    summary = {
-        "checkpoint": str(result.checkpoint),
-        "best_epoch": record["best_epoch"],
-        "seconds": record["train_seconds"],
-        "stopped_by": record["stopped_by"],
-        **record["metrics"],
-    }
-    print(json.dumps(summary))
-    return 0
+    return progress
 
 
 def _evaluate(args) -> int:
+    from collections import defaultdict
+
     from .checkpoint import load_checkpoint
     from .train import evaluate_model
 
@@ -361,6 +402,24 @@ def _evaluate(args) -> int:
         raise ValueError(f"{args.csv.name}: no valid rows to evaluate")
     model = load_checkpoint(args.checkpoint)
     report = evaluate_model(model, dataset.examples, args.device)
-    report.pop("predictions")
+    predictions = report.pop("predictions")
+    report.pop("confidences")
+    if args.slice_by:
+        rows, _ = _read_csv(args.csv, list(args.slice_by))
+        by_row = {i + 2: row for i, row in enumerate(rows)}  # Example.row counts the header as row 1
+        report["slices"] = {}
+        for column in args.slice_by:
+            hits = defaultdict(list)
+            for example, predicted in zip(dataset.examples, predictions):
+                hits[by_row[example.row][column]].append(predicted == example.label)
+            report["slices"][column] = {v: {"n": len(h), "accuracy": sum(h) / len(h)} for v, h in sorted(hits.items())}
+    print(f"accuracy {report['accuracy']:.4f}  macro-F1 {report['macro_f1']:.4f}  ECE {report['ece']:.4f}"
+          f"  (n = {report['n']}, temperature {model.config.temperature:.3f})", file=sys.stderr)  # fmt: skip
+    for label, c in report["per_class"].items():
+        print(f"  {label:>12}: precision {c['precision']:.3f} recall {c['recall']:.3f} f1 {c['f1']:.3f}"
+              f" support {c['support']}", file=sys.stderr)  # fmt: skip
+    for column, values in report.get("slices", {}).items():
+        for value, s in values.items():
+            print(f"  {column}={value}: accuracy {s['accuracy']:.4f} (n = {s['n']})", file=sys.stderr)
     print(json.dumps(report))
     return 0

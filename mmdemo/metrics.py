@@ -28,3 +28,28 @@ def classification_report(y_true: list[str], y_pred: list[str], labels: list[str
         "per_class": per_class,
         "confusion": {"labels": list(labels), "matrix": confusion},
     }
+
+
+def expected_calibration_error(confidences: list[float], correct: list[bool], bins: int = 15) -> float:
+    """ECE with ``bins`` equal-width confidence bins: the mean over samples of
+    |accuracy - mean confidence| of the sample's bin (top-label confidence)."""
+    return reliability(confidences, correct, bins)["ece"]
+
+
+def reliability(confidences: list[float], correct: list[bool], bins: int = 15) -> dict:
+    """Per bin (equal width over [0, 1]): count, mean confidence and accuracy; and the ECE."""
+    counts, conf_sums, hit_sums = [0] * bins, [0.0] * bins, [0.0] * bins
+    for c, ok in zip(confidences, correct):
+        b = min(int(float(c) * bins), bins - 1)
+        counts[b] += 1
+        conf_sums[b] += float(c)
+        hit_sums[b] += float(bool(ok))
+    n = sum(counts)
+    ece = sum(abs(hit_sums[b] - conf_sums[b]) for b in range(bins)) / n if n else 0.0
+    return {
+        "bins": bins,
+        "count": counts,
+        "confidence": [conf_sums[b] / counts[b] if counts[b] else None for b in range(bins)],
+        "accuracy": [hit_sums[b] / counts[b] if counts[b] else None for b in range(bins)],
+        "ece": ece,
+    }

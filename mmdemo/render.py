@@ -121,3 +121,36 @@ def confusion_figure(confusion: dict) -> go.Figure:
         margin={"l": 10, "r": 10, "t": 40, "b": 10},
     )
     return fig
+
+
+def reliability_figure(calibration: dict) -> go.Figure:
+    """Reliability diagram: accuracy against mean confidence per confidence bin, before and
+    after temperature scaling (``calibration`` as calibration.calibration_report returns it, or
+    an evaluate report's single ``reliability``); the diagonal is perfect calibration."""
+    fig = go.Figure(go.Scatter(x=[0, 1], y=[0, 1], name="perfectly calibrated", mode="lines", line={"dash": "dot"}))
+    curves = [("reliability_before", "before"), ("reliability_after", "after")]
+    if "reliability" in calibration:
+        curves = [("reliability", "model")]
+    for key, name in curves:
+        r = calibration.get(key)
+        if not r:
+            continue
+        points = [(c, a, n) for c, a, n in zip(r["confidence"], r["accuracy"], r["count"]) if n]
+        fig.add_trace(
+            go.Scatter(
+                x=[p[0] for p in points],
+                y=[p[1] for p in points],
+                text=[f"{p[2]} rows" for p in points],
+                name=f"{name} (ECE {r['ece']:.3f})",
+                mode="lines+markers",
+            )
+        )
+    fig.update_layout(
+        title="Reliability (validation)",
+        xaxis={"title": "confidence", "range": [0, 1]},
+        yaxis={"title": "accuracy", "range": [0, 1]},
+        height=320,
+        margin={"l": 10, "r": 10, "t": 40, "b": 10},
+        legend={"orientation": "h"},
+    )
+    return fig

@@ -25,12 +25,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import get_cosine_schedule_with_warmup
 
 from .data import Dataset, Example
 from .device import autocast, resolve_device
 from .encoders import load_tokenizer
 from .imaging import decode_image
-from .metrics import classification_report
+from .metrics import classification_report, reliability
 from .model import PARTS, ModelConfig, MultimodalClassifier, build_model
 from .preprocess import image_to_uint8, normalize_pixels, tokenize
 
@@ -50,6 +51,8 @@ class TrainSettings:
     class_weights: bool = False
     label_smoothing: float = 0.0
     grad_clip: float = 1.0
+    patience: int | None = None  # stop after this many epochs without a better validation score
+    cpu_threads: int | None = None  # torch threads on a CPU (None: torch's default)
     seed: int = 0
     device: str | None = None
 
@@ -61,6 +64,27 @@ class TrainResult:
     best_metrics: dict
     history: list[dict]
     seconds: float
+    stopped_early: bool = False  # by the patience rule
+    val_logits: torch.Tensor | None = None  # (N, L) of the best model on the validation rows
+    val_targets: torch.Tensor | None = None  # (N,) label index, -1 for labels the model lacks
+    baselines: dict = field(default_factory=dict)  # validation accuracy: majority, image only, text only
+
+
+@dataclass
+class TrainState:
+    """Everything a run needs to continue after its last complete epoch exactly as if it had
+    not stopped: weights, optimizer and scheduler state, random generators, the best epoch."""
+
+    epoch: int
+    model: dict[str, torch.Tensor]
+    optimizer: dict
+    scheduler: dict
+    generator: torch.Tensor
+    torch_rng: torch.Tensor
+    best: dict  # {"score": [...], "epoch": int, "metrics": dict}
+    best_model: dict[str, torch.Tensor]
+    history: list[dict]
+    stale_epochs: int
 
 
 def seed_everything(seed: int) -> None:
@@ -97,6 +121,7 @@ class Encoded:
             self.text_index.setdefault(e.text, len(self.text_index))
         self.rows_image = torch.tensor([self.image_index[e.image] for e in examples])
         self.rows_text = torch.tensor([self.text_index[e.text] for e in examples])
+        self.labels = [e.label for e in examples]
 
         images = []
         for i, path in enumerate(self.image_index):
@@ -159,17 +184,25 @@ def grouped_batches(rows_image: torch.Tensor, batch_size: int, generator: torch.
 
 @torch.no_grad()
 def predict_encoded(
-    model: MultimodalClassifier, encoded: Encoded, device: torch.device, batch_size: int = 256
+    model: MultimodalClassifier,
+    encoded: Encoded,
+    device: torch.device,
+    batch_size: int = 256,
+    drop: str | None = None,
 ) -> torch.Tensor:
-    """(N, L) logits of every row, in row order."""
+    """(N, L) logits of every row, in row order; ``drop`` "image" or "text" masks that modality."""
     model.eval()
     all_logits = []
     # group by image so trained image encoders still run once per image
     order = torch.argsort(encoded.rows_image, stable=True)
     for chunk in order.split(batch_size):
+        masked = torch.full((len(chunk),), True, device=device)
+        drop_image = masked if drop == "image" else None
+        drop_text = masked if drop == "text" else None
         with autocast(device):
             fm, px, ts, mask, index = encoded.batch(model, chunk, device)
-            all_logits.append(model.forward_fusion(fm, ts, mask, image_index=index, pixels=px).logits.float().cpu())
+            out = model.forward_fusion(fm, ts, mask, drop_image, drop_text, image_index=index, pixels=px)
+            all_logits.append(out.logits.float().cpu())
     logits = torch.empty(len(order), len(model.config.labels))
     logits[order] = torch.cat(all_logits)
     return logits
@@ -191,7 +224,12 @@ def evaluate_model(
     truth = [e.label for e in examples]
     all_labels = labels + sorted(set(truth) - set(labels))
     report = classification_report(truth, predicted, all_labels)
+    # confidence as the Predictor reports it: softmax of logits / the fitted temperature
+    confidences = (logits / model.config.temperature).softmax(-1).max(-1).values.tolist()
+    report["reliability"] = reliability(confidences, [t == p for t, p in zip(truth, predicted)])
+    report["ece"] = report["reliability"]["ece"]
     report["predictions"] = predicted
+    report["confidences"] = confidences
     return report
 
 
@@ -205,22 +243,22 @@ def train(
     should_stop: Callable[[], bool] | None = None,
     val_fraction: float = 0.1,
     on_best: Callable[[MultimodalClassifier, dict], None] | None = None,
+    on_epoch: Callable[[TrainState], None] | None = None,
+    resume: TrainState | None = None,
 ) -> TrainResult:
     """Train on ``dataset``; validate on ``val_dataset`` or on a ``val_fraction`` split of it
     (split by image, so no image is in both). ``on_best(model, record)`` is called whenever an
-    epoch beats the best so far (the CLI saves a checkpoint there, so a long run that is
-    stopped keeps its best epoch)."""
+    epoch beats the best so far (finetune saves a checkpoint there, so a stopped run keeps its
+    best epoch); ``on_epoch(state)`` after every complete epoch with what ``resume`` takes to
+    continue from there."""
     progress = progress or (lambda event: None)
     should_stop = should_stop or (lambda: False)
     start_time = time.perf_counter()
     seed_everything(settings.seed)
     device = resolve_device(settings.device)
-
-    train_examples = dataset.examples
-    if val_dataset is not None:
-        val_examples = val_dataset.examples
-    else:
-        train_examples, val_examples = split_by_image(dataset.examples, val_fraction, settings.seed)
+    if device.type == "cpu" and settings.cpu_threads:
+        torch.set_num_threads(settings.cpu_threads)
+    train_examples, val_examples = _split(dataset, val_dataset, val_fraction, settings.seed)
     labels = sorted({e.label for e in train_examples} | {e.label for e in val_examples})
     if len(labels) < 2:
         raise ValueError(f"training needs at least 2 classes, found {labels}")
@@ -228,108 +266,193 @@ def train(
     model = model_for(labels, init, config)
     model.set_frozen(settings.freeze)
     model.to(device)
-    labels = model.config.labels
-    label_index = {label: i for i, label in enumerate(labels)}
-
+    label_index = {label: i for i, label in enumerate(model.config.labels)}
     progress({"stage": "prepare", "message": f"preparing {len(train_examples)} training rows"})
     train_enc = Encoded(model, train_examples, device, progress)
     val_enc = Encoded(model, val_examples, device, progress) if val_examples else None
     targets = torch.tensor([label_index[e.label] for e in train_examples])
-    val_targets = [e.label for e in val_examples]
+    val_targets = torch.tensor([label_index.get(e.label, -1) for e in val_examples])
+    prepare_seconds = time.perf_counter() - start_time
 
-    weight = None
-    if settings.class_weights:
-        counts = torch.bincount(targets, minlength=len(labels)).float()
-        weight = (counts.sum() / (len(labels) * counts.clamp(min=1))).to(device)
+    weight = _class_weight(targets, len(label_index), device) if settings.class_weights else None
+    optimizer, scheduler, trained_params = _optimizer(model, settings, math.ceil(len(targets) / settings.batch_size))
+    generator = torch.Generator().manual_seed(settings.seed)
+    best = {"score": None, "epoch": 0, "metrics": {}}
+    best_model, history, stale, first_epoch = None, [], 0, 1
+    if resume is not None:
+        first_epoch, best, history, stale = resume.epoch + 1, resume.best, list(resume.history), resume.stale_epochs
+        best_model = resume.best_model
+        _load_trained(model, resume.model)
+        optimizer.load_state_dict(resume.optimizer)
+        scheduler.load_state_dict(resume.scheduler)
+        generator.set_state(resume.generator)
+        torch.set_rng_state(resume.torch_rng)
 
+    for epoch in range(first_epoch, settings.epochs + 1):
+        epoch_start = time.perf_counter()
+        loss, correct, seen = _train_epoch(
+            model, train_enc, targets, weight, optimizer, scheduler, trained_params, generator, settings, device,
+            should_stop, progress, epoch,
+        )  # fmt: skip
+        if seen == 0:
+            break
+        record = {
+            "epoch": epoch,
+            "train_loss": loss,
+            "train_accuracy": correct / seen,
+            "complete": seen == len(targets),  # False: cut short by a stop or the time limit
+            "samples_per_s": round(seen / (time.perf_counter() - epoch_start), 1),
+        }
+        report, score = _validate(model, val_enc, val_targets, device, record)
+        record["seconds"] = round(time.perf_counter() - start_time, 1)
+        history.append(record)
+        if best["score"] is None or score > tuple(best["score"]):
+            best, stale = {"score": list(score), "epoch": epoch, "metrics": {**record, "report": report}}, 0
+            best_model = _trained_state(model, model.state_dict())
+            if on_best is not None:
+                on_best(model, record)
+                model.train()
+        else:
+            stale += 1
+        progress({"stage": "epoch", **record})
+        if on_epoch is not None and record["complete"]:
+            on_epoch(_state(epoch, model, optimizer, scheduler, generator, best, best_model, history, stale))
+        if should_stop() or (settings.patience is not None and stale >= settings.patience):
+            break
+    if best_model is not None:
+        _load_trained(model, best_model)
+    model.eval()
+    result = TrainResult(
+        model, best["epoch"], best["metrics"], history, time.perf_counter() - start_time,
+        stopped_early=settings.patience is not None and stale >= settings.patience,
+    )  # fmt: skip
+    result.best_metrics["prepare_seconds"] = round(prepare_seconds, 1)
+    if val_enc is not None and history:
+        result.val_logits, result.val_targets = predict_encoded(model, val_enc, device), val_targets
+        result.baselines = modality_baselines(model, val_enc, val_targets, targets, device)
+    result.model = model.cpu()
+    return result
+
+
+def _split(dataset, val_dataset, val_fraction, seed):
+    if val_dataset is not None:
+        return dataset.examples, val_dataset.examples
+    return split_by_image(dataset.examples, val_fraction, seed)
+
+
+def _class_weight(targets: torch.Tensor, n_labels: int, device: torch.device) -> torch.Tensor:
+    """Inverse class frequency, normalised so a balanced set gets weights of 1."""
+    counts = torch.bincount(targets, minlength=n_labels).float()
+    return (counts.sum() / (n_labels * counts.clamp(min=1))).to(device)
+
+
+def _optimizer(model: MultimodalClassifier, settings: TrainSettings, steps_per_epoch: int):
+    """AdamW with the encoders' own learning rate, warm-up then cosine decay over all epochs."""
     encoder_params = [p for part in PARTS if part not in settings.freeze for p in getattr(model, part).parameters()]
     head_params = list(model.fusion.parameters()) + list(model.head.parameters())
     groups = [{"params": head_params, "lr": settings.lr}]
     if encoder_params:
         groups.append({"params": encoder_params, "lr": settings.encoder_lr})
     optimizer = torch.optim.AdamW(groups, weight_decay=settings.weight_decay)
-    generator = torch.Generator().manual_seed(settings.seed)
-    steps_per_epoch = math.ceil(len(train_examples) / settings.batch_size)
     total_steps = steps_per_epoch * settings.epochs
-    warmup = max(1, int(settings.warmup * total_steps))
+    scheduler = get_cosine_schedule_with_warmup(optimizer, max(1, int(settings.warmup * total_steps)), total_steps)
+    return optimizer, scheduler, head_params + encoder_params
 
-    def lr_factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup)))
 
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-    history: list[dict] = []
-    best_score, best_epoch, best_state, best_metrics = None, 0, None, {}
-    step = 0
-    for epoch in range(1, settings.epochs + 1):
-        model.train()
-        total_loss, total_correct, seen = 0.0, 0, 0
-        batches = grouped_batches(train_enc.rows_image, settings.batch_size, generator)
-        for i, rows in enumerate(batches):
-            if should_stop():
-                break
-            y = targets[rows].to(device)
-            drop_image, drop_text = _modality_dropout(len(rows), settings.modality_dropout, generator)
-            with autocast(device):
-                fm, px, ts, mask, index = train_enc.batch(model, rows, device)
-                out = model.forward_fusion(fm, ts, mask, drop_image.to(device), drop_text.to(device), index, px)
-                loss = F.cross_entropy(out.logits.float(), y, weight=weight, label_smoothing=settings.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if settings.grad_clip:
-                nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], settings.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            total_loss += loss.item() * len(rows)
-            total_correct += int((out.logits.argmax(-1) == y).sum())
-            seen += len(rows)
-            progress(
-                {
-                    "stage": "train",
-                    "epoch": epoch,
-                    "epochs": settings.epochs,
-                    "step": i + 1,
-                    "steps": len(batches),
-                    "loss": total_loss / seen,
-                }
-            )
-        if seen == 0:
-            break
-        record = {
-            "epoch": epoch,
-            "train_loss": total_loss / seen,
-            "train_accuracy": total_correct / seen,
-            "complete": seen == len(train_examples),  # False: cut short by a stop or the time limit
-        }
-        if val_enc is not None:
-            logits = predict_encoded(model, val_enc, device)
-            val_y = torch.tensor([label_index.get(t, -1) for t in val_targets])
-            known = val_y >= 0
-            record["val_loss"] = float(F.cross_entropy(logits[known], val_y[known])) if known.any() else float("nan")
-            predicted = [labels[j] for j in logits.argmax(-1).tolist()]
-            report = classification_report(val_targets, predicted, labels + sorted(set(val_targets) - set(labels)))
-            record["val_accuracy"] = report["accuracy"]
-            record["val_macro_f1"] = report["macro_f1"]
-            score = (report["accuracy"], -record["val_loss"])
-        else:
-            report, score = {}, (record["train_accuracy"], -record["train_loss"])
-        record["seconds"] = round(time.perf_counter() - start_time, 1)
-        history.append(record)
-        if best_score is None or score > best_score:
-            best_score, best_epoch, best_metrics = score, epoch, {**record, "report": report}
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            if on_best is not None:
-                on_best(model, record)
-                model.train()
-        progress({"stage": "epoch", **record})
+def _train_epoch(
+    model, encoded, targets, weight, optimizer, scheduler, params, generator, settings, device, should_stop, progress,
+    epoch,
+) -> tuple[float, int, int]:  # fmt: skip
+    """One pass over the training rows (until ``should_stop``): mean loss, rows right, rows seen."""
+    model.train()
+    total_loss, correct, seen = 0.0, 0, 0
+    batches = grouped_batches(encoded.rows_image, settings.batch_size, generator)
+    for i, rows in enumerate(batches):
         if should_stop():
             break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    model.eval()
-    return TrainResult(model.cpu(), best_epoch, best_metrics, history, time.perf_counter() - start_time)
+        y = targets[rows].to(device)
+        drop_image, drop_text = _modality_dropout(len(rows), settings.modality_dropout, generator)
+        with autocast(device):
+            fm, px, ts, mask, index = encoded.batch(model, rows, device)
+            out = model.forward_fusion(fm, ts, mask, drop_image.to(device), drop_text.to(device), index, px)
+            loss = F.cross_entropy(out.logits.float(), y, weight=weight, label_smoothing=settings.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if settings.grad_clip:
+            nn.utils.clip_grad_norm_(params, settings.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        total_loss += loss.item() * len(rows)
+        correct += int((out.logits.argmax(-1) == y).sum())
+        seen += len(rows)
+        progress(
+            {
+                "stage": "train",
+                "epoch": epoch,
+                "epochs": settings.epochs,
+                "step": i + 1,
+                "steps": len(batches),
+                "loss": total_loss / seen,
+            }
+        )
+    return total_loss / max(1, seen), correct, seen
+
+
+def _validate(model, encoded, targets, device, record) -> tuple[dict, tuple]:
+    """Adds validation loss, accuracy and macro F1 to ``record``; returns the report and the
+    score epochs are ranked by (accuracy, then lower loss)."""
+    if encoded is None:
+        return {}, (record["train_accuracy"], -record["train_loss"])
+    logits = predict_encoded(model, encoded, device)
+    known = targets >= 0
+    record["val_loss"] = float(F.cross_entropy(logits[known], targets[known])) if known.any() else float("nan")
+    report = _report(model.config.labels, logits, targets, encoded.labels)
+    record["val_accuracy"], record["val_macro_f1"] = report["accuracy"], report["macro_f1"]
+    return report, (report["accuracy"], -record["val_loss"])
+
+
+def _report(labels: list[str], logits: torch.Tensor, targets: torch.Tensor, truth: list[str]) -> dict:
+    predicted = [labels[j] for j in logits.argmax(-1).tolist()]
+    return classification_report(truth, predicted, labels + sorted(set(truth) - set(labels)))
+
+
+@torch.no_grad()
+def modality_baselines(model, encoded: Encoded, targets: torch.Tensor, train_targets: torch.Tensor, device) -> dict:
+    """Validation accuracy of the majority class and of the model shown one modality only (the
+    other masked as in modality dropout): what the multimodal model adds over each alone."""
+    majority = int(torch.bincount(train_targets).argmax())
+    result = {"majority": float((targets == majority).float().mean())}
+    for name, drop in (("image_only", "text"), ("text_only", "image")):
+        logits = predict_encoded(model, encoded, device, drop=drop)
+        result[name] = float((logits.argmax(-1) == targets).float().mean())
+    return result
+
+
+def _trained_state(model: MultimodalClassifier, state: dict) -> dict[str, torch.Tensor]:
+    """``state`` without the frozen encoders whose weights come from their packages."""
+    skip = tuple(f"{part}." for part in model.config.referenced_parts())
+    return {k: v.detach().cpu().clone() for k, v in state.items() if not k.startswith(skip)}
+
+
+def _load_trained(model: MultimodalClassifier, state: dict[str, torch.Tensor]) -> None:
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    skip = tuple(f"{part}." for part in model.config.referenced_parts())
+    assert not unexpected and all(k.startswith(skip) for k in missing), (missing, unexpected)
+
+
+def _state(epoch, model, optimizer, scheduler, generator, best, best_model, history, stale) -> TrainState:
+    return TrainState(
+        epoch=epoch,
+        model=_trained_state(model, model.state_dict()),
+        optimizer=copy.deepcopy(optimizer.state_dict()),
+        scheduler=scheduler.state_dict(),
+        generator=generator.get_state(),
+        torch_rng=torch.get_rng_state(),
+        best=copy.deepcopy(best),
+        best_model=_trained_state(model, best_model),
+        history=list(history),
+        stale_epochs=stale,
+    )
 
 
 def _modality_dropout(n: int, p: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

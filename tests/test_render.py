@@ -41,3 +41,15 @@ def test_charts():
     assert {t.name for t in fig.data} == {"train loss", "validation loss", "train accuracy", "validation accuracy"}
     fig = render.confusion_figure({"labels": ["a", "b"], "matrix": [[3, 1], [0, 4]]})
     assert fig.data[0].z == ((3, 1), (0, 4)) or np.array(fig.data[0].z).tolist() == [[3, 1], [0, 4]]
+
+
+def test_reliability_figure_draws_before_and_after():
+    from mmdemo.calibration import calibration_report
+
+    g = torch.Generator().manual_seed(0)
+    targets = torch.randint(0, 3, (300,), generator=g)
+    logits = torch.randn(300, 3, generator=g) * 5
+    fig = render.reliability_figure(calibration_report(logits, targets, 4.0))
+    names = [t.name for t in fig.data]
+    assert names[0] == "perfectly calibrated" and names[1].startswith("before (ECE") and names[2].startswith("after")
+    assert all(0 <= x <= 1 for x in fig.data[1].x)

@@ -190,3 +190,14 @@ def test_finetune_record_says_when_the_best_epoch_was_cut_short(sixteen_rows, tm
     assert result.stopped_by == "stop" and saved["stopped_by"] == "stop"
     assert saved["best_epoch"] == 1 and "cut short" in saved["best_epoch_note"]
     assert "cut short" in (tmp_path / "m" / "README.md").read_text()
+
+
+def test_evaluate_prints_ece_and_accuracy_per_slice(sixteen_rows, tiny_checkpoint):
+    report, stderr = _cli(
+        "evaluate", "--checkpoint", str(tiny_checkpoint), "--csv", str(sixteen_rows), "--slice-by", "text"
+    )
+    assert 0 <= report["ece"] <= 1 and 0 <= report["accuracy"] <= 1 and "macro_f1" in report
+    slices = report["slices"]["text"]
+    assert set(slices) == {"what colour is it?", "is it warm or cold?"}
+    assert sum(s["n"] for s in slices.values()) == 16
+    assert "ECE" in stderr and "text=what colour is it?" in stderr

@@ -1,0 +1,90 @@
+"""Resume: a run stopped after an epoch and continued with ``resume`` ends with the same weights
+as the same run left alone; the state is safetensors + JSON beside (not inside) the checkpoint;
+the CLI and the app's job runner write the same training record."""
+
+import json
+
+import torch
+
+from mmdemo.checkpoint import load_checkpoint
+from mmdemo.data import read_csv
+from mmdemo.finetune import FinetuneRequest, finetune, resume, resume_dir
+from mmdemo.train import TrainSettings
+
+from .conftest import tiny_config
+from .test_train import sixteen_rows  # noqa: F401  (fixture)
+
+
+def _request(csv, out):
+    settings = TrainSettings(epochs=4, batch_size=4, lr=3e-3, encoder_lr=3e-3, freeze=[], modality_dropout=0.2)
+    ds = read_csv(csv)
+    return FinetuneRequest(ds, out, settings, val_dataset=ds, config=tiny_config(dropout=0.1))
+
+
+def test_resumed_run_matches_an_uninterrupted_one(sixteen_rows, tmp_path):  # noqa: F811
+    full = finetune(_request(sixteen_rows, tmp_path / "full"))
+    assert full.stopped_by is None and not resume_dir(tmp_path / "full").exists()
+
+    epochs = []
+    stopped = finetune(
+        _request(sixteen_rows, tmp_path / "cut"),
+        progress=lambda e: epochs.append(e) if e["stage"] == "epoch" else None,
+        should_stop=lambda: len(epochs) >= 2,
+    )
+    assert stopped.stopped_by == "stop" and len(stopped.record["history"]) == 2
+    state = resume_dir(tmp_path / "cut")
+    assert sorted(p.name for p in state.iterdir()) == ["state.json", "state.safetensors"]
+    assert not any(p.suffix in (".pt", ".pkl", ".bin") for p in (tmp_path / "cut").iterdir())
+
+    resumed = resume(tmp_path / "cut")
+    assert resumed.stopped_by is None
+    assert [h["epoch"] for h in resumed.record["history"]] == [1, 2, 3, 4]
+    assert [h["train_loss"] for h in resumed.record["history"]] == [h["train_loss"] for h in full.record["history"]]
+    a, b = load_checkpoint(tmp_path / "full"), load_checkpoint(tmp_path / "cut")
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(p, q), name
+    assert a.config.temperature == b.config.temperature
+    assert not state.exists()
+
+
+def test_resume_without_state_says_so(tmp_path):
+    import pytest
+
+    with pytest.raises(ValueError, match="nothing to resume"):
+        resume(tmp_path / "never-trained")
+
+
+def test_cli_and_app_write_the_same_record(sixteen_rows, tmp_path, tiny_checkpoint):  # noqa: F811
+    import shutil
+    import subprocess
+    import sys
+
+    from mmdemo.jobs import JobManager
+    from mmdemo.registry import CheckpointRegistry
+
+    flags = dict(epochs=2, batch_size=8, lr=3e-3, encoder_lr=3e-3, weight_decay=0.05, modality_dropout=0.0, seed=0)
+    cli = [sys.executable, "-m", "mmdemo", "train", "--csv", str(sixteen_rows), "--out", str(tmp_path / "cli")]
+    for k, v in flags.items():
+        cli += [f"--{k.replace('_', '-')}", str(v)]
+    shutil.copytree(tiny_checkpoint, tmp_path / "shipped" / "tiny")
+    cli += ["--freeze", "--no-class-weights", "--patience", "100", "--init", str(tmp_path / "shipped" / "tiny")]
+    done = subprocess.run(cli, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+
+    registry = CheckpointRegistry(tmp_path / "app", tmp_path / "shipped")
+    jobs = JobManager(registry)
+    settings = TrainSettings(**flags, freeze=[], class_weights=False, patience=100)
+    jobs.start(read_csv(sixteen_rows), settings, "app", base="tiny")
+    status = jobs.wait(300)
+    assert status["state"] == "done", status["message"]
+
+    cli_record = json.loads((tmp_path / "cli" / "config.json").read_text())["training"]
+    app_record = json.loads((registry.writable_dir / "app" / "config.json").read_text())["training"]
+    assert set(cli_record) - {"command"} == set(app_record)
+    cli_record["settings"].pop("cpu_threads")  # the recipe picks it from the load at the time
+    app_record["settings"].pop("cpu_threads")
+    assert cli_record["settings"] == app_record["settings"]
+    assert cli_record["best_epoch"] == app_record["best_epoch"]
+    assert cli_record["metrics"]["val_accuracy"] == app_record["metrics"]["val_accuracy"]
+    assert set(cli_record["baselines"]) == set(app_record["baselines"])
+    assert set(cli_record["calibration"]) == set(app_record["calibration"])
