@@ -7,10 +7,12 @@ Imports no gradio: the UI (mmdemo/ui/) wires components to this object's methods
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 import tempfile
 from pathlib import Path
 
+from .card import app_model_card
 from .jobs import JobManager
 from .registry import CheckpointRegistry
 from .sortofclevr import generate
@@ -31,6 +33,16 @@ class App:
     def default_checkpoint(self) -> str | None:
         names = self.registry.names()
         return DEFAULT_CHECKPOINT if DEFAULT_CHECKPOINT in names else (names[0] if names else None)
+
+    def model_card(self, name: str | None) -> str:
+        """The checkpoint's model card as Markdown (from its config.json; no model is loaded)."""
+        if not name:
+            return "No checkpoint selected."
+        try:
+            path = self.registry.path(name)
+        except ValueError as e:
+            return str(e)
+        return app_model_card(name, json.loads((path / "config.json").read_text()))
 
     def examples(self) -> list[list[str]]:
         """(image, question) pairs shipped with the default checkpoint, for the gallery."""

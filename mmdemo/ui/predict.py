@@ -47,6 +47,7 @@ def predict(app: App, image_path, text, checkpoint, method, opacity):
     )
     if prediction.truncated:
         info += f" The text was longer than {predictor.config.max_tokens} tokens and was truncated."
+    answer = prediction.scores if prediction.in_scope else "no confident answer (out of scope)"
     state = {
         "image": image_path,
         "explanation": prediction.to_json(),
@@ -54,14 +55,27 @@ def predict(app: App, image_path, text, checkpoint, method, opacity):
         "selected": None,
     }
     return (
-        prediction.scores,
+        answer,
         state["explanation"],
         render.overlay(image, e.heatmap, opacity, e.peak_xy),
         list(zip(e.words, e.word_scores)),
         render.attention_matrix(e.words, e.token_region, tuple(e.heatmap.shape)),
         render.modality_chart(contributions),
         info,
+        scope_banner(prediction),
         state,
+    )
+
+
+def scope_banner(prediction) -> str:
+    """Markdown warning for an out-of-scope prediction ("" when in scope)."""
+    s = prediction.scope
+    if s["in_scope"]:
+        return ""
+    reasons = "; ".join(s["messages"])
+    return (
+        f"**⚠ Out of scope: {reasons}.** The model abstains: its most probable answer would be "
+        f"'{prediction.label}' ({prediction.confidence:.0%}), which should not be trusted here."
     )
 
 
@@ -120,11 +134,15 @@ def predict_tab(app: App) -> gr.Dropdown:
                 )
                 words = gr.HighlightedText(label="Word importance", elem_id="words", interactive=False)
                 info = gr.Markdown(elem_id="timing")
+                banner = gr.Markdown(elem_id="scope-banner")
         with gr.Row():
             matrix = gr.Plot(label="Word x region attention")
             modality = gr.Plot(label="Modality contributions")
         explanation = gr.JSON(label="Explanation (JSON, as the API returns it)", open=False)
-        outputs = [label, explanation, overlay, words, matrix, modality, info, state]
+        with gr.Accordion("Model card", open=False):
+            card = gr.Markdown(app.model_card(default), elem_id="model-card")
+        checkpoint.change(app.model_card, checkpoint, card, api_name=False, queue=False)
+        outputs = [label, explanation, overlay, words, matrix, modality, info, banner, state]
         button.click(
             lambda *a: predict(app, *a),
             [image, text, checkpoint, method, opacity],
