@@ -385,6 +385,9 @@ def _evaluate(args) -> int:
     model = load_checkpoint(args.checkpoint)
     report = evaluate_model(model, dataset.examples, args.device)
     report.pop("predictions")
+    from .evaluation import calibration_report
+
+    report["calibration"] = calibration_report(model, dataset.examples, args.device)
     print(json.dumps(report))
     return 0
 
@@ -392,9 +395,10 @@ def _evaluate(args) -> int:
 def _fit_scope(args) -> int:
     import torch
 
-    from .checkpoint import load_checkpoint
+    from .checkpoint import load_checkpoint, update_training_record
     from .device import resolve_device
     from .scope import (
+        calibration_bins,
         expected_calibration_error,
         fit_scope,
         fit_temperature,
@@ -424,6 +428,17 @@ def _fit_scope(args) -> int:
         stats.reliance_floor = reliance_floor(val_enc, temperature)
         summary["temperature"] = temperature
         summary["ece_after"] = expected_calibration_error(*_confidence_correct(logits / temperature, targets))
+        update_training_record(
+            args.checkpoint,
+            calibration={
+                "temperature": temperature,
+                "data": f"{args.val_csv.name}, {len(known)} rows",
+                "ece_before": round(summary["ece_before"], 4),
+                "ece_after": round(summary["ece_after"], 4),
+                "bins": calibration_bins(*_confidence_correct(logits / temperature, targets)),
+                "command": "python -m mmdemo " + " ".join(sys.argv[1:]),
+            },
+        )
     save_scope(args.checkpoint, stats)
     load_scope(args.checkpoint)  # what was written reads back
     summary["reliance_floor"] = stats.reliance_floor

@@ -73,6 +73,80 @@ def pointing(predictor: Predictor, root: Path, rows: list[dict], method: str, ba
     }
 
 
+def calibration_report(model, examples: list, device: str | None = None) -> dict:
+    """ECE (15 equal-width bins) and the reliability table of the model's calibrated top-label
+    confidence (softmax(logits / temperature)) on labelled examples."""
+    import torch
+
+    from .device import resolve_device
+    from .scope import calibration_bins, expected_calibration_error
+    from .train import Encoded, predict_encoded
+
+    device = resolve_device(device)
+    labels = model.config.labels
+    known = [e for e in examples if e.label in labels]
+    logits = predict_encoded(model.to(device), Encoded(model, known, device, lambda event: None), device)
+    confidence, predicted = (logits / model.config.temperature).softmax(-1).max(-1)
+    correct = (predicted == torch.tensor([labels.index(e.label) for e in known])).float().numpy()
+    return {
+        "temperature": model.config.temperature,
+        "ece": expected_calibration_error(confidence.numpy(), correct),
+        "mean_confidence": float(confidence.mean()),
+        "accuracy": float(correct.mean()),
+        "bins": calibration_bins(confidence.numpy(), correct),
+    }
+
+
+def faithfulness_report(
+    checkpoint: Path, root: Path, rows: list[dict], n: int = 30, device: str | None = None, steps: int = 8
+) -> dict:
+    """Per explanation method, over the first ``n`` rows: mean deletion area (hottest first and
+    random order), mean insertion area, and the mean rank correlation between the heatmap and the
+    heatmap of the same model with its fusion re-initialised (Adebayo et al. 2018)."""
+    import numpy as np
+
+    from .faithfulness import curves, rank_correlation, reinitialise
+
+    predictor = Predictor.from_checkpoint(checkpoint, device)
+    randomised_model = load_checkpoint(checkpoint)
+    reinitialise(randomised_model.fusion)
+    randomised = Predictor(randomised_model, predictor.device)
+    rows = rows[:n]
+    images = [decode_image(root / r["image"]) for r in rows]
+    texts = [r["text"] for r in rows]
+    result = {"rows": len(rows), "steps": steps}
+    for method in METHODS:
+        original = predictor.predict_batch(images, texts, method)
+        shuffled = randomised.predict_batch(images, texts, method)
+        measured = [
+            curves(
+                predictor.probabilities, image, text, p.explanation.heatmap, predictor.labels.index(p.label), steps, 2
+            )
+            for image, text, p in zip(images, texts, original)
+        ]
+
+        def mean(key: str, measured=measured) -> float:
+            return round(float(np.mean([m[key] for m in measured])), 4)
+
+        result[method] = {
+            "deletion_auc": mean("deletion_auc"),
+            "random_deletion_auc": mean("random_deletion_auc"),
+            "insertion_auc": mean("insertion_auc"),
+            "randomisation_rank_correlation": round(
+                float(
+                    np.mean(
+                        [
+                            rank_correlation(a.explanation.heatmap, b.explanation.heatmap)
+                            for a, b in zip(original, shuffled)
+                        ]
+                    )
+                ),
+                4,
+            ),
+        }
+    return result
+
+
 def sort_of_clevr_benchmark(
     checkpoint: Path, n_images: int, seed: int, workdir: Path, device: str | None = None
 ) -> dict:
@@ -88,9 +162,11 @@ def sort_of_clevr_benchmark(
         rows = list(csv.DictReader(open(csv_path, newline="")))
         report = evaluate_model(model, read_csv(csv_path, check_images=False).examples, device)
         result[name] = accuracy_by_type(rows, report["predictions"])
+    result["calibration"] = calibration_report(model, read_csv(sets["canonical"], check_images=False).examples, device)
     predictor = Predictor.from_checkpoint(checkpoint, device)
     rows = list(csv.DictReader(open(sets["canonical"], newline="")))
     result["pointing"] = {m: pointing(predictor, sets["canonical"].parent, rows, m) for m in METHODS}
+    result["faithfulness"] = faithfulness_report(checkpoint, sets["canonical"].parent, rows, device=device)
     result["seconds"] = round(time.perf_counter() - start, 1)
     return _rounded(result)
 

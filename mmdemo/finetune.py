@@ -16,6 +16,7 @@ from pathlib import Path
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import Dataset, check_trainable
 from .model import ModelConfig
+from .scope import fit_and_save
 from .train import Progress, TrainSettings, train
 
 
@@ -97,6 +98,9 @@ def finetune(
     best = {k: v for k, v in result.best_metrics.items() if k != "report"}
     record = training_record(request, best, result.history, result.seconds, stopped_by)
     save_checkpoint(result.model, out, training=record, overwrite=True)
+    # out-of-scope statistics of this run's data, beside the weights (scope.py)
+    fit_and_save(out, result.model, request.dataset, request.val_dataset, request.val_fraction, request.settings.seed,
+                 request.settings.device)  # fmt: skip
     return FinetuneResult(out, record, result.best_metrics.get("report", {}), stopped_by)
 
 

@@ -492,3 +492,18 @@ def fit_scope(
         }
     )
     return stats, val
+
+
+def fit_and_save(path, model, dataset, val_dataset, val_fraction: float, seed: int, device=None) -> ScopeStats:
+    """After fine-tuning: fit the statistics on the run's own training / validation split and
+    store them beside the weights (the one call finetune.py makes)."""
+    from .device import resolve_device
+    from .train import split_by_image
+
+    if val_dataset is not None:
+        train_examples, val_examples = dataset.examples, val_dataset.examples
+    else:
+        train_examples, val_examples = split_by_image(dataset.examples, val_fraction, seed)
+    stats, _ = fit_scope(model, train_examples, val_examples or train_examples, resolve_device(device))
+    save_scope(path, stats)
+    return stats

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from . import scope as scope_stats
@@ -178,6 +179,22 @@ class Predictor:
                 scope_stats.assess(self.scope, image_vecs[i], text_vecs[i], ws, synonyms, float(reliance[i]))
             )
         return results
+
+    @torch.inference_mode()
+    def probabilities(self, images: list, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        """(B, L) calibrated probabilities of decoded images with their texts, no explanation
+        (what faithfulness curves need for many masked copies of one image)."""
+        out = []
+        for start in range(0, len(images), batch_size):
+            text_batch = self.tokens(texts[start : start + batch_size])
+            pixels = self.pixels(images[start : start + batch_size])
+            ids, mask = text_batch.input_ids.to(self.device), text_batch.attention_mask.to(self.device)
+            with autocast(self.device):
+                feature_map = self.model.encode_image(pixels)
+                text_states = self.model.encode_text(ids, mask)
+                logits = self.model.forward_fusion(feature_map, text_states, mask, pixels=pixels).logits.float()
+            out.append((logits / self.config.temperature).softmax(-1).cpu().numpy())
+        return np.concatenate(out)
 
     @torch.inference_mode()
     def modality_contributions(self, image: ImageSource, text: str) -> dict[str, dict[str, float]]:

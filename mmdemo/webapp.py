@@ -44,6 +44,18 @@ class App:
             return str(e)
         return app_model_card(name, json.loads((path / "config.json").read_text()))
 
+    def deletion_curves(self, checkpoint: str, image_path: str, text: str, heatmap: list, label: str) -> dict:
+        """Faithfulness of one prediction's heatmap: deletion (hottest first, random order) and
+        insertion curves of the answer's probability (faithfulness.curves)."""
+        import torch
+
+        from .faithfulness import curves
+        from .imaging import decode_image
+
+        predictor = self.registry.predictor(checkpoint)
+        image = decode_image(image_path, name="the image")
+        return curves(predictor.probabilities, image, text, torch.tensor(heatmap), predictor.labels.index(label))
+
     def examples(self) -> list[list[str]]:
         """(image, question) pairs shipped with the default checkpoint, for the gallery."""
         name = self.default_checkpoint()

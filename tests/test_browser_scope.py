@@ -77,3 +77,12 @@ def test_model_card_opens(served):
     card = page.locator("#model-card")
     playwright.expect(card).to_contain_text("Answers (3)", timeout=10_000)
     playwright.expect(card).to_contain_text("blue, gray, green, red")
+
+
+def test_deletion_curve_on_demand(served):
+    page, image = served
+    _ask(page, image, "is the red square on the left?")
+    playwright.expect(page.locator("#prediction")).to_contain_text("%", timeout=60_000)
+    page.locator("#deletion-button").click()
+    playwright.expect(page.locator("#deletion-summary")).to_contain_text("Deletion area", timeout=60_000)
+    playwright.expect(page.locator("#deletion-plot .js-plotly-plot")).to_be_visible(timeout=30_000)

@@ -159,3 +159,20 @@ def test_a_scope_block_without_its_file_is_an_error(tiny_checkpoint, tmp_path):
     (path / "config.json").write_text(json.dumps(data))
     with pytest.raises(ValueError, match="scope.safetensors is missing"):
         scope.load_scope(path)
+
+
+def test_finetune_stores_scope_statistics(scenes_csv, tmp_path):
+    from mmdemo.finetune import FinetuneRequest, finetune
+    from mmdemo.train import TrainSettings
+
+    settings = TrainSettings(epochs=1, batch_size=16, freeze=[], modality_dropout=0.0, seed=0)
+    request = FinetuneRequest(
+        dataset=read_csv(scenes_csv), out=tmp_path / "tuned", settings=settings, config=tiny_config(), val_fraction=0.25
+    )
+    result = finetune(request)
+    stats = scope.load_scope(result.checkpoint)
+    assert stats is not None and stats.slots[0]["words"] == ["blue", "gray", "green", "red"]
+    p = Predictor.from_checkpoint(result.checkpoint, "cpu").predict(
+        scenes_csv.parent / "img" / "0.png", "is the pink square on the left?"
+    )
+    assert p.scope["fitted"] and "text" in p.scope["reasons"]

@@ -50,6 +50,8 @@ def predict(app: App, image_path, text, checkpoint, method, opacity):
     answer = prediction.scores if prediction.in_scope else "no confident answer (out of scope)"
     state = {
         "image": image_path,
+        "text": text,
+        "checkpoint": checkpoint,
         "explanation": prediction.to_json(),
         "word_maps": e.word_maps.tolist(),
         "selected": None,
@@ -77,6 +79,23 @@ def scope_banner(prediction) -> str:
         f"**⚠ Out of scope: {reasons}.** The model abstains: its most probable answer would be "
         f"'{prediction.label}' ({prediction.confidence:.0%}), which should not be trusted here."
     )
+
+
+def deletion(app: App, state):
+    """Handler of the deletion-curve button: the curve chart and its areas for the last prediction."""
+    if not state or "text" not in state:
+        raise gr.Error("Predict first, then measure the deletion curve.")
+    e = state["explanation"]
+    try:
+        curves = app.deletion_curves(state["checkpoint"], state["image"], state["text"], e["heatmap"], e["label"])
+    except ValueError as err:
+        raise gr.Error(str(err)) from None
+    summary = (
+        f"Deletion area **{curves['deletion_auc']:.3f}** blanking the hottest regions first, "
+        f"{curves['random_deletion_auc']:.3f} in a random order (lower than random: the heatmap points at what "
+        f"the answer depends on); insertion area {curves['insertion_auc']:.3f}."
+    )
+    return render.deletion_chart(curves), summary
 
 
 def redraw(state, opacity, selection: gr.SelectData | None = None):
@@ -139,6 +158,19 @@ def predict_tab(app: App) -> gr.Dropdown:
             matrix = gr.Plot(label="Word x region attention")
             modality = gr.Plot(label="Modality contributions")
         explanation = gr.JSON(label="Explanation (JSON, as the API returns it)", open=False)
+        with gr.Row():
+            deletion_button = gr.Button(
+                "Deletion curve (is the heatmap faithful?)", size="sm", elem_id="deletion-button"
+            )
+        deletion_summary = gr.Markdown(elem_id="deletion-summary")
+        deletion_plot = gr.Plot(label="Deletion curve", elem_id="deletion-plot")
+        deletion_button.click(
+            lambda s: deletion(app, s),
+            state,
+            [deletion_plot, deletion_summary],
+            api_name=False,
+            concurrency_id="predict",
+        )
         with gr.Accordion("Model card", open=False):
             card = gr.Markdown(app.model_card(default), elem_id="model-card")
         checkpoint.change(app.model_card, checkpoint, card, api_name=False, queue=False)
