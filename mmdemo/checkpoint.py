@@ -179,11 +179,21 @@ def model_card(name: str, data: dict) -> str:
         if "command" in training:
             lines += ["```", training["command"], "```", ""]
         for key, value in training.items():
-            if key not in ("command", "description", "metrics", "benchmark", "history"):
+            if key not in ("command", "description", "metrics", "benchmark", "history", "calibration"):
                 lines.append(f"- {key}: {value}")
     benchmark = training.get("benchmark")
     if benchmark:
         lines += ["", "## Benchmark", "", "```json", json.dumps(benchmark, indent=2), "```"]
+    calibration = training.get("calibration")
+    if calibration:
+        lines += ["", "## Calibration", ""]
+        lines.append(
+            f"Temperature {calibration['temperature']} fitted on {calibration['data']}; expected calibration "
+            f"error (15 bins) {calibration['ece_before']} before, {calibration['ece_after']} after."
+        )
+        lines += ["", "| confidence | rows | mean confidence | accuracy |", "|---|---|---|---|"]
+        for b in calibration.get("bins", []):
+            lines.append(f"| {b['low']:.2f}-{b['high']:.2f} | {b['n']} | {b['confidence']:.4f} | {b['accuracy']:.4f} |")
     metrics = training.get("metrics")
     if metrics:
         lines += ["", "## Metrics", "", "| metric | value |", "|---|---|"]

@@ -72,6 +72,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slice-by", nargs="*", default=[], metavar="COLUMN", help="also report accuracy per value")
     _add_columns(p)
 
+    p = sub.add_parser(
+        "fit-scope",
+        help="fit a checkpoint's out-of-scope statistics (and optionally its temperature) without retraining",
+    )
+    p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint folder (scope files are written there)")
+    p.add_argument("--csv", type=Path, required=True, help="the training data (or data from its generator)")
+    p.add_argument("--val-csv", type=Path, required=True, help="validation data: thresholds and temperature")
+    p.add_argument("--max-rows", type=int, default=4000, help="rows sampled from each CSV")
+    p.add_argument("--fit-temperature", action="store_true", help="also fit and store the temperature")
+    p.add_argument("--device", default=None)
+    _add_columns(p)
+
     p = sub.add_parser("make-sort-of-clevr", help="generate a Sort-of-CLEVR dataset (images + data.csv)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--images", type=int, default=10_000)
@@ -103,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=int, default=200)
     p.add_argument("--seed", type=int, default=12345)
     p.add_argument("--workdir", type=Path, default=Path("data/bench-sort-of-clevr"))
+
+    p = sub.add_parser("bench-scope", help="out-of-scope flag rates on in-scope and out-of-scope sets")
+    _add_common(p)
+    p.add_argument("--images", type=int, default=100)
+    p.add_argument("--seed", type=int, default=4242)
     return parser
 
 
@@ -170,6 +187,13 @@ def main(argv: list[str] | None = None) -> int:
             return _train(args)
         if args.command == "evaluate":
             return _evaluate(args)
+        if args.command == "bench-scope":
+            from .evaluation import scope_benchmark
+
+            print(json.dumps(scope_benchmark(args.checkpoint, args.images, args.seed, args.device)))
+            return 0
+        if args.command == "fit-scope":
+            return _fit_scope(args)
         if args.command == "make-sort-of-clevr":
             from .sortofclevr import generate
 
@@ -238,7 +262,10 @@ def _predict_csv(args) -> int:
 
     rows, fields = _read_csv(args.csv, [args.image_column, args.text_column])
     predictor = _predictor(args)
-    out_fields = fields + [f for f in ("prediction", "confidence", "peak_x", "peak_y", "error") if f not in fields]
+    scope_fields = ("in_scope", "scope_reasons", "image_distance", "text_similarity", "image_reliance")
+    out_fields = fields + [
+        f for f in ("prediction", "confidence", *scope_fields, "peak_x", "peak_y", "error") if f not in fields
+    ]
     root = args.csv.resolve().parent
     n_errors = 0
     with tqdm(total=len(rows), desc="predict", unit="row", file=sys.stderr) as bar:
@@ -246,7 +273,9 @@ def _predict_csv(args) -> int:
             batch = rows[start : start + args.batch_size]
             ready = []  # (row, image) pairs that decoded
             for row in batch:
-                row.update(prediction="", confidence="", peak_x="", peak_y="", error="")
+                # a row that fails is not an answer in scope
+                row.update(prediction="", confidence="", peak_x="", peak_y="", error="", in_scope="false")
+                row.update({f: "" for f in scope_fields[1:]})
                 try:
                     if not (row[args.text_column] or "").strip():
                         raise ValueError("the text is empty")
@@ -269,6 +298,11 @@ def _predict_csv(args) -> int:
                         row.update(
                             prediction=result.label,
                             confidence=f"{result.scores[result.label]:.4f}",
+                            in_scope="true" if result.in_scope else "false",
+                            scope_reasons=" ".join(result.scope["reasons"]),
+                            image_distance=result.scope.get("image_distance", ""),
+                            text_similarity=result.scope.get("text_similarity", ""),
+                            image_reliance=result.scope.get("image_reliance", ""),
                             peak_x=f"{result.explanation.peak_xy[0]:.1f}",
                             peak_y=f"{result.explanation.peak_xy[1]:.1f}",
                         )
@@ -423,3 +457,63 @@ def _evaluate(args) -> int:
             print(f"  {column}={value}: accuracy {s['accuracy']:.4f} (n = {s['n']})", file=sys.stderr)
     print(json.dumps(report))
     return 0
+
+
+def _fit_scope(args) -> int:
+    import torch
+
+    from .checkpoint import load_checkpoint, update_training_record
+    from .device import resolve_device
+    from .scope import (
+        calibration_bins,
+        expected_calibration_error,
+        fit_scope,
+        fit_temperature,
+        load_scope,
+        reliance_floor,
+        sample_rows,
+        save_scope,
+        write_config,
+    )
+
+    train = _read_dataset(args.csv, args)
+    val = _read_dataset(args.val_csv, args)
+    model = load_checkpoint(args.checkpoint)
+    stats, val_enc = fit_scope(model, train.examples, val.examples, resolve_device(args.device), max_rows=args.max_rows)
+    labels = model.config.labels
+    rows = sample_rows(val.examples, args.max_rows, 1)  # the rows fit_scope encoded, in order
+    known = [i for i, e in enumerate(rows) if e.label in labels]
+    targets = torch.tensor([labels.index(rows[i].label) for i in known])
+    logits = val_enc.logits[known]
+    summary = {"checkpoint": str(args.checkpoint), **stats.fitted_on, "image_threshold": stats.image_threshold}
+    summary["ece_before"] = expected_calibration_error(*_confidence_correct(logits / model.config.temperature, targets))
+    if args.fit_temperature:
+        temperature = round(fit_temperature(logits, targets), 4)
+        data = json.loads((args.checkpoint / "config.json").read_text())
+        data["model"]["temperature"] = temperature
+        write_config(args.checkpoint, data)
+        stats.reliance_floor = reliance_floor(val_enc, temperature)
+        summary["temperature"] = temperature
+        summary["ece_after"] = expected_calibration_error(*_confidence_correct(logits / temperature, targets))
+        update_training_record(
+            args.checkpoint,
+            calibration={
+                "temperature": temperature,
+                "data": f"{args.val_csv.name}, {len(known)} rows",
+                "ece_before": round(summary["ece_before"], 4),
+                "ece_after": round(summary["ece_after"], 4),
+                "bins": calibration_bins(*_confidence_correct(logits / temperature, targets)),
+                "command": "python -m mmdemo " + " ".join(sys.argv[1:]),
+            },
+        )
+    save_scope(args.checkpoint, stats)
+    load_scope(args.checkpoint)  # what was written reads back
+    summary["reliance_floor"] = stats.reliance_floor
+    print(json.dumps(summary))
+    return 0
+
+
+def _confidence_correct(logits, targets):
+    probs = logits.softmax(-1)
+    confidence, predicted = probs.max(-1)
+    return confidence.numpy(), (predicted == targets).float().numpy()

@@ -33,6 +33,7 @@ from .calibration import calibration_report, fit_temperature
 from .checkpoint import load_checkpoint, read_config, save_checkpoint
 from .data import Dataset, Example, check_trainable
 from .model import ModelConfig
+from .scope import fit_and_save
 from .train import Progress, TrainSettings, TrainState, train
 
 
@@ -154,8 +155,17 @@ def finetune(
         temperature = fit_temperature(result.val_logits, result.val_targets)
         result.model.config.temperature = temperature
         record["calibration"] = calibration_report(result.val_logits, result.val_targets, temperature)
-    # the one place the final model is saved
+    # the one place the final model is saved, with the out-of-scope statistics of this run's data
     save_checkpoint(result.model, out, training=record, overwrite=True)
+    fit_and_save(
+        out,
+        result.model,
+        request.dataset,
+        request.val_dataset,
+        request.val_fraction,
+        recipe.settings.seed,
+        recipe.settings.device,
+    )
     if stopped_by not in ("stop", "time limit"):
         shutil.rmtree(resume_dir(out), ignore_errors=True)
     return FinetuneResult(out, record, result.best_metrics.get("report", {}), stopped_by)

@@ -83,6 +83,33 @@ def modality_chart(contributions: dict[str, dict[str, float]], top: int = 5) -> 
     return fig
 
 
+def deletion_chart(curves: dict) -> go.Figure:
+    """Probability of the answer as the hottest cells are blanked, against a random order, and
+    as they are put back onto a blank image (faithfulness.curves)."""
+    x = curves["fractions"]
+    fig = go.Figure(
+        [
+            go.Scatter(x=x, y=curves["deletion"], name=f"deletion, hottest first (area {curves['deletion_auc']:.3f})"),
+            go.Scatter(
+                x=x,
+                y=curves["random_deletion"],
+                name=f"deletion, random order (area {curves['random_deletion_auc']:.3f})",
+            ),
+            go.Scatter(
+                x=x, y=curves["insertion"], name=f"insertion, hottest first (area {curves['insertion_auc']:.3f})"
+            ),
+        ]
+    )
+    fig.update_layout(
+        title="Deletion curve: does the heatmap point at what the answer depends on?",
+        xaxis={"title": "fraction of regions blanked / inserted", "range": [0, 1]},
+        yaxis={"title": "probability of the answer", "range": [0, 1]},
+        height=320,
+        margin={"l": 10, "r": 10, "t": 40, "b": 10},
+    )
+    return fig
+
+
 def training_curves(history: list[dict]) -> go.Figure:
     """Loss and accuracy per epoch, train and validation."""
     epochs = [h["epoch"] for h in history]

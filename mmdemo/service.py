@@ -7,11 +7,13 @@ folded, channels_last). It never mutates the checkpoint it came from.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from . import scope as scope_stats
 from .checkpoint import load_checkpoint
 from .device import autocast, resolve_device
 from .encoders import fuse_conv_bn, load_tokenizer
@@ -29,12 +31,24 @@ class Prediction:
     truncated: bool  # the text was cut to the encoder's token limit
     image_size: tuple[int, int]  # (width, height) of the decoded input image
     forward_ms: float  # model time for the batch this sample was in (preprocessing excluded)
+    scope: dict = field(default_factory=lambda: scope_stats.assess(None, None, None, [], {}, 1.0))
+
+    @property
+    def in_scope(self) -> bool:
+        return bool(self.scope["in_scope"])
+
+    @property
+    def confidence(self) -> float:
+        return self.scores[self.label]
 
     def to_json(self) -> dict:
         """What the CLI prints and the API returns: plain JSON types, heatmap at grid size."""
         e = self.explanation
         return {
             "label": self.label,
+            "confidence": round(self.confidence, 6),
+            "in_scope": self.in_scope,
+            "scope": self.scope,
             "scores": self.scores,
             "tokens": e.words,
             "token_scores": e.word_scores,
@@ -47,7 +61,12 @@ class Prediction:
 
 
 class Predictor:
-    def __init__(self, model: MultimodalClassifier, device: torch.device | str | None = None):
+    def __init__(
+        self,
+        model: MultimodalClassifier,
+        device: torch.device | str | None = None,
+        scope: scope_stats.ScopeStats | None = None,
+    ):
         self.device = resolve_device(device) if not isinstance(device, torch.device) else device
         self.config = model.config
         # the predictor owns this model and only serves with it: fold BatchNorm into the
@@ -57,10 +76,12 @@ class Predictor:
         self.model = model.to(self.device).to(memory_format=torch.channels_last)
         self.tokenizer = load_tokenizer(self.config.text_model)
         self.labels = list(self.config.labels)
+        self.scope = scope  # out-of-scope statistics (None: every input counts as in scope)
+        self.embedding_table = scope_stats.embedding_table(self.model.text_encoder, self.tokenizer.vocab_size)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | None = None) -> Predictor:
-        return cls(load_checkpoint(path), resolve_device(device))
+        return cls(load_checkpoint(path), resolve_device(device), scope_stats.load_scope(path))
 
     # -- preprocessing -------------------------------------------------------------------
     def pixels(self, images: list) -> torch.Tensor:
@@ -100,6 +121,7 @@ class Predictor:
                         logits.gather(1, target[:, None]).sum(), out.cross_attention + out.text_attention
                     )
         probs = (logits.detach() / self.config.temperature).softmax(-1).cpu()
+        scopes = self.assess_scope(feature_map, text_states, mask, pixels, probs, texts)
         forward_ms = (time.perf_counter() - start) * 1000
         n_layers = len(out.cross_attention)
         results = []
@@ -131,9 +153,48 @@ class Predictor:
                     truncated=text_batch.truncated[i],
                     image_size=image.size,
                     forward_ms=forward_ms,
+                    scope=scopes[i],
                 )
             )
         return results
+
+    @torch.no_grad()
+    def assess_scope(self, feature_map, text_states, mask, pixels, probs, texts: list[str]) -> list[dict]:
+        """Each sample's out-of-scope assessment (scope.py) from the encoders' outputs and the
+        answer distribution; one more fusion pass gives the answer with the image masked out."""
+        if self.scope is None:
+            return [scope_stats.assess(None, None, None, [], {}, 1.0) for _ in texts]
+        drop = torch.ones(len(texts), dtype=torch.bool, device=self.device)
+        with autocast(self.device):
+            text_only = self.model.forward_fusion(feature_map, text_states, mask, drop_image=drop, pixels=pixels)
+        text_only = (text_only.logits.float() / self.config.temperature).softmax(-1).cpu()
+        reliance = scope_stats.total_variation(probs, text_only)
+        image_vecs = scope_stats.pooled_image(feature_map).cpu()
+        text_vecs = scope_stats.pooled_text(text_states, mask).cpu()
+        results = []
+        for i, text in enumerate(texts):
+            ws = scope_stats.words(text)
+            synonyms = scope_stats.synonyms_for(ws, self.scope, self.embedding_table, self.tokenizer)
+            results.append(
+                scope_stats.assess(self.scope, image_vecs[i], text_vecs[i], ws, synonyms, float(reliance[i]))
+            )
+        return results
+
+    @torch.inference_mode()
+    def probabilities(self, images: list, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        """(B, L) calibrated probabilities of decoded images with their texts, no explanation
+        (what faithfulness curves need for many masked copies of one image)."""
+        out = []
+        for start in range(0, len(images), batch_size):
+            text_batch = self.tokens(texts[start : start + batch_size])
+            pixels = self.pixels(images[start : start + batch_size])
+            ids, mask = text_batch.input_ids.to(self.device), text_batch.attention_mask.to(self.device)
+            with autocast(self.device):
+                feature_map = self.model.encode_image(pixels)
+                text_states = self.model.encode_text(ids, mask)
+                logits = self.model.forward_fusion(feature_map, text_states, mask, pixels=pixels).logits.float()
+            out.append((logits / self.config.temperature).softmax(-1).cpu().numpy())
+        return np.concatenate(out)
 
     @torch.inference_mode()
     def modality_contributions(self, image: ImageSource, text: str) -> dict[str, dict[str, float]]:

@@ -10,12 +10,14 @@ server (``App.owner``), never a name sent by the client.
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import secrets
 import shutil
 import tempfile
 from pathlib import Path
 
+from .card import app_model_card
 from .data import Dataset, check_trainable, read_csv
 from .jobs import DataSource, JobManager
 from .limits import UPLOAD_PREFIX, Limits, shared_mode, upload_root
@@ -80,6 +82,28 @@ class App:
     def default_checkpoint(self) -> str | None:
         names = self.registry.names()
         return DEFAULT_CHECKPOINT if DEFAULT_CHECKPOINT in names else (names[0] if names else None)
+
+    def model_card(self, name: str | None) -> str:
+        """The checkpoint's model card as Markdown (from its config.json; no model is loaded)."""
+        if not name:
+            return "No checkpoint selected."
+        try:
+            path = self.registry.path(name)
+        except ValueError as e:
+            return str(e)
+        return app_model_card(name, json.loads((path / "config.json").read_text()))
+
+    def deletion_curves(self, checkpoint: str, image_path: str, text: str, heatmap: list, label: str) -> dict:
+        """Faithfulness of one prediction's heatmap: deletion (hottest first, random order) and
+        insertion curves of the answer's probability (faithfulness.curves)."""
+        import torch
+
+        from .faithfulness import curves
+        from .imaging import decode_image
+
+        predictor = self.registry.predictor(checkpoint)
+        image = decode_image(image_path, name="the image")
+        return curves(predictor.probabilities, image, text, torch.tensor(heatmap), predictor.labels.index(label))
 
     def examples(self) -> list[list[str]]:
         """(image, question) pairs shipped with the default checkpoint, for the gallery."""

@@ -67,3 +67,28 @@ def tiny_checkpoint(tmp_path_factory):
 @pytest.fixture
 def fixture_path():
     return lambda name: os.path.join(FIXTURES, name)
+
+
+def write_colour_scenes(folder) -> str:
+    """24 images (a coloured square on white) x 4 questions naming one of four colours, labels
+    cat / dog / bird; returns the CSV path (image,text,label)."""
+    import csv
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    os.makedirs(os.path.join(folder, "img"), exist_ok=True)
+    colours = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "gray": (128, 128, 128)}
+    rows = []
+    for i in range(24):
+        a = np.full((32, 32, 3), 255, np.uint8)
+        y, x = rng.integers(2, 22, size=2)
+        a[y : y + 8, x : x + 8] = list(colours.values())[i % 4]
+        Image.fromarray(a).save(os.path.join(folder, "img", f"{i}.png"))
+        for c in colours:
+            rows.append([f"img/{i}.png", f"is the {c} square on the left?", ["cat", "dog", "bird"][i % 3]])
+    path = os.path.join(folder, "data.csv")
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows([["image", "text", "label"], *rows])
+    return path

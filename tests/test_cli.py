@@ -95,9 +95,15 @@ def test_predict_csv_batch_marks_failed_rows(tiny_checkpoint, tmp_path):
     assert summary == {"rows": 7, "predicted": 5, "errors": 2, "out": str(tmp_path / "out.csv")}
     out = list(csv.DictReader(open(tmp_path / "out.csv")))
     assert [r["id"] for r in out] == [r["id"] for r in rows]
-    assert list(out[0]) == ["id", "image", "text", "prediction", "confidence", "peak_x", "peak_y", "error"]
+    assert list(out[0]) == [
+        "id", "image", "text", "prediction", "confidence", "in_scope", "scope_reasons", "image_distance",
+        "text_similarity", "image_reliance", "peak_x", "peak_y", "error",
+    ]  # fmt: skip
     by_id = {r["id"]: r for r in out}
     assert "not an image" in by_id["bad"]["error"] and by_id["bad"]["prediction"] == ""
+    # a failed row is never an answer in scope; the tiny checkpoint has no statistics: in scope
+    assert by_id["bad"]["in_scope"] == by_id["gone"]["in_scope"] == "false"
+    assert all(by_id[str(i)]["in_scope"] == "true" for i in range(5))
     assert "file not found" in by_id["gone"]["error"]
     for i in range(5):
         r = by_id[str(i)]

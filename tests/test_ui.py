@@ -32,7 +32,7 @@ def app(tmp_path_factory):
 
 
 def test_predict_handler_maps_results_to_components(app, fixture_path):
-    scores, explanation, overlay, words, matrix, modality, info, state = ui.predict(
+    scores, explanation, overlay, words, matrix, modality, info, banner, state = ui.predict(
         app, fixture_path("chelsea.jpg"), "Where is the cat?", "sort-of-clevr", "gradient", 0.5
     )
     assert set(scores) == {"circle", "square", "left", "right"} and sum(scores.values()) == pytest.approx(1, abs=1e-5)
@@ -44,6 +44,8 @@ def test_predict_handler_maps_results_to_components(app, fixture_path):
     assert isinstance(matrix, go.Figure) and isinstance(modality, go.Figure)
     assert {t.name for t in modality.data} == {"both", "image only", "text only"}
     assert "ms on cpu" in info
+    # no scope statistics in this checkpoint: in scope, no banner, the answer is shown
+    assert explanation["in_scope"] is True and explanation["scope"]["fitted"] is False and banner == ""
     # selecting a word redraws the overlay from that word's own map, without the model
     image, new_state = ui.redraw(state, 0.5, gr.SelectData(None, {"index": 3, "value": "cat", "selected": True}))
     assert new_state["selected"] == 3 and image.size == (451, 300)

@@ -80,22 +80,55 @@ def predict(app: App, image_path, text, checkpoint, method, opacity, owner: str 
     )
     if prediction.truncated:
         info += f" The text was longer than {predictor.config.max_tokens} tokens and was truncated."
+    answer = prediction.scores if prediction.in_scope else "no confident answer (out of scope)"
     state = {
         "image": image_path,
+        "text": text,
+        "checkpoint": checkpoint,
         "explanation": prediction.to_json(),
         "word_maps": e.word_maps.tolist(),
         "selected": None,
     }
     return (
-        prediction.scores,
+        answer,
         state["explanation"],
         render.overlay(image, e.heatmap, opacity, e.peak_xy),
         list(zip(e.words, e.word_scores)),
         render.attention_matrix(e.words, e.token_region, tuple(e.heatmap.shape)),
         render.modality_chart(contributions),
         info,
+        scope_banner(prediction),
         state,
     )
+
+
+def scope_banner(prediction) -> str:
+    """Markdown warning for an out-of-scope prediction ("" when in scope)."""
+    s = prediction.scope
+    if s["in_scope"]:
+        return ""
+    reasons = "; ".join(s["messages"])
+    return (
+        f"**⚠ Out of scope: {reasons}.** The model abstains: its most probable answer would be "
+        f"'{prediction.label}' ({prediction.confidence:.0%}), which should not be trusted here."
+    )
+
+
+def deletion(app: App, state):
+    """Handler of the deletion-curve button: the curve chart and its areas for the last prediction."""
+    if not state or "text" not in state:
+        raise gr.Error("Predict first, then measure the deletion curve.")
+    e = state["explanation"]
+    try:
+        curves = app.deletion_curves(state["checkpoint"], state["image"], state["text"], e["heatmap"], e["label"])
+    except ValueError as err:
+        raise gr.Error(str(err)) from None
+    summary = (
+        f"Deletion area **{curves['deletion_auc']:.3f}** blanking the hottest regions first, "
+        f"{curves['random_deletion_auc']:.3f} in a random order (lower than random: the heatmap points at what "
+        f"the answer depends on); insertion area {curves['insertion_auc']:.3f}."
+    )
+    return render.deletion_chart(curves), summary
 
 
 def redraw(state, opacity, selection: gr.SelectData | None = None):
@@ -158,11 +191,28 @@ def predict_tab(app: App, tokens: tuple[gr.BrowserState, gr.State]) -> gr.Dropdo
                 )
                 words = gr.HighlightedText(label="Word importance", elem_id="words", interactive=False)
                 info = gr.Markdown(elem_id="timing")
+                banner = gr.Markdown(elem_id="scope-banner")
         with gr.Row():
             matrix = gr.Plot(label="Word x region attention")
             modality = gr.Plot(label="Modality contributions")
         explanation = gr.JSON(label="Explanation (JSON, as the API returns it)", open=False)
-        outputs = [label, explanation, overlay, words, matrix, modality, info, state]
+        with gr.Row():
+            deletion_button = gr.Button(
+                "Deletion curve (is the heatmap faithful?)", size="sm", elem_id="deletion-button"
+            )
+        deletion_summary = gr.Markdown(elem_id="deletion-summary")
+        deletion_plot = gr.Plot(label="Deletion curve", elem_id="deletion-plot")
+        deletion_button.click(
+            lambda s: deletion(app, s),
+            state,
+            [deletion_plot, deletion_summary],
+            api_name=False,
+            concurrency_id="predict",
+        )
+        with gr.Accordion("Model card", open=False):
+            card = gr.Markdown(app.model_card(default), elem_id="model-card")
+        checkpoint.change(app.model_card, checkpoint, card, api_name=False, queue=False)
+        outputs = [label, explanation, overlay, words, matrix, modality, info, banner, state]
 
         def on_predict(
             image_path,

@@ -1,0 +1,88 @@
+"""In a real browser: the out-of-scope banner appears for an out-of-scope question and not for
+an in-scope one, and the model card opens. A tiny checkpoint with fitted scope statistics
+stands in for the shipped one (same pattern as test_browser.py)."""
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+
+if not os.path.exists(CHROMIUM) and os.environ.get("MMDEMO_REQUIRE_BROWSER") != "1":
+    pytest.skip("Debian's chromium is not installed", allow_module_level=True)
+playwright = pytest.importorskip("playwright.sync_api")
+
+import torch  # noqa: E402
+
+from mmdemo import scope, ui  # noqa: E402
+from mmdemo.checkpoint import save_checkpoint  # noqa: E402
+from mmdemo.data import read_csv  # noqa: E402
+from mmdemo.model import build_model  # noqa: E402
+from mmdemo.registry import CheckpointRegistry  # noqa: E402
+
+from .conftest import tiny_config, write_colour_scenes  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    root = tmp_path_factory.mktemp("browser-scope")
+    torch.manual_seed(0)
+    model = build_model(tiny_config())
+    path = save_checkpoint(model, root / "shipped" / "sort-of-clevr")
+    examples = read_csv(write_colour_scenes(root / "data")).examples
+    scope.save_scope(path, scope.fit_scope(model, examples[:64], examples[64:])[0])
+    app = ui.App(CheckpointRegistry(root / "mine", root / "shipped"), work_dir=str(root / "work"))
+    demo = ui.create_demo(app)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo.queue(max_size=16).launch(
+        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, ssr_mode=False, quiet=True
+    )
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.goto(demo.local_url)
+        yield page, root / "data" / "img" / "3.png"
+        browser.close()
+    demo.close()
+
+
+def _ask(page, image: Path, question: str) -> None:
+    page.locator("#image-input input[type=file]").set_input_files(str(image))
+    page.locator("#text-input textarea").fill(question)
+    page.locator("#predict-button").click()
+
+
+def test_banner_for_out_of_scope_input_only(served):
+    page, image = served
+    _ask(page, image, "is the purple square on the left?")
+    banner = page.locator("#scope-banner")
+    playwright.expect(banner).to_contain_text("this question is unlike the training questions", timeout=60_000)
+    playwright.expect(page.locator("#prediction")).to_contain_text("no confident answer")
+
+    _ask(page, image, "is the gray square on the left?")
+    playwright.expect(page.locator("#prediction")).to_contain_text("%", timeout=60_000)
+    playwright.expect(banner).not_to_contain_text("Out of scope")
+
+
+def test_model_card_opens(served):
+    page, _ = served
+    page.get_by_text("Model card").click()
+    card = page.locator("#model-card")
+    playwright.expect(card).to_contain_text("Answers (3)", timeout=10_000)
+    playwright.expect(card).to_contain_text("blue, gray, green, red")
+
+
+def test_deletion_curve_on_demand(served):
+    page, image = served
+    _ask(page, image, "is the red square on the left?")
+    playwright.expect(page.locator("#prediction")).to_contain_text("%", timeout=60_000)
+    page.locator("#deletion-button").click()
+    playwright.expect(page.locator("#deletion-summary")).to_contain_text("Deletion area", timeout=60_000)
+    playwright.expect(page.locator("#deletion-plot .js-plotly-plot")).to_be_visible(timeout=30_000)

@@ -1,0 +1,178 @@
+"""Out-of-scope detection (scope.py): the maths on hand-made inputs, fitting on a tiny model,
+statistics saved and loaded with a checkpoint, and every prediction path carrying the result."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mmdemo import scope
+from mmdemo.checkpoint import save_checkpoint
+from mmdemo.data import read_csv
+from mmdemo.model import build_model
+from mmdemo.service import Predictor
+
+from .conftest import tiny_config, write_colour_scenes
+
+TEXTS = [f"what shape is the {c} object" for c in ("red", "green", "blue", "gray")] + [
+    f"is the {c} thing on the left" for c in ("red", "green", "blue", "gray")
+]
+
+
+def _stats(**overrides) -> scope.ScopeStats:
+    ws = [scope.words(t) for t in TEXTS]
+    values = dict(
+        image_mean=torch.zeros(3),
+        image_precision=torch.eye(3),
+        text_bank=torch.nn.functional.normalize(torch.eye(4), dim=-1),
+        vocab_vectors=torch.zeros(0, 1),
+        vocabulary=sorted({w for t in ws for w in t}),
+        label_words=["circle", "square", "left", "right"],
+        slots=scope.find_slots(ws),
+        image_threshold=2.0,
+        text_similarity_floor=0.5,
+        unseen_fraction_limit=0.4,
+        reliance_floor=0.02,
+    )
+    values.update(overrides)
+    return scope.ScopeStats(**values)
+
+
+def test_slots_are_the_words_that_replace_each_other():
+    slots = scope.find_slots([scope.words(t) for t in TEXTS])
+    assert len(slots) == 1
+    assert slots[0]["words"] == ["blue", "gray", "green", "red"]
+    assert slots[0]["counts"] == [1]  # every training text names exactly one colour
+    assert slots[0]["left"] == ["the"] and slots[0]["right"] == ["object", "thing"]
+
+
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("what shape is the red object", False),
+        ("What shape is the RED item?", False),  # case, punctuation, an unseen harmless word
+        ("what shape is the purple object", True),  # unknown colour: no slot word
+        ("is the red object left of the blue object", True),  # two slot words
+        ("is the red shape on the left", True),  # a known word next to a slot word, never seen there
+        ("is the red square on the left", False),  # an unseen neighbour gets the benefit of the doubt
+    ],
+)
+def test_text_problems(text, problem):
+    stats = _stats()
+    _, problems, _ = scope.text_problems(scope.words(text), stats, {})
+    assert bool(problems) == problem, problems
+
+
+def test_a_synonym_counts_as_the_known_word():
+    stats = _stats()
+    ws = scope.words("what shape is the grey object")
+    assert scope.text_problems(ws, stats, {})[1]
+    assert not scope.text_problems(ws, stats, {"grey": "gray"})[1]
+
+
+def test_mahalanobis_matches_the_definition():
+    x = torch.randn(200, 4, generator=torch.Generator().manual_seed(0)) * torch.tensor([1.0, 2.0, 0.5, 3.0])
+    mean, precision = scope.fit_gaussian(x, shrink=0.0)
+    cov = np.cov(x.numpy(), rowvar=False)
+    q = torch.tensor([[1.0, -2.0, 0.5, 4.0]])
+    d = q.numpy()[0] - x.numpy().mean(0)
+    expected = math.sqrt(d @ np.linalg.inv(cov) @ d)
+    assert scope.mahalanobis(q, mean, precision).item() == pytest.approx(expected, rel=1e-4)
+
+
+def test_assess_names_each_reason():
+    stats = _stats()
+    text_vec = torch.tensor([1.0, 0, 0, 0])
+    ws = scope.words("what shape is the red object")
+    ok = scope.assess(stats, torch.zeros(3), text_vec, ws, {}, 0.5)
+    assert ok["in_scope"] and ok["reasons"] == []
+    far = scope.assess(stats, torch.tensor([5.0, 0, 0]), text_vec, ws, {}, 0.5)
+    assert far["reasons"] == ["image"] and far["messages"] == ["this image does not look like the training data"]
+    ignored = scope.assess(stats, torch.zeros(3), text_vec, ws, {}, 0.001)
+    assert ignored["reasons"] == ["ignores_image"] and not ignored["in_scope"]
+    odd = scope.assess(stats, torch.zeros(3), text_vec, scope.words("tell me a joke"), {}, 0.5)
+    assert odd["reasons"] == ["text"] and odd["unseen_words"] == ["tell", "me", "a", "joke"]
+    assert scope.assess(None, None, None, [], {}, 0.0) == {
+        "in_scope": True,
+        "fitted": False,
+        "reasons": [],
+        "note": "this checkpoint has no scope statistics",
+    }
+
+
+def test_temperature_is_recovered_and_ece_measures_miscalibration():
+    gen = torch.Generator().manual_seed(0)
+    true_logits = torch.randn(4000, 5, generator=gen) * 3
+    targets = torch.multinomial(true_logits.softmax(-1), 1, generator=gen)[:, 0]
+    overconfident = true_logits * 2.5  # a model whose logits are 2.5x too large
+    assert scope.fit_temperature(overconfident, targets) == pytest.approx(2.5, rel=0.1)
+    probs = overconfident.softmax(-1)
+    conf, pred = probs.max(-1)
+    before = scope.expected_calibration_error(conf.numpy(), (pred == targets).numpy())
+    conf, pred = (overconfident / 2.5).softmax(-1).max(-1)
+    after = scope.expected_calibration_error(conf.numpy(), (pred == targets).numpy())
+    assert before > 0.1 and after < 0.03
+
+
+@pytest.fixture
+def scenes_csv(tmp_path):
+    return Path(write_colour_scenes(tmp_path))
+
+
+def test_fit_save_load_and_predict_with_scope(scenes_csv, tmp_path, fixture_path):
+    torch.manual_seed(0)
+    model = build_model(tiny_config())
+    path = save_checkpoint(model, tmp_path / "ckpt")
+    examples = read_csv(scenes_csv).examples
+    stats, val = scope.fit_scope(model, examples[:64], examples[64:])
+    assert stats.slots[0]["words"] == ["blue", "gray", "green", "red"]
+    assert stats.image_threshold > 0 and len(val.logits) == len(examples) - 64
+    scope.save_scope(path, stats)
+    block = json.loads((path / "config.json").read_text())["scope"]
+    assert block["version"] == scope.SCOPE_VERSION and (path / scope.SCOPE_FILE).is_file()
+    loaded = scope.load_scope(path)
+    assert torch.allclose(loaded.image_precision, stats.image_precision)
+    predictor = Predictor.from_checkpoint(path, "cpu")
+    scene = scenes_csv.parent / "img" / "3.png"
+    inside = predictor.predict(scene, "is the gray square on the left?")
+    assert inside.in_scope, inside.scope
+    outside = predictor.predict(scene, "is the purple square on the left?")
+    assert not outside.in_scope and "text" in outside.scope["reasons"]
+    photo = predictor.predict(fixture_path("chelsea.jpg"), "is the red square on the left?")
+    assert "image" in photo.scope["reasons"], photo.scope
+    out = outside.to_json()
+    assert out["in_scope"] is False and out["confidence"] == pytest.approx(max(out["scores"].values()))
+    json.dumps(out)  # plain JSON types
+
+
+def test_a_scope_block_without_its_file_is_an_error(tiny_checkpoint, tmp_path):
+    import shutil
+
+    path = tmp_path / "copy"
+    shutil.copytree(tiny_checkpoint, path)
+    assert scope.load_scope(path) is None  # no statistics: predictions say so and count as in scope
+    data = json.loads((path / "config.json").read_text())
+    data["scope"] = {"version": scope.SCOPE_VERSION, "file": scope.SCOPE_FILE}
+    (path / "config.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="scope.safetensors is missing"):
+        scope.load_scope(path)
+
+
+def test_finetune_stores_scope_statistics(scenes_csv, tmp_path):
+    from mmdemo.finetune import FinetuneRequest, finetune
+    from mmdemo.train import TrainSettings
+
+    settings = TrainSettings(epochs=1, batch_size=16, freeze=[], modality_dropout=0.0, seed=0)
+    request = FinetuneRequest(
+        dataset=read_csv(scenes_csv), out=tmp_path / "tuned", settings=settings, config=tiny_config(), val_fraction=0.25
+    )
+    result = finetune(request)
+    stats = scope.load_scope(result.checkpoint)
+    assert stats is not None and stats.slots[0]["words"] == ["blue", "gray", "green", "red"]
+    p = Predictor.from_checkpoint(result.checkpoint, "cpu").predict(
+        scenes_csv.parent / "img" / "0.png", "is the pink square on the left?"
+    )
+    assert p.scope["fitted"] and "text" in p.scope["reasons"]
