@@ -21,6 +21,16 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
 
 
+def _add_engine(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--backend",
+        choices=["auto", "onnxruntime", "torch"],
+        default=None,
+        help="serving engine (default auto: ONNX Runtime on the CPU, PyTorch on a GPU; or $MMDEMO_BACKEND)",
+    )
+    parser.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None, help="autocast type on a GPU")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m mmdemo", description="Multimodal (image + text) classifier")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -35,10 +45,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-column", default="text")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD, help="explanation method")
+    _add_engine(p)
 
     p = sub.add_parser("bench", help="speed figures of a checkpoint on this machine")
     _add_common(p)
+    _add_engine(p)
     p.add_argument("--repeats", type=int, default=100)
+    p.add_argument(
+        "--compare", action="store_true", help="also time the candidate fast paths (ONNX Runtime, int8, jit, compile)"
+    )
+
+    p = sub.add_parser("export", help="write a checkpoint's whole model to ONNX")
+    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="checkpoint folder")
+    p.add_argument("--format", choices=["onnx"], default="onnx")
+    p.add_argument("--out", type=Path, required=True, help="the .onnx file to write")
 
     p = sub.add_parser("train", help="train or fine-tune on a CSV (image,text,label)")
     p.add_argument("--csv", type=Path, required=True, help="training CSV; image paths relative to its folder")
@@ -65,9 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--phrasing", choices=("train", "canonical", "held-out"), default="train")
 
     p = sub.add_parser("bench-app", help="app start-up to first answer and /predict latency over HTTP")
-    p.add_argument("--image", type=Path, default=DEFAULT_CHECKPOINT / "examples" / "scene_4.png")
-    p.add_argument("--text", default="What shape is the object closest to the orange object?")
+    p.add_argument("--image", type=Path, help="image of the start-up request (default: the first varied scene)")
+    p.add_argument("--text", help="question of the start-up request")
     p.add_argument("--repeats", type=int, default=50)
+    p.add_argument("--clients", type=int, nargs="*", default=[1, 4, 16], help="concurrent clients for the table")
 
     p = sub.add_parser("bench-sort-of-clevr", help="accuracy per question type and heatmap pointing on fresh scenes")
     _add_common(p)
@@ -128,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
             return _predict(args)
         if args.command == "bench":
             return _bench(args)
+        if args.command == "export":
+            return _export(args)
         if args.command == "train":
             return _train(args)
         if args.command == "evaluate":
@@ -141,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "bench-app":
             from .bench_app import run
 
-            print(json.dumps(run(args.image, args.text, args.repeats)))
+            print(json.dumps(run(args.image, args.text, args.repeats, args.clients)))
             return 0
         if args.command == "bench-sort-of-clevr":
             from .evaluation import sort_of_clevr_benchmark
@@ -159,7 +182,9 @@ def main(argv: list[str] | None = None) -> int:
 def _predictor(args):
     from .service import Predictor
 
-    return Predictor.from_checkpoint(args.checkpoint, args.device)
+    return Predictor.from_checkpoint(
+        args.checkpoint, args.device, getattr(args, "backend", None), getattr(args, "dtype", None)
+    )
 
 
 def _predict(args) -> int:
@@ -245,7 +270,15 @@ def _bench(args) -> int:
 
     predictor = _predictor(args)
     print(f"benchmarking {args.checkpoint} on {predictor.device} ...", file=sys.stderr)
-    print(json.dumps(bench.run(predictor, args.repeats)))
+    print(json.dumps(bench.run(predictor, args.repeats, args.compare)))
+    return 0
+
+
+def _export(args) -> int:
+    from .checkpoint import load_checkpoint
+    from .export import export_onnx
+
+    print(json.dumps(export_onnx(load_checkpoint(args.checkpoint), args.out)))
     return 0
 
 
