@@ -11,8 +11,9 @@ load_average: the machine's 1-minute load when the figures were taken (others' w
 
 ``--compare`` also times the candidate fast paths, round-robin in the same run: ONNX Runtime
 with 1 and 2 threads, ONNX Runtime with int8 dynamic quantisation of its MatMuls, PyTorch with
-int8 dynamic quantisation of the linear layers, torch.jit trace + freeze, torch.compile; each
-with its agreement with eager (max abs probability difference on the bench input).
+int8 dynamic quantisation of the linear layers, torch.jit trace + freeze (and torch.compile with
+``--compile``: minutes of compilation here); each with its set-up time and its agreement with
+eager (max abs probability difference on the bench input).
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def _inputs(predictor: Predictor, batch: int = 1):
 
 
 @torch.inference_mode()
-def run(predictor: Predictor, repeats: int = 100, compare: bool = False) -> dict:
+def run(predictor: Predictor, repeats: int = 100, compare: bool = False, compile: bool = False) -> dict:
     device, model = predictor.device, predictor.model
     image, pixels, ids, mask = _inputs(predictor)
 
@@ -117,7 +118,7 @@ def run(predictor: Predictor, repeats: int = 100, compare: bool = False) -> dict
         "repeats": repeats,
     }
     if compare:
-        result["candidates"] = compare_candidates(predictor, max(20, repeats // 2))
+        result["candidates"] = compare_candidates(predictor, max(20, repeats // 2), compile)
     return result
 
 
@@ -129,7 +130,7 @@ def _path(predictor: Predictor) -> str:
     return "torch eager (conv+BN folded, channels_last)"
 
 
-def compare_candidates(predictor: Predictor, repeats: int) -> dict:
+def compare_candidates(predictor: Predictor, repeats: int, compile: bool = False) -> dict:
     """Each candidate fast path: p50 at batch 1 (interleaved), set-up seconds, agreement."""
     _, pixels, ids, mask = _inputs(predictor)
     rows = Rows.plain(pixels.cpu(), ids.cpu(), mask.cpu())
@@ -181,7 +182,8 @@ def compare_candidates(predictor: Predictor, repeats: int) -> dict:
 
     add("torch int8 dynamic (Linear)", int8_torch)
     add("torch.jit trace + freeze", jit_freeze)
-    add("torch.compile (inductor)", compiled)
+    if compile:  # minutes of C++ compilation on 2 busy cores: only when asked
+        add("torch.compile (inductor)", compiled)
     times = _interleaved(fns, torch.device("cpu"), repeats, warmup=3)
     for name, t in times.items():
         notes[name]["forward_ms_p50"] = _p(t, 50)

@@ -52,8 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_engine(p)
     p.add_argument("--repeats", type=int, default=100)
     p.add_argument(
-        "--compare", action="store_true", help="also time the candidate fast paths (ONNX Runtime, int8, jit, compile)"
+        "--compare", action="store_true", help="also time the candidate fast paths (ONNX Runtime, int8, jit)"
     )
+    p.add_argument("--compile", action="store_true", help="with --compare: also torch.compile (minutes on a CPU)")
 
     p = sub.add_parser("export", help="write a checkpoint's whole model to ONNX")
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="checkpoint folder")
@@ -207,12 +208,15 @@ def _predict_csv(args) -> int:
     from .imaging import decode_image
 
     rows, fields = _read_csv(args.csv, [args.image_column, args.text_column])
+    rank, world = _distributed_rank()
     predictor = _predictor(args)
     out_fields = fields + [f for f in ("prediction", "confidence", "peak_x", "peak_y", "error") if f not in fields]
     root = args.csv.resolve().parent
-    n_errors = 0
-    with tqdm(total=len(rows), desc="predict", unit="row", file=sys.stderr) as bar:
-        for start in range(0, len(rows), args.batch_size):
+    # under torchrun each process takes every world-th batch: the batches (and so every figure)
+    # are the ones a single process would make, and rank 0 writes them back in input order
+    starts = list(range(0, len(rows), args.batch_size))[rank::world]
+    with tqdm(total=len(rows), desc="predict", unit="row", file=sys.stderr, disable=rank > 0) as bar:
+        for start in starts:
             batch = rows[start : start + args.batch_size]
             ready = []  # (row, image) pairs that decoded
             for row in batch:
@@ -242,8 +246,12 @@ def _predict_csv(args) -> int:
                             peak_x=f"{result.explanation.peak_xy[0]:.1f}",
                             peak_y=f"{result.explanation.peak_xy[1]:.1f}",
                         )
-            n_errors += sum(1 for row in batch if row["error"])
-            bar.update(len(batch))
+            bar.update(len(batch) * world)
+    if world > 1:
+        rows = _merge_shards(rows, starts, args.batch_size, rank, world)
+        if rank > 0:
+            return 0
+    n_errors = sum(1 for row in rows if row["error"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=out_fields)
@@ -251,6 +259,34 @@ def _predict_csv(args) -> int:
         writer.writerows(rows)
     print(json.dumps({"rows": len(rows), "predicted": len(rows) - n_errors, "errors": n_errors, "out": str(args.out)}))
     return 0
+
+
+def _distributed_rank() -> tuple[int, int]:
+    """(rank, world size) under torchrun (gloo process group set up), else (0, 1)."""
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    return dist.get_rank(), world
+
+
+def _merge_shards(rows: list[dict], starts: list[int], batch_size: int, rank: int, world: int) -> list[dict]:
+    """Rank 0 gets every process's rows back, in input order; the process group is closed."""
+    import torch.distributed as dist
+
+    mine = {i: rows[i] for start in starts for i in range(start, min(start + batch_size, len(rows)))}
+    gathered = [None] * world if rank == 0 else None
+    dist.gather_object(mine, gathered, dst=0)
+    dist.destroy_process_group()
+    if rank > 0:
+        return rows
+    merged = {i: row for shard in gathered for i, row in shard.items()}
+    return [merged[i] for i in range(len(rows))]
 
 
 def _read_csv(path: Path, required: list[str]) -> tuple[list[dict], list[str]]:
@@ -270,7 +306,7 @@ def _bench(args) -> int:
 
     predictor = _predictor(args)
     print(f"benchmarking {args.checkpoint} on {predictor.device} ...", file=sys.stderr)
-    print(json.dumps(bench.run(predictor, args.repeats, args.compare)))
+    print(json.dumps(bench.run(predictor, args.repeats, args.compare, args.compile)))
     return 0
 
 
