@@ -6,7 +6,10 @@ path the Predictor serves with (``path``), interleaved with PyTorch eager on the
 analyse_ms_p50: what /predict asks of the model: preprocessing, the answer, its explanation and
 the modality contributions (one encoder pass). throughput_bs32: samples per second at batch 32.
 matmul_gflops: a 1024x1024 fp32 matmul here, to set the model's cost against the machine.
-model_gflops: floating-point operations of one batch-1 forward (2 per multiply-add).
+model_gflops: floating-point operations of one batch-1 forward (2 per multiply-add), as run
+now: the "missing image" regions (1 more image through the region layers, 0.4 GFLOP at 224 px)
+are only computed for rows that drop the image, so the 224 px default counts 1.54, not 1.94.
+model_params_m: parameters (millions), the same as before for the same architecture.
 load_average: the machine's 1-minute load when the figures were taken (others' work inflates them).
 
 ``--compare`` also times the candidate fast paths, round-robin in the same run: ONNX Runtime
@@ -114,6 +117,7 @@ def run(predictor: Predictor, repeats: int = 100, compare: bool = False, compile
         "throughput_bs32": round(32 / (float(np.median(batch_times)) / 1000), 1),
         "matmul_gflops": round(matmul_gflops(device), 1),
         "model_gflops": round(counter.get_total_flops() / 1e9, 3),
+        "model_params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
         "load_average": round(os.getloadavg()[0], 2),
         "repeats": repeats,
     }

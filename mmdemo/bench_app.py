@@ -109,7 +109,7 @@ def _concurrent(base: str, pairs, clients: int, per_client: int) -> dict:
                     http_predict(client, base, image, text)
                 except (httpx.HTTPError, RuntimeError) as e:
                     with lock:
-                        failures.append(str(e)[:120])
+                        failures.append(f"{type(e).__name__}: {str(e)[:300]}")
                     continue
                 with lock:
                     times.append((time.perf_counter() - t) * 1000)
@@ -128,6 +128,7 @@ def _concurrent(base: str, pairs, clients: int, per_client: int) -> dict:
         "p95_ms": round(float(np.percentile(times, 95)), 1) if times else None,
         "answers_per_s": round(len(times) / wall, 2),
         "failed": len(failures),
+        "first_failure": failures[0] if failures else None,
     }
 
 

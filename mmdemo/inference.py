@@ -78,6 +78,7 @@ class ServingGraph(nn.Module):
         with torch.no_grad():
             missing = model.fusion.encode_regions(no_maps.to(param), no_pixels.to(param), missing=True)  # (1, R, D)
         self.register_buffer("missing_regions", missing, persistent=False)
+        self.eval()
 
     def forward(
         self,
