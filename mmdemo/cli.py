@@ -21,6 +21,16 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
 
 
+def _add_engine(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--backend",
+        choices=["auto", "onnxruntime", "torch"],
+        default=None,
+        help="serving engine (default auto: ONNX Runtime on the CPU, PyTorch on a GPU; or $MMDEMO_BACKEND)",
+    )
+    parser.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None, help="autocast type on a GPU")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m mmdemo", description="Multimodal (image + text) classifier")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -35,10 +45,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-column", default="text")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD, help="explanation method")
+    _add_engine(p)
 
     p = sub.add_parser("bench", help="speed figures of a checkpoint on this machine")
     _add_common(p)
+    _add_engine(p)
     p.add_argument("--repeats", type=int, default=100)
+    p.add_argument(
+        "--compare", action="store_true", help="also time the candidate fast paths (ONNX Runtime, int8, jit)"
+    )
+    p.add_argument("--compile", action="store_true", help="with --compare: also torch.compile (minutes on a CPU)")
+
+    p = sub.add_parser("export", help="write a checkpoint's whole model to ONNX")
+    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="checkpoint folder")
+    p.add_argument("--format", choices=["onnx"], default="onnx")
+    p.add_argument("--out", type=Path, required=True, help="the .onnx file to write")
 
     p = sub.add_parser(
         "train",
@@ -99,9 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baselines", action="store_true", help="also score pixel baselines (logistic regression, SVM)")
 
     p = sub.add_parser("bench-app", help="app start-up to first answer and /predict latency over HTTP")
-    p.add_argument("--image", type=Path, default=DEFAULT_CHECKPOINT / "examples" / "scene_4.png")
-    p.add_argument("--text", default="What shape is the object closest to the orange object?")
+    p.add_argument("--image", type=Path, help="image of the start-up request (default: the first varied scene)")
+    p.add_argument("--text", help="question of the start-up request")
     p.add_argument("--repeats", type=int, default=50)
+    p.add_argument("--clients", type=int, nargs="*", default=[1, 4, 16], help="concurrent clients for the table")
 
     p = sub.add_parser("stress", help="shared-server load test: burst, soak, a huge question (one JSON line)")
     p.add_argument("--image", type=Path, default=DEFAULT_CHECKPOINT / "examples" / "scene_4.png")
@@ -183,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
             return _predict(args)
         if args.command == "bench":
             return _bench(args)
+        if args.command == "export":
+            return _export(args)
         if args.command == "train":
             return _train(args)
         if args.command == "evaluate":
@@ -205,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "bench-app":
             from .bench_app import run
 
-            print(json.dumps(run(args.image, args.text, args.repeats)))
+            print(json.dumps(run(args.image, args.text, args.repeats, args.clients)))
             return 0
         if args.command == "stress":
             from .stress import main as stress
@@ -238,7 +262,9 @@ def _make_real_benchmark(args) -> int:
 def _predictor(args):
     from .service import Predictor
 
-    return Predictor.from_checkpoint(args.checkpoint, args.device)
+    return Predictor.from_checkpoint(
+        args.checkpoint, args.device, getattr(args, "backend", None), getattr(args, "dtype", None)
+    )
 
 
 def _predict(args) -> int:
@@ -261,15 +287,18 @@ def _predict_csv(args) -> int:
     from .imaging import decode_image
 
     rows, fields = _read_csv(args.csv, [args.image_column, args.text_column])
+    rank, world = _distributed_rank()
     predictor = _predictor(args)
     scope_fields = ("in_scope", "scope_reasons", "image_distance", "text_similarity", "image_reliance")
     out_fields = fields + [
         f for f in ("prediction", "confidence", *scope_fields, "peak_x", "peak_y", "error") if f not in fields
     ]
     root = args.csv.resolve().parent
-    n_errors = 0
-    with tqdm(total=len(rows), desc="predict", unit="row", file=sys.stderr) as bar:
-        for start in range(0, len(rows), args.batch_size):
+    # under torchrun each process takes every world-th batch: the batches (and so every figure)
+    # are the ones a single process would make, and rank 0 writes them back in input order
+    starts = list(range(0, len(rows), args.batch_size))[rank::world]
+    with tqdm(total=len(rows), desc="predict", unit="row", file=sys.stderr, disable=rank > 0) as bar:
+        for start in starts:
             batch = rows[start : start + args.batch_size]
             ready = []  # (row, image) pairs that decoded
             for row in batch:
@@ -306,8 +335,12 @@ def _predict_csv(args) -> int:
                             peak_x=f"{result.explanation.peak_xy[0]:.1f}",
                             peak_y=f"{result.explanation.peak_xy[1]:.1f}",
                         )
-            n_errors += sum(1 for row in batch if row["error"])
-            bar.update(len(batch))
+            bar.update(len(batch) * world)
+    if world > 1:
+        rows = _merge_shards(rows, starts, args.batch_size, rank, world)
+        if rank > 0:
+            return 0
+    n_errors = sum(1 for row in rows if row["error"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=out_fields)
@@ -315,6 +348,34 @@ def _predict_csv(args) -> int:
         writer.writerows(rows)
     print(json.dumps({"rows": len(rows), "predicted": len(rows) - n_errors, "errors": n_errors, "out": str(args.out)}))
     return 0
+
+
+def _distributed_rank() -> tuple[int, int]:
+    """(rank, world size) under torchrun (gloo process group set up), else (0, 1)."""
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    return dist.get_rank(), world
+
+
+def _merge_shards(rows: list[dict], starts: list[int], batch_size: int, rank: int, world: int) -> list[dict]:
+    """Rank 0 gets every process's rows back, in input order; the process group is closed."""
+    import torch.distributed as dist
+
+    mine = {i: rows[i] for start in starts for i in range(start, min(start + batch_size, len(rows)))}
+    gathered = [None] * world if rank == 0 else None
+    dist.gather_object(mine, gathered, dst=0)
+    dist.destroy_process_group()
+    if rank > 0:
+        return rows
+    merged = {i: row for shard in gathered for i, row in shard.items()}
+    return [merged[i] for i in range(len(rows))]
 
 
 def _read_csv(path: Path, required: list[str]) -> tuple[list[dict], list[str]]:
@@ -334,7 +395,15 @@ def _bench(args) -> int:
 
     predictor = _predictor(args)
     print(f"benchmarking {args.checkpoint} on {predictor.device} ...", file=sys.stderr)
-    print(json.dumps(bench.run(predictor, args.repeats)))
+    print(json.dumps(bench.run(predictor, args.repeats, args.compare, args.compile)))
+    return 0
+
+
+def _export(args) -> int:
+    from .checkpoint import load_checkpoint
+    from .export import export_onnx
+
+    print(json.dumps(export_onnx(load_checkpoint(args.checkpoint), args.out)))
     return 0
 
 

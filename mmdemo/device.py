@@ -17,9 +17,19 @@ def resolve_device(name: str | None = None) -> torch.device:
     return device
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on GPUs that have it, fp16 on older ones; nothing on CPU (fp32 is faster there)."""
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+
+
+def autocast(device: torch.device, dtype: str | None = None):
+    """bf16 autocast on GPUs that have it, fp16 on older ones; nothing on CPU (fp32 is faster there).
+    ``dtype`` ("bf16", "fp16", "fp32") overrides the choice on a GPU."""
     if device.type != "cuda":
         return contextlib.nullcontext()
+    if dtype is not None:
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        if DTYPES[dtype] is None:
+            return contextlib.nullcontext()
+        return torch.autocast("cuda", dtype=DTYPES[dtype])
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.autocast("cuda", dtype=dtype)

