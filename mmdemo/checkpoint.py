@@ -188,11 +188,12 @@ def model_card(name: str, data: dict) -> str:
     if calibration:
         lines += ["", "## Calibration", ""]
         lines.append(
-            f"Temperature {calibration['temperature']} fitted on {calibration['data']}; expected calibration "
-            f"error (15 bins) {calibration['ece_before']} before, {calibration['ece_after']} after."
+            f"Temperature {calibration['temperature']:.4g} fitted on {calibration.get('data', 'the validation split')};"
+            f" expected calibration error (15 bins) {calibration['ece_before']:.4f} before,"
+            f" {calibration['ece_after']:.4f} after."
         )
         lines += ["", "| confidence | rows | mean confidence | accuracy |", "|---|---|---|---|"]
-        for b in calibration.get("bins", []):
+        for b in calibration.get("bins") or _bins(calibration.get("reliability_after")):
             lines.append(f"| {b['low']:.2f}-{b['high']:.2f} | {b['n']} | {b['confidence']:.4f} | {b['accuracy']:.4f} |")
     metrics = training.get("metrics")
     if metrics:
@@ -200,6 +201,18 @@ def model_card(name: str, data: dict) -> str:
         for key, value in metrics.items():
             lines.append(f"| {key} | {value:.4f} |" if isinstance(value, float) else f"| {key} | {value} |")
     return "\n".join(lines) + "\n"
+
+
+def _bins(reliability: dict | None) -> list[dict]:
+    """metrics.reliability's per-bin lists as the card's rows (non-empty bins only)."""
+    if not reliability:
+        return []
+    n = reliability["bins"]
+    return [
+        {"low": b / n, "high": (b + 1) / n, "n": c, "confidence": reliability["confidence"][b],
+         "accuracy": reliability["accuracy"][b]}
+        for b, c in enumerate(reliability["count"]) if c
+    ]  # fmt: skip
 
 
 def update_training_record(path: str | os.PathLike, **entries) -> None:
