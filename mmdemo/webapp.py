@@ -7,6 +7,7 @@ Imports no gradio: the UI (mmdemo/ui/) wires components to this object's methods
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -43,6 +44,20 @@ class App:
         rows = list(csv.DictReader(open(listing, newline="")))
         return [[str(listing.parent / r["image"]), r["text"]] for r in rows]
 
+    def capabilities(self, name: str) -> tuple[list[str], dict, dict]:
+        """What a checkpoint can answer: (labels, task, benchmark); see ``read_task``."""
+        return read_task(self.registry.path(name))
+
+    def suggest_base(self, labels: list[str]) -> str | None:
+        """The shipped checkpoint to fine-tune from for a dataset with these labels, or None
+        (a new model) when no shipped checkpoint knows at least half of them."""
+        shipped = {
+            name: read_task(path)[0]
+            for name, path in self.registry.paths().items()
+            if path.parent.resolve() == self.registry.shipped_dir.resolve()
+        }
+        return label_overlap(labels, shipped)
+
     def example_dataset(self) -> tuple[str, str]:
         """A small generated Sort-of-CLEVR set: the CSV (image,text,label) and a zip of its images."""
         folder = Path(tempfile.mkdtemp(prefix="example-", dir=self.work_dir))
@@ -55,3 +70,25 @@ class App:
             writer.writeheader()
             writer.writerows({k: r[k] for k in ("image", "text", "label")} for r in rows)
         return str(slim), archive
+
+
+def read_task(path: Path) -> tuple[list[str], dict, dict]:
+    """(labels, task, benchmark) from a checkpoint's config.json: ``task`` says what it can be
+    asked (kinds of question, slot values; {} when the checkpoint does not say), ``benchmark``
+    is its stored ``bench-sort-of-clevr`` figures ({} when none)."""
+    data = json.loads((path / "config.json").read_text())
+    return list(data["model"]["labels"]), data.get("task") or {}, data.get("training", {}).get("benchmark") or {}
+
+
+def label_overlap(labels: list[str], candidates: dict[str, list[str]]) -> str | None:
+    """The candidate whose labels cover most of ``labels`` (at least half of them), or None:
+    a dataset whose answers a shipped model already knows should start from that model."""
+    wanted = set(labels)
+    if not wanted:
+        return None
+    best, best_share = None, 0.0
+    for name, known in candidates.items():
+        share = len(wanted & set(known)) / len(wanted)
+        if share > best_share:
+            best, best_share = name, share
+    return best if best_share >= 0.5 else None
