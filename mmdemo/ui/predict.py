@@ -38,7 +38,7 @@ SHOW_ANSWER_JS = """() => {
   const answer = document.getElementById('prediction');
   if (!answer) return;
   const box = answer.getBoundingClientRect();
-  if (box.top < 0 || box.bottom > window.innerHeight) answer.scrollIntoView({block: 'start'});
+  if (box.top < 0 || box.bottom > window.innerHeight) window.scrollTo({top: window.scrollY + box.top - 16});
 }"""
 
 
