@@ -250,9 +250,9 @@ def finetune_tab(app: App, checkpoint: gr.Dropdown, tabs: gr.Tabs):
             label_col = api_type(
                 gr.Dropdown([], label="Label column", allow_custom_value=True, elem_id="label-column"), OPTIONAL_STRING
             )
-        columns_note = gr.Markdown(elem_id="columns-note")
+        columns_note = gr.Markdown(label="Column roles", elem_id="columns-note")
         check = gr.Button("Check data")
-        report = gr.Markdown(elem_id="preflight")
+        report = gr.Markdown(label="Pre-flight report", elem_id="preflight")
         with gr.Row():
             base = api_type(
                 gr.Dropdown(
@@ -285,7 +285,7 @@ def finetune_tab(app: App, checkpoint: gr.Dropdown, tabs: gr.Tabs):
         with gr.Row():
             start = gr.Button("Start", variant="primary", elem_id="start-button")
             stop = gr.Button("Stop", variant="stop")
-        status_md = gr.Markdown(elem_id="job-status")
+        status_md = gr.Markdown(label="Job status", elem_id="job-status")
         status_bar = gr.HTML()
         curves = gr.Plot(label="Training curves (loss and accuracy per epoch)", elem_id="curves")
         with gr.Row():

@@ -297,7 +297,7 @@ def predict_tab(app: App) -> gr.Dropdown:
                 opacity = gr.Slider(0, 1, value=DEFAULT_OPACITY, step=0.05, label="Heatmap opacity")
             with gr.Column(scale=7, min_width=300):
                 label = gr.Label(num_top_classes=3, label="Answer", elem_id="prediction")
-                details = gr.Markdown(elem_id="timing")
+                details = gr.Markdown(label="Details", elem_id="timing")
                 overlay = gr.Image(
                     label=OVERLAY_LABEL, elem_id="overlay", interactive=False, format="png", buttons=["download"]
                 )
