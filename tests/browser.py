@@ -15,7 +15,7 @@ from mmdemo import ui
 from mmdemo.checkpoint import save_checkpoint
 from mmdemo.model import build_model
 from mmdemo.registry import CheckpointRegistry
-from mmdemo.sortofclevr import task_spec, write_examples
+from mmdemo.sortofclevr import LABELS, task_spec, write_examples
 
 from .conftest import tiny_config
 
@@ -23,14 +23,13 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 DESKTOP = {"width": 1366, "height": 900}
 PHONE = {"width": 390, "height": 844}
-SHAPES = ["circle", "square", "left", "right"]
 
 
 def make_app(root: Path, other: list[str] | None = None) -> ui.App:
-    """Shipped 'sort-of-clevr' (tiny, 4 labels, with examples and the Sort-of-CLEVR task) and,
+    """Shipped 'sort-of-clevr' (tiny, the 12 Sort-of-CLEVR labels, with examples and its task) and,
     with ``other``, a second writable checkpoint 'other' with those labels."""
     torch.manual_seed(0)
-    path = save_checkpoint(build_model(tiny_config(labels=SHAPES)), root / "shipped" / "sort-of-clevr")
+    path = save_checkpoint(build_model(tiny_config(labels=LABELS)), root / "shipped" / "sort-of-clevr")
     write_examples(path / "examples")
     config = json.loads((path / "config.json").read_text())
     config["task"] = task_spec()

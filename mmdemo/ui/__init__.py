@@ -36,9 +36,13 @@ def create_demo(app: App) -> gr.Blocks:
             "# mmdemo\nAsk a question about an image: get the answer, **where** the model looked for each word, "
             "which words mattered, and what each modality contributed. Fine-tune on your own CSV in the second tab."
         )
+        saved = gr.BrowserState({}, storage_key="mmdemo-finetune")  # the fine-tune form
+        saved_tab = gr.BrowserState("predict", storage_key="mmdemo-tab")  # the open tab
         with gr.Tabs(elem_id="tabs") as tabs:
-            checkpoint = predict_tab(app)
-            poll, known_names, poll_outputs, (restore, saved, restored) = finetune_tab(app, checkpoint, tabs)
+            checkpoint = predict_tab(app, saved_tab)
+            poll, known_names, poll_outputs, (restore, saved, restored) = finetune_tab(
+                app, checkpoint, tabs, saved, saved_tab
+            )
         demo.load(poll, known_names, poll_outputs, api_visibility="private", queue=False)
         demo.load(restore, saved, restored, api_visibility="private", queue=False)
     return demo

@@ -227,8 +227,10 @@ SETTINGS = (
 )
 
 
-def finetune_tab(app: App, checkpoint: gr.Dropdown, tabs: gr.Tabs):
-    """The tab's components and events; returns (poll, its inputs, its outputs) for page load."""
+def finetune_tab(app: App, checkpoint: gr.Dropdown, tabs: gr.Tabs, saved: gr.BrowserState, saved_tab: gr.BrowserState):
+    """The tab's components and events; ``saved`` and ``saved_tab`` keep the form and the open
+    tab in the browser (created outside the tabs: a hidden tab's components load nothing).
+    Returns (poll, its inputs, its outputs) and (restore, its inputs, its outputs) for page load."""
     names = app.registry.names()
     with gr.Tab("Fine-tune", id="finetune") as tab:
         gr.Markdown(
@@ -406,8 +408,6 @@ def finetune_tab(app: App, checkpoint: gr.Dropdown, tabs: gr.Tabs):
         gr.Button("status", visible=False).click(fine_tune_status, None, job, api_name="finetune_status")
 
         # settings survive a reload: saved in the browser on every change, restored on load
-        saved = gr.BrowserState({}, storage_key="mmdemo-finetune")
-        saved_tab = gr.BrowserState("predict", storage_key="mmdemo-tab")
         settings = [csv_file, zip_file, image_col, text_col, label_col, base, epochs, lr, batch_size]
         settings += [freeze, val_split, name, overwrite, class_weights]  # in the order of SETTINGS
 
@@ -442,19 +442,21 @@ def finetune_tab(app: App, checkpoint: gr.Dropdown, tabs: gr.Tabs):
 
         def poll(known):
             """Job status for this page; checkpoint lists only when they changed (a list
-            refreshed every second would close a dropdown the user has open)."""
+            refreshed every second would close a dropdown the user has open). When a job has
+            saved its checkpoint, the download list offers it."""
             names = app.registry.names()
             status = app.jobs.status()
-            if names == known:
+            finished = status["checkpoint"] if status["state"] in ("done", "stopped") else None
+            seen = [names, finished]
+            if seen == known:
                 lists = [gr.skip()] * 3
             else:
-                new = status["checkpoint"] if status["state"] in ("done", "stopped") else None
                 lists = [
                     gr.update(choices=names),
                     gr.update(choices=[NEW_MODEL, *names]),
-                    gr.update(choices=names, value=new) if new in names else gr.update(choices=names),
+                    gr.update(choices=names, value=finished) if finished in names else gr.update(choices=names),
                 ]
-            return (*status_views(app, status), *lists, names)
+            return (*status_views(app, status), *lists, seen)
 
         poll_outputs = [*status_outputs, checkpoint, base, download_name, known_names]
         timer = gr.Timer(1.0)

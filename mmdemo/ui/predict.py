@@ -226,10 +226,13 @@ def build_question(app: App, checkpoint: str | None, kind: str | None, value: st
     return gr.skip()
 
 
-def predict_tab(app: App) -> gr.Dropdown:
-    """The tab's components and events; returns the checkpoint dropdown (refreshed by the poll)."""
+def predict_tab(app: App, saved_tab: gr.BrowserState | None = None) -> gr.Dropdown:
+    """The tab's components and events; returns the checkpoint dropdown (refreshed by the poll).
+    ``saved_tab`` remembers in the browser that this tab was the open one."""
     default = app.default_checkpoint()
-    with gr.Tab("Predict & Explain", id="predict"):
+    with gr.Tab("Predict & Explain", id="predict") as tab:
+        if saved_tab is not None:
+            tab.select(lambda: "predict", None, saved_tab, api_visibility="private", queue=False)
         state = gr.State(None)
         with gr.Group(elem_id="capabilities"):
             capabilities = gr.Markdown(capabilities_markdown(app, default), elem_id="capabilities-text")
