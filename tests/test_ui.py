@@ -177,6 +177,9 @@ def test_api_page_names_and_types_every_parameter(server):
     assert list(predict) == ["image", "question", "checkpoint", "method", "opacity"]
     assert predict["image"]["python_type"]["type"] == "filepath" and not predict["image"]["parameter_has_default"]
     assert predict["question"]["python_type"]["type"] == "str"
+    # the sample code passes a shipped example scene and its question, not a stock image and "Hello!!"
+    assert predict["image"]["example_input"]["path"].endswith("examples/scene_1.png")
+    assert predict["question"]["example_input"] == "What shape is the red object?"
     assert predict["checkpoint"]["python_type"]["type"] == "str"  # not Literal[...]: fine-tuned ones come and go
     assert "sort-of-clevr" in predict["checkpoint"]["python_type"]["description"]
     assert predict["method"]["parameter_default"] == "raw" and predict["opacity"]["python_type"]["type"] == "float"

@@ -4,6 +4,7 @@ only for real faults) and API typing of components whose choices change."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import gradio as gr
 
@@ -25,3 +26,21 @@ def api_type(component: gr.components.Component, schema: dict) -> gr.components.
     a CSV's columns); Blocks reads ``api_info_as_input`` when the component has it."""
     component.api_info_as_input = lambda: schema  # type: ignore[attr-defined]
     return component
+
+
+def api_example(component: gr.components.Component, value) -> gr.components.Component:
+    """The value the API page's sample code passes for this component (Blocks reads
+    ``example_inputs``): a shipped example instead of Gradio's stock image and "Hello!!"."""
+    component.example_inputs = lambda: value  # type: ignore[method-assign]
+    return component
+
+
+def file_example(path: str) -> dict:
+    """A local file as the API page shows it: ``handle_file('<path>')``, relative to the
+    working directory when it lies inside it (the repository root for ``python app.py``)."""
+    shown = Path(path)
+    try:
+        shown = shown.resolve().relative_to(Path.cwd())
+    except ValueError:
+        pass
+    return {"path": str(shown), "meta": {"_type": "gradio.FileData"}, "orig_name": shown.name}

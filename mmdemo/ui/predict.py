@@ -19,7 +19,7 @@ from ..explain import DEFAULT_METHOD, METHODS, peak_xy
 from ..imaging import decode_image
 from ..relations import relation_objects
 from ..webapp import App
-from .common import api_type, input_error
+from .common import api_example, api_type, file_example, input_error
 
 try:  # ZeroGPU on Hugging Face Spaces: GPU-bound handlers get a GPU while they run
     import spaces
@@ -301,9 +301,7 @@ def predict_tab(app: App, saved_tab: gr.BrowserState | None = None) -> gr.Dropdo
             with gr.Column(scale=7, min_width=300):
                 label = gr.Label(num_top_classes=3, label="Answer", elem_id="prediction")
                 details = gr.Markdown(label="Details", elem_id="timing")
-                overlay = gr.Image(
-                    label=OVERLAY_LABEL, elem_id="overlay", interactive=False, format="png", buttons=["download"]
-                )
+                overlay = gr.Image(label=OVERLAY_LABEL, elem_id="overlay", interactive=False, buttons=["download"])
                 words = gr.HighlightedText(
                     label="Word importance: click a word for its own map, again for the whole question",
                     elem_id="words",
@@ -313,7 +311,6 @@ def predict_tab(app: App, saved_tab: gr.BrowserState | None = None) -> gr.Dropdo
                     label="Every word's map (the selected one framed)",
                     elem_id="word-maps",
                     interactive=False,
-                    format="png",
                     buttons=["fullscreen"],
                 )
         with gr.Row():
@@ -325,6 +322,9 @@ def predict_tab(app: App, saved_tab: gr.BrowserState | None = None) -> gr.Dropdo
         with gr.Accordion("Explanation as JSON (what the API returns)", open=False, elem_id="json-accordion"):
             explanation = gr.JSON(label="Explanation", open=False)
 
+        if examples:  # the API page's sample code uses a shipped example, so it runs as it is
+            api_example(image, file_example(examples[0][0]))
+            api_example(text, examples[0][1])
         outputs = [label, explanation, overlay, words, grid, matrix, regions, modality, details, state]
         inputs = [image, text, checkpoint, method, opacity]
 
