@@ -26,6 +26,7 @@ def main() -> None:
         port = s.getsockname()[1]
     demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, ssr_mode=False, quiet=True)
     examples = app.examples()
+    app.registry.predictor(app.default_checkpoint()).predict(*examples[0])  # warm up: the figure shown is a warm one
     with sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path="/usr/bin/chromium",

@@ -10,6 +10,7 @@ from functools import lru_cache
 import numpy as np
 import plotly.graph_objects as go
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
 from .explain import upsample
@@ -43,13 +44,21 @@ def _blend(base: Image.Image, grid_map: torch.Tensor, opacity: float) -> np.ndar
     return blended.clip(0, 255).astype(np.uint8)
 
 
-def _colormap(values: np.ndarray) -> np.ndarray:
+def _ramp(values: np.ndarray) -> np.ndarray:
     """[0, 1] -> RGB uint8 with a perceptual dark-blue -> yellow ramp (viridis-like)."""
     stops = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], dtype=np.float32)
     x = np.clip(values, 0, 1) * (len(stops) - 1)
     lo = np.floor(x).astype(int).clip(0, len(stops) - 2)
     t = (x - lo)[..., None]
     return (stops[lo] * (1 - t) + stops[lo + 1] * t).astype(np.uint8)
+
+
+_RAMP = _ramp(np.linspace(0, 1, 256))  # a lookup table: one gather per pixel instead of the interpolation
+
+
+def _colormap(values: np.ndarray) -> np.ndarray:
+    """[0, 1] -> RGB uint8 (the ramp at 256 levels)."""
+    return _RAMP[(np.clip(values, 0, 1) * 255 + 0.5).astype(np.uint8)]
 
 
 def overlay(
@@ -102,57 +111,70 @@ def word_maps_grid(
     columns: int = 3,
 ) -> Image.Image:
     """Small multiples: the whole question's map, then every word's own map, in one picture;
-    the selected word's tile framed. One composed image, so the browser loads one file."""
-    tiles = [("whole question", heatmap)] + list(zip(words, word_maps))
+    the selected word's tile framed. One composed image, so the browser loads one file; all
+    maps are upsampled and blended in one batch (the Predict tab has a latency budget)."""
+    names = ["whole question", *words]
     base = _fit(image, TILE_SIDE)
+    maps = torch.cat([heatmap[None].float(), word_maps.float().reshape(-1, *heatmap.shape)])  # (1 + N, h, w)
+    heat = F.interpolate(maps[:, None], size=(base.height, base.width), mode="bilinear", align_corners=False)
+    heat = heat[:, 0].clamp(0, 1).numpy()  # (1 + N, H, W)
+    alpha = float(np.clip(opacity, 0, 1)) * (0.35 + 0.65 * heat[..., None])
+    tiles = (np.asarray(base, dtype=np.float32) * (1 - alpha) + _colormap(heat) * alpha).clip(0, 255).astype(np.uint8)
     font = _font(16)
     caption_h, pad = 22, 6
     cell_w, cell_h = base.width + 2 * pad, base.height + caption_h + 2 * pad
-    columns = max(1, min(columns, len(tiles)))
-    rows = -(-len(tiles) // columns)
-    sheet = Image.new("RGB", (columns * cell_w, rows * cell_h), (255, 255, 255))
-    draw = ImageDraw.Draw(sheet)
-    for i, (word, grid_map) in enumerate(tiles):
+    columns = max(1, min(columns, len(names)))
+    rows = -(-len(names) // columns)
+    sheet = np.full((rows * cell_h, columns * cell_w, 3), 255, dtype=np.uint8)
+    for i, tile in enumerate(tiles):
+        x, y = (i % columns) * cell_w + pad, (i // columns) * cell_h + pad
+        sheet[y : y + base.height, x : x + base.width] = tile
+    picture = Image.fromarray(sheet)
+    draw = ImageDraw.Draw(picture)
+    framed = 0 if selected is None else selected + 1
+    for i, word in enumerate(names):
         x, y = (i % columns) * cell_w, (i // columns) * cell_h
-        sheet.paste(Image.fromarray(_blend(base, grid_map, opacity)), (x + pad, y + pad))
-        is_selected = (selected is None and i == 0) or (selected is not None and i == selected + 1)
-        if is_selected:
+        if i == framed:
             draw.rectangle([x + 1, y + 1, x + cell_w - 2, y + cell_h - 2], outline=SELECTED, width=4)
         text = word if len(word) <= 16 else word[:15] + "…"
-        draw.text(
-            (x + cell_w // 2, y + pad + base.height + 2),
-            text,
-            fill=SELECTED if is_selected else (20, 20, 20),
-            font=font,
-            anchor="ma",
-        )
-    return sheet
+        colour = SELECTED if i == framed else (20, 20, 20)
+        draw.text((x + cell_w // 2, y + pad + base.height + 2), text, fill=colour, font=font, anchor="ma")
+    return picture
 
 
 def region_grid(image: Image.Image, grid: tuple[int, int], side: int = 240) -> Image.Image:
     """The image with the model's region grid drawn on it, each cell numbered as in the word x
     region matrix (row by row, from 1), so a column of the matrix maps back to the picture."""
+    picture = _fit(image, side).convert("RGBA")
+    picture.alpha_composite(_grid_layer(picture.size, tuple(grid)))
+    return picture.convert("RGB")
+
+
+@lru_cache(maxsize=8)
+def _grid_layer(size: tuple[int, int], grid: tuple[int, int]) -> Image.Image:
+    """Grid lines and cell numbers on a transparent layer (the same for every image of a size)."""
     h, w = grid
-    picture = _fit(image, side)
-    draw = ImageDraw.Draw(picture)
-    cw, ch = picture.width / w, picture.height / h
+    layer = Image.new("RGBA", size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(layer)
+    cw, ch = size[0] / w, size[1] / h
     for c in range(1, w):
-        draw.line([(round(c * cw), 0), (round(c * cw), picture.height)], fill=(90, 90, 90), width=1)
+        draw.line([(round(c * cw), 0), (round(c * cw), size[1])], fill=(90, 90, 90, 255), width=1)
     for r in range(1, h):
-        draw.line([(0, round(r * ch)), (picture.width, round(r * ch))], fill=(90, 90, 90), width=1)
+        draw.line([(0, round(r * ch)), (size[0], round(r * ch))], fill=(90, 90, 90, 255), width=1)
     font = _font(max(8, min(14, int(min(cw, ch) * 0.45))))
     for r in range(h):
         for c in range(w):
+            xy = ((c + 0.5) * cw, (r + 0.5) * ch)
             draw.text(
-                ((c + 0.5) * cw, (r + 0.5) * ch),
+                xy,
                 str(r * w + c + 1),
-                fill=(0, 0, 0),
+                fill=(0, 0, 0, 255),
                 font=font,
                 anchor="mm",
                 stroke_width=2,
-                stroke_fill=(255, 255, 255),
+                stroke_fill=(255, 255, 255, 255),
             )
-    return picture
+    return layer
 
 
 def attention_matrix(words: list[str], token_region: torch.Tensor, grid: tuple[int, int]) -> go.Figure:
@@ -195,8 +217,8 @@ def modality_chart(contributions: dict[str, dict[str, float]], top: int = 5) -> 
     fig.update_layout(
         barmode="group",
         yaxis={"title": "probability", "range": [0, 1]},
-        height=320,
-        margin={"l": 10, "r": 10, "t": 10, "b": 10},
+        height=340,
+        margin={"l": 10, "r": 10, "t": 36, "b": 10},
         legend={"orientation": "h", "yanchor": "top", "y": -0.15, "x": 0},
     )
     return fig
@@ -220,8 +242,8 @@ def training_curves(history: list[dict]) -> go.Figure:
         xaxis_title="epoch",
         yaxis={"title": "loss"},
         yaxis2={"title": "accuracy", "overlaying": "y", "side": "right", "range": [0, 1]},
-        height=360,
-        margin={"l": 10, "r": 10, "t": 10, "b": 10},
+        height=380,
+        margin={"l": 10, "r": 10, "t": 36, "b": 10},
         legend={"orientation": "h", "yanchor": "top", "y": -0.2, "x": 0},
     )
     return fig
@@ -234,7 +256,7 @@ def confusion_figure(confusion: dict) -> go.Figure:
         xaxis_title="predicted",
         yaxis_title="true",
         yaxis_autorange="reversed",
-        height=max(300, 60 + 28 * len(labels)),
-        margin={"l": 10, "r": 10, "t": 10, "b": 10},
+        height=max(300, 90 + 28 * len(labels)),
+        margin={"l": 10, "r": 10, "t": 36, "b": 10},
     )
     return fig
