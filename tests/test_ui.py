@@ -184,7 +184,7 @@ def test_api_page_names_and_types_every_parameter(server):
     assert "sort-of-clevr" in predict["checkpoint"]["python_type"]["description"]
     assert predict["method"]["parameter_default"] == "raw" and predict["opacity"]["python_type"]["type"] == "float"
     returns = [r["label"] for r in endpoints["/predict"]["returns"]]
-    assert returns[:2] == ["Answer", "Explanation"]
+    assert returns[:2] == ["Answer", "Explanation"] and all(len(r) <= 32 for r in returns)
 
     start = [p["parameter_name"] for p in endpoints["/start_finetune"]["parameters"]]
     assert start == [
@@ -205,7 +205,8 @@ def test_api_page_names_and_types_every_parameter(server):
     ]
     columns = {p["parameter_name"]: p for p in endpoints["/start_finetune"]["parameters"]}
     for column in ("image_column", "text_column", "label_column"):
-        assert columns[column]["python_type"]["type"] == "str | None" and columns[column]["parameter_has_default"]
+        assert columns[column]["python_type"]["type"] == "str"
+        assert columns[column]["parameter_has_default"] and columns[column]["parameter_default"] is None
     assert columns["start_from"]["python_type"]["type"] == "str"
 
 

@@ -17,7 +17,8 @@ def input_error(where: str, message: str) -> gr.Error:
     return gr.Error(message, print_exception=False)
 
 
-OPTIONAL_STRING = {"anyOf": [{"type": "string"}, {"type": "null"}]}
+# a string parameter; with a default of None the API page shows it as "str | None", optional
+OPTIONAL_STRING = {"type": "string"}
 
 
 def api_type(component: gr.components.Component, schema: dict) -> gr.components.Component:

@@ -32,7 +32,7 @@ except ImportError:
 
 
 DEFAULT_OPACITY = 0.55
-OVERLAY_LABEL = "Where the model looked (whole question)"
+OVERLAY_LABEL = "Where the model looked"
 # after an answer arrives, bring it into view if it is not (on a phone it sits below the inputs)
 SHOW_ANSWER_JS = """() => {
   const answer = document.getElementById('prediction');
@@ -115,7 +115,8 @@ def _map_note(app: App, state: dict) -> str:
     if relation is None:
         return (
             "The overlay shows where the model looked for the whole question (bright = more attention, "
-            "magenta cross = peak). Click a word for its own map."
+            "magenta cross = peak). Click a word for its own map (again for the whole question); every word's "
+            "map is below, the selected one framed."
         )
     _, _, benchmark = app.capabilities(state["checkpoint"])
     pointing = benchmark.get("pointing", {}).get("raw", {}).get("closest_furthest", {}).get(relation["kind"])
@@ -142,7 +143,7 @@ def _views(image, state: dict, opacity: float):
     if index is not None and index < len(state["word_maps"]):
         grid_map = torch.tensor(state["word_maps"][index])
         overlay = render.overlay(image, grid_map, opacity, peak_xy(grid_map, image.size))
-        label = f"Where the model looked for “{state['words'][index]}”"
+        label = f"{OVERLAY_LABEL} for “{state['words'][index]}”"
     else:
         index = None
         boxes = []
@@ -292,7 +293,7 @@ def predict_tab(app: App, saved_tab: gr.BrowserState | None = None) -> gr.Dropdo
                 method = gr.Radio(
                     list(METHODS),
                     value=DEFAULT_METHOD,
-                    label="Explanation",
+                    label="Explanation method",
                     info="raw: attention weights (default; peaks on the asked-about object); "
                     "gradient: attention x gradient of the answer",
                     elem_id="method",
@@ -303,22 +304,22 @@ def predict_tab(app: App, saved_tab: gr.BrowserState | None = None) -> gr.Dropdo
                 details = gr.Markdown(label="Details", elem_id="timing")
                 overlay = gr.Image(label=OVERLAY_LABEL, elem_id="overlay", interactive=False, buttons=["download"])
                 words = gr.HighlightedText(
-                    label="Word importance: click a word for its own map, again for the whole question",
+                    label="Word importance (click a word)",
                     elem_id="words",
                     interactive=False,
                 )
                 grid = gr.Image(
-                    label="Every word's map (the selected one framed)",
+                    label="Every word's map",
                     elem_id="word-maps",
                     interactive=False,
                     buttons=["fullscreen"],
                 )
         with gr.Row():
             with gr.Column(scale=3, min_width=300):
-                matrix = gr.Plot(label="Word x region relevance (columns: regions numbered as in the grid)")
+                matrix = gr.Plot(label="Word x region relevance")
             with gr.Column(scale=1, min_width=200):
                 regions = gr.Image(label="Regions", elem_id="region-grid", interactive=False, format="png", buttons=[])
-        modality = gr.Plot(label="What each modality contributes (image only, text only, both)")
+        modality = gr.Plot(label="Modality contributions")
         with gr.Accordion("Explanation as JSON (what the API returns)", open=False, elem_id="json-accordion"):
             explanation = gr.JSON(label="Explanation", open=False)
 
