@@ -44,4 +44,5 @@ def file_example(path: str) -> dict:
         shown = shown.resolve().relative_to(Path.cwd())
     except ValueError:
         pass
-    return {"path": str(shown), "meta": {"_type": "gradio.FileData"}, "orig_name": shown.name}
+    # the API page writes handle_file('<url>') for a FileData with a url
+    return {"path": str(shown), "url": str(shown), "meta": {"_type": "gradio.FileData"}, "orig_name": shown.name}
