@@ -363,8 +363,7 @@ def predict_tab(app: App, saved_tab: gr.BrowserState | None = None) -> gr.Dropdo
             return predict(app, image, question, checkpoint, method, opacity)
 
         common = dict(concurrency_limit=2, concurrency_id="predict")
-        answered = []
-        answered.append(
+        answered = [
             button.click(
                 predict_image,
                 inputs,
@@ -374,17 +373,17 @@ def predict_tab(app: App, saved_tab: gr.BrowserState | None = None) -> gr.Dropdo
                 "explanation (tokens, token_scores, heatmap, peak_xy) and the views the app shows.",
                 validator=check_inputs,
                 **common,
-            )
-        )
-        answered.append(
-            text.submit(predict_image, inputs, outputs, api_visibility="private", validator=check_inputs, **common)
-        )
-        if example_set is not None:
+            ),
+            text.submit(predict_image, inputs, outputs, api_visibility="private", validator=check_inputs, **common),
+            *(
+                control.input(rerun, inputs, outputs, api_visibility="private", **common)
+                for control in (checkpoint, method)
+            ),
+        ]
+        if example_set is not None:  # an example answers with the checkpoint and method chosen now
             answered.append(
                 example_set.load_input_event.then(predict_image, inputs, outputs, api_visibility="private", **common)
             )
-        for control in (checkpoint, method):
-            answered.append(control.input(rerun, inputs, outputs, api_visibility="private", **common))
         for event in answered:
             event.success(None, None, None, js=SHOW_ANSWER_JS, api_visibility="private", queue=False)
         checkpoint.input(
