@@ -26,29 +26,40 @@ def main() -> None:
         port = s.getsockname()[1]
     demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, ssr_mode=False, quiet=True)
     examples = app.examples()
+    app.registry.predictor(app.default_checkpoint()).predict(*examples[0])  # warm up: the figure shown is a warm one
     with sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path="/usr/bin/chromium",
             args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
         )
-        page = browser.new_page(viewport={"width": 1300, "height": 1100})
+        page = browser.new_page(viewport={"width": 1366, "height": 900})
         page.goto(demo.local_url)
-        image, question = examples[3]  # a relational question
-        page.locator("#image-input input[type=file]").set_input_files(image)
-        page.locator("#text-input textarea").fill(question)
-        page.locator("#predict-button").click()
+        # a relational example: the answer in view, the referenced and the answer object marked
+        page.locator("#examples").get_by_text(examples[3][1]).click()
         expect(page.locator("#prediction")).to_contain_text("%", timeout=60_000)
-        expect(page.locator("#overlay img")).to_be_visible(timeout=30_000)
+        expect(page.locator("#word-maps img")).to_be_visible(timeout=30_000)
         page.wait_for_timeout(1500)
         page.screenshot(path=str(ROOT / "docs" / "predict.png"), full_page=False)
+        # click a word: its own map, the word marked, its tile framed
+        page.locator("#words").get_by_text("orange", exact=True).click()
+        expect(page.locator("#overlay")).to_contain_text("“orange”", timeout=10_000)
+        page.locator("#overlay").scroll_into_view_if_needed()
+        page.wait_for_timeout(1000)
+        page.screenshot(path=str(ROOT / "docs" / "predict-word.png"), full_page=False)
+        phone = browser.new_page(viewport={"width": 390, "height": 844})
+        phone.goto(demo.local_url)
+        phone.locator("#examples").get_by_text(examples[3][1]).click()
+        expect(phone.locator("#prediction")).to_contain_text("%", timeout=60_000)
+        phone.wait_for_timeout(1500)
+        phone.screenshot(path=str(ROOT / "docs" / "predict-phone.png"), full_page=False)
         page.get_by_role("tab", name="Fine-tune").click()
         page.locator("#example-dataset").click()
-        page.wait_for_timeout(3000)
-        page.get_by_label("Epochs").fill("2")
+        expect(page.locator("#start-from input")).to_have_value("sort-of-clevr", timeout=60_000)
+        page.get_by_label("Epochs").fill("1")
         page.locator("#checkpoint-name textarea, #checkpoint-name input").first.fill("screenshot-tuned")
         page.get_by_label("Overwrite if it exists").check()
         page.locator("#start-button").click()
-        expect(page.locator("#job-status")).to_contain_text("done", timeout=600_000)
+        expect(page.locator("#job-status")).to_contain_text("done", timeout=900_000)
         page.wait_for_timeout(1500)
         page.screenshot(path=str(ROOT / "docs" / "finetune.png"), full_page=True)
         browser.close()

@@ -28,8 +28,8 @@ from .model import ModelConfig, MultimodalClassifier, build_model
 FORMAT = "mmdemo-checkpoint"
 FORMAT_VERSION = 1
 # the versioned schema of config.json: every top-level key any version of mmdemo writes
-# (calibration and scope are reserved for the calibration and out-of-scope features)
-CONFIG_KEYS = ("format", "version", "model", "base_weights", "training", "calibration", "scope")
+# (calibration and scope: the calibration and out-of-scope features; task: what the model can be asked)
+CONFIG_KEYS = ("format", "version", "model", "base_weights", "training", "calibration", "scope", "task")
 CONFIG_FILE, WEIGHTS_FILE, CARD_FILE = "config.json", "model.safetensors", "README.md"
 
 

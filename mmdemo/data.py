@@ -165,3 +165,101 @@ def check_trainable(dataset: Dataset) -> None:
             f"{dataset.csv_path.name}: a classifier needs at least 2 classes, found {len(dataset.labels)}"
             f" ({', '.join(dataset.labels)})"
         )
+
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
+NAME_HINTS = {
+    "image": ("image", "image_path", "img", "path", "file", "filename", "file_name", "picture", "photo"),
+    "text": ("text", "question", "caption", "prompt", "description", "sentence", "query"),
+    "label": ("label", "answer", "class", "category", "target", "y", "tag"),
+}
+MAX_LABEL_SHARE = 0.5  # a label column repeats: at most this share of its rows are distinct values
+
+
+@dataclass
+class ColumnGuess:
+    image: str | None
+    text: str | None
+    label: str | None
+    reasons: list[str]  # why each column was picked, or what is unsure (for the user to check)
+    unsure: bool  # True when a role could not be told from the content
+
+
+def guess_columns(header: list[str], rows: list[list[str]], image_root: str | os.PathLike | None = None) -> ColumnGuess:
+    """Which column holds the image paths, the text and the label, from the values themselves:
+    image = the column whose values are image file names (or files under ``image_root``),
+    text = the remaining column with the most words per value, label = the remaining column
+    with few distinct values (the fewest). Column names only break ties and fill in for a CSV
+    without rows. ``unsure`` says when a role had no convincing column."""
+    columns = [c for c in header if c]
+    values = {c: [r[i].strip() for r in rows if i < len(r) and r[i].strip()] for i, c in enumerate(header) if c}
+    root = Path(image_root) if image_root is not None else None
+    reasons: list[str] = []
+
+    def named(column: str, role: str) -> bool:
+        return column.strip().lower() in NAME_HINTS[role]
+
+    def image_share(column: str) -> float:
+        vals = values[column]
+        if not vals:
+            return 0.0
+        hits = sum(v.lower().endswith(IMAGE_EXTENSIONS) or (root is not None and (root / v).is_file()) for v in vals)
+        return hits / len(vals)
+
+    if not rows:  # names only
+        picked: dict[str, str | None] = {}
+        for role in ("image", "text", "label"):
+            free = [c for c in columns if c not in picked.values()]
+            picked[role] = next((c for c in free if named(c, role)), None)
+        return ColumnGuess(picked["image"], picked["text"], picked["label"], ["guessed from the column names"], True)
+
+    scored = sorted(columns, key=lambda c: (image_share(c), named(c, "image")), reverse=True)
+    image = (
+        scored[0] if scored and image_share(scored[0]) >= 0.5 else next((c for c in columns if named(c, "image")), None)
+    )
+    unsure = False
+    if image is not None and image_share(image) >= 0.5:
+        reasons.append(f"image: `{image}` ({image_share(image):.0%} of its values are image files)")
+    else:
+        unsure = True
+        reasons.append("image: no column of image file names found; pick the image column")
+
+    rest = [c for c in columns if c != image]
+
+    def distinct(column: str) -> int:
+        return len(set(values[column]))
+
+    def words(column: str) -> float:
+        vals = values[column]
+        return sum(len(v.split()) for v in vals) / len(vals) if vals else 0.0
+
+    label_candidates = [c for c in rest if values[c] and 2 <= distinct(c) <= max(2, MAX_LABEL_SHARE * len(values[c]))]
+    label = min(label_candidates, key=lambda c: (not named(c, "label"), distinct(c), words(c)), default=None)
+    if label is None:
+        label = next((c for c in rest if named(c, "label")), None)
+        unsure = True
+        reasons.append("label: no column with few distinct values found; pick the label column")
+    else:
+        reasons.append(f"label: `{label}` ({distinct(label)} distinct values in {len(values[label])} rows)")
+
+    text_candidates = [c for c in rest if c != label and values[c]]
+    text = max(text_candidates, key=lambda c: (words(c), named(c, "text")), default=None)
+    if text is None:
+        unsure = True
+        reasons.append("text: no text column left; pick the text column")
+    else:
+        reasons.append(f"text: `{text}` ({words(text):.1f} words per value)")
+    return ColumnGuess(image, text, label, reasons, unsure)
+
+
+def missing_images_hint(dataset: Dataset, zip_uploaded: bool) -> str | None:
+    """A one-line hint when most rows were rejected because their images are not there."""
+    missing = sum(reason.startswith("image not found") for _, reason in dataset.rejected)
+    if not missing or missing < len(dataset.rejected) / 2:
+        return None
+    if not zip_uploaded:
+        return (
+            f"{missing} rows name images that were not uploaded: add the zip of the images "
+            "(paths in the CSV relative to the zip's root)."
+        )
+    return f"{missing} rows name images that are not in the zip: check the image column and the paths inside the zip."

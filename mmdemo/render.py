@@ -5,15 +5,44 @@ No gradio here, so they are testable without a server.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 import plotly.graph_objects as go
 import torch
-from PIL import Image
+import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont
 
 from .explain import upsample
 
 MAX_OVERLAY_SIDE = 768  # overlays are drawn at most this large; the browser scales them
 MIN_OVERLAY_SIDE = 384  # small images (a 75 px scene) are enlarged so the heatmap is visible
+TILE_SIDE = 112  # one small-multiples tile (a word's map)
+SELECTED = (255, 0, 255)  # the selected word's tile, the heatmap peak
+REFERENCE, ANSWER = (255, 0, 255), (0, 200, 255)  # boxes of a relational question's two objects
+
+
+@lru_cache(maxsize=4)
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    return ImageFont.load_default(size=size)
+
+
+def _fit(image: Image.Image, side: int) -> Image.Image:
+    """The image scaled so its longest side is ``side``: nearest-neighbour when enlarging (a
+    75 px scene stays crisp), bilinear when shrinking."""
+    scale = side / max(image.size)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    base = image.convert("RGB")
+    return base if base.size == size else base.resize(size, Image.NEAREST if scale > 1 else Image.BILINEAR)
+
+
+def _blend(base: Image.Image, grid_map: torch.Tensor, opacity: float) -> np.ndarray:
+    heat = upsample(grid_map, (base.height, base.width)).numpy()
+    colours = _colormap(heat).astype(np.float32)
+    alpha = float(np.clip(opacity, 0, 1)) * (0.35 + 0.65 * heat[..., None])
+    pixels = np.asarray(base, dtype=np.float32)
+    blended = pixels + (colours - pixels) * alpha  # = pixels * (1 - alpha) + colours * alpha
+    return blended.clip(0, 255).astype(np.uint8)
 
 
 def _ramp(values: np.ndarray) -> np.ndarray:
@@ -37,46 +66,148 @@ def _colormap(values: np.ndarray) -> np.ndarray:
 
 
 def overlay(
-    image: Image.Image, grid_map: torch.Tensor, opacity: float = 0.5, peak_xy: tuple[float, float] | None = None
+    image: Image.Image,
+    grid_map: torch.Tensor,
+    opacity: float = 0.5,
+    peak_xy: tuple[float, float] | None = None,
+    boxes: list[tuple[tuple[float, float, float, float], tuple[int, int, int], str]] = (),
 ) -> Image.Image:
-    """The heatmap upsampled to the image and blended over it; the peak marked with a cross."""
+    """The heatmap upsampled to the image and blended over it; the peak marked with a cross;
+    ``boxes`` ((x0, y0, x1, y1) in image pixels, colour, caption) outlined with their captions."""
     longest = max(image.size)
     scale = MAX_OVERLAY_SIDE / longest if longest > MAX_OVERLAY_SIDE else max(1.0, MIN_OVERLAY_SIDE / longest)
-    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-    base = image.convert("RGB")
-    if base.size != size:
-        base = base.resize(size, Image.NEAREST if scale > 1 else Image.BILINEAR)
-    heat = upsample(grid_map, (size[1], size[0])).numpy()
-    colours = _colormap(heat).astype(np.float32)
-    alpha = float(np.clip(opacity, 0, 1)) * (0.35 + 0.65 * heat[..., None])
-    pixels = np.asarray(base, dtype=np.float32)
-    blended = pixels + (colours - pixels) * alpha  # = pixels * (1 - alpha) + colours * alpha
-    out = blended.clip(0, 255).astype(np.uint8)
+    base = _fit(image, round(longest * scale))
+    size = base.size
+    out = _blend(base, grid_map, opacity)
     if peak_xy is not None:
         x, y = round(peak_xy[0] * scale), round(peak_xy[1] * scale)
         r = max(3, min(size) // 40)
         for dx in range(-r, r + 1):
             for px, py in ((x + dx, y), (x, y + dx)):
                 if 0 <= px < size[0] and 0 <= py < size[1]:
-                    out[py, px] = (255, 0, 255)
-    return Image.fromarray(out)
+                    out[py, px] = SELECTED
+    picture = Image.fromarray(out)
+    if not boxes:
+        return picture
+    # boxes outlined on the picture, their captions in a legend strip below it (captions on
+    # the picture would cover each other when the objects are close)
+    font = _font(max(13, min(size) // 24))
+    strip = font.size + 12
+    framed = Image.new("RGB", (size[0], size[1] + strip * len(boxes)), (255, 255, 255))
+    framed.paste(picture, (0, 0))
+    draw = ImageDraw.Draw(framed)
+    for i, ((x0, y0, x1, y1), colour, caption) in enumerate(boxes):
+        box = [round(x0 * scale) - 3, round(y0 * scale) - 3, round(x1 * scale) + 2, round(y1 * scale) + 2]
+        draw.rectangle(box, outline=colour, width=3)
+        top = size[1] + i * strip + 6
+        draw.rectangle([8, top, 8 + font.size, top + font.size], outline=colour, width=3)
+        draw.text((16 + font.size, top), caption, fill=(20, 20, 20), font=font)
+    return framed
+
+
+def word_maps_grid(
+    image: Image.Image,
+    words: list[str],
+    word_maps: torch.Tensor,
+    heatmap: torch.Tensor,
+    selected: int | None = None,
+    opacity: float = 0.55,
+    columns: int = 3,
+) -> Image.Image:
+    """Small multiples: the whole question's map, then every word's own map, in one picture;
+    the selected word's tile framed. One composed image, so the browser loads one file; all
+    maps are upsampled and blended in one batch (the Predict tab has a latency budget)."""
+    names = ["whole question", *words]
+    base = _fit(image, TILE_SIDE)
+    maps = torch.cat([heatmap[None].float(), word_maps.float().reshape(-1, *heatmap.shape)])  # (1 + N, h, w)
+    heat = F.interpolate(maps[:, None], size=(base.height, base.width), mode="bilinear", align_corners=False)
+    heat = heat[:, 0].clamp(0, 1).numpy()  # (1 + N, H, W)
+    alpha = float(np.clip(opacity, 0, 1)) * (0.35 + 0.65 * heat[..., None])
+    tiles = (np.asarray(base, dtype=np.float32) * (1 - alpha) + _colormap(heat) * alpha).clip(0, 255).astype(np.uint8)
+    font = _font(16)
+    caption_h, pad = 22, 6
+    cell_w, cell_h = base.width + 2 * pad, base.height + caption_h + 2 * pad
+    columns = max(1, min(columns, len(names)))
+    rows = -(-len(names) // columns)
+    sheet = np.full((rows * cell_h, columns * cell_w, 3), 255, dtype=np.uint8)
+    for i, tile in enumerate(tiles):
+        x, y = (i % columns) * cell_w + pad, (i // columns) * cell_h + pad
+        sheet[y : y + base.height, x : x + base.width] = tile
+    picture = Image.fromarray(sheet)
+    draw = ImageDraw.Draw(picture)
+    framed = 0 if selected is None else selected + 1
+    for i, word in enumerate(names):
+        x, y = (i % columns) * cell_w, (i // columns) * cell_h
+        if i == framed:
+            draw.rectangle([x + 1, y + 1, x + cell_w - 2, y + cell_h - 2], outline=SELECTED, width=4)
+        text = word if len(word) <= 16 else word[:15] + "…"
+        colour = SELECTED if i == framed else (20, 20, 20)
+        draw.text((x + cell_w // 2, y + pad + base.height + 2), text, fill=colour, font=font, anchor="ma")
+    return picture
+
+
+def region_grid(image: Image.Image, grid: tuple[int, int], side: int = 240) -> Image.Image:
+    """The image with the model's region grid drawn on it, each cell numbered as in the word x
+    region matrix (row by row, from 1), so a column of the matrix maps back to the picture."""
+    picture = _fit(image, side).convert("RGBA")
+    picture.alpha_composite(_grid_layer(picture.size, tuple(grid)))
+    return picture.convert("RGB")
+
+
+@lru_cache(maxsize=8)
+def _grid_layer(size: tuple[int, int], grid: tuple[int, int]) -> Image.Image:
+    """Grid lines and cell numbers on a transparent layer (the same for every image of a size)."""
+    h, w = grid
+    layer = Image.new("RGBA", size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(layer)
+    cw, ch = size[0] / w, size[1] / h
+    for c in range(1, w):
+        draw.line([(round(c * cw), 0), (round(c * cw), size[1])], fill=(90, 90, 90, 255), width=1)
+    for r in range(1, h):
+        draw.line([(0, round(r * ch)), (size[0], round(r * ch))], fill=(90, 90, 90, 255), width=1)
+    font = _font(max(8, min(14, int(min(cw, ch) * 0.45))))
+    for r in range(h):
+        for c in range(w):
+            xy = ((c + 0.5) * cw, (r + 0.5) * ch)
+            draw.text(
+                xy,
+                str(r * w + c + 1),
+                fill=(0, 0, 0, 255),
+                font=font,
+                anchor="mm",
+                stroke_width=2,
+                stroke_fill=(255, 255, 255, 255),
+            )
+    return layer
 
 
 def attention_matrix(words: list[str], token_region: torch.Tensor, grid: tuple[int, int]) -> go.Figure:
-    """Token x region relevance as a heatmap (regions numbered row by row)."""
+    """Word x region relevance as a heatmap: one row per word (every word labelled, repeated
+    words numbered), one column per region, numbered row by row from 1 as ``region_grid`` draws."""
     h, w = grid
     z = token_region.numpy() if len(words) else np.zeros((0, h * w))
-    labels = [f"r{r},c{c}" for r in range(h) for c in range(w)]
+    rows = [f"{i + 1}. {word}" for i, word in enumerate(words)]  # unique, so no two rows merge
+    regions = list(range(1, h * w + 1))
+    hover = [
+        [f"{row}<br>region {r} (row {(r - 1) // w + 1}, column {(r - 1) % w + 1})" for r in regions] for row in rows
+    ]
     # built as plain dicts without plotly's per-property validation (~4x cheaper, and drawn on
     # every /predict); the values are ours, so there is nothing to validate
-    trace = {"type": "heatmap", "z": z, "x": labels, "y": words, "colorscale": "Viridis"}
-    trace["colorbar"] = {"title": {"text": "relevance"}}
+    trace = {
+        "type": "heatmap",
+        "z": z,
+        "x": regions,
+        "y": rows,
+        "text": hover,
+        "hovertemplate": "%{text}<br>relevance %{z:.3f}<extra></extra>",
+        "colorscale": "Viridis",
+        "colorbar": {"title": {"text": "relevance"}, "thickness": 12},
+    }
     layout = {
-        "title": {"text": "Word x image-region relevance"},
-        "xaxis": {"title": {"text": "image region (row, column)"}},
-        "yaxis": {"autorange": "reversed"},
-        "height": max(260, 40 + 24 * len(words)),
-        "margin": {"l": 10, "r": 10, "t": 40, "b": 10},
+        "xaxis": {"title": {"text": "image region (numbered as in the grid picture)"}, "dtick": w, "tick0": 1},
+        "yaxis": {"autorange": "reversed", "tickmode": "array", "tickvals": rows, "ticktext": rows, "automargin": True},
+        "height": max(260, 110 + 22 * len(words)),
+        "margin": {"l": 10, "r": 10, "t": 36, "b": 10},
     }
     return go.Figure({"data": [trace], "layout": layout}, _validate=False)
 
@@ -89,12 +220,12 @@ def modality_chart(contributions: dict[str, dict[str, float]], top: int = 5) -> 
         {"type": "bar", "name": name, "x": labels, "y": [probs[label] for label in labels]}
         for name, probs in contributions.items()
     ]
-    layout = {
-        "title": {"text": "What each modality contributes"},
+    layout = {  # no title: on a phone it collides with the toolbar; the component's label names it
         "barmode": "group",
         "yaxis": {"title": {"text": "probability"}, "range": [0, 1]},
-        "height": 300,
-        "margin": {"l": 10, "r": 10, "t": 40, "b": 10},
+        "height": 340,
+        "margin": {"l": 10, "r": 10, "t": 36, "b": 10},
+        "legend": {"orientation": "h", "yanchor": "top", "y": -0.15, "x": 0},
     }
     return go.Figure({"data": data, "layout": layout}, _validate=False)  # as above: no validation
 
@@ -117,11 +248,11 @@ def deletion_chart(curves: dict) -> go.Figure:
         ]
     )
     fig.update_layout(
-        title="Deletion curve: does the heatmap point at what the answer depends on?",
         xaxis={"title": "fraction of regions blanked / inserted", "range": [0, 1]},
         yaxis={"title": "probability of the answer", "range": [0, 1]},
-        height=320,
-        margin={"l": 10, "r": 10, "t": 40, "b": 10},
+        height=360,
+        margin={"l": 10, "r": 10, "t": 36, "b": 10},
+        legend={"orientation": "h", "yanchor": "top", "y": -0.2, "x": 0},
     )
     return fig
 
@@ -141,13 +272,12 @@ def training_curves(history: list[dict]) -> go.Figure:
                 go.Scatter(x=epochs, y=[h.get(key) for h in history], name=name, yaxis=axis, mode="lines+markers")
             )
     fig.update_layout(
-        title="Training curves",
         xaxis_title="epoch",
         yaxis={"title": "loss"},
         yaxis2={"title": "accuracy", "overlaying": "y", "side": "right", "range": [0, 1]},
-        height=320,
-        margin={"l": 10, "r": 10, "t": 40, "b": 10},
-        legend={"orientation": "h"},
+        height=380,
+        margin={"l": 10, "r": 10, "t": 36, "b": 10},
+        legend={"orientation": "h", "yanchor": "top", "y": -0.2, "x": 0},
     )
     return fig
 
@@ -156,12 +286,11 @@ def confusion_figure(confusion: dict) -> go.Figure:
     labels, matrix = confusion["labels"], confusion["matrix"]
     fig = go.Figure(go.Heatmap(z=matrix, x=labels, y=labels, colorscale="Blues", text=matrix, texttemplate="%{text}"))
     fig.update_layout(
-        title="Confusion matrix (validation)",
         xaxis_title="predicted",
         yaxis_title="true",
         yaxis_autorange="reversed",
-        height=max(300, 60 + 28 * len(labels)),
-        margin={"l": 10, "r": 10, "t": 40, "b": 10},
+        height=max(300, 90 + 28 * len(labels)),
+        margin={"l": 10, "r": 10, "t": 36, "b": 10},
     )
     return fig
 

@@ -240,3 +240,34 @@ def write_examples(folder: str | Path, seed: int = 2024) -> Path:
         writer.writeheader()
         writer.writerows(rows)
     return folder / "examples.csv"
+
+
+KIND_ANSWERS = {
+    "shape": ["circle", "square"],
+    "horizontal": ["left", "right"],
+    "vertical": ["top", "bottom"],
+    "closest": ["circle", "square"],
+    "furthest": ["circle", "square"],
+    "count": ["1", "2", "3", "4", "5", "6"],
+}
+
+
+def task_spec() -> dict:
+    """What a Sort-of-CLEVR model can be asked, as stored in its checkpoint's config.json
+    (``task``): the question kinds with their canonical wording and answers, and the colours
+    that fill the ``{colour}`` slot. The app builds its "What this model can answer" panel
+    and question builder from it."""
+    return {
+        "name": "Sort-of-CLEVR",
+        "summary": "75x75 scenes of six objects (one per colour), each a circle or a square.",
+        "slot": {"name": "colour", "values": list(COLORS)},
+        "questions": [
+            {
+                "kind": kind,
+                "relational": kind in RELATIONAL,
+                "template": PHRASINGS[kind][0].replace("{c}", "{colour}"),
+                "answers": KIND_ANSWERS[kind],
+            }
+            for kind in QUESTION_TYPES
+        ],
+    }

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from .card import app_model_card
-from .data import Dataset, check_trainable, read_csv
+from .data import Dataset, check_trainable, missing_images_hint, read_csv
 from .jobs import DataSource, JobManager
 from .limits import UPLOAD_PREFIX, Limits, shared_mode, upload_root
 from .registry import SHARED, CheckpointRegistry, hf_owner, owner_id
@@ -83,12 +83,12 @@ class App:
         names = self.registry.names()
         return DEFAULT_CHECKPOINT if DEFAULT_CHECKPOINT in names else (names[0] if names else None)
 
-    def model_card(self, name: str | None) -> str:
+    def model_card(self, name: str | None, owner: str | None = None) -> str:
         """The checkpoint's model card as Markdown (from its config.json; no model is loaded)."""
         if not name:
             return "No checkpoint selected."
         try:
-            path = self.registry.path(name)
+            path = self.registry.path(name, owner)
         except ValueError as e:
             return str(e)
         return app_model_card(name, json.loads((path / "config.json").read_text()))
@@ -117,6 +117,16 @@ class App:
             return []
         rows = list(csv.DictReader(open(listing, newline="")))
         return [[str(listing.parent / r["image"]), r["text"]] for r in rows]
+
+    def capabilities(self, name: str, owner: str | None = None) -> tuple[list[str], dict, dict]:
+        """What a checkpoint can answer: (labels, task, benchmark); see ``read_task``."""
+        return read_task(self.registry.path(name, owner))
+
+    def suggest_base(self, labels: list[str]) -> str | None:
+        """The shipped checkpoint to fine-tune from for a dataset with these labels, or None
+        (a new model) when no shipped checkpoint knows at least half of them."""
+        shipped = {name: read_task(path)[0] for name, path in self.registry.shipped().items()}
+        return label_overlap(labels, shipped)
 
     def example_dataset(self) -> tuple[str, str]:
         """A small generated Sort-of-CLEVR set: the CSV (image,text,label) and a zip of its images.
@@ -189,6 +199,9 @@ class App:
         """Check data: the pre-flight report; ValueError when the data cannot train."""
         dataset, _, upload = self.prepare_upload(csv_file, zip_file, columns)
         upload.remove()
+        hint = missing_images_hint(dataset, bool(zip_file))
+        if hint:  # one hint instead of a line per row
+            return f"**{hint}**\n\n{len(dataset.examples)} rows usable, {len(dataset.rejected)} without their image."
         check_trainable(dataset)
         return dataset.report()
 
@@ -207,6 +220,9 @@ class App:
         self.registry.target(name, owner, overwrite)  # refuse before the data is read
         dataset, source, upload = self.prepare_upload(csv_file, zip_file, columns)
         try:
+            hint = missing_images_hint(dataset, bool(zip_file))
+            if hint and not dataset.examples:
+                raise ValueError(hint)
             status = self.jobs.start(owner, dataset, source, settings, name, base, overwrite, val_fraction)
         except BaseException:
             upload.remove()
@@ -223,3 +239,25 @@ class App:
 
     def close(self) -> None:
         self.jobs.close()
+
+
+def read_task(path: Path) -> tuple[list[str], dict, dict]:
+    """(labels, task, benchmark) from a checkpoint's config.json: ``task`` says what it can be
+    asked (kinds of question, slot values; {} when the checkpoint does not say), ``benchmark``
+    is its stored ``bench-sort-of-clevr`` figures ({} when none)."""
+    data = json.loads((path / "config.json").read_text())
+    return list(data["model"]["labels"]), data.get("task") or {}, data.get("training", {}).get("benchmark") or {}
+
+
+def label_overlap(labels: list[str], candidates: dict[str, list[str]]) -> str | None:
+    """The candidate whose labels cover most of ``labels`` (at least half of them), or None:
+    a dataset whose answers a shipped model already knows should start from that model."""
+    wanted = set(labels)
+    if not wanted:
+        return None
+    best, best_share = None, 0.0
+    for name, known in candidates.items():
+        share = len(wanted & set(known)) / len(wanted)
+        if share > best_share:
+            best, best_share = name, share
+    return best if best_share >= 0.5 else None

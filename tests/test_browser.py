@@ -22,7 +22,7 @@ from mmdemo import ui  # noqa: E402
 from mmdemo.checkpoint import save_checkpoint  # noqa: E402
 from mmdemo.model import build_model  # noqa: E402
 from mmdemo.registry import CheckpointRegistry  # noqa: E402
-from mmdemo.sortofclevr import write_examples  # noqa: E402
+from mmdemo.sortofclevr import LABELS, write_examples  # noqa: E402
 
 from .conftest import tiny_config  # noqa: E402
 
@@ -30,9 +30,7 @@ from .conftest import tiny_config  # noqa: E402
 @pytest.fixture(scope="module")
 def url(tmp_path_factory):
     root = tmp_path_factory.mktemp("browser")
-    path = save_checkpoint(
-        build_model(tiny_config(labels=["circle", "square", "left", "right"])), root / "shipped" / "sort-of-clevr"
-    )
+    path = save_checkpoint(build_model(tiny_config(labels=LABELS)), root / "shipped" / "sort-of-clevr")
     write_examples(path / "examples")
     app = ui.App(CheckpointRegistry(root / "mine", root / "shipped"), work_dir=str(root / "work"))
     demo = ui.create_demo(app)
@@ -66,7 +64,7 @@ def test_predict_in_the_browser(page, fixture_path):
     page.locator("#predict-button").click()
     label = page.locator("#prediction")
     playwright.expect(label).to_contain_text("%", timeout=60_000)
-    assert any(name in label.inner_text() for name in ("circle", "square", "left", "right"))
+    assert any(line.strip() in LABELS for line in label.inner_text().splitlines())  # the answer, on its own line
     playwright.expect(page.locator("#overlay img")).to_be_visible(timeout=30_000)
     playwright.expect(page.locator("#timing")).to_contain_text("ms on cpu")
     page.screenshot(path=str(ARTIFACTS / "browser-predict.png"), full_page=True)
@@ -76,6 +74,8 @@ def test_fine_tune_in_the_browser(page):
     page.get_by_role("tab", name="Fine-tune").click()
     page.locator("#example-dataset").click()
     playwright.expect(page.locator("#csv-upload")).to_contain_text("sort-of-clevr", timeout=60_000)
+    # the example data's labels are the shipped model's: it starts from it (much faster than a new model)
+    playwright.expect(page.locator("#start-from input")).to_have_value("sort-of-clevr", timeout=30_000)
     epochs = page.get_by_label("Epochs")
     epochs.fill("1")
     page.locator("#checkpoint-name textarea, #checkpoint-name input").first.fill("browser-tuned")
@@ -84,6 +84,7 @@ def test_fine_tune_in_the_browser(page):
     playwright.expect(status).to_contain_text("done", timeout=300_000)
     playwright.expect(status).to_contain_text("browser-tuned")
     playwright.expect(page.locator("#curves .js-plotly-plot")).to_be_visible(timeout=30_000)
+    playwright.expect(page.locator("#download-name input")).to_have_value("browser-tuned", timeout=10_000)
     page.screenshot(path=str(ARTIFACTS / "browser-finetune.png"), full_page=True)
     page.get_by_role("tab", name="Predict & Explain").click()
     page.locator("#checkpoint input").click()

@@ -100,3 +100,49 @@ def test_confined_paths_cannot_escape_the_upload_folder(images):
     reasons = dict(ds.rejected)
     assert "must be relative" in reasons[3] and "must be relative" in reasons[4] and "without '..'" in reasons[5]
     assert len(read_csv(path).examples) == 4  # a trusted local CSV may point anywhere
+
+
+def test_column_roles_are_guessed_from_the_content(tmp_path):
+    from mmdemo.data import guess_columns
+
+    (tmp_path / "pics").mkdir()
+    rows = []
+    for i in range(26):
+        Image.new("RGB", (8, 8)).save(tmp_path / "pics" / f"{i}.png")
+        rows.append([f"pics/{i}.png", f"a small picture of thing {i} on a table", ["cat", "dog", "bird"][i % 3]])
+    guess = guess_columns(["filename", "caption", "category"], rows, tmp_path)
+    assert (guess.image, guess.text, guess.label) == ("filename", "caption", "category") and not guess.unsure
+    # order and names do not matter: the content decides
+    shuffled = [[r[2], r[0], r[1]] for r in rows]
+    guess = guess_columns(["a", "b", "c"], shuffled, tmp_path)
+    assert (guess.image, guess.text, guess.label) == ("b", "c", "a")
+    # image files found under the root count even without an image extension
+    for i in range(3):
+        (tmp_path / f"blob{i}").write_bytes(b"x")
+    guess = guess_columns(
+        ["id", "text", "label"], [[f"blob{i}", "some words here", "x" if i else "y"] for i in range(3)], tmp_path
+    )
+    assert guess.image == "id"
+
+
+def test_column_guess_says_when_it_is_unsure():
+    from mmdemo.data import guess_columns
+
+    rows = [[f"q{i}", f"question number {i}", str(i)] for i in range(10)]  # no image column, every label distinct
+    guess = guess_columns(["id", "question", "answer"], rows)
+    assert guess.unsure and guess.image is None
+    assert any("no column of image file names" in r for r in guess.reasons)
+    assert any("pick the label column" in r for r in guess.reasons) and guess.label == "answer"  # the name fills in
+    # a header without rows: names only
+    guess = guess_columns(["Path", "Question", "Answer", "extra"], [])
+    assert (guess.image, guess.text, guess.label) == ("Path", "Question", "Answer") and guess.unsure
+
+
+def test_missing_images_get_one_hint_about_the_zip(tmp_path):
+    from mmdemo.data import missing_images_hint
+
+    (tmp_path / "d.csv").write_text("image,text,label\n" + "".join(f"img/{i}.png,hi,a\n" for i in range(26)))
+    dataset = read_csv(tmp_path / "d.csv")
+    assert len(dataset.rejected) == 26
+    assert "add the zip of the images" in missing_images_hint(dataset, zip_uploaded=False)
+    assert "not in the zip" in missing_images_hint(dataset, zip_uploaded=True)

@@ -28,7 +28,7 @@ def test_overlay_marks_the_peak_and_caps_large_images():
 
 def test_charts():
     fig = render.attention_matrix(["red", "cube"], torch.rand(2, 4), (2, 2))
-    assert fig.data[0].z.shape == (2, 4) and list(fig.data[0].y) == ["red", "cube"]
+    assert fig.data[0].z.shape == (2, 4) and list(fig.data[0].y) == ["1. red", "2. cube"]
     fig = render.modality_chart(
         {"both": {"a": 0.7, "b": 0.3}, "image only": {"a": 0.5, "b": 0.5}, "text only": {"a": 0.2, "b": 0.8}}
     )
@@ -53,3 +53,36 @@ def test_reliability_figure_draws_before_and_after():
     names = [t.name for t in fig.data]
     assert names[0] == "perfectly calibrated" and names[1].startswith("before (ECE") and names[2].startswith("after")
     assert all(0 <= x <= 1 for x in fig.data[1].x)
+
+
+def test_word_maps_grid_has_a_tile_per_word_and_frames_the_selected_one():
+    image = Image.new("RGB", (75, 75), (255, 255, 255))
+    maps = torch.rand(3, 8, 8)
+    sheet = render.word_maps_grid(image, ["a", "b", "c"], maps, torch.rand(8, 8), selected=None, columns=2)
+    cell_w, cell_h = render.TILE_SIDE + 12, render.TILE_SIDE + 22 + 12
+    assert sheet.size == (2 * cell_w, 2 * cell_h)  # whole question + 3 words, 2 per row
+    assert sheet.getpixel((2, 2)) == render.SELECTED  # the whole question's tile is framed
+    picked = render.word_maps_grid(image, ["a", "b", "c"], maps, torch.rand(8, 8), selected=2, columns=2)
+    assert picked.getpixel((2, 2)) != render.SELECTED
+    assert picked.getpixel((cell_w + 2, cell_h + 2)) == render.SELECTED  # word 3 = tile 4
+
+
+def test_region_grid_and_matrix_label_every_region_and_word():
+    picture = render.region_grid(Image.new("RGB", (75, 75), (255, 255, 255)), (8, 8), side=240)
+    assert picture.size == (240, 240)
+    assert np.asarray(picture)[:, 30].min() < 128  # a grid line at x = 30 (240 / 8)
+    words = ["what", "shape", "is", "the", "red", "object", "the", "?"]
+    fig = render.attention_matrix(words, torch.rand(8, 64), (8, 8))
+    assert list(fig.data[0].y) == [f"{i + 1}. {w}" for i, w in enumerate(words)]  # every word, repeats kept apart
+    assert list(fig.layout.yaxis.ticktext) == list(fig.data[0].y)
+    assert list(fig.data[0].x) == list(range(1, 65))
+
+
+def test_overlay_outlines_boxes_and_captions_them_below():
+    image = Image.new("RGB", (75, 75), (255, 255, 255))
+    boxes = [((10, 10, 20, 20), render.REFERENCE, "referenced"), ((40, 40, 50, 50), render.ANSWER, "answer")]
+    out = render.overlay(image, torch.zeros(8, 8), 0.0, None, boxes)
+    assert out.width == 384 and out.height > 384  # a legend strip per box below the picture
+    scale = 384 / 75
+    assert out.getpixel((round(10 * scale) - 3, round(15 * scale))) == render.REFERENCE
+    assert out.getpixel((round(40 * scale) - 3, round(45 * scale))) == render.ANSWER

@@ -73,7 +73,7 @@ def _start(client, data, name, overwrite=False, epochs=1, token=None):
     csv_path, archive = data
     args = [handle_file(str(csv_path)), handle_file(archive), "image", "text", "label", "sort-of-clevr"]
     args += [epochs, 3e-3, 4, [], 0.2, name, overwrite]
-    return client.predict(*args, *([token] if token else []), api_name="/start_finetune")
+    return client.predict(*args, *([False, token] if token else []), api_name="/start_finetune")  # class_weights, token
 
 
 def test_file_route_traversal_and_cors_are_refused(server):

@@ -32,28 +32,38 @@ def app(tmp_path_factory):
 
 
 def test_predict_handler_maps_results_to_components(app, fixture_path):
-    scores, explanation, overlay, words, matrix, modality, info, banner, state = ui.predict(
+    scores, explanation, overlay, words, grid, matrix, regions, modality, info, banner, state = ui.predict(
         app, fixture_path("chelsea.jpg"), "Where is the cat?", "sort-of-clevr", "gradient", 0.5
     )
     assert set(scores) == {"circle", "square", "left", "right"} and sum(scores.values()) == pytest.approx(1, abs=1e-5)
     assert explanation["label"] == max(scores, key=scores.get)
     assert explanation["tokens"] == ["Where", "is", "the", "cat", "?"]
     assert len(explanation["heatmap"]) == 8 and explanation["image_size"] == [451, 300]
-    assert isinstance(overlay, Image.Image) and overlay.size == (451, 300)
+    assert isinstance(overlay["value"], Image.Image) and overlay["value"].size == (451, 300)
     assert [w for w, _ in words] == explanation["tokens"] and all(0 <= s <= 1 for _, s in words)
+    assert isinstance(grid, Image.Image) and isinstance(regions, Image.Image)
     assert isinstance(matrix, go.Figure) and isinstance(modality, go.Figure)
     assert {t.name for t in modality.data} == {"both", "image only", "text only"}
     assert "ms on cpu" in info
     # no scope statistics in this checkpoint: in scope, no banner, the answer is shown
     assert explanation["in_scope"] is True and explanation["scope"]["fitted"] is False and banner == ""
-    # selecting a word redraws the overlay from that word's own map, without the model
-    image, new_state = ui.redraw(state, 0.5, gr.SelectData(None, {"index": 3, "value": "cat", "selected": True}))
-    assert new_state["selected"] == 3 and image.size == (451, 300)
+    # selecting a word redraws the overlay from that word's own map and marks the word, without the model
+    overlay, words, new_grid, new_state = ui.redraw(
+        state, 0.5, gr.SelectData(None, {"index": 3, "value": "cat", "selected": True})
+    )
+    assert new_state["selected"] == 3 and overlay["value"].size == (451, 300) and "“cat”" in overlay["label"]
+    assert words[3][0] == "[cat]" and new_grid.tobytes() != grid.tobytes()
+    _, words, _, new_state = ui.redraw(new_state, 0.5, gr.SelectData(None, {"index": 3, "value": "[cat]"}))
+    assert new_state["selected"] is None and words[3][0] == "cat"  # a second click deselects
 
 
-def test_predict_handler_errors_are_clear(app, tmp_path, fixture_path):
-    with pytest.raises(gr.Error, match="type a question"):
+def test_predict_handler_errors_are_clear_and_logged_in_one_line(app, tmp_path, fixture_path, caplog):
+    with pytest.raises(gr.Error, match="type a question") as e:
         ui.predict(app, fixture_path("chelsea.jpg"), "  ", None, None, 0.5)
+    assert e.value.print_exception is False  # Gradio prints no traceback for it
+    assert [r.getMessage() for r in caplog.records] == [
+        "predict: rejected input: Please type a question or a description of the image."
+    ]
     with pytest.raises(gr.Error, match="upload an image"):
         ui.predict(app, None, "hi", None, None, 0.5)
     broken = tmp_path / "upload.png"
@@ -63,7 +73,16 @@ def test_predict_handler_errors_are_clear(app, tmp_path, fixture_path):
     assert "the image: not an image" in str(e.value) and str(tmp_path) not in str(e.value)
 
 
-def test_csv_columns_are_guessed_by_name(tmp_path):
+def test_csv_columns_are_guessed_from_the_content(tmp_path):
+    (tmp_path / "d.csv").write_text(
+        "filename,caption,category\n"
+        + "".join(f"img_{i}.jpg,a photo of thing number {i},{'cat' if i % 2 else 'dog'}\n" for i in range(26))
+    )
+    updates = ui.csv_columns(str(tmp_path / "d.csv"))
+    assert [u["value"] for u in updates] == ["filename", "caption", "category"]
+
+
+def test_csv_columns_are_guessed_by_name_without_rows(tmp_path):
     (tmp_path / "d.csv").write_text("Path,Question,Answer,extra\n")
     updates = ui.csv_columns(str(tmp_path / "d.csv"))
     assert [u["value"] for u in updates] == ["Path", "Question", "Answer"]
@@ -105,7 +124,8 @@ def test_live_server_predict_and_fine_tune(server, app, fixture_path, tmp_path):
     result = client.predict(handle_file(fixture_path("chelsea.jpg")), "What shape is the cat?", api_name="/predict")
     label, explanation = result[0], result[1]
     assert label["label"] in ("circle", "square", "left", "right")
-    assert {c["label"] for c in label["confidences"]} == {"circle", "square", "left", "right"}
+    assert label["label"] == max(explanation["scores"], key=explanation["scores"].get)
+    assert set(explanation["scores"]) == {"circle", "square", "left", "right"}
     assert explanation["tokens"][:3] == ["What", "shape", "is"] and len(explanation["peak_xy"]) == 2
 
     csv_path, archive = _tiny_dataset(tmp_path / "upload")
@@ -141,3 +161,88 @@ def test_live_server_predict_and_fine_tune(server, app, fixture_path, tmp_path):
     with pytest.raises(Exception, match="unknown checkpoint 'tuned-by-api'"):
         other.predict(image, "which colour is it?", "tuned-by-api", api_name="/predict")
     assert other.predict(token, api_name="/finetune_status")["state"] == "done"
+
+
+def test_api_page_names_and_types_every_parameter(server):
+    from gradio_client import Client
+
+    api = Client(server.local_url, verbose=False).view_api(print_info=False, return_format="dict")
+    endpoints = api["named_endpoints"]
+    assert set(endpoints) == {
+        "/predict",
+        "/preflight",
+        "/start_finetune",
+        "/stop_finetune",
+        "/finetune_status",
+        "/delete_checkpoint",
+    }
+    for name, endpoint in endpoints.items():
+        for p in endpoint["parameters"]:
+            assert not p["parameter_name"].startswith("param_"), (name, p)
+            assert "Literal[]" not in p["python_type"]["type"], (name, p)
+        for r in endpoint["returns"]:
+            assert not r["label"].startswith("value_"), (name, r)
+        assert endpoint["description"], name
+
+    predict = {p["parameter_name"]: p for p in endpoints["/predict"]["parameters"]}
+    assert list(predict) == ["image", "question", "checkpoint", "method", "opacity", "owner_token"]
+    assert predict["image"]["python_type"]["type"] == "filepath" and not predict["image"]["parameter_has_default"]
+    assert predict["question"]["python_type"]["type"] == "str"
+    # the sample code passes a shipped example scene and its question, not a stock image and "Hello!!"
+    assert predict["image"]["example_input"]["path"].endswith("examples/scene_1.png")
+    assert predict["question"]["example_input"] == "What shape is the red object?"
+    assert predict["checkpoint"]["python_type"]["type"] == "str"  # not Literal[...]: fine-tuned ones come and go
+    assert "sort-of-clevr" in predict["checkpoint"]["python_type"]["description"]
+    assert predict["method"]["parameter_default"] == "raw" and predict["opacity"]["python_type"]["type"] == "float"
+    returns = [r["label"] for r in endpoints["/predict"]["returns"]]
+    assert returns[:2] == ["Answer", "Explanation"] and all(len(r) <= 32 for r in returns)
+
+    start = [p["parameter_name"] for p in endpoints["/start_finetune"]["parameters"]]
+    assert start == [
+        "csv_file",
+        "zip_file",
+        "image_column",
+        "text_column",
+        "label_column",
+        "start_from",
+        "epochs",
+        "learning_rate",
+        "batch_size",
+        "freeze",
+        "validation_split",
+        "name",
+        "overwrite",
+        "class_weights",
+        "owner_token",
+    ]
+    columns = {p["parameter_name"]: p for p in endpoints["/start_finetune"]["parameters"]}
+    for column in ("image_column", "text_column", "label_column"):
+        assert columns[column]["python_type"]["type"] == "str"
+        assert columns[column]["parameter_has_default"] and columns[column]["parameter_default"] is None
+    assert columns["start_from"]["python_type"]["type"] == "str"
+
+
+def test_bad_input_through_the_api_is_one_log_line_not_a_traceback(server, fixture_path, capfd, caplog):
+    from gradio_client import Client, handle_file
+
+    client = Client(server.local_url, verbose=False)
+    with pytest.raises(Exception, match="question: Type a question"):  # checked before the handler runs
+        client.predict(handle_file(fixture_path("chelsea.jpg")), "   ", api_name="/predict")
+    with pytest.raises(Exception, match="unknown checkpoint 'no-such-model'"):
+        client.predict(handle_file(fixture_path("chelsea.jpg")), "What shape?", "no-such-model", api_name="/predict")
+    out, err = capfd.readouterr()
+    assert "Traceback" not in out + err
+    logged = [r.getMessage() for r in caplog.records if r.name == "mmdemo.ui"]
+    assert len(logged) == 1 and logged[0].startswith("predict: rejected input: unknown checkpoint 'no-such-model'")
+
+
+def test_job_status_line_names_the_phase_and_the_time_left():
+    from mmdemo.ui.finetune import status_text
+
+    status = {"state": "running", "progress": 0.0, "elapsed_s": 12.0, "message": "encode images: 40/150"}
+    assert "encode images: 40/150" in status_text(status) and "before the first training step" in status_text(status)
+    status = {**status, "progress": 0.25, "elapsed_s": 100.0, "message": "epoch 1/4, step 3/10, loss 0.5"}
+    assert "1 min 40 s elapsed" in status_text(status) and "about 5 min 00 s left" in status_text(status)
+    assert status_text({**status, "state": "idle", "message": "No fine-tune job has run yet."}) == (
+        "No fine-tune job has run yet."
+    )

@@ -7,6 +7,7 @@ This package is the only place that imports gradio.
 from __future__ import annotations
 
 import os
+import warnings
 
 # Gradio's queue keeps a record of its last N events for analytics (10,000 by default, a few
 # MB that grow for hours under load); read when the Blocks are made, so set before that.
@@ -17,10 +18,18 @@ import gradio as gr  # noqa: E402
 from ..registry import TOKEN_PATTERN  # noqa: E402
 from ..webapp import App  # noqa: E402
 from .finetune import csv_columns, finetune_tab
-from .identity import token_components
+from .identity import browser_secret, token_components
 from .predict import predict, predict_tab, redraw
 
-__all__ = ["App", "create_demo", "csv_columns", "predict", "redraw"]
+__all__ = ["App", "CSS", "create_demo", "csv_columns", "predict", "redraw"]
+
+# Small pictures (a 75 px scene) are enlarged in the view only, without blurring them.
+CSS = """
+#image-input img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }
+#overlay img, #word-maps img, #region-grid img { image-rendering: pixelated; }
+#overlay, #word-maps, #region-grid { padding-top: 40px; }
+#capabilities-text { padding: 4px 12px; }
+"""
 
 # Gradio's cache (uploads, output images) is swept every CACHE_SWEEP_S of files older than
 # MMDEMO_CACHE_TTL_MIN: under a steady load the cache stays flat once that age is reached.
@@ -32,18 +41,30 @@ def cache_ttl_s() -> int:
 
 
 def create_demo(app: App) -> gr.Blocks:
-    with gr.Blocks(
-        title="mmdemo: explainable image + text classifier", delete_cache=(CACHE_SWEEP_S, cache_ttl_s())
-    ) as demo:
+    # css in the constructor still works in Gradio 6 (launch() takes it over); kept here so
+    # every way of launching (app.py, tests, docs/make_screenshots.py) gets the same page
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The parameters have been moved", category=UserWarning)
+        blocks = gr.Blocks(
+            title="mmdemo: explainable image + text classifier",
+            delete_cache=(CACHE_SWEEP_S, cache_ttl_s()),
+            css=CSS,
+        )
+    with blocks as demo:
         gr.Markdown(
-            "# mmdemo\nAsk a question about an image; see the answer, **where** the model looked for each word, "
+            "# mmdemo\nAsk a question about an image: get the answer, **where** the model looked for each word, "
             "which words mattered, and what each modality contributed. Fine-tune on your own CSV in the second tab."
         )
         if os.environ.get("MMDEMO_HF_SIGNIN", "").strip() in ("1", "true", "yes"):
             gr.LoginButton()  # the signed-in Hugging Face user owns what they fine-tune
         tokens = token_components()
-        checkpoint = predict_tab(app, tokens)
-        poll, poll_inputs, poll_outputs = finetune_tab(app, checkpoint, tokens)
+        saved = gr.BrowserState({}, storage_key="mmdemo-finetune", secret=browser_secret())  # the fine-tune form
+        saved_tab = gr.BrowserState("predict", storage_key="mmdemo-tab", secret=browser_secret())  # the open tab
+        with gr.Tabs(elem_id="tabs") as tabs:
+            checkpoint = predict_tab(app, tokens, saved_tab)
+            poll, poll_inputs, poll_outputs, (restore, restore_inputs, restored) = finetune_tab(
+                app, checkpoint, tokens, tabs, saved, saved_tab
+            )
 
         def on_load(known, owner_token=None, session_token=None, profile: gr.OAuthProfile | None = None):
             """A new browser gets its secret owner token here, made on the server."""
@@ -51,5 +72,6 @@ def create_demo(app: App) -> gr.Blocks:
                 owner_token = app.new_token()  # none yet, or not one of ours
             return (*poll(known, owner_token, session_token, profile), owner_token)
 
-        demo.load(on_load, poll_inputs, [*poll_outputs, tokens[0]], api_name=False, queue=False)
+        demo.load(on_load, poll_inputs, [*poll_outputs, tokens[0]], api_visibility="private", queue=False)
+        demo.load(restore, restore_inputs, restored, api_visibility="private", queue=False)
     return demo

@@ -1,56 +1,92 @@
-"""The Fine-tune tab: CSV + zip (or the example dataset) -> column mapping, pre-flight report,
-settings, a background job with live curves, then the report and a new checkpoint."""
+"""The Fine-tune tab: CSV + zip (or the example dataset) -> column roles guessed from the
+content, pre-flight report, settings (kept in the browser across reloads), a background job
+with a message for each phase and live curves, then the report and a new checkpoint.
+
+Handlers are named functions with typed, named parameters (they name the API's parameters);
+``/start_finetune`` keeps the README's 13 positional arguments, new ones come last with defaults.
+"""
 
 from __future__ import annotations
 
 import csv
 import html
+from pathlib import Path
 
 import gradio as gr
 
 from .. import render
+from ..data import guess_columns
 from ..registry import validate_name
 from ..train import TrainSettings
 from ..webapp import App
+from .common import OPTIONAL_STRING, api_type, input_error
 from .identity import owner_of, refuse, unexpected
 
 NEW_MODEL = "(new model)"
+PREVIEW_ROWS = 200  # rows read to guess the column roles
 
 
-def _guess(columns: list[str], *names: str) -> str | None:
-    lowered = {c.lower(): c for c in columns}
-    for n in names:
-        if n in lowered:
-            return lowered[n]
-    return columns[0] if columns else None
+def _read_head(csv_file: str) -> tuple[list[str], list[list[str]]]:
+    try:
+        with open(csv_file, newline="", encoding="utf-8-sig") as f:
+            # bounded: at most PREVIEW_ROWS lines of at most 64 KB each are read
+            lines = [f.readline(65536) for _ in range(PREVIEW_ROWS + 1)]
+            reader = csv.reader(line for line in lines if line)
+            header = next(reader, [])
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise input_error("csv", f"cannot read the CSV: {e}") from None
+    return header, rows
 
 
 def csv_columns(csv_file):
-    """Column dropdowns pre-filled by name when a CSV is uploaded."""
+    """Column dropdowns pre-filled from the CSV's content (image paths, text, few-valued label)."""
     if not csv_file:
         return [gr.update(choices=[], value=None)] * 3
-    try:
-        with open(csv_file, newline="", encoding="utf-8-sig") as f:
-            columns = next(csv.reader([f.readline(65536)]), [])
-    except (UnicodeDecodeError, csv.Error) as e:
-        raise refuse(f"cannot read the CSV header: {e}") from None
-    guesses = (
-        _guess(columns, "image", "image_path", "path", "file", "filename"),
-        _guess(columns, "text", "question", "caption", "prompt"),
-        _guess(columns, "label", "answer", "class", "target"),
-    )
-    return [gr.update(choices=columns, value=g) for g in guesses]
+    header, rows = _read_head(csv_file)
+    guess = guess_columns(header, rows)
+    return [gr.update(choices=header, value=v) for v in (guess.image, guess.text, guess.label)]
+
+
+def column_report(app: App, csv_file) -> tuple[str, object]:
+    """Why each column was guessed (or what to pick), and the suggested 'Start from'."""
+    if not csv_file:
+        return "", gr.skip()
+    header, rows = _read_head(csv_file)
+    guess = guess_columns(header, rows)
+    lines = ["**Columns guessed from their content** (change them if they are wrong):"]
+    lines += [f"- {reason}" for reason in guess.reasons]
+    if guess.unsure:
+        lines.append("**Please pick the column(s) marked above before training.**")
+    base = gr.skip()
+    if guess.label and guess.label in header:
+        index = header.index(guess.label)
+        labels = sorted({r[index].strip() for r in rows if index < len(r) and r[index].strip()})
+        suggestion = app.suggest_base(labels)
+        if suggestion:
+            lines.append(f"- start from: `{suggestion}`, which already answers {_overlap(app, suggestion, labels)}")
+        else:
+            lines.append("- start from: a new model (no shipped checkpoint knows these labels)")
+        base = gr.update(value=suggestion or NEW_MODEL)
+    return "\n".join(lines), base
+
+
+def _overlap(app: App, name: str, labels: list[str]) -> str:
+    known, _, _ = app.capabilities(name)
+    shared = sorted(set(labels) & set(known))
+    return f"{len(shared)} of your {len(labels)} labels"
 
 
 def preflight(app: App, csv_file, zip_file, image_col, text_col, label_col) -> str:
-    """Handler of /preflight: the report, or a refusal naming what is wrong; the upload folder
-    is removed either way."""
+    """Handler of /preflight: the report (or a hint when the images were not uploaded), or a
+    refusal naming what is wrong; the upload folder is removed either way."""
     try:
-        return "```\n" + app.preflight(csv_file, zip_file, (image_col, text_col, label_col)) + "\n```"
+        report = app.preflight(csv_file, zip_file, (image_col, text_col, label_col))
     except ValueError as e:
         raise refuse(str(e)) from None
     except Exception as e:  # noqa: BLE001 - the server keeps serving
         raise unexpected("checking the data", e) from None
+    return report if report.startswith("**") else "```\n" + report + "\n```"
 
 
 def example_dataset(app: App):
@@ -75,6 +111,7 @@ def start_finetune(
     name,
     overwrite,
     owner: str = "",
+    class_weights=False,
 ):
     """Handler of /start_finetune: validates everything, queues the job of ``owner``."""
     try:
@@ -85,6 +122,7 @@ def start_finetune(
             encoder_lr=float(lr) / 3,
             batch_size=int(batch_size),
             freeze=[str(f) for f in freeze or []],
+            class_weights=bool(class_weights),
         )
         if settings.batch_size < 1 or not 0 < settings.lr <= 1:
             raise ValueError("batch size must be at least 1 and the learning rate in (0, 1]")
@@ -122,6 +160,29 @@ def stop_finetune(app: App, owner: str | None) -> dict:
     return app.jobs.stop(owner)
 
 
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
+
+
+def status_text(status: dict) -> str:
+    """One line for a job status: state, phase message, elapsed time, and the time left once
+    training steps have run (extrapolated from the progress so far)."""
+    pct = int(round(100 * status["progress"]))
+    state = status["state"]
+    if state == "idle":
+        return html.escape(status["message"], quote=False)
+    message = html.escape(status["message"], quote=False)  # may quote the user's data
+    line = f"**{state}** ({pct}%, {_clock(status['elapsed_s'])} elapsed) - {message}"
+    if state == "running":
+        if 0.02 <= status["progress"] < 1:
+            left = status["elapsed_s"] * (1 - status["progress"]) / status["progress"]
+            line += f" - about {_clock(left)} left"
+        elif status["progress"] == 0:
+            line += " - preparing the data (loading and encoding the images) before the first training step"
+    return line
+
+
 def status_views(app: App, status: dict):
     """Component values for a job status: text, bar, curves, confusion, per-class table."""
     pct = int(round(100 * status["progress"]))
@@ -129,8 +190,6 @@ def status_views(app: App, status: dict):
         f"<div style='border:1px solid #999;border-radius:4px;height:18px;width:100%'>"
         f"<div id='ft-bar' style='background:#4c8bf5;height:100%;width:{pct}%'></div></div>"
     )
-    message = html.escape(status["message"], quote=False)  # may quote the user's data
-    text = f"**{status['state']}** ({pct}%, {status['elapsed_s']:.0f} s) - {message}"
     curves = render.training_curves(status["history"]) if status["history"] else None
     report = status.get("report") or {}
     confusion = render.confusion_figure(report["confusion"]) if report.get("confusion") else None
@@ -142,35 +201,77 @@ def status_views(app: App, status: dict):
         if report.get("per_class")
         else []
     )
-    return text, bar, curves, confusion, table
+    return status_text(status), bar, curves, confusion, table
 
 
-def finetune_tab(app: App, checkpoint: gr.Dropdown, tokens: tuple[gr.BrowserState, gr.State]):
-    """The tab's components and events; returns (poll, its inputs, its outputs) for page load.
-    ``tokens``: the visitor's owner token components (ui/identity.py)."""
+SETTINGS = (
+    "csv_file",
+    "zip_file",
+    "image_col",
+    "text_col",
+    "label_col",
+    "base",
+    "epochs",
+    "lr",
+    "batch_size",
+    "freeze",
+    "val_split",
+    "name",
+    "overwrite",
+    "class_weights",
+)
+
+
+def finetune_tab(
+    app: App,
+    checkpoint: gr.Dropdown,
+    tokens: tuple[gr.BrowserState, gr.State],
+    tabs: gr.Tabs,
+    saved: gr.BrowserState,
+    saved_tab: gr.BrowserState,
+):
+    """The tab's components and events; ``tokens``: the visitor's owner token components
+    (ui/identity.py); ``saved`` and ``saved_tab`` keep the form and the open tab in the browser
+    (created outside the tabs: a hidden tab's components load nothing).
+    Returns (poll, its inputs, its outputs) and (restore, its inputs, its outputs) for page load."""
     owner_token, session_token = tokens
-    with gr.Tab("Fine-tune"):
+    names = app.registry.names()
+    with gr.Tab("Fine-tune", id="finetune") as tab:
         gr.Markdown(
             "Upload a CSV with an image column (paths relative to the zip's root), a text column and a label column, "
-            "plus a zip of the images; or use the example dataset. Check the data, then train."
+            "plus a zip of the images; or use the example dataset. The columns are guessed from their content: "
+            "check them, check the data, then train. Your settings are kept in this browser across reloads."
         )
         with gr.Row():
             csv_file = gr.File(label="CSV", file_types=[".csv"], type="filepath", elem_id="csv-upload")
-            zip_file = gr.File(
-                label="Images (zip, optional)", file_types=[".zip"], type="filepath", elem_id="zip-upload"
-            )
+            zip_file = gr.File(label="Images (zip)", file_types=[".zip"], type="filepath", elem_id="zip-upload")
         example_button = gr.Button("Use example dataset", elem_id="example-dataset")
         with gr.Row():
-            image_col = gr.Dropdown([], label="Image column", allow_custom_value=True)
-            text_col = gr.Dropdown([], label="Text column", allow_custom_value=True)
-            label_col = gr.Dropdown([], label="Label column", allow_custom_value=True)
-        check = gr.Button("Check data")
-        report = gr.Markdown(elem_id="preflight")
-        with gr.Row():
-            base = gr.Dropdown(
-                [NEW_MODEL, *app.registry.names()], value=NEW_MODEL, label="Start from", allow_custom_value=True
+            image_col = api_type(
+                gr.Dropdown([], label="Image column", allow_custom_value=True, elem_id="image-column"), OPTIONAL_STRING
             )
-            epochs = gr.Number(5, label="Epochs", precision=0, minimum=1, maximum=200)
+            text_col = api_type(
+                gr.Dropdown([], label="Text column", allow_custom_value=True, elem_id="text-column"), OPTIONAL_STRING
+            )
+            label_col = api_type(
+                gr.Dropdown([], label="Label column", allow_custom_value=True, elem_id="label-column"), OPTIONAL_STRING
+            )
+        columns_note = gr.Markdown(label="Column roles", elem_id="columns-note")
+        check = gr.Button("Check data")
+        report = gr.Markdown(label="Pre-flight report", elem_id="preflight")
+        with gr.Row():
+            base = api_type(
+                gr.Dropdown(
+                    [NEW_MODEL, *names],
+                    value=NEW_MODEL,
+                    label="Start from",
+                    allow_custom_value=True,
+                    elem_id="start-from",
+                    info="a checkpoint that already knows your labels learns faster",
+                ),
+                {"type": "string", "additional_description": f"'{NEW_MODEL}' or a checkpoint name"},
+            )
+            epochs = gr.Number(5, label="Epochs", precision=0, minimum=1, maximum=200, elem_id="epochs")
             lr = gr.Number(3e-4, label="Learning rate", minimum=1e-6, maximum=1e-1)
             batch_size = gr.Number(64, label="Batch size", precision=0, minimum=1, maximum=1024)
         with gr.Row():
@@ -179,56 +280,89 @@ def finetune_tab(app: App, checkpoint: gr.Dropdown, tokens: tuple[gr.BrowserStat
             )
             val_split = gr.Slider(0.05, 0.5, value=0.1, step=0.05, label="Validation split (of the images)")
             name = gr.Textbox("my-model", label="New checkpoint name", elem_id="checkpoint-name")
-            overwrite = gr.Checkbox(False, label="Overwrite if it exists")
+            with gr.Column(min_width=160):
+                overwrite = gr.Checkbox(False, label="Overwrite if it exists")
+                class_weights = gr.Checkbox(
+                    False,
+                    label="Class weights",
+                    info="weigh rare classes up (for imbalanced data)",
+                    elem_id="class-weights",
+                )
         with gr.Row():
             start = gr.Button("Start", variant="primary", elem_id="start-button")
             stop = gr.Button("Stop", variant="stop")
-        status_text = gr.Markdown(elem_id="job-status")
+        status_md = gr.Markdown(label="Job status", elem_id="job-status")
         status_bar = gr.HTML()
-        curves = gr.Plot(label="Curves", elem_id="curves")
+        curves = gr.Plot(label="Training curves (loss and accuracy per epoch)", elem_id="curves")
         with gr.Row():
-            confusion = gr.Plot(label="Confusion matrix")
+            confusion = gr.Plot(label="Confusion matrix (validation)", min_width=300)
             per_class = gr.Dataframe(
-                headers=["label", "precision", "recall", "f1", "support"], label="Per class", interactive=False
+                headers=["label", "precision", "recall", "f1", "support"],
+                label="Per class",
+                interactive=False,
+                min_width=300,
+                elem_id="per-class",
             )
         with gr.Row():
-            download_name = gr.Dropdown(app.registry.names(), label="Checkpoint to download")
-            download = gr.Button("Zip it")
-            download_file = gr.File(label="Download", interactive=False)
-        job = gr.JSON(visible=False)
-        status_outputs = [status_text, status_bar, curves, confusion, per_class]
+            download_name = gr.Dropdown(names, label="Checkpoint to download", elem_id="download-name", min_width=200)
+            download = gr.Button("Zip it", min_width=100)
+            download_file = gr.File(label="Download", interactive=False, min_width=200)
+        job = gr.JSON(visible=False, label="job status")
+        status_outputs = [status_md, status_bar, curves, confusion, per_class]
 
-        csv_file.upload(csv_columns, csv_file, [image_col, text_col, label_col], api_name=False)
-        example_button.click(
-            lambda: example_dataset(app), None, [csv_file, zip_file, image_col, text_col, label_col], api_name=False
-        )
+        def guess_roles(csv_file: str | None):
+            return (*csv_columns(csv_file), *column_report(app, csv_file))
+
+        role_outputs = [image_col, text_col, label_col, columns_note, base]
+        csv_file.upload(guess_roles, csv_file, role_outputs, api_visibility="private")
+
+        def use_example_dataset():
+            csv_path, archive = app.example_dataset()
+            return (csv_path, archive, *guess_roles(csv_path))
+
+        example_button.click(use_example_dataset, None, [csv_file, zip_file, *role_outputs], api_visibility="private")
+
+        def check_data(
+            csv_file: str,
+            zip_file: str | None = None,
+            image_column: str | None = None,
+            text_column: str | None = None,
+            label_column: str | None = None,
+        ) -> str:
+            """Pre-flight report of a training CSV (and the zip of its images): rows accepted and
+            rejected with the reason, class counts, warnings. Nothing is trained."""
+            return preflight(app, csv_file, zip_file, image_column, text_column, label_column)
+
         check.click(
-            lambda *a: preflight(app, *a),
+            check_data,
             [csv_file, zip_file, image_col, text_col, label_col],
             report,
             api_name="preflight",
         )
 
-        def on_start(
-            csv_file,
-            zip_file,
-            image_col,
-            text_col,
-            label_col,
-            base,
-            epochs,
-            lr,
-            batch_size,
-            freeze,
-            val_split,
-            name,
-            overwrite,
-            owner_token=None,
-            session_token=None,
+        def start_fine_tune(
+            csv_file: str,
+            zip_file: str | None = None,
+            image_column: str | None = None,
+            text_column: str | None = None,
+            label_column: str | None = None,
+            start_from: str = NEW_MODEL,
+            epochs: int = 5,
+            learning_rate: float = 3e-4,
+            batch_size: int = 64,
+            freeze: list[str] | None = None,
+            validation_split: float = 0.1,
+            name: str = "my-model",
+            overwrite: bool = False,
+            class_weights: bool = False,
+            owner_token: str | None = None,
+            session_token: str | None = None,
             profile: gr.OAuthProfile | None = None,
         ):
-            """A visitor without a token (a new gradio_client) gets one: returned once in the
-            status as ``owner_token`` and kept in this session."""
+            """Queue a fine-tune job (one runs at a time, in its own process) and return its
+            status; poll /finetune_status for progress, the history and the final report. A
+            caller without an owner token gets one back as ``owner_token``: pass it to later
+            calls to see, stop, use or download what it trains."""
             owner = owner_of(app, owner_token, session_token, profile)
             new_token = None
             if owner is None:
@@ -238,25 +372,26 @@ def finetune_tab(app: App, checkpoint: gr.Dropdown, tokens: tuple[gr.BrowserStat
                 app,
                 csv_file,
                 zip_file,
-                image_col,
-                text_col,
-                label_col,
-                base,
+                image_column,
+                text_column,
+                label_column,
+                start_from,
                 epochs,
-                lr,
+                learning_rate,
                 batch_size,
                 freeze,
-                val_split,
+                validation_split,
                 name,
                 overwrite,
                 owner,
+                class_weights,
             )
             if new_token:
                 status = {**status, "owner_token": new_token}
             return status, new_token or session_token
 
         start.click(
-            on_start,
+            start_fine_tune,
             [
                 csv_file,
                 zip_file,
@@ -271,6 +406,7 @@ def finetune_tab(app: App, checkpoint: gr.Dropdown, tokens: tuple[gr.BrowserStat
                 val_split,
                 name,
                 overwrite,
+                class_weights,
                 owner_token,
                 session_token,
             ],
@@ -278,16 +414,28 @@ def finetune_tab(app: App, checkpoint: gr.Dropdown, tokens: tuple[gr.BrowserStat
             api_name="start_finetune",
             concurrency_limit=1,
             concurrency_id="train",
-        ).then(lambda s: status_views(app, s), job, status_outputs, api_name=False)
+        ).then(lambda s: status_views(app, s), job, status_outputs, api_visibility="private")
 
-        def on_stop(owner_token=None, session_token=None, profile: gr.OAuthProfile | None = None):
+        def stop_fine_tune(
+            owner_token: str | None = None, session_token: str | None = None, profile: gr.OAuthProfile | None = None
+        ) -> dict:
+            """Stop your fine-tune job, at any phase; the best epoch saved so far is kept."""
             return stop_finetune(app, owner_of(app, owner_token, session_token, profile))
 
-        def on_status(owner_token=None, session_token=None, profile: gr.OAuthProfile | None = None):
+        def fine_tune_status(
+            owner_token: str | None = None, session_token: str | None = None, profile: gr.OAuthProfile | None = None
+        ) -> dict:
+            """Your latest fine-tune job's status: state (queued with its position, preparing, running, done,
+            failed, stopped, interrupted), message, progress, epoch, history, report, checkpoint."""
             return finetune_status(app, owner_of(app, owner_token, session_token, profile))
 
-        def on_delete(name, owner_token=None, session_token=None, profile: gr.OAuthProfile | None = None):
-            """Handler of /delete_checkpoint: the visitor's own checkpoints only."""
+        def delete_checkpoint(
+            name: str,
+            owner_token: str | None = None,
+            session_token: str | None = None,
+            profile: gr.OAuthProfile | None = None,
+        ) -> list[str]:
+            """Delete one of your own checkpoints; returns the checkpoints you can use."""
             owner = owner_of(app, owner_token, session_token, profile)
             try:
                 if owner is None:
@@ -297,33 +445,78 @@ def finetune_tab(app: App, checkpoint: gr.Dropdown, tokens: tuple[gr.BrowserStat
                 raise refuse(str(e)) from None
             return app.registry.names(owner)
 
-        stop.click(on_stop, [owner_token, session_token], job, api_name="stop_finetune")
+        stop.click(stop_fine_tune, [owner_token, session_token], job, api_name="stop_finetune")
         gr.Button("status", visible=False).click(
-            on_status, [owner_token, session_token], job, api_name="finetune_status"
+            fine_tune_status, [owner_token, session_token], job, api_name="finetune_status"
         )
         deleted = gr.JSON(visible=False)
         gr.Button("delete", visible=False).click(
-            on_delete, [name, owner_token, session_token], deleted, api_name="delete_checkpoint"
+            delete_checkpoint, [name, owner_token, session_token], deleted, api_name="delete_checkpoint"
         )
+
+        # settings survive a reload: saved in the browser on every change, restored on load
+        settings = [csv_file, zip_file, image_col, text_col, label_col, base, epochs, lr, batch_size]
+        settings += [freeze, val_split, name, overwrite, class_weights]  # in the order of SETTINGS
+
+        def save(*values):
+            return dict(zip(SETTINGS, values))
+
+        for field in settings:
+            field.change(save, settings, saved, api_visibility="private", queue=False, show_progress="hidden")
+
+        def restore(
+            values: dict | None,
+            tab_id: str | None,
+            owner_token=None,
+            session_token=None,
+            profile: gr.OAuthProfile | None = None,
+        ):
+            values = values or {}
+            updates = []
+            header = []
+            csv_path = values.get("csv_file")
+            if csv_path and Path(csv_path).is_file():
+                header, _ = _read_head(csv_path)
+            for key in SETTINGS:
+                value = values.get(key)
+                if key in ("csv_file", "zip_file"):
+                    updates.append(value if value and Path(value).is_file() else gr.skip())
+                elif key in ("image_col", "text_col", "label_col"):
+                    updates.append(gr.update(choices=header, value=value) if value else gr.skip())
+                else:
+                    updates.append(value if value is not None else gr.skip())
+            # a reload mid-training (or after leaving this tab open) comes back to this tab
+            owner = owner_of(app, owner_token, session_token, profile)
+            back = (owner is not None and app.jobs.running(owner)) or tab_id == "finetune"
+            return (*updates, gr.update(selected="finetune") if back else gr.skip())
+
+        tab.select(lambda: "finetune", None, saved_tab, api_visibility="private", queue=False)
 
         known_names = gr.State(None, time_to_live=app.limits.session_ttl_min * 60)
 
         def poll(known, owner_token=None, session_token=None, profile: gr.OAuthProfile | None = None):
-            """Job status for this page; checkpoint lists only when they changed (a list
-            refreshed every second would close a dropdown the user has open)."""
+            """The visitor's job status; checkpoint lists only when they changed (a list
+            refreshed every second would close a dropdown the user has open). When a job has
+            saved its checkpoint, the download list offers it."""
             owner = owner_of(app, owner_token, session_token, profile)
             names = app.registry.names(owner)
-            lists = (
-                [gr.skip()] * 3
-                if names == known
-                else [gr.update(choices=names), gr.update(choices=[NEW_MODEL, *names]), gr.update(choices=names)]
-            )
-            return (*status_views(app, finetune_status(app, owner)), *lists, names)
+            status = finetune_status(app, owner)
+            finished = status["checkpoint"] if status["state"] in ("done", "stopped") else None
+            seen = [names, finished]
+            if seen == known:
+                lists = [gr.skip()] * 3
+            else:
+                lists = [
+                    gr.update(choices=names),
+                    gr.update(choices=[NEW_MODEL, *names]),
+                    gr.update(choices=names, value=finished) if finished in names else gr.update(choices=names),
+                ]
+            return (*status_views(app, status), *lists, seen)
 
         poll_inputs = [known_names, owner_token, session_token]
         poll_outputs = [*status_outputs, checkpoint, base, download_name, known_names]
         timer = gr.Timer(1.0)
-        timer.tick(poll, poll_inputs, poll_outputs, api_name=False, queue=False, show_progress="hidden")
+        timer.tick(poll, poll_inputs, poll_outputs, api_visibility="private", queue=False, show_progress="hidden")
 
         def on_download(name, owner_token=None, session_token=None, profile: gr.OAuthProfile | None = None):
             if not name:
@@ -333,5 +526,8 @@ def finetune_tab(app: App, checkpoint: gr.Dropdown, tokens: tuple[gr.BrowserStat
             except ValueError as e:
                 raise refuse(str(e)) from None
 
-        download.click(on_download, [download_name, owner_token, session_token], download_file, api_name=False)
-    return poll, poll_inputs, poll_outputs
+        download.click(
+            on_download, [download_name, owner_token, session_token], download_file, api_visibility="private"
+        )
+    restore_inputs = [saved, saved_tab, owner_token, session_token]
+    return poll, poll_inputs, poll_outputs, (restore, restore_inputs, [*settings, tabs])

@@ -23,6 +23,7 @@ import gradio as gr
 
 from ..limits import data_dir
 from ..webapp import App
+from .common import input_error
 
 log = logging.getLogger("mmdemo.ui")
 
@@ -60,10 +61,8 @@ def owner_of(app: App, token, session_token, profile) -> str | None:
 
 
 def refuse(message: str) -> gr.Error:
-    """A gr.Error whose text is shown as text (the pop-up renders HTML: escape what may come from
-    the user), logged as one line."""
-    log.info("refused: %s", message[:300])
-    return gr.Error(html.escape(message, quote=False), print_exception=False)
+    """A refusal shown as text and logged as one line (common.input_error)."""
+    return input_error("refused", message)
 
 
 def unexpected(action: str, error: Exception) -> gr.Error:

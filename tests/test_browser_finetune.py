@@ -1,0 +1,136 @@
+"""The Fine-tune tab in a real browser: a CSV `filename,caption,category` gets its column roles
+from the content, a CSV without its zip gets one hint to add the zip, "Start from" follows the
+labels, the form and the tab survive a reload (also mid-training), the layout fits a phone.
+
+Skipped where Chromium is not installed, unless MMDEMO_REQUIRE_BROWSER=1.
+"""
+
+import csv
+import os
+import shutil
+
+import pytest
+from PIL import Image
+
+from .browser import CHROMIUM, DESKTOP, PHONE, blocks_layout, browser, make_app, serve
+
+if not os.path.exists(CHROMIUM) and os.environ.get("MMDEMO_REQUIRE_BROWSER") != "1":
+    pytest.skip("Debian's chromium is not installed", allow_module_level=True)
+playwright = pytest.importorskip("playwright.sync_api")
+expect = playwright.expect
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    return make_app(tmp_path_factory.mktemp("browser-finetune"))
+
+
+@pytest.fixture(scope="module")
+def url(app):
+    with serve(app) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    with browser() as chromium:
+        yield chromium
+
+
+def open_tab(chromium, url, viewport=DESKTOP):
+    context = chromium.new_context(viewport=viewport)
+    page = context.new_page()
+    page.goto(url)
+    page.get_by_role("tab", name="Fine-tune").click()
+    expect(page.locator("#start-button")).to_be_visible(timeout=30_000)
+    return context, page
+
+
+@pytest.fixture(scope="module")
+def three_columns(tmp_path_factory):
+    """26 pictures, a CSV filename,caption,category and the zip of the pictures."""
+    folder = tmp_path_factory.mktemp("three-columns")
+    (folder / "pics").mkdir()
+    rows = []
+    for i in range(26):
+        colour = "red" if i % 2 else "blue"
+        Image.new("RGB", (32, 32), (255, 0, 0) if i % 2 else (0, 0, 255)).save(folder / "pics" / f"{i}.png")
+        rows.append([f"pics/{i}.png", f"a small {colour} picture, number {i}", colour])
+    with open(folder / "three.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["filename", "caption", "category"], *rows])
+    archive = shutil.make_archive(str(folder / "pics"), "zip", root_dir=folder, base_dir="pics")
+    return str(folder / "three.csv"), archive
+
+
+def column(page, elem_id):
+    return page.locator(f"#{elem_id} input")
+
+
+def test_three_column_csv_gets_its_roles_and_a_hint_for_the_missing_zip(chromium, url, three_columns):
+    csv_path, archive = three_columns
+    context, page = open_tab(chromium, url)
+    page.locator("#csv-upload input[type=file]").set_input_files(csv_path)
+    expect(column(page, "label-column")).to_have_value("category", timeout=30_000)
+    expect(column(page, "image-column")).to_have_value("filename")
+    expect(column(page, "text-column")).to_have_value("caption")
+    expect(page.locator("#columns-note")).to_contain_text("2 distinct values in 26 rows")
+    # labels no shipped checkpoint knows: start from a new model
+    expect(column(page, "start-from")).to_have_value("(new model)")
+
+    page.get_by_role("button", name="Check data").click()
+    report = page.locator("#preflight")
+    expect(report).to_contain_text("add the zip of the images", timeout=30_000)
+    assert report.inner_text().count("image not found") == 0  # one hint, not 26 lines
+
+    page.locator("#zip-upload input[type=file]").set_input_files(archive)
+    expect(page.locator("#zip-upload")).to_contain_text("pics.zip", timeout=30_000)
+    page.get_by_role("button", name="Check data").click()
+    expect(report).to_contain_text("26 rows accepted, 0 rejected", timeout=30_000)
+    expect(report).to_contain_text("blue=13, red=13")
+    context.close()
+
+
+def test_example_data_starts_from_the_shipped_checkpoint_that_knows_its_labels(chromium, url):
+    context, page = open_tab(chromium, url)
+    page.locator("#example-dataset").click()
+    expect(column(page, "label-column")).to_have_value("label", timeout=60_000)
+    expect(column(page, "start-from")).to_have_value("sort-of-clevr")
+    expect(page.locator("#columns-note")).to_contain_text("sort-of-clevr")
+    expect(page.locator("#class-weights")).to_contain_text("Class weights")
+    context.close()
+
+
+def test_fine_tune_tab_fits_a_phone(chromium, url, three_columns):
+    context, page = open_tab(chromium, url, PHONE)
+    page.locator("#csv-upload input[type=file]").set_input_files(three_columns[0])
+    expect(column(page, "label-column")).to_have_value("category", timeout=30_000)
+    layout = blocks_layout(page)
+    assert layout["width"] <= PHONE["width"], "the page scrolls sideways"
+    outside = [b["id"] for b in layout["boxes"] if b["left"] < -1 or b["right"] > PHONE["width"] + 1]
+    assert not outside, f"blocks cut off at the sides: {outside}"
+    assert not layout["overlaps"], f"blocks overlapping: {layout['overlaps']}"
+    context.close()
+
+
+def test_a_reload_mid_training_keeps_the_form_and_the_tab(chromium, url, app):
+    context, page = open_tab(chromium, url)
+    page.locator("#example-dataset").click()
+    expect(column(page, "label-column")).to_have_value("label", timeout=60_000)
+    page.get_by_label("Epochs").fill("200")
+    page.locator("#checkpoint-name textarea, #checkpoint-name input").first.fill("long-run")
+    page.get_by_label("Class weights").check()
+    page.locator("#start-button").click()
+    expect(page.locator("#job-status")).to_contain_text("running", timeout=60_000)
+
+    page.reload()
+    expect(page.locator("#start-button")).to_be_visible(timeout=30_000)  # still on the Fine-tune tab
+    expect(page.get_by_label("Epochs")).to_have_value("200")
+    expect(page.locator("#checkpoint-name textarea, #checkpoint-name input").first).to_have_value("long-run")
+    expect(page.get_by_label("Class weights")).to_be_checked()
+    expect(column(page, "label-column")).to_have_value("label")
+    expect(page.locator("#job-status")).to_contain_text("running")
+    expect(page.locator("#job-status")).to_contain_text("elapsed")
+    page.get_by_role("button", name="Stop").click()
+    expect(page.locator("#job-status")).not_to_contain_text("running", timeout=120_000)
+    app.jobs.wait(60)
+    context.close()
