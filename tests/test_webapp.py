@@ -25,21 +25,22 @@ def test_capabilities_and_suggested_base_come_from_the_shipped_configs(tmp_path)
     config = json.loads((path / "config.json").read_text())
     config["task"] = task_spec()
     (path / "config.json").write_text(json.dumps(config))
-    save_checkpoint(build_model(tiny_config(labels=["cat", "dog"])), tmp_path / "mine" / "pets")
     app = App(CheckpointRegistry(tmp_path / "mine", tmp_path / "shipped"), work_dir=str(tmp_path / "work"))
+    owner = app.owner(app.new_token())  # a visitor's own checkpoint: the visitor's folder
+    save_checkpoint(build_model(tiny_config(labels=["cat", "dog"])), tmp_path / "mine" / owner / "pets")
     labels, task, benchmark = app.capabilities("s")
     assert labels == ["circle", "square", "1", "2"] and benchmark == {}
     assert [q["kind"] for q in task["questions"]] == ["shape", "horizontal", "vertical", "closest", "furthest", "count"]
     assert task["slot"]["values"] == ["red", "green", "blue", "orange", "gray", "yellow"]
-    assert app.capabilities("pets")[1] == {}
+    assert app.capabilities("pets", owner)[1] == {}
     assert app.suggest_base(["circle", "square"]) == "s"
     assert app.suggest_base(["cat", "dog"]) is None  # only shipped checkpoints are suggested
 
 
-def test_the_shipped_checkpoint_says_what_it_can_answer():
+def test_the_shipped_checkpoint_says_what_it_can_answer(tmp_path):
     from mmdemo.registry import REPO_CHECKPOINTS
 
-    app = App(CheckpointRegistry(REPO_CHECKPOINTS, REPO_CHECKPOINTS))
+    app = App(CheckpointRegistry(tmp_path / "mine", REPO_CHECKPOINTS), work_dir=str(tmp_path / "work"))
     labels, task, benchmark = app.capabilities("sort-of-clevr")
     assert len(labels) == 12 and task == task_spec()
     assert benchmark["pointing"]["raw"]["closest_furthest"]["closest"]["on_reference"] > 0.5

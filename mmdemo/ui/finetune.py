@@ -449,7 +449,7 @@ def finetune_tab(
         gr.Button("status", visible=False).click(
             fine_tune_status, [owner_token, session_token], job, api_name="finetune_status"
         )
-        deleted = gr.JSON(visible=False)
+        deleted = gr.JSON(visible=False, label="your checkpoints")
         gr.Button("delete", visible=False).click(
             delete_checkpoint, [name, owner_token, session_token], deleted, api_name="delete_checkpoint"
         )

@@ -381,7 +381,7 @@ def predict_tab(
                 opacity = gr.Slider(0, 1, value=DEFAULT_OPACITY, step=0.05, label="Heatmap opacity")
             with gr.Column(scale=7, min_width=300):
                 label = gr.Label(num_top_classes=3, label="Answer", elem_id="prediction")
-                banner = gr.Markdown(elem_id="scope-banner")
+                banner = gr.Markdown(label="Out of scope", elem_id="scope-banner")
                 details = gr.Markdown(label="Details", elem_id="timing")
                 overlay = gr.Image(
                     label=OVERLAY_LABEL,
