@@ -197,4 +197,3 @@ class App:
 
     def close(self) -> None:
         self.jobs.close()
-
