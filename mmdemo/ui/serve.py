@@ -20,7 +20,6 @@ from gradio.utils import get_upload_folder
 from starlette.middleware import Middleware
 
 from ..webapp import App
-from . import CACHE_SWEEP_S
 
 SESSION_CAPACITY = int(os.environ.get("MMDEMO_SESSION_CAPACITY", "150"))
 QUEUE_SIZE = int(os.environ.get("MMDEMO_QUEUE_SIZE", "64"))
@@ -61,7 +60,8 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
-EMPTY_FOLDER_AGE_S = 30  # Gradio makes a folder and writes its file at once: older and empty is left over
+EMPTY_FOLDER_AGE_S = 5  # Gradio makes a folder and writes its file at once: older and empty is left over
+EMPTY_FOLDER_SWEEP_S = 10
 
 
 def sweep_empty_cache_folders(cache: Path, age_s: float = EMPTY_FOLDER_AGE_S) -> int:
@@ -81,7 +81,7 @@ def sweep_empty_cache_folders(cache: Path, age_s: float = EMPTY_FOLDER_AGE_S) ->
 
 def _sweep_forever(cache: Path) -> None:
     while True:
-        time.sleep(CACHE_SWEEP_S)
+        time.sleep(EMPTY_FOLDER_SWEEP_S)
         sweep_empty_cache_folders(cache)
 
 
