@@ -381,8 +381,11 @@ class Encodings:
 
 
 @torch.no_grad()
-def encode_rows(model, examples: list, device: torch.device | str = "cpu", batch_size: int = 256) -> Encodings:
-    """Encode labelled examples (data.Example) the way prediction does."""
+def encode_rows(
+    model, examples: list, device: torch.device | str = "cpu", batch_size: int = 256, with_logits: bool = True
+) -> Encodings:
+    """Encode labelled examples (data.Example) the way prediction does; ``with_logits=False``
+    skips the fusion (only the pooled encoder outputs are needed of training rows)."""
     from .train import Encoded  # the training engine's encoder cache, one pass per image / text
 
     device = torch.device(device)
@@ -400,14 +403,17 @@ def encode_rows(model, examples: list, device: torch.device | str = "cpu", batch
             text_vecs = torch.zeros(len(encoded.text_index), ts.shape[-1])
         image_vecs[img_ids] = pooled_image(fm).cpu()
         text_vecs[encoded.rows_text[chunk]] = pooled_text(ts, mask).cpu()
+        if not with_logits:
+            continue
         drop = torch.ones(len(chunk), dtype=torch.bool, device=device)
         logits.append(model.forward_fusion(fm, ts, mask, image_index=index, pixels=px).logits.float().cpu())
         text_only.append(
             model.forward_fusion(fm, ts, mask, drop_image=drop, image_index=index, pixels=px).logits.float().cpu()
         )
-    all_logits = torch.empty(len(order), len(model.config.labels))
+    all_logits = torch.empty(len(order) if with_logits else 0, len(model.config.labels))
     all_text_only = torch.empty_like(all_logits)
-    all_logits[order], all_text_only[order] = torch.cat(logits), torch.cat(text_only)
+    if with_logits:
+        all_logits[order], all_text_only[order] = torch.cat(logits), torch.cat(text_only)
     return Encodings(image_vecs, text_vecs, list(encoded.text_index), all_logits, all_text_only)
 
 
@@ -440,7 +446,7 @@ def fit_scope(
     from .encoders import load_tokenizer
 
     tokenizer = tokenizer or load_tokenizer(model.config.text_model)
-    train = encode_rows(model, sample_rows(train_examples, max_rows, seed), device)
+    train = encode_rows(model, sample_rows(train_examples, max_rows, seed), device, with_logits=False)
     val = encode_rows(model, sample_rows(val_examples, max_rows, seed + 1), device)
     mean, precision = fit_gaussian(train.image_vecs)
     val_distance = mahalanobis(val.image_vecs, mean, precision)
