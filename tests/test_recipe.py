@@ -78,7 +78,9 @@ def test_early_stopping_ends_training_on_a_plateau(sixteen_rows):  # noqa: F811
 def test_default_recipe_trains_calibrates_and_reports_baselines(sixteen_rows, tmp_path):  # noqa: F811
     ds = read_csv(sixteen_rows)
     overrides = {"epochs": 3, "batch_size": 8}
-    request = FinetuneRequest(ds, tmp_path / "m", config=tiny_config(), overrides=overrides, val_dataset=ds)
+    # image_size left at the default (224), so the recipe chooses it
+    config = tiny_config(image_size=224)
+    request = FinetuneRequest(ds, tmp_path / "m", config=config, overrides=overrides, val_dataset=ds)
     recipe = plan(request)
     assert recipe.config["image_size"] == 64  # the tiny 32-px images: the recipe's choice
     assert recipe.settings.epochs == 3 and recipe.estimate_s > 0
