@@ -4,6 +4,7 @@ gradio_client calls (predict, and a one-epoch fine-tune through the API)."""
 import csv
 import socket
 import time
+from pathlib import Path
 
 import plotly.graph_objects as go
 import pytest
@@ -246,3 +247,20 @@ def test_job_status_line_names_the_phase_and_the_time_left():
     assert status_text({**status, "state": "idle", "message": "No fine-tune job has run yet."}) == (
         "No fine-tune job has run yet."
     )
+
+
+def test_raw_http_callers_may_leave_out_trailing_parameters(server, fixture_path):
+    """A client written for /predict's image and question alone (or its five inputs) still works
+    over plain HTTP: the left-out checkpoint, method, opacity and owner token take their defaults."""
+    import httpx
+
+    from mmdemo.bench_app import read_result, upload
+
+    base = server.local_url.rstrip("/")
+    with httpx.Client(timeout=60) as client:
+        path = upload(client, base, Path(fixture_path("chelsea.jpg")))
+        image = {"path": path, "meta": {"_type": "gradio.FileData"}}
+        for data in ([image, "Where is the cat?"], [image, "Where is the cat?", "sort-of-clevr", "raw", 0.5]):
+            event = client.post(f"{base}/gradio_api/call/predict", json={"data": data}).json()["event_id"]
+            outputs = read_result(client, base, event)
+            assert outputs[1]["method"] == "raw" and set(outputs[1]["scores"]) == {"circle", "square", "left", "right"}

@@ -74,4 +74,22 @@ def create_demo(app: App) -> gr.Blocks:
 
         demo.load(on_load, poll_inputs, [*poll_outputs, tokens[0]], api_visibility="private", queue=False)
         demo.load(restore, restore_inputs, restored, api_visibility="private", queue=False)
+    _fill_left_out_inputs(demo)
     return demo
+
+
+def _fill_left_out_inputs(demo: gr.Blocks) -> None:
+    """Let raw HTTP callers (``/gradio_api/call/<name>``) leave out trailing optional parameters,
+    as gradio_client callers can: Gradio 6.31 refuses a list shorter than the event's inputs, so
+    a client written for ``/predict``'s five inputs (image, question, checkpoint, method, opacity)
+    would fail once the owner token came last. A left-out value is its component's initial value
+    (the default the page shows)."""
+    validate = demo.validate_inputs
+
+    def validate_filled(block_fn, inputs: list) -> None:
+        if isinstance(inputs, list) and len(inputs) < len(block_fn.inputs):
+            # preprocessing reads this same list next
+            inputs.extend(getattr(block, "value", None) for block in block_fn.inputs[len(inputs) :])
+        validate(block_fn, inputs)
+
+    demo.validate_inputs = validate_filled

@@ -90,7 +90,7 @@ def predict(
             "predict", f"unknown explanation method {str(method)[:40]!r}; use one of {', '.join(METHODS)}"
         )
     try:
-        opacity = min(1.0, max(0.0, float(opacity)))
+        opacity = DEFAULT_OPACITY if opacity is None else min(1.0, max(0.0, float(opacity)))
     except (TypeError, ValueError):
         raise input_error("predict", "the opacity must be a number from 0 to 1") from None
     try:
