@@ -6,6 +6,8 @@ benchmark, calibration and faithfulness figures); it reads no weights and runs n
 
 from __future__ import annotations
 
+from .metrics import reliability_rows
+
 
 def _pct(value) -> str:
     return f"{100 * value:.1f} %" if isinstance(value, (int, float)) else "–"
@@ -66,7 +68,7 @@ def app_model_card(name: str, data: dict) -> str:
             f"error (15 bins) {calibration.get('ece_before', float('nan')):.4f} before, "
             f"{calibration.get('ece_after', float('nan')):.4f} after, on {calibration.get('data', 'validation data')}."
         )
-        bins = calibration.get("bins") or []
+        bins = calibration.get("bins") or reliability_rows(calibration.get("reliability_after"))
         if bins:
             lines += ["", "| confidence bin | rows | mean confidence | accuracy |", "|---|---|---|---|"]
             for b in bins:

@@ -23,6 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .encoders import LITE0_PACKAGE, MINILM_PACKAGE
+from .metrics import reliability_rows
 from .model import ModelConfig, MultimodalClassifier, build_model
 
 FORMAT = "mmdemo-checkpoint"
@@ -193,7 +194,7 @@ def model_card(name: str, data: dict) -> str:
             f" {calibration['ece_after']:.4f} after."
         )
         lines += ["", "| confidence | rows | mean confidence | accuracy |", "|---|---|---|---|"]
-        for b in calibration.get("bins") or _bins(calibration.get("reliability_after")):
+        for b in calibration.get("bins") or reliability_rows(calibration.get("reliability_after")):
             lines.append(f"| {b['low']:.2f}-{b['high']:.2f} | {b['n']} | {b['confidence']:.4f} | {b['accuracy']:.4f} |")
     metrics = training.get("metrics")
     if metrics:
@@ -201,18 +202,6 @@ def model_card(name: str, data: dict) -> str:
         for key, value in metrics.items():
             lines.append(f"| {key} | {value:.4f} |" if isinstance(value, float) else f"| {key} | {value} |")
     return "\n".join(lines) + "\n"
-
-
-def _bins(reliability: dict | None) -> list[dict]:
-    """metrics.reliability's per-bin lists as the card's rows (non-empty bins only)."""
-    if not reliability:
-        return []
-    n = reliability["bins"]
-    return [
-        {"low": b / n, "high": (b + 1) / n, "n": c, "confidence": reliability["confidence"][b],
-         "accuracy": reliability["accuracy"][b]}
-        for b, c in enumerate(reliability["count"]) if c
-    ]  # fmt: skip
 
 
 def update_training_record(path: str | os.PathLike, **entries) -> None:

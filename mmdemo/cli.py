@@ -531,19 +531,10 @@ def _evaluate(args) -> int:
 def _fit_scope(args) -> int:
     import torch
 
+    from .calibration import calibration_report, fit_temperature
     from .checkpoint import load_checkpoint, update_training_record
     from .device import resolve_device
-    from .scope import (
-        calibration_bins,
-        expected_calibration_error,
-        fit_scope,
-        fit_temperature,
-        load_scope,
-        reliance_floor,
-        sample_rows,
-        save_scope,
-        write_config,
-    )
+    from .scope import fit_scope, load_scope, reliance_floor, sample_rows, save_scope, write_config
 
     train = _read_dataset(args.csv, args)
     val = _read_dataset(args.val_csv, args)
@@ -555,7 +546,7 @@ def _fit_scope(args) -> int:
     targets = torch.tensor([labels.index(rows[i].label) for i in known])
     logits = val_enc.logits[known]
     summary = {"checkpoint": str(args.checkpoint), **stats.fitted_on, "image_threshold": stats.image_threshold}
-    summary["ece_before"] = expected_calibration_error(*_confidence_correct(logits / model.config.temperature, targets))
+    summary["ece_before"] = calibration_report(logits, targets, model.config.temperature)["ece_after"]
     if args.fit_temperature:
         temperature = round(fit_temperature(logits, targets), 4)
         data = json.loads((args.checkpoint / "config.json").read_text())
@@ -563,15 +554,13 @@ def _fit_scope(args) -> int:
         write_config(args.checkpoint, data)
         stats.reliance_floor = reliance_floor(val_enc, temperature)
         summary["temperature"] = temperature
-        summary["ece_after"] = expected_calibration_error(*_confidence_correct(logits / temperature, targets))
+        report = calibration_report(logits, targets, temperature)
+        summary["ece_after"] = report["ece_after"]
         update_training_record(
             args.checkpoint,
             calibration={
-                "temperature": temperature,
+                **report,
                 "data": f"{args.val_csv.name}, {len(known)} rows",
-                "ece_before": round(summary["ece_before"], 4),
-                "ece_after": round(summary["ece_after"], 4),
-                "bins": calibration_bins(*_confidence_correct(logits / temperature, targets)),
                 "command": "python -m mmdemo " + " ".join(sys.argv[1:]),
             },
         )
@@ -580,9 +569,3 @@ def _fit_scope(args) -> int:
     summary["reliance_floor"] = stats.reliance_floor
     print(json.dumps(summary))
     return 0
-
-
-def _confidence_correct(logits, targets):
-    probs = logits.softmax(-1)
-    confidence, predicted = probs.max(-1)
-    return confidence.numpy(), (predicted == targets).float().numpy()

@@ -79,7 +79,7 @@ def calibration_report(model, examples: list, device: str | None = None) -> dict
     import torch
 
     from .device import resolve_device
-    from .scope import calibration_bins, expected_calibration_error
+    from .metrics import reliability, reliability_rows
     from .train import Encoded, predict_encoded
 
     device = resolve_device(device)
@@ -88,12 +88,13 @@ def calibration_report(model, examples: list, device: str | None = None) -> dict
     logits = predict_encoded(model.to(device), Encoded(model, known, device, lambda event: None), device)
     confidence, predicted = (logits / model.config.temperature).softmax(-1).max(-1)
     correct = (predicted == torch.tensor([labels.index(e.label) for e in known])).float().numpy()
+    table = reliability(confidence.tolist(), correct.tolist())
     return {
         "temperature": model.config.temperature,
-        "ece": expected_calibration_error(confidence.numpy(), correct),
+        "ece": table["ece"],
         "mean_confidence": float(confidence.mean()),
         "accuracy": float(correct.mean()),
-        "bins": calibration_bins(confidence.numpy(), correct),
+        "bins": reliability_rows(table),
     }
 
 

@@ -36,6 +36,25 @@ def expected_calibration_error(confidences: list[float], correct: list[bool], bi
     return reliability(confidences, correct, bins)["ece"]
 
 
+def reliability_rows(table: dict | None) -> list[dict]:
+    """``reliability``'s per-bin lists as rows (non-empty bins only): low, high, n, confidence,
+    accuracy (what model cards print)."""
+    if not table:
+        return []
+    n = table["bins"]
+    return [
+        {
+            "low": b / n,
+            "high": (b + 1) / n,
+            "n": c,
+            "confidence": table["confidence"][b],
+            "accuracy": table["accuracy"][b],
+        }
+        for b, c in enumerate(table["count"])
+        if c
+    ]
+
+
 def reliability(confidences: list[float], correct: list[bool], bins: int = 15) -> dict:
     """Per bin (equal width over [0, 1]): count, mean confidence and accuracy; and the ECE."""
     counts, conf_sums, hit_sums = [0] * bins, [0.0] * bins, [0.0] * bins

@@ -323,50 +323,6 @@ def synonyms_for(ws: list[str], stats: ScopeStats, table: torch.Tensor | None, t
     return {w: stats.vocabulary[int(i)] for w, b, i in zip(unseen, best.tolist(), index.tolist()) if b >= SYNONYM_COS}
 
 
-# -- calibration (temperature) ---------------------------------------------------------------
-def fit_temperature(logits: torch.Tensor, targets: torch.Tensor) -> float:
-    """The temperature minimising the negative log-likelihood of ``targets`` (Guo et al. 2017)."""
-    logits, targets = logits.detach().float(), targets.long()
-    log_t = torch.zeros(1, requires_grad=True)
-    optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200, line_search_fn="strong_wolfe")
-
-    def closure():
-        optimizer.zero_grad()
-        loss = torch.nn.functional.cross_entropy(logits / log_t.exp(), targets)
-        loss.backward()
-        return loss
-
-    optimizer.step(closure)
-    return float(log_t.detach().exp())
-
-
-def calibration_bins(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 15) -> list[dict]:
-    """Equal-width confidence bins: count, mean confidence and accuracy of each non-empty bin."""
-    edges = np.linspace(0, 1, n_bins + 1)
-    index = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, n_bins - 1)
-    bins = []
-    for b in range(n_bins):
-        sel = index == b
-        if sel.any():
-            bins.append(
-                {
-                    "low": round(float(edges[b]), 4),
-                    "high": round(float(edges[b + 1]), 4),
-                    "n": int(sel.sum()),
-                    "confidence": float(confidence[sel].mean()),
-                    "accuracy": float(correct[sel].mean()),
-                }
-            )
-    return bins
-
-
-def expected_calibration_error(confidence, correct, n_bins: int = 15) -> float:
-    """ECE: the bin-size-weighted mean |accuracy - confidence| over equal-width bins."""
-    confidence, correct = np.asarray(confidence, dtype=float), np.asarray(correct, dtype=float)
-    bins = calibration_bins(confidence, correct, n_bins)
-    return float(sum(b["n"] * abs(b["accuracy"] - b["confidence"]) for b in bins) / max(1, len(confidence)))
-
-
 # -- fitting -----------------------------------------------------------------------------------
 @dataclass
 class Encodings:

@@ -1,6 +1,7 @@
 """Temperature scaling: a deliberately over-confident toy model gets a temperature above 1 and
 a lower calibration error; an under-confident one gets a temperature below 1."""
 
+import pytest
 import torch
 
 from mmdemo.calibration import calibration_report, fit_temperature
@@ -43,3 +44,17 @@ def test_unknown_targets_are_ignored_and_ece_bins():
     assert abs(expected_calibration_error([0.95] * 4, [True, False, True, False]) - 0.45) < 1e-9
     r = reliability([0.05, 0.99, 1.0], [False, True, True])
     assert r["count"][0] == 1 and r["count"][14] == 2 and r["ece"] < 0.05
+
+
+def test_temperature_is_recovered_and_ece_measures_miscalibration():
+    gen = torch.Generator().manual_seed(0)
+    true_logits = torch.randn(4000, 5, generator=gen) * 3
+    targets = torch.multinomial(true_logits.softmax(-1), 1, generator=gen)[:, 0]
+    overconfident = true_logits * 2.5  # a model whose logits are 2.5x too large
+    assert fit_temperature(overconfident, targets) == pytest.approx(2.5, rel=0.1)
+    probs = overconfident.softmax(-1)
+    conf, pred = probs.max(-1)
+    before = expected_calibration_error(conf.tolist(), (pred == targets).tolist())
+    conf, pred = (overconfident / 2.5).softmax(-1).max(-1)
+    after = expected_calibration_error(conf.tolist(), (pred == targets).tolist())
+    assert before > 0.1 and after < 0.03
