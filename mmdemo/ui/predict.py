@@ -4,6 +4,7 @@ word x region matrix, modality contributions."""
 from __future__ import annotations
 
 import time
+from typing import NamedTuple
 
 import gradio as gr
 import torch
@@ -80,10 +81,19 @@ def redraw(state, opacity, selection: gr.SelectData | None = None):
     return render.overlay(image, torch.tensor(explanation["heatmap"]), opacity, tuple(explanation["peak_xy"])), state
 
 
-def predict_tab(app: App) -> gr.Dropdown:
-    """The tab's components and events; returns the checkpoint dropdown (refreshed by the poll)."""
+class PredictInputs(NamedTuple):
+    """What other tabs need of this one: the checkpoint dropdown (refreshed by the fine-tune
+    poll) and the inputs "Open in Predict & Explain" fills."""
+
+    checkpoint: gr.Dropdown
+    image: gr.Image
+    text: gr.Textbox
+
+
+def predict_tab(app: App) -> PredictInputs:
+    """The tab's components and events."""
     default = app.default_checkpoint()
-    with gr.Tab("Predict & Explain"):
+    with gr.Tab("Predict & Explain", id="predict"):
         state = gr.State(None)
         with gr.Row():
             with gr.Column():
@@ -149,4 +159,4 @@ def predict_tab(app: App) -> gr.Dropdown:
         words.select(redraw, [state, opacity], [overlay, state], api_name=False, queue=False)
         refresh.click(lambda: gr.update(choices=app.registry.names()), None, checkpoint, api_name=False, queue=False)
 
-    return checkpoint
+    return PredictInputs(checkpoint, image, text)
