@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import shutil
 import tempfile
 import threading
 import time
@@ -41,6 +42,7 @@ from .uploads import extract_zip
 BATCH_SIZE = 16  # batch predict's default (cli.py), so batches and results are the same
 ECE_BINS = 15
 MAX_SLICE_VALUES = 50  # a column with more distinct values is an id, not a slice
+MAX_NUMERIC_SLICE_VALUES = 12  # ... and a numeric one with more is a measurement
 MAX_ROWS = 20_000  # rows evaluated in the app per run (a bound for a shared server)
 BENCHMARK_SEED = 4242  # the built-in benchmark's scenes: fixed, so two runs see the same rows
 
@@ -57,6 +59,12 @@ class EvalSet:
     report: str  # the data set's pre-flight report
     image_column: str = "image"
     extra_columns: list[str] = field(default_factory=list)  # every column but image, text, label
+    folder: Path | None = None  # the upload's own folder (extracted zip), None for files in place
+
+    def delete(self) -> None:
+        """Remove the upload's folder (the UI does when the visitor's next run replaces it)."""
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
 
 
 @dataclass
@@ -94,13 +102,25 @@ class EvalResult:
 Progress = Callable[[int, int], None]  # (rows done, rows in all)
 
 
+def _is_number(value: str) -> bool:
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
+
+
 def _slice_columns(fields: list[str], rows: list[dict[str, str]], used: set[str]) -> list[str]:
+    """Columns worth grouping rows by: 2 to MAX_SLICE_VALUES distinct values, and not a
+    measurement (a numeric column with more than MAX_NUMERIC_SLICE_VALUES values, such as a
+    coordinate or an id)."""
     out = []
     for name in fields:
         if name in used:
             continue
-        values = {r.get(name, "") for r in rows}
-        if 1 < len(values) <= MAX_SLICE_VALUES:
+        values = {r.get(name) or "" for r in rows}
+        numeric = all(_is_number(v) for v in values if v)
+        if 1 < len(values) <= (MAX_NUMERIC_SLICE_VALUES if numeric else MAX_SLICE_VALUES):
             out.append(name)
     return out
 
@@ -126,15 +146,25 @@ def load_csv_set(
     if not csv_path.is_file():
         raise ValueError(f"CSV file not found: {csv_path.name}")
     confine = zip_path is not None or work_dir is not None
+    folder = None
     if confine:
+        if work_dir is not None:
+            Path(work_dir).mkdir(parents=True, exist_ok=True)
         folder = Path(tempfile.mkdtemp(prefix="evalset-", dir=work_dir))
         if zip_path:
             extract_zip(zip_path, folder)
         target = folder / "data.csv"
         target.write_bytes(csv_path.read_bytes())
         csv_path = target
-    dataset = read_csv(csv_path, image_column, text_column, label_column, confine=confine)
+    try:
+        dataset = read_csv(csv_path, image_column, text_column, label_column, confine=confine)
+    except ValueError:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
     if not dataset.examples:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
         reasons = "; ".join(f"row {r}: {m}" for r, m in dataset.rejected[:3])
         raise ValueError(f"{csv_path.name}: no valid rows to evaluate" + (f" ({reasons} ...)" if reasons else ""))
     fields, raw = _raw_rows(csv_path)
@@ -149,6 +179,7 @@ def load_csv_set(
         rejected=dataset.rejected,
         report=dataset.report(),
         image_column=image_column,
+        folder=folder,
     )
 
 
@@ -375,5 +406,7 @@ class ResultStore:
             item = self._items.setdefault(visitor, {})
             self._items.move_to_end(visitor)
             while len(self._items) > self.max_visitors:
-                self._items.popitem(last=False)
+                _, old = self._items.popitem(last=False)
+                if isinstance(old.get("data"), EvalSet):
+                    old["data"].delete()
             return item

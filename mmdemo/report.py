@@ -14,6 +14,7 @@ import base64
 import html
 import io
 import json
+import re
 import time
 import zipfile
 from pathlib import Path
@@ -35,7 +36,7 @@ h1{margin-bottom:.2em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin
 table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
 th{background:#f3f3f3}td.l,th.l{text-align:left}.muted{color:#666}.card{background:#fafafa;border:1px solid #ddd;padding:0 1em}
 .errors{display:flex;flex-wrap:wrap;gap:1em}.err{width:250px;font-size:.9em}.err img{width:250px;image-rendering:pixelated}
-.ok{color:#1a7f37}.bad{color:#c62828}
+pre{white-space:pre-wrap;word-break:break-all}.ok{color:#1a7f37}.bad{color:#c62828}
 """
 
 
@@ -116,10 +117,17 @@ def bars_svg(values: dict[str, float], width: int = 480) -> str:
     return "".join(parts)
 
 
+URL = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s<>\"']*", re.IGNORECASE)
+
+
 def _card_html(card_markdown: str) -> str:
-    # links and images are off: the report must not point anywhere outside itself
-    md = MarkdownIt("commonmark", {"html": False}).enable("table").disable(["link", "image", "autolink"])
-    return md.render(card_markdown)
+    """The model card as HTML, pointing nowhere: links keep their text, images their alt text,
+    and any address left in the text is replaced (the report must not reach outside itself)."""
+    md = MarkdownIt("commonmark", {"html": False}).enable("table")
+    md.add_render_rule("link_open", lambda *a: "")
+    md.add_render_rule("link_close", lambda *a: "")
+    md.add_render_rule("image", lambda renderer, tokens, idx, *a: html.escape(tokens[idx].content))
+    return URL.sub("(address removed)", md.render(card_markdown))
 
 
 def build_report(

@@ -96,6 +96,8 @@ class Evaluation:
         except ValueError as e:
             raise gr.Error(str(e)) from None
         state = self.results.get(visitor)
+        if state.get("data") is not None and state["data"].folder != data.folder:
+            state["data"].delete()  # the previous upload's files: only the latest run is kept
         state.clear()
         state.update(result=result, data=data, slice=result.slice_columns[0] if result.slice_columns else None)
         return self.views(visitor)
