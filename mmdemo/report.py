@@ -127,7 +127,10 @@ def _card_html(card_markdown: str) -> str:
     md.add_render_rule("link_open", lambda *a: "")
     md.add_render_rule("link_close", lambda *a: "")
     md.add_render_rule("image", lambda renderer, tokens, idx, *a: html.escape(tokens[idx].content))
-    return URL.sub("(address removed)", md.render(card_markdown))
+    body = re.sub(
+        r"<(/?)h([1-4])>", lambda m: f"<{m[1]}h{int(m[2]) + 2}>", md.render(card_markdown)
+    )  # under "Model card"
+    return URL.sub("(address removed)", body)
 
 
 def build_report(

@@ -37,7 +37,7 @@ def test_report_is_self_contained(result):
     s = evalset.summarize(result)
     assert f"{100 * s['accuracy']:.1f} %" in html and f"{s['ece']:.4f}" in html
     assert "Accuracy per kind" in html and "points at the right thing" in html
-    assert "<h1>tiny</h1>" in html and "the docs" in html  # the card, its link text kept, the link dropped
+    assert "<h3>tiny</h3>" in html and "the docs" in html  # the card, its link text kept, the link dropped
     assert "<svg" in html and "reliability diagram" in html
 
 

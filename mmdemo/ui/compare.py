@@ -119,10 +119,12 @@ def compare_tab(app: App) -> None:
                 text = gr.Textbox(label="Question", elem_id="cmp-text")
                 with gr.Row():
                     checkpoint_a = gr.Dropdown(names, value=default, label="A: checkpoint", elem_id="cmp-checkpoint-a")
-                    method_a = gr.Radio(list(METHODS), value=DEFAULT_METHOD, label="A: explanation")
+                    method_a = gr.Radio(
+                        list(METHODS), value=DEFAULT_METHOD, label="A: explanation", elem_id="cmp-method-a"
+                    )
                 with gr.Row():
                     checkpoint_b = gr.Dropdown(names, value=default, label="B: checkpoint", elem_id="cmp-checkpoint-b")
-                    method_b = gr.Radio(list(METHODS), value="gradient", label="B: explanation")
+                    method_b = gr.Radio(list(METHODS), value="gradient", label="B: explanation", elem_id="cmp-method-b")
                 run = gr.Button("Compare", variant="primary", elem_id="cmp-run")
         summary = gr.Markdown(elem_id="cmp-summary")
         with gr.Row():
@@ -149,7 +151,11 @@ def compare_tab(app: App) -> None:
         with gr.Row():
             wi_image = gr.Image(type="filepath", label="Image", elem_id="wi-image")
             edited = gr.Image(
-                label="Edited image (click to blank a square)", interactive=False, type="pil", elem_id="wi-edited"
+                label="Edited image (click to blank a square)",
+                interactive=False,
+                type="pil",
+                format="png",  # lossless: the pixels shown are the pixels predicted
+                elem_id="wi-edited",
             )
             with gr.Column():
                 wi_text = gr.Textbox(label="Question", elem_id="wi-text")
@@ -173,7 +179,7 @@ def compare_tab(app: App) -> None:
         for dropdown in (checkpoint_a, checkpoint_b, wi_checkpoint):  # fine-tuned ones appear when a list opens
             dropdown.focus(lambda: gr.update(choices=app.registry.names()), None, dropdown, api_name=False, queue=False)
         wi_image.change(new_image, wi_image, [state, edited], api_name=False)
-        wi_text.input(lambda t: t, wi_text, wi_edit_text, api_name=False, queue=False)
+        wi_text.change(lambda t: t, wi_text, wi_edit_text, api_name=False, queue=False)
         edited.select(blank_at, [state, side], [state, edited, edits], api_name=False)
         undo.click(reset, state, [state, edited, edits], api_name=False)
         wi_run.click(
