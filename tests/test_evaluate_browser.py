@@ -9,10 +9,12 @@ Skipped where Chromium is not installed, unless MMDEMO_REQUIRE_BROWSER=1.
 
 import csv
 import io
+import json
 import os
 import re
 import shutil
 import socket
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -168,6 +170,13 @@ def test_wrong_only_lists_only_wrong_rows(page, site):
     assert all(r[COLUMNS.index("label")] != r[COLUMNS.index("prediction")] for r in wrong_rows)
     page.locator("#eval-wrong-only input").uncheck()
     expect(page.locator("#eval-count")).to_contain_text(f"{site['n']} of {site['n']} rows match")
+    # by slice: the question type
+    shapes = sum(r[COLUMNS.index("qtype")] == "shape" for r in all_rows)
+    _pick(page, "eval-slice-value", "shape")
+    expect(page.locator("#eval-count")).to_contain_text(f"{shapes} of {site['n']} rows match")
+    assert {r[COLUMNS.index("qtype")] for r in _rows(page, "eval-rows")} == {"shape"}
+    _pick(page, "eval-slice-value", "(all)")
+    expect(page.locator("#eval-count")).to_contain_text(f"{site['n']} of {site['n']} rows match")
 
 
 def test_confusion_cell_lists_exactly_its_rows(page, site):
@@ -199,8 +208,14 @@ def _select_first_row(page):
     return page.locator("#eval-rows [data-testid=cell-0-3]").inner_text().strip()
 
 
-def test_a_row_opens_in_predict_and_explain(page):
+def test_a_row_exports_and_opens_in_predict_and_explain(page):
     question = _select_first_row(page)
+    page.locator("#eval-export").click()
+    with zipfile.ZipFile(_download(page, "eval-export-file")) as z:
+        assert sorted(z.namelist()) == ["overlay.png", "prediction.json"]
+        document = json.loads(z.read("prediction.json"))
+    assert document["settings"]["question"] == question and document["settings"]["checkpoint"] == "sort-of-clevr"
+    assert len(document["word_maps"]) == len(document["tokens"]) > 0
     page.locator("#eval-open").click()
     expect(page.get_by_role("tab", name="Predict & Explain")).to_have_attribute("aria-selected", "true")
     expect(page.locator("#text-input textarea")).to_have_value(question)
@@ -338,4 +353,28 @@ def test_counterfactual_colour_swap_changes_the_answer(browser, site):
     page.locator("#wi-run").click()
     expect(page.locator("#wi-summary")).to_contain_text("1 square(s) blanked", timeout=120_000)
     expect(page.locator("#wi-overlay-after img")).to_be_visible()
+    page.context.close()
+
+
+def test_compare_on_the_data_set_lists_disagreements(page, site):
+    _pick(page, "eval-checkpoint-b", "other")
+    page.locator("#eval-compare").click()
+    summary = page.locator("#eval-compare-summary")
+    expect(summary).to_contain_text("rows where they disagree", timeout=120_000)
+    n = int(re.search(r"(\d+) rows where they disagree", summary.inner_text()).group(1))
+    rows = _rows(page, "eval-disagree")
+    assert 0 < n == len(rows) and all(r[5] != r[7] for r in rows)  # A predicted != B predicted
+
+
+def test_a_long_run_shows_progress_and_stops(browser, site):
+    page = _new_page(browser, site["url"])
+    page.get_by_role("tab", name="Evaluate").click()
+    page.locator("#eval-scenes input").fill("200")
+    page.locator("#eval-run").click()
+    expect(page.locator("#eval-status")).to_contain_text("rows", timeout=60_000)  # the progress bar's text
+    page.locator("#eval-stop").click()
+    expect(page.locator("#eval-status")).to_contain_text("stopped after", timeout=120_000)
+    done = int(re.search(r"stopped after (\d+) of 4000 rows", page.locator("#eval-status").inner_text()).group(1))
+    assert 0 < done < 4000
+    expect(page.locator("#eval-count")).to_contain_text(f"{done} of {done} rows match")
     page.context.close()

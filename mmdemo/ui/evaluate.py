@@ -95,6 +95,8 @@ class Evaluation:
             )
         except ValueError as e:
             raise gr.Error(str(e)) from None
+        finally:
+            self._stops.pop(visitor, None)
         state = self.results.get(visitor)
         if state.get("data") is not None and state["data"].folder != data.folder:
             state["data"].delete()  # the previous upload's files: only the latest run is kept
@@ -102,12 +104,15 @@ class Evaluation:
         state.update(result=result, data=data, slice=result.slice_columns[0] if result.slice_columns else None)
         return self.views(visitor)
 
-    def stop(self, request: gr.Request) -> str:
+    def stop(self, request: gr.Request) -> None:
+        """Ask this visitor's run to stop after its current batch (a toast says so; the run's
+        own output, which may come first, then shows what was done)."""
         event = self._stops.get(visitor_id(request))
-        if event is None:
-            return "Nothing to stop."
+        if event is None or event.is_set():
+            gr.Info("Nothing to stop.")
+            return
         event.set()
-        return "Stopping after the current batch ..."
+        gr.Info("Stopping after the current batch ...")
 
     # -- views -----------------------------------------------------------------------------
     def _result(self, visitor: str) -> evalset.EvalResult:
@@ -380,6 +385,8 @@ class Evaluation:
             )
         except ValueError as e:
             raise gr.Error(str(e)) from None
+        finally:
+            self._stops.pop(visitor, None)
         pairs = evalset.disagreements(result, other)
         b_acc = sum(r.correct for r in other.rows) / max(1, len(other.rows))
         a_acc = sum(r.correct for r in result.rows if r.row in {o.row for o in other.rows}) / max(1, len(other.rows))
@@ -506,7 +513,7 @@ def evaluate_tab(app: App, link: PredictLink, ratings: RatingStore | None = None
             concurrency_limit=1,
             concurrency_id="evaluate",
         )
-        stop.click(ev.stop, None, status, api_name=False, queue=False)
+        stop.click(ev.stop, None, None, api_name=False, queue=False)
         for f in filters:
             f.input(ev.filter, filters, [rows, count], api_name=False)
         slice_column.input(ev.choose_slice, slice_column, result_views, api_name=False)
