@@ -367,17 +367,24 @@ def _evaluate_report(args) -> int:
     the HTML report; prints the summary as the last line."""
     import tempfile
 
+    from . import evalset
+
+    if bool(args.csv) == bool(args.benchmark):
+        raise ValueError("evaluate needs either --csv FILE or --benchmark N")
+    with tempfile.TemporaryDirectory(prefix="mmdemo-benchmark-") as scratch:
+        if args.csv:
+            data = evalset.load_csv_set(args.csv, None, None, args.image_column, args.text_column, args.label_column)
+        else:
+            data = evalset.benchmark_set(scratch, args.benchmark)
+        return _evaluate_set(args, data)
+
+
+def _evaluate_set(args, data) -> int:
     from tqdm import tqdm
 
     from . import evalset, report
     from .ratings import RatingStore, data_dir
 
-    if bool(args.csv) == bool(args.benchmark):
-        raise ValueError("evaluate needs either --csv FILE or --benchmark N")
-    if args.csv:
-        data = evalset.load_csv_set(args.csv, None, None, args.image_column, args.text_column, args.label_column)
-    else:
-        data = evalset.benchmark_set(tempfile.mkdtemp(prefix="mmdemo-benchmark-"), args.benchmark)
     print(data.report, file=sys.stderr)
     with tqdm(total=len(data.examples), desc="evaluate", unit="row", file=sys.stderr) as bar:
         result = evalset.evaluate(
@@ -391,7 +398,9 @@ def _evaluate_report(args) -> int:
     if args.report:
         ratings = RatingStore(data_dir()).summary()
         card = args.checkpoint / "README.md"
-        html = report.build_report(result, card.read_text() if card.is_file() else "", ratings)
+        html = report.build_report(
+            result, card.read_text() if card.is_file() else "", ratings, report.recorded_faithfulness(args.checkpoint)
+        )
         args.report.parent.mkdir(parents=True, exist_ok=True)
         args.report.write_text(html, encoding="utf-8")
         out["report"] = str(args.report)

@@ -188,8 +188,16 @@ def benchmark_set(folder: str | Path, n_images: int = 10, seed: int = BENCHMARK_
     each, with question type, colour and object positions as columns."""
     if not 1 <= n_images <= MAX_ROWS // 20:
         raise ValueError(f"the benchmark takes 1 to {MAX_ROWS // 20} images, got {n_images}")
-    csv_path = generate(Path(folder) / f"sort-of-clevr-{seed}-{n_images}", n_images, seed, "canonical")
-    result = load_csv_set(csv_path)
+    target = Path(folder) / f"sort-of-clevr-{seed}-{n_images}"
+    if not (target / "data.csv").is_file():  # the same seed gives the same scenes: generate once
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder))
+        generate(tmp, n_images, seed, "canonical")
+        try:  # atomic: a visitor never reads a half-written set, nor one being rewritten
+            tmp.rename(target)
+        except OSError:  # another run got there first
+            shutil.rmtree(tmp, ignore_errors=True)
+    result = load_csv_set(target / "data.csv")
     result.name = f"Sort-of-CLEVR benchmark ({n_images} scenes, seed {seed})"
     result.slice_columns = ["qtype", "relational", "color"]  # the others are object positions
     return result

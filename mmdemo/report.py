@@ -24,6 +24,7 @@ from markdown_it import MarkdownIt
 from PIL import Image
 
 from . import render
+from .checkpoint import read_card
 from .evalset import EvalResult, RowResult, summarize, worst_errors
 from .imaging import decode_image
 from .ratings import RATING_TEXT, RATINGS
@@ -131,6 +132,14 @@ def _card_html(card_markdown: str) -> str:
         r"<(/?)h([1-4])>", lambda m: f"<{m[1]}h{int(m[2]) + 2}>", md.render(card_markdown)
     )  # under "Model card"
     return URL.sub("(address removed)", body)
+
+
+def recorded_faithfulness(checkpoint: str | Path) -> dict | None:
+    """Faithfulness figures saved in a checkpoint's training record, where it has them."""
+    try:
+        return read_card(checkpoint).get("faithfulness") or None
+    except (OSError, ValueError):
+        return None
 
 
 def build_report(

@@ -36,3 +36,10 @@ def test_evaluate_needs_one_data_source(tiny_checkpoint, tmp_path):
         check=False,
     )  # fmt: skip
     assert result.returncode == 2 and "either --csv FILE or --benchmark N" in result.stderr
+
+
+def test_evaluate_on_the_built_in_benchmark(tiny_checkpoint):
+    result = _run("evaluate", "--checkpoint", str(tiny_checkpoint), "--benchmark", "1")
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["n"] == 20 and set(summary["confusion"]["labels"]) >= {"cat", "dog", "bird", "circle"}
+    assert summary["accuracy"] == 0  # the tiny model's labels are not Sort-of-CLEVR's answers

@@ -347,12 +347,14 @@ class Evaluation:
     # -- report and comparison -------------------------------------------------------------
     def download_report(self, request: gr.Request) -> str:
         result = self._result(visitor_id(request))
+        card, faithfulness = "", None
         try:
-            card_path = self.app.registry.path(result.checkpoint) / CARD_FILE
-            card = card_path.read_text() if card_path.is_file() else ""
+            path = self.app.registry.path(result.checkpoint)
+            card = (path / CARD_FILE).read_text() if (path / CARD_FILE).is_file() else ""
+            faithfulness = report.recorded_faithfulness(path)
         except ValueError:
-            card = ""
-        html = report.build_report(result, card, self.ratings.summary())
+            pass  # the checkpoint is gone since the run: report without its card
+        html = report.build_report(result, card, self.ratings.summary(), faithfulness)
         out = Path(tempfile.mkdtemp(prefix="report-", dir=self.app.work_dir)) / f"report-{result.checkpoint}.html"
         out.write_text(html, encoding="utf-8")
         return str(out)
