@@ -349,8 +349,9 @@ def test_counterfactual_colour_swap_changes_the_answer(browser, site):
     image.click(position={"x": red.x * box["width"] / 75, "y": red.y * box["height"] / 75})
     expect(page.locator("#wi-edits")).to_contain_text("1 square(s) blanked", timeout=30_000)
     edited = Image.open(io.BytesIO(_image_bytes(page, "#wi-edited img"))).convert("RGB")
-    assert edited.getpixel((red.x, red.y)) == (255, 255, 255)
-    assert edited.getpixel((green.x, green.y)) == (0, 255, 0)
+    k = edited.width // 75  # shown enlarged, whole pixels
+    assert k > 1 and edited.getpixel((red.x * k, red.y * k)) == (255, 255, 255)
+    assert edited.getpixel((green.x * k, green.y * k)) == (0, 255, 0)
     page.locator("#wi-edit-text textarea").fill("")
     page.locator("#wi-run").click()
     expect(page.locator("#wi-summary")).to_contain_text("1 square(s) blanked", timeout=300_000)

@@ -5,6 +5,7 @@ clicking them) with the prediction and heatmap before and after."""
 from __future__ import annotations
 
 import gradio as gr
+from PIL import Image
 
 from .. import render
 from ..counterfactual import blank_squares
@@ -54,6 +55,7 @@ def compare(app: App, image_path, text, checkpoint_a, method_a, checkpoint_b, me
 
 
 def _edited(state: dict | None):
+    """The edited image at its own size (what the model is given)."""
     if not state or not state.get("image"):
         return None
     image = _image(state["image"])
@@ -61,10 +63,25 @@ def _edited(state: dict | None):
     return blank_squares(image, [tuple(c) for c in state.get("blanks", [])], side)
 
 
+def _zoom(image) -> int:
+    """Whole-number enlargement that shows a small image (a 75 px scene) big enough to click."""
+    return max(1, -(-render.MIN_OVERLAY_SIDE // max(image.size)))
+
+
+def _shown(state: dict | None):
+    """The edited image as displayed: small images enlarged with nearest-neighbour pixels, so a
+    click maps back to the image's own pixels by one whole-number factor."""
+    edited = _edited(state)
+    if edited is None:
+        return None
+    k = _zoom(edited)
+    return edited.resize((edited.width * k, edited.height * k), Image.NEAREST) if k > 1 else edited
+
+
 def new_image(image_path):
     """A new image to edit: no blanks yet."""
     state = {"image": image_path, "blanks": [], "side_pct": 16}
-    return state, _edited(state) if image_path else None
+    return state, _shown(state) if image_path else None
 
 
 def blank_at(state, side_pct, evt: gr.SelectData):
@@ -73,14 +90,15 @@ def blank_at(state, side_pct, evt: gr.SelectData):
         raise gr.Error("Upload an image first.")
     if len(state["blanks"]) >= MAX_BLANKS:
         raise gr.Error(f"At most {MAX_BLANKS} blanked squares; press 'Undo all edits' to start again.")
-    x, y = evt.index
-    state = {**state, "blanks": [*state["blanks"], [float(x), float(y)]], "side_pct": float(side_pct or 16)}
-    return state, _edited(state), f"{len(state['blanks'])} square(s) blanked; last at ({x}, {y})."
+    k = _zoom(_image(state["image"]))
+    x, y = (float(v) / k for v in evt.index)  # displayed pixels -> the image's own pixels
+    state = {**state, "blanks": [*state["blanks"], [x, y]], "side_pct": float(side_pct or 16)}
+    return state, _shown(state), f"{len(state['blanks'])} square(s) blanked; last at ({x:.0f}, {y:.0f})."
 
 
 def reset(state):
     state = {**(state or {}), "blanks": []}
-    return state, _edited(state), "No edits."
+    return state, _shown(state), "No edits."
 
 
 def what_if(app: App, state, text, edited_text, checkpoint, method):
