@@ -89,7 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate", help="accuracy, macro F1, calibration (ECE), per-class figures and confusion on a labelled CSV"
     )
     _add_common(p)
-    p.add_argument("--csv", type=Path, required=True)
+    p.add_argument("--csv", type=Path, help="labelled CSV (image,text,label; paths relative to the CSV)")
+    p.add_argument("--report", type=Path, help="write a self-contained HTML evaluation report here")
+    p.add_argument("--benchmark", type=int, metavar="N", help="evaluate on N fresh Sort-of-CLEVR scenes, not a CSV")
+    p.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD, help="explanation method (with --report)")
     p.add_argument("--slice-by", nargs="*", default=[], metavar="COLUMN", help="also report accuracy per value")
     _add_columns(p)
 
@@ -500,6 +503,10 @@ def _evaluate(args) -> int:
     from .checkpoint import load_checkpoint
     from .train import evaluate_model
 
+    if args.report or args.benchmark:
+        return _evaluate_report(args)
+    if not args.csv:
+        raise ValueError("evaluate needs --csv FILE (or --benchmark N)")
     dataset = _read_dataset(args.csv, args)
     if not dataset.examples:
         raise ValueError(f"{args.csv.name}: no valid rows to evaluate")
@@ -568,4 +575,50 @@ def _fit_scope(args) -> int:
     load_scope(args.checkpoint)  # what was written reads back
     summary["reliance_floor"] = stats.reliance_floor
     print(json.dumps(summary))
+    return 0
+
+
+def _evaluate_report(args) -> int:
+    """Evaluate row by row through the Predictor (as batch predict does), optionally writing
+    the HTML report; prints the summary as the last line."""
+    import tempfile
+
+    from . import evalset
+
+    if bool(args.csv) == bool(args.benchmark):
+        raise ValueError("evaluate needs either --csv FILE or --benchmark N")
+    with tempfile.TemporaryDirectory(prefix="mmdemo-benchmark-") as scratch:
+        if args.csv:
+            data = evalset.load_csv_set(args.csv, None, None, args.image_column, args.text_column, args.label_column)
+        else:
+            data = evalset.benchmark_set(scratch, args.benchmark)
+        return _evaluate_set(args, data)
+
+
+def _evaluate_set(args, data) -> int:
+    from tqdm import tqdm
+
+    from . import evalset, report
+    from .ratings import RatingStore, data_dir
+
+    print(data.report, file=sys.stderr)
+    with tqdm(total=len(data.examples), desc="evaluate", unit="row", file=sys.stderr) as bar:
+        result = evalset.evaluate(
+            _predictor(args), data, args.checkpoint.name, args.method, progress=lambda done, _: bar.update(done - bar.n)
+        )
+    summary = evalset.summarize(result)
+    out = {k: summary[k] for k in ("n", "accuracy", "macro_f1", "ece", "per_class", "rows_rejected")}
+    out["confusion"] = {k: summary["confusion"][k] for k in ("labels", "matrix")}
+    if "pointing" in summary:
+        out["pointing"] = summary["pointing"]
+    if args.report:
+        ratings = RatingStore(data_dir()).summary()
+        card = args.checkpoint / "README.md"
+        html = report.build_report(
+            result, card.read_text() if card.is_file() else "", ratings, report.recorded_faithfulness(args.checkpoint)
+        )
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        args.report.write_text(html, encoding="utf-8")
+        out["report"] = str(args.report)
+    print(json.dumps(out))
     return 0

@@ -17,6 +17,8 @@ import gradio as gr  # noqa: E402
 
 from ..registry import TOKEN_PATTERN  # noqa: E402
 from ..webapp import App  # noqa: E402
+from .compare import compare_tab  # noqa: E402
+from .evaluate import PredictLink, evaluate_tab  # noqa: E402
 from .finetune import csv_columns, finetune_tab
 from .identity import browser_secret, token_components
 from .predict import predict, predict_tab, redraw
@@ -61,10 +63,12 @@ def create_demo(app: App) -> gr.Blocks:
         saved = gr.BrowserState({}, storage_key="mmdemo-finetune", secret=browser_secret())  # the fine-tune form
         saved_tab = gr.BrowserState("predict", storage_key="mmdemo-tab", secret=browser_secret())  # the open tab
         with gr.Tabs(elem_id="tabs") as tabs:
-            checkpoint = predict_tab(app, tokens, saved_tab)
+            inputs = predict_tab(app, tokens, saved_tab)
             poll, poll_inputs, poll_outputs, (restore, restore_inputs, restored) = finetune_tab(
-                app, checkpoint, tokens, tabs, saved, saved_tab
+                app, inputs.checkpoint, tokens, tabs, saved, saved_tab
             )
+            evaluate_tab(app, PredictLink(tabs, inputs.image, inputs.text, inputs.checkpoint))
+            compare_tab(app)
 
         def on_load(known, owner_token=None, session_token=None, profile: gr.OAuthProfile | None = None):
             """A new browser gets its secret owner token here, made on the server."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import time
+from typing import NamedTuple
 
 import gradio as gr
 import torch
@@ -303,10 +304,19 @@ def build_question(app: App, checkpoint: str | None, kind: str | None, value: st
     return gr.skip()
 
 
+class PredictInputs(NamedTuple):
+    """What other tabs need of this one: the checkpoint dropdown (refreshed by the fine-tune
+    poll) and the inputs "Open in Predict & Explain" fills."""
+
+    checkpoint: gr.Dropdown
+    image: gr.Image
+    text: gr.Textbox
+
+
 def predict_tab(
     app: App, tokens: tuple[gr.BrowserState, gr.State], saved_tab: gr.BrowserState | None = None
-) -> gr.Dropdown:
-    """The tab's components and events; returns the checkpoint dropdown (refreshed by the poll).
+) -> PredictInputs:
+    """The tab's components and events; returns what other tabs need of it (PredictInputs).
     ``tokens``: the visitor's owner token components (ui/identity.py); ``saved_tab`` remembers
     in the browser that this tab was the open one."""
     default = app.default_checkpoint()
@@ -555,4 +565,4 @@ def predict_tab(
 
         refresh.click(refresh_list, [owner_token, session_token], checkpoint, api_visibility="private", queue=False)
 
-    return checkpoint
+    return PredictInputs(checkpoint, image, text)

@@ -1,0 +1,539 @@
+"""The Evaluate tab: a checkpoint on a labelled CSV (+ zip) or the built-in Sort-of-CLEVR
+benchmark -> accuracy, macro-F1, calibration, accuracy per slice, a confusion matrix whose
+cells list their rows, a filterable table of examples with their heatmaps (one click opens
+one in Predict & Explain), ratings of the explanations, a data-set comparison with a second
+checkpoint or method, and the downloadable HTML report.
+
+Results are kept on the server per visitor (``visitor_id``); the handlers only call the
+service layer (mmdemo.evalset, mmdemo.ratings, mmdemo.report).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+from pathlib import Path
+from typing import NamedTuple
+
+import gradio as gr
+import plotly.graph_objects as go
+
+from .. import evalset, report
+from ..checkpoint import CARD_FILE
+from ..explain import DEFAULT_METHOD, METHODS
+from ..imaging import decode_image
+from ..ratings import RATING_TEXT, Rating, RatingStore, data_dir
+from ..webapp import App
+
+BENCHMARK = "Built-in Sort-of-CLEVR benchmark"
+UPLOAD = "My labelled CSV"
+ALL = "(all)"
+MAX_TABLE_ROWS = 500  # rows shown in the examples table at once (filters narrow them down)
+RATING_CHOICES = [(text, key) for key, text in RATING_TEXT.items()]
+
+
+def visitor_id(request: gr.Request | None) -> str:
+    """Who a request comes from: the one place results, ratings and stops are keyed by visitor.
+
+    Today the Gradio session (a browser tab); the app's owner mechanism can replace it here."""
+    return (getattr(request, "session_hash", None) if request is not None else None) or "anonymous"
+
+
+class PredictLink(NamedTuple):
+    """Predict & Explain's inputs that "Open in Predict & Explain" fills, and the tabs."""
+
+    tabs: gr.Tabs
+    image: gr.Image
+    text: gr.Textbox
+    checkpoint: gr.Dropdown
+
+
+class Evaluation:
+    """The tab's handlers, bound to the app, the per-visitor results and the ratings file."""
+
+    def __init__(self, app: App, ratings: RatingStore | None = None):
+        self.app = app
+        self.results = evalset.ResultStore()
+        self.ratings = ratings or RatingStore(data_dir())
+        self._stops: dict[str, threading.Event] = {}
+
+    # -- running ---------------------------------------------------------------------------
+    def _dataset(self, source, scenes, csv_file, zip_file) -> evalset.EvalSet:
+        if source == UPLOAD:
+            if not csv_file:
+                raise gr.Error("Upload a labelled CSV (image,text,label), or choose the built-in benchmark.")
+            return evalset.load_csv_set(csv_file, zip_file or None, self.app.work_dir)
+        return evalset.benchmark_set(self.app.work_dir / "benchmark", int(scenes or 5))
+
+    def run(
+        self,
+        checkpoint,
+        method,
+        source,
+        scenes,
+        csv_file,
+        zip_file,
+        request: gr.Request,
+        progress=gr.Progress(),  # noqa: B008 (how Gradio injects a progress bar)
+    ):
+        visitor = visitor_id(request)
+        stop = self._stops[visitor] = threading.Event()
+        checkpoint = checkpoint or self.app.default_checkpoint()
+        method = method or DEFAULT_METHOD
+        try:
+            data = self._dataset(source, scenes, csv_file, zip_file)
+            predictor = self.app.registry.predictor(checkpoint)
+            progress(0, desc=f"evaluating {len(data.examples)} rows")
+            result = evalset.evaluate(
+                predictor,
+                data,
+                checkpoint,
+                method,
+                progress=lambda done, total: progress(done / total, desc=f"{done} / {total} rows"),
+                should_stop=stop.is_set,
+                max_rows=evalset.MAX_ROWS,
+            )
+        except ValueError as e:
+            raise gr.Error(str(e)) from None
+        finally:
+            self._stops.pop(visitor, None)
+        state = self.results.get(visitor)
+        if state.get("data") is not None and state["data"].folder != data.folder:
+            state["data"].delete()  # the previous upload's files: only the latest run is kept
+        state.clear()
+        state.update(result=result, data=data, slice=result.slice_columns[0] if result.slice_columns else None)
+        return self.views(visitor)
+
+    def stop(self, request: gr.Request) -> None:
+        """Ask this visitor's run to stop after its current batch (a toast says so; the run's
+        own output, which may come first, then shows what was done)."""
+        event = self._stops.get(visitor_id(request))
+        if event is None or event.is_set():
+            gr.Info("Nothing to stop.")
+            return
+        event.set()
+        gr.Info("Stopping after the current batch ...")
+
+    # -- views -----------------------------------------------------------------------------
+    def _result(self, visitor: str) -> evalset.EvalResult:
+        result = self.results.get(visitor).get("result")
+        if result is None:
+            raise gr.Error("Run an evaluation first.")
+        return result
+
+    def views(self, visitor: str):
+        """Every result view: status, summary, reliability, slices, confusion, filters, rows."""
+        state = self.results.get(visitor)
+        result: evalset.EvalResult = state["result"]
+        column = state.get("slice")
+        summary = evalset.summarize(result, column)
+        status = (
+            f"**stopped** after {len(result.rows)} of {result.n_total} rows"
+            if result.stopped
+            else f"**done**: {len(result.rows)} rows"
+        ) + f" of *{result.dataset}* with `{result.checkpoint}` ({result.method}) in {result.seconds:.1f} s"
+        if result.rejected:
+            status += (
+                f"; {len(result.rejected)} rows rejected (first: row {result.rejected[0][0]}: {result.rejected[0][1]})"
+            )
+        lines = [
+            f"**Accuracy** {100 * summary['accuracy']:.2f} % · **macro-F1** {summary['macro_f1']:.4f} · "
+            f"**ECE** (15 bins) {summary['ece']:.4f} · mean confidence {summary['calibration']['mean_confidence']:.3f}"
+        ]
+        if "pointing" in summary:
+            p = summary["pointing"]
+            lines.append(f"Heatmap peak inside the asked object: {100 * p['peak_in_asked_object']:.1f} % (n={p['n']})")
+        if "out_of_scope" in summary:
+            lines.append(f"Flagged out of scope: {summary['out_of_scope']} rows")
+        labels, matrix = summary["confusion"]["labels"], summary["confusion"]["matrix"]
+        used = [i for i, label in enumerate(labels) if sum(matrix[i]) or sum(row[i] for row in matrix)]
+        state["confusion_labels"] = [labels[i] for i in used]
+        confusion = gr.update(
+            value=[[labels[i], *[matrix[i][j] for j in used]] for i in used],
+            headers=["true \\ predicted", *[labels[j] for j in used]],
+        )
+        slices = summary.get("slices", {}).get("values", {})
+        slice_table = [[v, s["n"], round(100 * s["accuracy"], 2)] for v, s in slices.items()]
+        class_choices = [ALL, *state["confusion_labels"]]
+        table, count = self._rows_view(visitor, False, ALL, ALL, ALL, False)
+        return (
+            status,
+            "\n\n".join(lines),
+            self._reliability(summary["calibration"]),
+            gr.update(choices=result.slice_columns, value=column),
+            slice_table,
+            confusion,
+            gr.update(value=False),
+            gr.update(choices=class_choices, value=ALL),
+            gr.update(choices=class_choices, value=ALL),
+            gr.update(choices=[ALL, *slices], value=ALL),
+            gr.update(value=False),
+            table,
+            count,
+        )
+
+    @staticmethod
+    def _reliability(calibration: dict) -> go.Figure:
+        bins = [b for b in calibration["bins"] if b["count"]]
+        fig = go.Figure(
+            [
+                go.Bar(
+                    x=[(b["lo"] + b["hi"]) / 2 for b in bins],
+                    y=[b["accuracy"] for b in bins],
+                    width=[b["hi"] - b["lo"] for b in bins],
+                    name="accuracy",
+                    customdata=[b["count"] for b in bins],
+                    hovertemplate="confidence %{x:.2f}: accuracy %{y:.3f} (n=%{customdata})",
+                ),
+                go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="calibrated", line={"dash": "dash"}),
+            ]
+        )
+        fig.update_layout(
+            title=f"Reliability (ECE {calibration['ece']:.4f})",
+            xaxis={"title": "confidence", "range": [0, 1]},
+            yaxis={"title": "accuracy", "range": [0, 1]},
+            height=320,
+            margin={"l": 10, "r": 10, "t": 40, "b": 10},
+            showlegend=False,
+        )
+        return fig
+
+    def _rows_view(self, visitor, wrong_only, true_label, predicted, slice_value, out_of_scope):
+        state = self.results.get(visitor)
+        result = self._result(visitor)
+        column = state.get("slice")
+        rows = evalset.filter_rows(
+            result,
+            wrong_only=bool(wrong_only),
+            true_label=None if true_label in (None, ALL) else true_label,
+            predicted_label=None if predicted in (None, ALL) else predicted,
+            slice_column=column,
+            slice_value=None if slice_value in (None, ALL) else slice_value,
+            out_of_scope_only=bool(out_of_scope),
+        )
+        shown = rows[:MAX_TABLE_ROWS]
+        headers = ["#", "row", "image", "question", "label", "prediction", "confidence", "correct"]
+        headers += [column] if column else []
+        headers += ["in scope"]
+        value = [
+            [
+                r.index,
+                r.row,
+                r.image_name,
+                r.text,
+                r.label,
+                r.prediction,
+                round(r.confidence, 4),
+                "yes" if r.correct else "no",
+                *([r.slices.get(column, "")] if column else []),
+                "" if r.in_scope is None else ("yes" if r.in_scope else "no"),
+            ]
+            for r in shown
+        ]
+        count = f"{len(rows)} of {len(result.rows)} rows match" + (
+            f" (the first {MAX_TABLE_ROWS} shown)" if len(rows) > MAX_TABLE_ROWS else ""
+        )
+        return gr.update(value=value, headers=headers), count
+
+    def filter(self, wrong_only, true_label, predicted, slice_value, out_of_scope, request: gr.Request):
+        return self._rows_view(visitor_id(request), wrong_only, true_label, predicted, slice_value, out_of_scope)
+
+    def choose_slice(self, column, request: gr.Request):
+        visitor = visitor_id(request)
+        self._result(visitor)
+        self.results.get(visitor)["slice"] = column or None
+        return self.views(visitor)
+
+    def confusion_cell(self, evt: gr.SelectData, request: gr.Request):
+        """A click on a confusion-matrix count: the filters set to that cell, its rows listed."""
+        visitor = visitor_id(request)
+        labels = self.results.get(visitor).get("confusion_labels") or []
+        row, col = evt.index if isinstance(evt.index, (list, tuple)) else (None, None)
+        if row is None or col is None or col < 1 or row >= len(labels) or col - 1 >= len(labels):
+            return [gr.skip()] * 7
+        true_label, predicted = labels[row], labels[col - 1]
+        table, count = self._rows_view(visitor, False, true_label, predicted, ALL, False)
+        return False, true_label, predicted, ALL, False, table, count
+
+    # -- one example -----------------------------------------------------------------------
+    def select_row(self, evt: gr.SelectData, request: gr.Request):
+        """A click on a row of the examples table: its heatmap and details."""
+        visitor = visitor_id(request)
+        result = self._result(visitor)
+        try:
+            index = int((evt.row_value or [])[0])
+            r = result.rows[index]
+        except (TypeError, ValueError, IndexError):
+            return gr.skip(), gr.skip()
+        self.results.get(visitor)["selected"] = index
+        top = sorted(r.scores.items(), key=lambda kv: -kv[1])[:3]
+        detail = (
+            f"**Row {r.row}** · `{r.image_name}` · *{r.text}*  \n"
+            f"true **{r.label}**, predicted **{r.prediction}** ({100 * r.confidence:.1f} %) "
+            f"{'✓ right' if r.correct else '✗ wrong'} · top 3: " + ", ".join(f"{k} {100 * v:.1f} %" for k, v in top)
+        )
+        return report.row_overlay(r), detail
+
+    def _selected(self, visitor: str) -> evalset.RowResult:
+        result = self._result(visitor)
+        index = self.results.get(visitor).get("selected")
+        if index is None or index >= len(result.rows):
+            raise gr.Error("Click a row of the examples table first.")
+        return result.rows[index]
+
+    def open_in_predict(self, request: gr.Request):
+        visitor = visitor_id(request)
+        r = self._selected(visitor)
+        return gr.Tabs(selected="predict"), r.image, r.text, self._result(visitor).checkpoint
+
+    def export_selected(self, request: gr.Request):
+        """The selected example's prediction (recomputed with its word maps) as overlay PNG + JSON."""
+        visitor = visitor_id(request)
+        r, result = self._selected(visitor), self._result(visitor)
+        try:
+            predictor = self.app.registry.predictor(result.checkpoint)
+            image = decode_image(r.image, name=r.image_name)
+            prediction = predictor.predict_batch([image], [r.text], result.method)[0]
+        except ValueError as e:
+            raise gr.Error(str(e)) from None
+        settings = {
+            "checkpoint": result.checkpoint,
+            "method": result.method,
+            "image": r.image_name,
+            "image_sha256_16": evalset.image_digest(r.image),
+            "question": r.text,
+            "true_label": r.label,
+            "opacity": report.OPACITY,
+        }
+        out = Path(tempfile.mkdtemp(prefix="export-", dir=self.app.work_dir))
+        return str(
+            report.export_prediction(
+                out, image, prediction.to_json(), prediction.explanation.word_maps.tolist(), settings
+            )
+        )
+
+    # -- ratings ---------------------------------------------------------------------------
+    def rate(self, rating, comment, request: gr.Request):
+        visitor = visitor_id(request)
+        r, result = self._selected(visitor), self._result(visitor)
+        if not rating:
+            raise gr.Error("Choose a rating: points at the right thing, partly, or wrong.")
+        try:
+            rating_id = self.ratings.add(
+                Rating(
+                    rater=visitor,
+                    checkpoint=result.checkpoint,
+                    image_hash=evalset.image_digest(r.image),
+                    image_name=r.image_name,
+                    question=r.text,
+                    prediction=r.prediction,
+                    method=result.method,
+                    rating=rating,
+                    comment=comment or "",
+                )
+            )
+        except ValueError as e:
+            raise gr.Error(str(e)) from None
+        return f"Saved rating #{rating_id} ({RATING_TEXT[rating]}) for row {r.row}.", self.ratings_table(), ""
+
+    def ratings_table(self) -> list[list]:
+        return [[name, s["right"], s["partly"], s["wrong"], s["total"]] for name, s in self.ratings.summary().items()]
+
+    def export_ratings(self) -> str:
+        out = Path(tempfile.mkdtemp(prefix="ratings-", dir=self.app.work_dir)) / "ratings.csv"
+        self.ratings.export_csv(out)
+        return str(out)
+
+    # -- report and comparison -------------------------------------------------------------
+    def download_report(self, request: gr.Request) -> str:
+        result = self._result(visitor_id(request))
+        card, faithfulness = "", None
+        try:
+            path = self.app.registry.path(result.checkpoint)
+            card = (path / CARD_FILE).read_text() if (path / CARD_FILE).is_file() else ""
+            faithfulness = report.recorded_faithfulness(path)
+        except ValueError:
+            pass  # the checkpoint is gone since the run: report without its card
+        html = report.build_report(result, card, self.ratings.summary(), faithfulness)
+        out = Path(tempfile.mkdtemp(prefix="report-", dir=self.app.work_dir)) / f"report-{result.checkpoint}.html"
+        out.write_text(html, encoding="utf-8")
+        return str(out)
+
+    def compare_dataset(
+        self,
+        checkpoint_b,
+        method_b,
+        request: gr.Request,
+        progress=gr.Progress(),  # noqa: B008 (how Gradio injects a progress bar)
+    ):
+        """The same rows through a second checkpoint (or method); the rows where they disagree."""
+        visitor = visitor_id(request)
+        state = self.results.get(visitor)
+        result = self._result(visitor)
+        checkpoint_b = checkpoint_b or result.checkpoint
+        method_b = method_b or DEFAULT_METHOD
+        stop = self._stops[visitor] = threading.Event()
+        data: evalset.EvalSet = state["data"]
+        done_rows = {r.row for r in result.rows}
+        data = evalset.EvalSet(**{**data.__dict__, "examples": [e for e in data.examples if e.row in done_rows]})
+        try:
+            other = evalset.evaluate(
+                self.app.registry.predictor(checkpoint_b),
+                data,
+                checkpoint_b,
+                method_b,
+                progress=lambda done, total: progress(done / total, desc=f"{done} / {total} rows"),
+                should_stop=stop.is_set,
+            )
+        except ValueError as e:
+            raise gr.Error(str(e)) from None
+        finally:
+            self._stops.pop(visitor, None)
+        pairs = evalset.disagreements(result, other)
+        b_acc = sum(r.correct for r in other.rows) / max(1, len(other.rows))
+        a_acc = sum(r.correct for r in result.rows if r.row in {o.row for o in other.rows}) / max(1, len(other.rows))
+        text = (
+            f"`{result.checkpoint}` ({result.method}): {100 * a_acc:.2f} % · `{checkpoint_b}` ({method_b}): "
+            f"{100 * b_acc:.2f} % on the same {len(other.rows)} rows; **{len(pairs)} rows where they disagree**."
+        )
+        table = [
+            [a.index, a.row, a.image_name, a.text, a.label, a.prediction, round(a.confidence, 4), b.prediction,
+             round(b.confidence, 4)]
+            for a, b in pairs[:MAX_TABLE_ROWS]
+        ]  # fmt: skip
+        return text, table
+
+
+def evaluate_tab(app: App, link: PredictLink, ratings: RatingStore | None = None) -> Evaluation:
+    """The tab's components and events."""
+    ev = Evaluation(app, ratings)
+    names = app.registry.names()
+    with gr.Tab("Evaluate", id="evaluate"):
+        gr.Markdown(
+            "Evaluate a checkpoint on a labelled data set: a CSV (image,text,label; other columns become slices) "
+            "plus a zip of its images, or the built-in Sort-of-CLEVR benchmark. Click a confusion-matrix cell "
+            "to list its rows, a row to see its heatmap, rate it, or open it in Predict & Explain."
+        )
+        with gr.Row():
+            checkpoint = gr.Dropdown(
+                names, value=app.default_checkpoint(), label="Checkpoint", elem_id="eval-checkpoint"
+            )
+            method = gr.Radio(list(METHODS), value=DEFAULT_METHOD, label="Explanation", elem_id="eval-method")
+            source = gr.Radio([BENCHMARK, UPLOAD], value=BENCHMARK, label="Data", elem_id="eval-source")
+            scenes = gr.Number(
+                5,
+                label="Benchmark scenes (20 questions each)",
+                precision=0,
+                minimum=1,
+                maximum=200,
+                elem_id="eval-scenes",
+            )
+        with gr.Row():
+            csv_file = gr.File(label="Labelled CSV", file_types=[".csv"], type="filepath", elem_id="eval-csv")
+            zip_file = gr.File(label="Images (zip, optional)", file_types=[".zip"], type="filepath", elem_id="eval-zip")
+        with gr.Row():
+            run = gr.Button("Evaluate", variant="primary", elem_id="eval-run")
+            stop = gr.Button("Stop", variant="stop", elem_id="eval-stop")
+        status = gr.Markdown(elem_id="eval-status")
+        summary = gr.Markdown(elem_id="eval-summary")
+        with gr.Row():
+            reliability = gr.Plot(label="Calibration (reliability diagram)")
+            with gr.Column():
+                slice_column = gr.Dropdown([], label="Accuracy per value of", elem_id="eval-slice-column")
+                slice_table = gr.Dataframe(
+                    headers=["value", "rows", "accuracy %"], interactive=False, elem_id="eval-slices"
+                )
+        gr.Markdown("**Confusion matrix** (rows: true label, columns: predicted). Click a count to list its rows.")
+        confusion = gr.Dataframe(interactive=False, elem_id="eval-confusion")
+        with gr.Row():
+            wrong_only = gr.Checkbox(False, label="Wrong only", elem_id="eval-wrong-only")
+            true_label = gr.Dropdown([ALL], value=ALL, label="True label", elem_id="eval-true")
+            predicted = gr.Dropdown([ALL], value=ALL, label="Predicted", elem_id="eval-predicted")
+            slice_value = gr.Dropdown([ALL], value=ALL, label="Slice value", elem_id="eval-slice-value")
+            out_of_scope = gr.Checkbox(False, label="Out of scope only", elem_id="eval-oos")
+        count = gr.Markdown(elem_id="eval-count")
+        rows = gr.Dataframe(interactive=False, max_height=420, elem_id="eval-rows")
+        with gr.Row():
+            overlay = gr.Image(label="Heatmap of the selected row", interactive=False, elem_id="eval-overlay")
+            with gr.Column():
+                detail = gr.Markdown("Click a row to see its heatmap.", elem_id="eval-detail")
+                open_predict = gr.Button("Open in Predict & Explain", elem_id="eval-open")
+                export = gr.Button("Export this prediction (overlay PNG + JSON)", elem_id="eval-export")
+                export_file = gr.File(label="Prediction export", interactive=False, elem_id="eval-export-file")
+                rating = gr.Radio(
+                    RATING_CHOICES, label="Does the heatmap point at the right thing?", elem_id="eval-rating"
+                )
+                comment = gr.Textbox(label="Comment (optional)", max_length=2000, elem_id="eval-comment")
+                save_rating = gr.Button("Save rating", elem_id="eval-save-rating")
+                rating_status = gr.Markdown(elem_id="eval-rating-status")
+        with gr.Row():
+            ratings_table = gr.Dataframe(
+                ev.ratings_table,
+                headers=["checkpoint", RATING_TEXT["right"], RATING_TEXT["partly"], RATING_TEXT["wrong"], "total"],
+                interactive=False,
+                label="Ratings per checkpoint",
+                elem_id="eval-ratings-summary",
+            )
+            with gr.Column():
+                export_ratings = gr.Button("Export ratings (CSV)", elem_id="eval-export-ratings")
+                ratings_file = gr.File(label="Ratings CSV", interactive=False, elem_id="eval-ratings-file")
+                make_report = gr.Button("Download the evaluation report (HTML)", elem_id="eval-report")
+                report_file = gr.File(label="Report", interactive=False, elem_id="eval-report-file")
+        gr.Markdown("**Compare on this data set** with a second checkpoint or the other explanation method.")
+        with gr.Row():
+            checkpoint_b = gr.Dropdown(
+                names, value=app.default_checkpoint(), label="Second checkpoint", elem_id="eval-checkpoint-b"
+            )
+            method_b = gr.Radio(list(METHODS), value=DEFAULT_METHOD, label="Its explanation", elem_id="eval-method-b")
+            compare = gr.Button("Compare", elem_id="eval-compare")
+        compare_text = gr.Markdown(elem_id="eval-compare-summary")
+        compare_rows = gr.Dataframe(
+            headers=[
+                "#",
+                "row",
+                "image",
+                "question",
+                "label",
+                "A predicted",
+                "A confidence",
+                "B predicted",
+                "B confidence",
+            ],
+            interactive=False,
+            elem_id="eval-disagree",
+        )
+
+        for dropdown in (checkpoint, checkpoint_b):  # fine-tuned checkpoints appear when the list opens
+            dropdown.focus(lambda: gr.update(choices=app.registry.names()), None, dropdown, api_name=False, queue=False)
+        filters = [wrong_only, true_label, predicted, slice_value, out_of_scope]
+        result_views = [status, summary, reliability, slice_column, slice_table, confusion, *filters, rows, count]
+        run.click(
+            ev.run,
+            [checkpoint, method, source, scenes, csv_file, zip_file],
+            result_views,
+            api_name=False,
+            concurrency_limit=1,
+            concurrency_id="evaluate",
+        )
+        stop.click(ev.stop, None, None, api_name=False, queue=False)
+        for f in filters:
+            f.input(ev.filter, filters, [rows, count], api_name=False)
+        slice_column.input(ev.choose_slice, slice_column, result_views, api_name=False)
+        confusion.select(ev.confusion_cell, None, [*filters, rows, count], api_name=False)
+        rows.select(ev.select_row, None, [overlay, detail], api_name=False)
+        open_predict.click(
+            ev.open_in_predict, None, [link.tabs, link.image, link.text, link.checkpoint], api_name=False
+        )
+        export.click(ev.export_selected, None, export_file, api_name=False)
+        save_rating.click(ev.rate, [rating, comment], [rating_status, ratings_table, comment], api_name=False)
+        export_ratings.click(ev.export_ratings, None, ratings_file, api_name=False)
+        make_report.click(ev.download_report, None, report_file, api_name=False)
+        compare.click(
+            ev.compare_dataset,
+            [checkpoint_b, method_b],
+            [compare_text, compare_rows],
+            api_name=False,
+            concurrency_limit=1,
+            concurrency_id="evaluate",
+        )
+    return ev

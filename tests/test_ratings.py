@@ -1,0 +1,120 @@
+"""Ratings in SQLite: schema version and migrations, CSV export, persistence, and concurrent
+writers (threads and processes) losing nothing."""
+
+import csv
+import io
+import multiprocessing
+import sqlite3
+import threading
+
+import pytest
+
+from mmdemo import ratings
+from mmdemo.ratings import Rating, RatingStore
+
+
+def _rating(i=0, rater="v1", checkpoint="sort-of-clevr", rating="right", comment=""):
+    return Rating(rater, checkpoint, f"hash{i}", f"img{i}.png", f"question {i}?", "circle", "raw", rating, comment)
+
+
+def test_add_export_and_summary(tmp_path):
+    store = RatingStore(tmp_path)
+    assert not (tmp_path / "ratings.sqlite").exists() and store.all() == [] and store.summary() == {}
+    store.add(_rating(1, comment='points at the red one, "mostly"'))
+    store.add(_rating(2, rating="partly"))
+    store.add(_rating(3, checkpoint="mine", rating="wrong"))
+    rows = list(csv.DictReader(io.StringIO(store.export_csv(tmp_path / "out.csv"))))
+    assert [r["rating"] for r in rows] == ["right", "partly", "wrong"]
+    assert rows[0]["comment"] == 'points at the red one, "mostly"' and rows[0]["image_hash"] == "hash1"
+    assert list(rows[0]) == list(ratings.FIELDS) and rows[0]["created_at"].endswith("Z")
+    assert (tmp_path / "out.csv").read_text() == store.export_csv()
+    assert store.summary() == {
+        "mine": {"right": 0, "partly": 0, "wrong": 1, "total": 1},
+        "sort-of-clevr": {"right": 1, "partly": 1, "wrong": 0, "total": 2},
+    }
+    # a new store on the same folder (an app restart) sees them all
+    assert len(RatingStore(tmp_path).all()) == 3
+
+
+def test_bad_ratings_are_refused(tmp_path):
+    store = RatingStore(tmp_path)
+    with pytest.raises(ValueError, match="rating must be one of right, partly, wrong"):
+        store.add(_rating(rating="great"))
+    with pytest.raises(ValueError, match="over the limit of 2,000"):
+        store.add(_rating(comment="x" * 2001))
+    with pytest.raises(ValueError, match="needs its question"):
+        store.add(Rating("v", "c", "h", "n", " ", "p", "raw", "right"))
+    assert store.all() == []
+
+
+def test_schema_version_and_migration(tmp_path):
+    store = RatingStore(tmp_path)
+    store.add(_rating())
+    assert store.schema_version() == ratings.SCHEMA_VERSION == 1
+    with sqlite3.connect(store.path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    # an empty file of version 0 is migrated when opened
+    empty = tmp_path / "old"
+    empty.mkdir()
+    sqlite3.connect(empty / "ratings.sqlite").close()
+    assert RatingStore(empty).schema_version() == 1
+    # a file from a newer release is refused, not damaged
+    newer = tmp_path / "newer"
+    newer.mkdir()
+    with sqlite3.connect(newer / "ratings.sqlite") as conn:
+        conn.execute("PRAGMA user_version = 7")
+    with pytest.raises(ValueError, match="schema version 7, newer than this release's 1"):
+        RatingStore(newer)
+
+
+def test_data_dir_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("MMDEMO_DATA_DIR", str(tmp_path / "d"))
+    assert ratings.data_dir() == tmp_path / "d"
+    monkeypatch.delenv("MMDEMO_DATA_DIR")
+    assert ratings.data_dir() != tmp_path / "d" and "mmdemo" in str(ratings.data_dir())
+
+
+def test_concurrent_threads_lose_nothing(tmp_path):
+    store = RatingStore(tmp_path)
+    errors = []
+
+    def rate(worker):
+        try:
+            for i in range(25):
+                store.add(_rating(i, rater=f"t{worker}"))
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=rate, args=(w,)) for w in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    rows = store.all()
+    assert len(rows) == 200 and len({r["id"] for r in rows}) == 200
+    assert {(r["rater"], r["question"]) for r in rows} == {
+        (f"t{w}", f"question {i}?") for w in range(8) for i in range(25)
+    }
+
+
+def _rate_in_process(folder, worker):
+    store = RatingStore(folder)
+    for i in range(20):
+        store.add(_rating(i, rater=f"p{worker}"))
+
+
+def test_concurrent_processes_lose_nothing(tmp_path):
+    context = multiprocessing.get_context("spawn")
+    processes = [context.Process(target=_rate_in_process, args=(str(tmp_path), w)) for w in range(4)]
+    for p in processes:
+        p.start()
+    for p in processes:
+        p.join(120)
+    assert [p.exitcode for p in processes] == [0, 0, 0, 0]
+    rows = RatingStore(tmp_path).all()
+    assert len(rows) == 80
+    assert {(r["rater"], r["question"]) for r in rows} == {
+        (f"p{w}", f"question {i}?") for w in range(4) for i in range(20)
+    }

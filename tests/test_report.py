@@ -1,0 +1,57 @@
+"""The HTML evaluation report is one self-contained file (no external or relative links, images
+embedded), and the per-prediction export holds an overlay PNG and the JSON."""
+
+import base64
+import io
+import json
+import re
+import zipfile
+
+import pytest
+from PIL import Image
+
+from mmdemo import evalset, report
+from mmdemo.service import Predictor
+
+from .test_evalset import _write_set
+
+
+@pytest.fixture(scope="module")
+def result(tiny_checkpoint, tmp_path_factory):
+    predictor = Predictor.from_checkpoint(tiny_checkpoint, "cpu")
+    data = evalset.load_csv_set(_write_set(tmp_path_factory.mktemp("set"), n=12))
+    return evalset.evaluate(predictor, data, "tiny")
+
+
+def test_report_is_self_contained(result):
+    card = "# tiny\n\nSee [the docs](https://example.com/docs) and ![logo](logo.png) and <https://example.org>.\n"
+    html = report.build_report(result, card, {"tiny": {"right": 2, "partly": 1, "wrong": 0, "total": 3}})
+    assert "http://" not in html and "https://" not in html
+    links = re.findall(r"""(?:href|src|url)\s*[=(]\s*['"]?([^'" )>]+)""", html)
+    assert links and all(link.startswith("data:image/png;base64,") for link in links), links
+    assert "<script" not in html and "<link" not in html
+    # the worst errors are embedded as decodable PNGs, one per wrong row shown
+    images = re.findall(r"src='data:image/png;base64,([^']+)'", html)
+    assert len(images) == min(8, sum(not r.correct for r in result.rows)) > 0
+    assert Image.open(io.BytesIO(base64.b64decode(images[0]))).size[0] >= 384
+    s = evalset.summarize(result)
+    assert f"{100 * s['accuracy']:.1f} %" in html and f"{s['ece']:.4f}" in html
+    assert "Accuracy per kind" in html and "points at the right thing" in html
+    assert "<h3>tiny</h3>" in html and "the docs" in html  # the card, its link text kept, the link dropped
+    assert "<svg" in html and "reliability diagram" in html
+
+
+def test_export_prediction(tiny_checkpoint, tmp_path, fixture_path):
+    predictor = Predictor.from_checkpoint(tiny_checkpoint, "cpu")
+    image = Image.open(fixture_path("chelsea.jpg")).convert("RGB")
+    p = predictor.predict(image, "Where is the cat?")
+    settings = {"checkpoint": "tiny", "method": "raw", "opacity": 0.5}
+    path = report.export_prediction(tmp_path, image, p.to_json(), p.explanation.word_maps.tolist(), settings)
+    with zipfile.ZipFile(path) as z:
+        assert sorted(z.namelist()) == ["overlay.png", "prediction.json"]
+        overlay = Image.open(io.BytesIO(z.read("overlay.png")))
+        document = json.loads(z.read("prediction.json"))
+    assert overlay.size == image.size
+    assert document["label"] == p.label and document["settings"] == settings
+    assert document["tokens"] == ["Where", "is", "the", "cat", "?"] and len(document["word_maps"]) == 5
+    assert len(document["word_maps"][0]) == 8 and document["scores"] == pytest.approx(p.scores)
