@@ -15,6 +15,8 @@ import logging
 import secrets
 import shutil
 import tempfile
+import threading
+from collections import OrderedDict
 from pathlib import Path
 
 from .card import app_model_card
@@ -29,6 +31,7 @@ from .uploads import UploadFolder, extract_zip, sweep_uploads
 log = logging.getLogger("mmdemo.app")
 
 DEFAULT_CHECKPOINT = "sort-of-clevr"
+SESSION_OWNERS = 10_000  # page sessions whose owner is remembered (the oldest are forgotten)
 EXAMPLE_DATASET_IMAGES = 150
 
 
@@ -57,6 +60,8 @@ class App:
         self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix=UPLOAD_PREFIX + "work-", dir=upload_root()))
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self._example_dataset: tuple[str, str] | None = None
+        self._session_owners: OrderedDict[str, str | None] = OrderedDict()
+        self._sessions_lock = threading.Lock()
 
     # --- who is asking -------------------------------------------------------------------
     @staticmethod
@@ -74,6 +79,23 @@ class App:
         if not token:
             raise ValueError("no owner token: reload the page, or pass the owner_token /start_finetune returned")
         return owner_id(token)
+
+    def remember_session(self, session: str | None, owner: str | None) -> None:
+        """Which owner a page session belongs to, decided on the server at page load from the
+        page's owner token (ui/__init__.py); tabs whose handlers take only the request (Evaluate,
+        Compare) look the owner up here. Bounded: the oldest sessions are forgotten."""
+        if not session:
+            return
+        with self._sessions_lock:
+            self._session_owners[session] = owner
+            self._session_owners.move_to_end(session)
+            while len(self._session_owners) > SESSION_OWNERS:
+                self._session_owners.popitem(last=False)
+
+    def session_owner(self, session: str | None) -> str | None:
+        """The owner remembered for a page session (None: shipped checkpoints only)."""
+        with self._sessions_lock:
+            return self._session_owners.get(session) if session else None
 
     def checkpoint_names(self, owner: str | None) -> list[str]:
         return self.registry.names(owner)

@@ -20,7 +20,7 @@ from ..webapp import App  # noqa: E402
 from .compare import compare_tab  # noqa: E402
 from .evaluate import PredictLink, evaluate_tab  # noqa: E402
 from .finetune import csv_columns, finetune_tab
-from .identity import browser_secret, token_components
+from .identity import browser_secret, owner_of, token_components
 from .predict import predict, predict_tab, redraw
 
 __all__ = ["App", "CSS", "create_demo", "csv_columns", "predict", "redraw"]
@@ -70,10 +70,19 @@ def create_demo(app: App) -> gr.Blocks:
             evaluate_tab(app, PredictLink(tabs, inputs.image, inputs.text, inputs.checkpoint))
             compare_tab(app)
 
-        def on_load(known, owner_token=None, session_token=None, profile: gr.OAuthProfile | None = None):
-            """A new browser gets its secret owner token here, made on the server."""
+        def on_load(
+            known,
+            owner_token=None,
+            session_token=None,
+            request: gr.Request = None,
+            profile: gr.OAuthProfile | None = None,
+        ):
+            """A new browser gets its secret owner token here, made on the server; the page's
+            session is remembered as that owner's (for the tabs whose handlers get only the request)."""
             if not (isinstance(owner_token, str) and TOKEN_PATTERN.match(owner_token)):
                 owner_token = app.new_token()  # none yet, or not one of ours
+            session = getattr(request, "session_hash", None)
+            app.remember_session(session, owner_of(app, owner_token, session_token, profile))
             return (*poll(known, owner_token, session_token, profile), owner_token)
 
         demo.load(on_load, poll_inputs, [*poll_outputs, tokens[0]], api_visibility="private", queue=False)

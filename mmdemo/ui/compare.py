@@ -17,12 +17,17 @@ OPACITY = 0.55
 MAX_BLANKS = 50
 
 
-def _predict(app: App, image, text: str, checkpoint: str | None, method: str | None):
+def _owner(app: App, request: gr.Request | None) -> str | None:
+    """The page's owner, decided on the server at page load (App.session_owner)."""
+    return app.session_owner(getattr(request, "session_hash", None))
+
+
+def _predict(app: App, image, text: str, checkpoint: str | None, method: str | None, owner: str | None = None):
     """(probabilities, overlay, prediction) of one input; a gr.Error a user can act on."""
     if not text or not str(text).strip():
         raise gr.Error("Please type a question.")
     try:
-        predictor = app.registry.predictor(checkpoint or app.default_checkpoint())
+        predictor = app.registry.predictor(checkpoint or app.default_checkpoint(), owner)
         prediction = predictor.predict_batch([image], [text], method or DEFAULT_METHOD)[0]
     except ValueError as e:
         raise gr.Error(str(e)) from None
@@ -39,10 +44,10 @@ def _image(path, what: str = "the image"):
         raise gr.Error(str(e)) from None
 
 
-def compare(app: App, image_path, text, checkpoint_a, method_a, checkpoint_b, method_b):
+def compare(app: App, image_path, text, checkpoint_a, method_a, checkpoint_b, method_b, owner: str | None = None):
     image = _image(image_path)
-    scores_a, overlay_a, a = _predict(app, image, text, checkpoint_a, method_a)
-    scores_b, overlay_b, b = _predict(app, image, text, checkpoint_b, method_b)
+    scores_a, overlay_a, a = _predict(app, image, text, checkpoint_a, method_a, owner)
+    scores_b, overlay_b, b = _predict(app, image, text, checkpoint_b, method_b, owner)
     name_a = f"`{checkpoint_a}` ({method_a})"
     name_b = f"`{checkpoint_b}` ({method_b})"
     pa, pb = a.explanation.peak_xy, b.explanation.peak_xy
@@ -101,15 +106,15 @@ def reset(state):
     return state, _shown(state), "No edits."
 
 
-def what_if(app: App, state, text, edited_text, checkpoint, method):
+def what_if(app: App, state, text, edited_text, checkpoint, method, owner: str | None = None):
     """Prediction and heatmap of the original input and of the edited one."""
     if not state or not state.get("image"):
         raise gr.Error("Please upload an image.")
     original = _image(state["image"])
     edited = _edited(state)
     edited_text = edited_text if edited_text and str(edited_text).strip() else text
-    scores_before, overlay_before, before = _predict(app, original, text, checkpoint, method)
-    scores_after, overlay_after, after = _predict(app, edited, edited_text, checkpoint, method)
+    scores_before, overlay_before, before = _predict(app, original, text, checkpoint, method, owner)
+    scores_after, overlay_after, after = _predict(app, edited, edited_text, checkpoint, method, owner)
     changes = []
     if edited_text.strip() != str(text).strip():
         changes.append(f"question *{text}* → *{edited_text}*")
@@ -152,8 +157,12 @@ def compare_tab(app: App) -> None:
             with gr.Column():
                 label_b = gr.Label(num_top_classes=3, label="B", elem_id="cmp-label-b")
                 overlay_b = gr.Image(label="B: where it looked", interactive=False, elem_id="cmp-overlay-b")
+
+        def on_compare(image, text, checkpoint_a, method_a, checkpoint_b, method_b, request: gr.Request):
+            return compare(app, image, text, checkpoint_a, method_a, checkpoint_b, method_b, _owner(app, request))
+
         run.click(
-            lambda *a: compare(app, *a),
+            on_compare,
             [image, text, checkpoint_a, method_a, checkpoint_b, method_b],
             [label_a, overlay_a, label_b, overlay_b, summary],
             api_name=False,
@@ -195,13 +204,23 @@ def compare_tab(app: App) -> None:
                 label_after = gr.Label(num_top_classes=3, label="After", elem_id="wi-label-after")
                 overlay_after = gr.Image(label="After", interactive=False, elem_id="wi-overlay-after")
         for dropdown in (checkpoint_a, checkpoint_b, wi_checkpoint):  # fine-tuned ones appear when a list opens
-            dropdown.focus(lambda: gr.update(choices=app.registry.names()), None, dropdown, api_name=False, queue=False)
+            dropdown.focus(
+                lambda request: gr.update(choices=app.registry.names(_owner(app, request))),
+                None,
+                dropdown,
+                api_name=False,
+                queue=False,
+            )
         wi_image.change(new_image, wi_image, [state, edited], api_name=False)
         wi_text.change(lambda t: t, wi_text, wi_edit_text, api_name=False, queue=False)
         edited.select(blank_at, [state, side], [state, edited, edits], api_name=False)
         undo.click(reset, state, [state, edited, edits], api_name=False)
+
+        def on_what_if(state, text, edited_text, checkpoint, method, request: gr.Request):
+            return what_if(app, state, text, edited_text, checkpoint, method, _owner(app, request))
+
         wi_run.click(
-            lambda *a: what_if(app, *a),
+            on_what_if,
             [state, wi_text, wi_edit_text, wi_checkpoint, wi_method],
             [label_before, overlay_before, label_after, overlay_after, wi_summary],
             api_name=False,

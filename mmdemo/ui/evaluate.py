@@ -82,7 +82,7 @@ class Evaluation:
         method = method or DEFAULT_METHOD
         try:
             data = self._dataset(source, scenes, csv_file, zip_file)
-            predictor = self.app.registry.predictor(checkpoint)
+            predictor = self.app.registry.predictor(checkpoint, self.owner(request))
             progress(0, desc=f"evaluating {len(data.examples)} rows")
             result = evalset.evaluate(
                 predictor,
@@ -103,6 +103,14 @@ class Evaluation:
         state.clear()
         state.update(result=result, data=data, slice=result.slice_columns[0] if result.slice_columns else None)
         return self.views(visitor)
+
+    def owner(self, request: gr.Request | None) -> str | None:
+        """The page's owner, decided on the server at page load (App.session_owner): their own
+        checkpoints can be evaluated besides the shipped ones."""
+        return self.app.session_owner(getattr(request, "session_hash", None))
+
+    def names(self, request: gr.Request):
+        return gr.update(choices=self.app.registry.names(self.owner(request)))
 
     def stop(self, request: gr.Request) -> None:
         """Ask this visitor's run to stop after its current batch (a toast says so; the run's
@@ -291,7 +299,7 @@ class Evaluation:
         visitor = visitor_id(request)
         r, result = self._selected(visitor), self._result(visitor)
         try:
-            predictor = self.app.registry.predictor(result.checkpoint)
+            predictor = self.app.registry.predictor(result.checkpoint, self.owner(request))
             image = decode_image(r.image, name=r.image_name)
             prediction = predictor.predict_batch([image], [r.text], result.method)[0]
         except ValueError as e:
@@ -349,7 +357,7 @@ class Evaluation:
         result = self._result(visitor_id(request))
         card, faithfulness = "", None
         try:
-            path = self.app.registry.path(result.checkpoint)
+            path = self.app.registry.path(result.checkpoint, self.owner(request))
             card = (path / CARD_FILE).read_text() if (path / CARD_FILE).is_file() else ""
             faithfulness = report.recorded_faithfulness(path)
         except ValueError:
@@ -378,7 +386,7 @@ class Evaluation:
         data = evalset.EvalSet(**{**data.__dict__, "examples": [e for e in data.examples if e.row in done_rows]})
         try:
             other = evalset.evaluate(
-                self.app.registry.predictor(checkpoint_b),
+                self.app.registry.predictor(checkpoint_b, self.owner(request)),
                 data,
                 checkpoint_b,
                 method_b,
@@ -504,7 +512,7 @@ def evaluate_tab(app: App, link: PredictLink, ratings: RatingStore | None = None
         )
 
         for dropdown in (checkpoint, checkpoint_b):  # fine-tuned checkpoints appear when the list opens
-            dropdown.focus(lambda: gr.update(choices=app.registry.names()), None, dropdown, api_name=False, queue=False)
+            dropdown.focus(ev.names, None, dropdown, api_name=False, queue=False)
         filters = [wrong_only, true_label, predicted, slice_value, out_of_scope]
         result_views = [status, summary, reliability, slice_column, slice_table, confusion, *filters, rows, count]
         run.click(
