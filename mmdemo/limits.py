@@ -48,6 +48,7 @@ class Limits:
     job_time_limit_min: int = 120  # a job is stopped (its best epoch kept) after this
     max_epochs: int = 50
     session_ttl_min: int = 60  # per-page state is dropped this long after the page closes
+    predict_concurrency: int = 8  # /predict calls run at once (those that meet share one batch)
 
     @classmethod
     def from_env(cls) -> Limits:

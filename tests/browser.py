@@ -27,7 +27,8 @@ PHONE = {"width": 390, "height": 844}
 
 def make_app(root: Path, other: list[str] | None = None) -> ui.App:
     """Shipped 'sort-of-clevr' (tiny, the 12 Sort-of-CLEVR labels, with examples and its task) and,
-    with ``other``, a second writable checkpoint 'other' with those labels."""
+    with ``other``, a second shipped checkpoint 'other' with those labels (every visitor sees it;
+    a visitor's own checkpoints live in their owner folder, tests/test_browser_security.py)."""
     torch.manual_seed(0)
     path = save_checkpoint(build_model(tiny_config(labels=LABELS)), root / "shipped" / "sort-of-clevr")
     write_examples(path / "examples")
@@ -35,7 +36,7 @@ def make_app(root: Path, other: list[str] | None = None) -> ui.App:
     config["task"] = task_spec()
     (path / "config.json").write_text(json.dumps(config))
     if other:
-        save_checkpoint(build_model(tiny_config(labels=other)), root / "mine" / "other")
+        save_checkpoint(build_model(tiny_config(labels=other)), root / "shipped" / "other")
     return ui.App(CheckpointRegistry(root / "mine", root / "shipped"), work_dir=str(root / "work"))
 
 

@@ -116,7 +116,7 @@ def test_a_reload_mid_training_keeps_the_form_and_the_tab(chromium, url, app):
     context, page = open_tab(chromium, url)
     page.locator("#example-dataset").click()
     expect(column(page, "label-column")).to_have_value("label", timeout=60_000)
-    page.get_by_label("Epochs").fill("200")
+    page.get_by_label("Epochs").fill("50")
     page.locator("#checkpoint-name textarea, #checkpoint-name input").first.fill("long-run")
     page.get_by_label("Class weights").check()
     page.locator("#start-button").click()
@@ -124,7 +124,7 @@ def test_a_reload_mid_training_keeps_the_form_and_the_tab(chromium, url, app):
 
     page.reload()
     expect(page.locator("#start-button")).to_be_visible(timeout=30_000)  # still on the Fine-tune tab
-    expect(page.get_by_label("Epochs")).to_have_value("200")
+    expect(page.get_by_label("Epochs")).to_have_value("50")
     expect(page.locator("#checkpoint-name textarea, #checkpoint-name input").first).to_have_value("long-run")
     expect(page.get_by_label("Class weights")).to_be_checked()
     expect(column(page, "label-column")).to_have_value("label")

@@ -59,8 +59,8 @@ def test_cli_and_app_write_the_same_record(sixteen_rows, tmp_path, tiny_checkpoi
     import subprocess
     import sys
 
-    from mmdemo.jobs import JobManager
-    from mmdemo.registry import CheckpointRegistry
+    from mmdemo.jobs import DataSource, JobManager
+    from mmdemo.registry import CheckpointRegistry, owner_id
 
     flags = dict(epochs=2, batch_size=8, lr=3e-3, encoder_lr=3e-3, weight_decay=0.05, modality_dropout=0.0, seed=0)
     cli = [sys.executable, "-m", "mmdemo", "train", "--csv", str(sixteen_rows), "--out", str(tmp_path / "cli")]
@@ -72,14 +72,19 @@ def test_cli_and_app_write_the_same_record(sixteen_rows, tmp_path, tiny_checkpoi
     assert done.returncode == 0, done.stderr
 
     registry = CheckpointRegistry(tmp_path / "app", tmp_path / "shipped")
-    jobs = JobManager(registry)
+    jobs = JobManager(registry, tmp_path / "jobs")
     settings = TrainSettings(**flags, freeze=[], class_weights=False, patience=100)
-    jobs.start(read_csv(sixteen_rows), settings, "app", base="tiny")
-    status = jobs.wait(300)
+    owner = owner_id("x" * 43)
+    upload = tmp_path / "upload"  # a job deletes its upload folder when it ends: give it a copy
+    shutil.copytree(sixteen_rows.parent / "img", upload / "img")
+    shutil.copy(sixteen_rows, upload / "data.csv")
+    source = DataSource(upload, upload / "data.csv")
+    jobs.start(owner, read_csv(upload / "data.csv"), source, settings, "app", base="tiny")
+    status = jobs.wait(owner, 300)
     assert status["state"] == "done", status["message"]
 
     cli_record = json.loads((tmp_path / "cli" / "config.json").read_text())["training"]
-    app_record = json.loads((registry.writable_dir / "app" / "config.json").read_text())["training"]
+    app_record = json.loads((registry.writable_dir / owner / "app" / "config.json").read_text())["training"]
     assert set(cli_record) - {"command"} == set(app_record)
     cli_record["settings"].pop("cpu_threads")  # the recipe picks it from the load at the time
     app_record["settings"].pop("cpu_threads")

@@ -158,7 +158,8 @@ def test_live_server_predict_and_fine_tune(server, app, fixture_path, tmp_path):
     other = Client(server.local_url, verbose=False)
     image = handle_file(str(tmp_path / "upload" / "img" / "1.png"))
     result = other.predict(image, "which colour is it?", "tuned-by-api", "gradient", 0.5, token, api_name="/predict")
-    assert result[0]["label"] in ("red", "blue")
+    # the most probable class (a one-epoch model on 10 images may abstain in the label output)
+    assert result[1]["label"] in ("red", "blue") and set(result[1]["scores"]) == {"red", "blue"}
     with pytest.raises(Exception, match="unknown checkpoint 'tuned-by-api'"):
         other.predict(image, "which colour is it?", "tuned-by-api", api_name="/predict")
     assert other.predict(token, api_name="/finetune_status")["state"] == "done"
@@ -227,14 +228,17 @@ def test_bad_input_through_the_api_is_one_log_line_not_a_traceback(server, fixtu
     from gradio_client import Client, handle_file
 
     client = Client(server.local_url, verbose=False)
-    with pytest.raises(Exception, match="question: Type a question"):  # checked before the handler runs
+    with pytest.raises(Exception, match="type a question"):
         client.predict(handle_file(fixture_path("chelsea.jpg")), "   ", api_name="/predict")
     with pytest.raises(Exception, match="unknown checkpoint 'no-such-model'"):
         client.predict(handle_file(fixture_path("chelsea.jpg")), "What shape?", "no-such-model", api_name="/predict")
     out, err = capfd.readouterr()
     assert "Traceback" not in out + err
     logged = [r.getMessage() for r in caplog.records if r.name == "mmdemo.ui"]
-    assert len(logged) == 1 and logged[0].startswith("predict: rejected input: unknown checkpoint 'no-such-model'")
+    assert logged == [
+        "predict: rejected input: Please type a question or a description of the image.",
+        "predict: rejected input: unknown checkpoint 'no-such-model'; available: sort-of-clevr",
+    ]
 
 
 def test_job_status_line_names_the_phase_and_the_time_left():

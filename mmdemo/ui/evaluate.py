@@ -416,7 +416,7 @@ def evaluate_tab(app: App, link: PredictLink, ratings: RatingStore | None = None
     """The tab's components and events."""
     ev = Evaluation(app, ratings)
     names = app.registry.names()
-    with gr.Tab("Evaluate", id="evaluate"):
+    with gr.Tab("Evaluate", id="evaluate") as tab:
         gr.Markdown(
             "Evaluate a checkpoint on a labelled data set: a CSV (image,text,label; other columns become slices) "
             "plus a zip of its images, or the built-in Sort-of-CLEVR benchmark. Click a confusion-matrix cell "
@@ -476,7 +476,7 @@ def evaluate_tab(app: App, link: PredictLink, ratings: RatingStore | None = None
                 rating_status = gr.Markdown(elem_id="eval-rating-status")
         with gr.Row():
             ratings_table = gr.Dataframe(
-                ev.ratings_table,
+                ev.ratings_table(),  # refreshed whenever the tab is opened (below)
                 headers=["checkpoint", RATING_TEXT["right"], RATING_TEXT["partly"], RATING_TEXT["wrong"], "total"],
                 interactive=False,
                 label="Ratings per checkpoint",
@@ -533,6 +533,7 @@ def evaluate_tab(app: App, link: PredictLink, ratings: RatingStore | None = None
             ev.open_in_predict, None, [link.tabs, link.image, link.text, link.checkpoint], api_name=False
         )
         export.click(ev.export_selected, None, export_file, api_name=False)
+        tab.select(ev.ratings_table, None, ratings_table, api_visibility="private", queue=False)
         save_rating.click(ev.rate, [rating, comment], [rating_status, ratings_table, comment], api_name=False)
         export_ratings.click(ev.export_ratings, None, ratings_file, api_name=False)
         make_report.click(ev.download_report, None, report_file, api_name=False)

@@ -491,19 +491,24 @@ def predict_tab(
             owner = owner_of(app, owner_token, session_token, profile)
             return predict(app, image, question, checkpoint, method, opacity, owner)
 
-        # up to 8 requests at once: those that meet in Predictor.analyse share one batch
-        common = dict(concurrency_limit=8, concurrency_id="predict")
+        # several requests at once (MMDEMO_PREDICT_CONCURRENCY): those that meet in
+        # Predictor.analyse share one batch
+        common = dict(concurrency_limit=app.limits.predict_concurrency, concurrency_id="predict")
+        # The API's /predict is the same handler without the validator: Gradio runs a validator
+        # while admitting a call, within the event's concurrency limit, so a burst of API calls
+        # would wait outside the bounded queue instead of being refused ("queue full") at once.
+        # The handler gives the same messages for a missing image or question.
+        gr.Button(visible=False, elem_id="api-predict").click(
+            predict_image,
+            inputs,
+            outputs,
+            api_name="predict",
+            api_description="Answer a question about an image; returns the answer's probabilities, the "
+            "explanation (tokens, token_scores, heatmap, peak_xy) and the views the app shows.",
+            **common,
+        )
         answered = [
-            button.click(
-                predict_image,
-                inputs,
-                outputs,
-                api_name="predict",
-                api_description="Answer a question about an image; returns the answer's probabilities, the "
-                "explanation (tokens, token_scores, heatmap, peak_xy) and the views the app shows.",
-                validator=check_inputs,
-                **common,
-            ),
+            button.click(predict_image, inputs, outputs, api_visibility="private", validator=check_inputs, **common),
             text.submit(predict_image, inputs, outputs, api_visibility="private", validator=check_inputs, **common),
             *(
                 control.input(rerun, inputs, outputs, api_visibility="private", **common)
