@@ -2,7 +2,6 @@
 visitors are isolated, every bad input gets a specific message and nothing is left behind.
 The live-server cases are in test_stress_battery.py; timed ones in ``python -m mmdemo stress``."""
 
-import hashlib
 import io
 import json
 import os
@@ -22,21 +21,13 @@ from mmdemo.limits import Limits, checkpoint_dir
 from mmdemo.model import build_model
 from mmdemo.preprocess import tokenize
 from mmdemo.registry import REPO_CHECKPOINTS, CheckpointRegistry, owner_id
+from mmdemo.stress import folder_hash
 from mmdemo.uploads import UploadFolder, extract_zip, sweep_uploads
 from mmdemo.webapp import App
 
 from .conftest import tiny_config
 
 A, B = owner_id("a" * 43), owner_id("b" * 43)
-
-
-def folder_hash(folder: Path) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(folder.rglob("*")):
-        digest.update(str(path.relative_to(folder)).encode())
-        if path.is_file():
-            digest.update(path.read_bytes())
-    return digest.hexdigest()
 
 
 def _csv(folder: Path, rows, header=("image", "text", "label"), n_images=4) -> Path:

@@ -25,10 +25,10 @@ from mmdemo.checkpoint import save_checkpoint  # noqa: E402
 from mmdemo.limits import Limits  # noqa: E402
 from mmdemo.model import build_model  # noqa: E402
 from mmdemo.registry import CheckpointRegistry  # noqa: E402
+from mmdemo.stress import folder_hash  # noqa: E402
 from mmdemo.ui.serve import launch  # noqa: E402
 
 from .conftest import tiny_config  # noqa: E402
-from .test_security import folder_hash  # noqa: E402
 
 LABELS = ["red", "blue"]
 
