@@ -203,14 +203,11 @@ def compare_tab(app: App) -> None:
             with gr.Column():
                 label_after = gr.Label(num_top_classes=3, label="After", elem_id="wi-label-after")
                 overlay_after = gr.Image(label="After", interactive=False, elem_id="wi-overlay-after")
+        def names(request: gr.Request):
+            return gr.update(choices=app.registry.names(_owner(app, request)))
+
         for dropdown in (checkpoint_a, checkpoint_b, wi_checkpoint):  # fine-tuned ones appear when a list opens
-            dropdown.focus(
-                lambda request: gr.update(choices=app.registry.names(_owner(app, request))),
-                None,
-                dropdown,
-                api_name=False,
-                queue=False,
-            )
+            dropdown.focus(names, None, dropdown, api_name=False, queue=False)
         wi_image.change(new_image, wi_image, [state, edited], api_name=False)
         wi_text.change(lambda t: t, wi_text, wi_edit_text, api_name=False, queue=False)
         edited.select(blank_at, [state, side], [state, edited, edits], api_name=False)
