@@ -80,6 +80,8 @@ def http_predict(client: httpx.Client, base: str, image: Path, text: str) -> dic
     response.raise_for_status()
     outputs = read_result(client, base, response.json()["event_id"])
     overlay = outputs[2]
+    if overlay.get("__type__") == "update":  # the overlay comes with its label ("... for “word”")
+        overlay = overlay["value"]
     client.get(overlay["url"]).raise_for_status()
     return outputs[0]
 
