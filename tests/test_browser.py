@@ -6,15 +6,13 @@ Screenshots go to artifacts/ (not committed).
 """
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
 
-CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 
-if not os.path.exists(CHROMIUM) and os.environ.get("MMDEMO_REQUIRE_BROWSER") != "1":
+if not os.path.exists("/usr/bin/chromium") and os.environ.get("MMDEMO_REQUIRE_BROWSER") != "1":
     pytest.skip("Debian's chromium is not installed", allow_module_level=True)
 playwright = pytest.importorskip("playwright.sync_api")
 
@@ -24,6 +22,7 @@ from mmdemo.model import build_model  # noqa: E402
 from mmdemo.registry import CheckpointRegistry  # noqa: E402
 from mmdemo.sortofclevr import LABELS, write_examples  # noqa: E402
 
+from .browser import browser, serve  # noqa: E402
 from .conftest import tiny_config  # noqa: E402
 
 
@@ -33,28 +32,16 @@ def url(tmp_path_factory):
     path = save_checkpoint(build_model(tiny_config(labels=LABELS)), root / "shipped" / "sort-of-clevr")
     write_examples(path / "examples")
     app = ui.App(CheckpointRegistry(root / "mine", root / "shipped"), work_dir=str(root / "work"))
-    demo = ui.create_demo(app)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    demo.queue(max_size=16).launch(
-        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, ssr_mode=False, quiet=True
-    )
-    yield demo.local_url
-    demo.close()
+    with serve(app) as local_url:
+        yield local_url
 
 
 @pytest.fixture(scope="module")
 def page(url):
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    with browser() as chromium:
+        page = chromium.new_page(viewport={"width": 1280, "height": 1000})
         page.goto(url)
         yield page
-        browser.close()
 
 
 def test_predict_in_the_browser(page, fixture_path):

@@ -3,14 +3,11 @@ an in-scope one, and the model card opens. A tiny checkpoint with fitted scope s
 stands in for the shipped one (same pattern as test_browser.py)."""
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
 
-CHROMIUM = "/usr/bin/chromium"
-
-if not os.path.exists(CHROMIUM) and os.environ.get("MMDEMO_REQUIRE_BROWSER") != "1":
+if not os.path.exists("/usr/bin/chromium") and os.environ.get("MMDEMO_REQUIRE_BROWSER") != "1":
     pytest.skip("Debian's chromium is not installed", allow_module_level=True)
 playwright = pytest.importorskip("playwright.sync_api")
 
@@ -22,6 +19,7 @@ from mmdemo.data import read_csv  # noqa: E402
 from mmdemo.model import build_model  # noqa: E402
 from mmdemo.registry import CheckpointRegistry  # noqa: E402
 
+from .browser import browser, serve  # noqa: E402
 from .conftest import tiny_config, write_colour_scenes  # noqa: E402
 
 
@@ -34,23 +32,10 @@ def served(tmp_path_factory):
     examples = read_csv(write_colour_scenes(root / "data")).examples
     scope.save_scope(path, scope.fit_scope(model, examples[:64], examples[64:])[0])
     app = ui.App(CheckpointRegistry(root / "mine", root / "shipped"), work_dir=str(root / "work"))
-    demo = ui.create_demo(app)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    demo.queue(max_size=16).launch(
-        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, ssr_mode=False, quiet=True
-    )
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        page = browser.new_page(viewport={"width": 1280, "height": 1000})
-        page.goto(demo.local_url)
+    with serve(app) as url, browser() as chromium:
+        page = chromium.new_page(viewport={"width": 1280, "height": 1000})
+        page.goto(url)
         yield page, root / "data" / "img" / "3.png"
-        browser.close()
-    demo.close()
 
 
 def _ask(page, image: Path, question: str) -> None:

@@ -3,20 +3,16 @@ error is never rendered as HTML), and the shipped checkpoint cannot be replaced 
 
 import pytest
 
-from .test_browser import CHROMIUM, playwright, url  # noqa: F401  (url: a live app, as test_browser serves it)
+from .browser import browser
+from .test_browser import playwright, url  # noqa: F401  (url: a live app, as test_browser serves it)
 
 
 @pytest.fixture(scope="module")
 def visitor(url):  # noqa: F811
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    with browser() as chromium:
+        page = chromium.new_page(viewport={"width": 1280, "height": 1000})
         page.goto(url)
         yield page
-        browser.close()
 
 
 def _start_with_name(page, name, overwrite=False):

@@ -35,10 +35,10 @@ from mmdemo.registry import CheckpointRegistry  # noqa: E402
 from mmdemo.service import Predictor  # noqa: E402
 from mmdemo.sortofclevr import COLORS, LABELS, SceneObject, generate, render, write_examples  # noqa: E402
 
+from .browser import browser as chromium_browser  # noqa: E402
 from .conftest import tiny_config  # noqa: E402
 
 SHIPPED = Path(__file__).resolve().parent.parent / "checkpoints" / "sort-of-clevr"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 COLUMNS = ["#", "row", "image", "question", "label", "prediction", "confidence", "correct", "qtype", "in scope"]
 
 
@@ -104,10 +104,8 @@ def site(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield browser
-        browser.close()
+    with chromium_browser() as chromium:
+        yield chromium
 
 
 def _new_page(browser, url):
