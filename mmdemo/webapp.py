@@ -25,7 +25,6 @@ from .jobs import DataSource, JobManager
 from .limits import UPLOAD_PREFIX, Limits, shared_mode, upload_root
 from .registry import SHARED, CheckpointRegistry, hf_owner, owner_id
 from .sortofclevr import generate
-from .train import TrainSettings
 from .uploads import UploadFolder, extract_zip, sweep_uploads
 
 log = logging.getLogger("mmdemo.app")
@@ -217,15 +216,27 @@ class App:
             upload.remove()
             raise
 
-    def preflight(self, csv_file: str, zip_file: str | None, columns: tuple[str, str, str]) -> str:
-        """Check data: the pre-flight report; ValueError when the data cannot train."""
+    def preflight(
+        self,
+        csv_file: str,
+        zip_file: str | None,
+        columns: tuple[str, str, str],
+        base: str | None = None,
+        overrides: dict | None = None,
+        time_limit_s: float | None = None,
+        owner: str | None = None,
+    ) -> str:
+        """Check data: the pre-flight report and the recipe's plan for it (each setting, why, and
+        the estimated time on this machine); ValueError when the data cannot train."""
         dataset, _, upload = self.prepare_upload(csv_file, zip_file, columns)
         upload.remove()
         hint = missing_images_hint(dataset, bool(zip_file))
         if hint:  # one hint instead of a line per row
             return f"**{hint}**\n\n{len(dataset.examples)} rows usable, {len(dataset.rejected)} without their image."
         check_trainable(dataset)
-        return dataset.report()
+        init = self.registry.path(base, owner) if base else None
+        recipe = self.jobs.plan(dataset, overrides, time_limit_s or self.jobs.time_limit_s(None), init)
+        return f"{dataset.report()}\n\nTraining plan (what Start will use; set values win):\n{recipe.describe()}"
 
     def start_job(
         self,
@@ -233,24 +244,33 @@ class App:
         csv_file: str,
         zip_file: str | None,
         columns: tuple[str, str, str],
-        settings: TrainSettings,
+        overrides: dict | None,
         name: str,
         base: str | None,
         overwrite: bool,
         val_fraction: float,
+        time_limit_s: float | None = None,
     ) -> dict:
+        """Queue a fine-tune job: the recipe chooses every setting not in ``overrides``, within
+        ``time_limit_s`` (default: the recipe's budget, capped by the server's job time limit)."""
         self.registry.target(name, owner, overwrite)  # refuse before the data is read
         dataset, source, upload = self.prepare_upload(csv_file, zip_file, columns)
         try:
             hint = missing_images_hint(dataset, bool(zip_file))
             if hint and not dataset.examples:
                 raise ValueError(hint)
-            status = self.jobs.start(owner, dataset, source, settings, name, base, overwrite, val_fraction)
+            status = self.jobs.start(
+                owner, dataset, source, overrides, name, base, overwrite, val_fraction, time_limit_s
+            )
         except BaseException:
             upload.remove()
             raise
-        upload.keep()  # the job deletes it when it ends
+        upload.keep()  # the job deletes it when it ends (or, when it can resume, when it expires)
         return status
+
+    def resume_job(self, owner: str, job: str | None = None, time_limit_s: float | None = None) -> dict:
+        """Continue the owner's stopped, interrupted or time-limited job from its last saved epoch."""
+        return self.jobs.resume(owner, job or None, time_limit_s)
 
     def download(self, name: str, owner: str | None) -> str:
         """A zip of a shipped checkpoint or one of the owner's (one file per owner, replaced)."""

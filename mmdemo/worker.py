@@ -34,8 +34,7 @@ def read_record(path: Path) -> dict:
 def run_job(record_path: str, stop) -> None:
     """Entry point of the worker process. ``stop`` is a multiprocessing Event."""
     from .data import read_csv
-    from .finetune import FinetuneRequest, finetune
-    from .train import TrainSettings
+    from .finetune import FinetuneRequest, finetune, resume
 
     path = Path(record_path)
     record = read_record(path)
@@ -59,6 +58,8 @@ def run_job(record_path: str, stop) -> None:
                 progress=((event["epoch"] - 1) + event["step"] / event["steps"]) / epochs,
                 message=f"epoch {event['epoch']}/{event['epochs']}, step {event['step']}/{event['steps']}, loss {event['loss']:.4f}",
             )
+        elif stage == "plan":  # the recipe's choices and time estimate, shown in the job status
+            update(force=True, plan=event["message"], estimate_s=round(event["estimate_s"], 1))
         elif stage == "epoch":
             update(force=True, history=record["history"] + [{k: v for k, v in event.items() if k != "stage"}])
         elif "total" in event:
@@ -69,25 +70,29 @@ def run_job(record_path: str, stop) -> None:
     update(force=True, state="preparing", message="preparing: reading the data", started=time.time(), pid=os.getpid())
     try:
         source = record["data"]
-        dataset = read_csv(
-            source["csv"],
-            source["image_column"],
-            source["text_column"],
-            source["label_column"],
-            image_root=source["folder"],
-            confine=True,
-        )
-        request = FinetuneRequest(
-            dataset=dataset,
-            out=Path(record["target"]),
-            settings=TrainSettings(**record["settings"]),
-            val_fraction=record["val_fraction"],
-            init=Path(record["base"]) if record.get("base") else None,
-            overwrite=record["overwrite"],
-            description=f"Fine-tuned in the mmdemo app on {source.get('name', 'an uploaded CSV')}.",
-            time_limit_s=record.get("time_limit_s"),
-        )
-        result = finetune(request, progress, stop.is_set)
+        if record.get("resume"):  # continue from the last saved epoch (finetune.resume)
+            update(force=True, history=saved_history(Path(record["target"])))
+            result = resume(Path(record["target"]), record.get("time_limit_s"), progress, stop.is_set)
+        else:
+            dataset = read_csv(
+                source["csv"],
+                source["image_column"],
+                source["text_column"],
+                source["label_column"],
+                image_root=source["folder"],
+                confine=True,
+            )
+            request = FinetuneRequest(
+                dataset=dataset,
+                out=Path(record["target"]),
+                overrides=record.get("overrides") or {},  # the recipe chooses everything else
+                val_fraction=record["val_fraction"],
+                init=Path(record["base"]) if record.get("base") else None,
+                overwrite=record["overwrite"],
+                description=f"Fine-tuned in the mmdemo app on {source.get('name', 'an uploaded CSV')}.",
+                time_limit_s=record.get("time_limit_s"),
+            )
+            result = finetune(request, progress, stop.is_set)
     except (ValueError, RuntimeError) as e:  # the data or the stop: a one-line reason
         stopped = stop.is_set() and isinstance(e, RuntimeError)
         log.warning("job %s %s: %s", record["id"], "stopped" if stopped else "failed", e)
@@ -105,6 +110,7 @@ def run_job(record_path: str, stop) -> None:
         progress=1.0 if state == "done" else record["progress"],
         report=result.report,
         finished=time.time(),
+        stopped_by=result.stopped_by,
         message=(
             f"{'stopped early; ' if state == 'stopped' else ''}"
             f"{'stopped by the time limit; ' if result.stopped_by == 'time limit' else ''}"
@@ -112,3 +118,15 @@ def run_job(record_path: str, stop) -> None:
             f"validation accuracy {metrics.get('val_accuracy', float('nan')):.3f})"
         ),
     )
+
+
+def saved_history(target: Path) -> list[dict]:
+    """The epochs a resumed run starts after: the history in its resume state's JSON half
+    (finetune.save_resume_state), so epochs cut off after the last save are not shown twice;
+    [] when there is none."""
+    from .finetune import resume_dir
+
+    try:
+        return json.loads((resume_dir(target) / "state.json").read_text())["history"]
+    except (OSError, ValueError, KeyError):
+        return []

@@ -16,7 +16,6 @@ from mmdemo.data import read_csv
 from mmdemo.jobs import DataSource, JobManager
 from mmdemo.model import build_model
 from mmdemo.registry import CheckpointRegistry, owner_id, validate_name
-from mmdemo.train import TrainSettings
 from mmdemo.uploads import extract_zip
 
 from .conftest import tiny_config
@@ -122,7 +121,7 @@ def test_job_trains_in_a_worker_process_and_saves_a_usable_checkpoint(tmp_path):
     save_checkpoint(build_model(tiny_config(labels=["blue", "red"])), shipped / "base")
     registry = CheckpointRegistry(tmp_path / "mine", shipped)
     jobs = JobManager(registry, tmp_path / "jobs")
-    settings = TrainSettings(epochs=2, batch_size=4, freeze=[])
+    settings = dict(epochs=2, batch_size=4, freeze=[])
     status = jobs.start(OWNER, dataset, source, settings, "tuned", base="base", val_fraction=0.25)
     assert status["state"] in ("queued", "preparing")
     with pytest.raises(ValueError, match="already have a fine-tune job"):
@@ -162,7 +161,7 @@ def _wait_for(jobs, owner, states, timeout=120):
 
 def test_queue_is_fair_shows_positions_and_refuses_when_full(tmp_path):
     registry, jobs = _manager(tmp_path, max_queued_jobs=1)
-    settings = TrainSettings(epochs=1, batch_size=4, freeze=[])
+    settings = dict(epochs=1, batch_size=4, freeze=[])
     owners = [owner_id(c * 43) for c in "cde"]
     data = [_dataset(tmp_path / f"up{i}") for i in range(3)]
     jobs.start(owners[0], *data[0], settings, "m", base="base")
@@ -180,7 +179,7 @@ def test_queue_is_fair_shows_positions_and_refuses_when_full(tmp_path):
 
 def test_stop_while_preparing_and_a_killed_worker_do_not_harm_the_server(tmp_path):
     registry, jobs = _manager(tmp_path)
-    settings = TrainSettings(epochs=50, batch_size=2, freeze=[])
+    settings = dict(epochs=50, batch_size=2, freeze=[])
     jobs.start(OWNER, *_dataset(tmp_path / "up"), settings, "stopped-early", base="base")
     assert _wait_for(jobs, OWNER, ("preparing",))["state"] == "preparing"
     jobs.stop(OWNER)
@@ -193,16 +192,14 @@ def test_stop_while_preparing_and_a_killed_worker_do_not_harm_the_server(tmp_pat
     os.kill(record["pid"], signal.SIGKILL)
     status = jobs.wait(OTHER, 60)
     assert status["state"] == "failed" and "killed, possibly out of memory" in status["message"]
-    jobs.start(
-        OTHER, *_dataset(tmp_path / "up3"), TrainSettings(epochs=1, batch_size=4, freeze=[]), "next", base="base"
-    )
+    jobs.start(OTHER, *_dataset(tmp_path / "up3"), dict(epochs=1, batch_size=4, freeze=[]), "next", base="base")
     assert jobs.wait(OTHER, 120)["state"] == "done"
     jobs.close()
 
 
 def test_a_restart_shows_an_unfinished_job_as_interrupted_and_keeps_its_data(tmp_path):
     registry, jobs = _manager(tmp_path)
-    settings = TrainSettings(epochs=50, batch_size=2, freeze=[])
+    settings = dict(epochs=50, batch_size=2, freeze=[])
     jobs.start(OWNER, *_dataset(tmp_path / "up"), settings, "long", base="base")
     _wait_for(jobs, OWNER, ("running",))
     jobs.close()  # the server goes away mid-job
@@ -214,3 +211,62 @@ def test_a_restart_shows_an_unfinished_job_as_interrupted_and_keeps_its_data(tmp
     assert record["owner"] == OWNER and record["settings"]["epochs"] == 50 and record["target"].endswith("long")
     assert restarted.status(OTHER)["state"] == "idle"
     restarted.close()
+
+
+def test_an_interrupted_job_resumes_from_its_last_saved_epoch_after_a_restart(tmp_path):
+    from mmdemo.finetune import resume_dir
+    from mmdemo.worker import saved_history
+
+    registry, jobs = _manager(tmp_path)
+    overrides = dict(epochs=50, batch_size=2, freeze=[], patience=100)  # no early stop: all 50 epochs
+    status = jobs.start(OWNER, *_dataset(tmp_path / "up"), overrides, "long", base="base")
+    assert "estimated time on this machine" in status["plan"] and status["estimate_s"] > 0
+    state = resume_dir(registry.writable_dir / OWNER / "long") / "state.json"
+    deadline = time.monotonic() + 120
+    while not state.is_file() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    jobs.close()  # the server goes away after the first saved epoch (its worker is terminated)
+    saved = len(saved_history(registry.writable_dir / OWNER / "long"))
+    assert 1 <= saved < 50
+
+    restarted = JobManager(registry, tmp_path / "jobs")
+    status = restarted.status(OWNER)
+    assert status["state"] == "interrupted" and status["resumable"], status
+    assert restarted.kept_data() == {tmp_path / "up"}
+    assert not restarted.status(OTHER)["resumable"]
+    with pytest.raises(ValueError, match="you have no fine-tune job"):
+        restarted.resume(OTHER)  # only the owner can resume it
+    with pytest.raises(ValueError, match="no fine-tune job 'nope' of yours"):
+        restarted.resume(OWNER, "nope")
+    status = restarted.resume(OWNER, "long", time_limit_s=300)
+    assert status["state"] == "queued" and f"resume after epoch {saved}" in status["message"]
+    status = restarted.wait(OWNER, 300)
+    assert status["state"] == "done", status["message"]
+    assert [h["epoch"] for h in status["history"]] == list(range(1, 51))  # continued, not restarted
+    assert not status["resumable"] and not state.exists() and not (tmp_path / "up").exists()
+    assert "long" in registry.names(OWNER)
+    with pytest.raises(ValueError, match="cannot be resumed"):
+        restarted.resume(OWNER)
+    restarted.close()
+
+
+def test_a_stopped_job_can_resume_and_a_new_job_drops_the_old_ones_data(tmp_path):
+    from mmdemo.finetune import resume_dir
+
+    registry, jobs = _manager(tmp_path)
+    overrides = dict(epochs=50, batch_size=2, freeze=[], patience=100)
+    jobs.start(OWNER, *_dataset(tmp_path / "up"), overrides, "first", base="base")
+    state = resume_dir(registry.writable_dir / OWNER / "first") / "state.json"
+    deadline = time.monotonic() + 120
+    while not state.is_file() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    jobs.stop(OWNER)
+    status = jobs.wait(OWNER, 60)
+    assert status["state"] == "stopped" and status["resumable"], status
+    assert (tmp_path / "up").is_dir()  # kept for the resume
+    with pytest.raises(ValueError, match="the time budget must be 1-120 minutes"):
+        jobs.time_limit_s(500)
+    jobs.start(OWNER, *_dataset(tmp_path / "up2"), dict(epochs=1, batch_size=4, freeze=[]), "second", base="base")
+    assert not (tmp_path / "up").exists() and not state.exists()  # only the latest job can resume
+    assert jobs.wait(OWNER, 120)["state"] == "done"
+    jobs.close()

@@ -55,41 +55,46 @@ def test_resume_without_state_says_so(tmp_path):
 
 
 def test_cli_and_app_write_the_same_record(sixteen_rows, tmp_path, tiny_checkpoint):  # noqa: F811
+    """The same data and seed through `train` (flags not given: the recipe) and through the
+    Fine-tune tab's handler with Automatic settings (the app's job worker): the same recipe
+    choices, settings and record keys."""
     import shutil
     import subprocess
     import sys
 
-    from mmdemo.jobs import DataSource, JobManager
     from mmdemo.registry import CheckpointRegistry, owner_id
+    from mmdemo.ui.finetune import start_finetune
+    from mmdemo.webapp import App
 
-    flags = dict(epochs=2, batch_size=8, lr=3e-3, encoder_lr=3e-3, weight_decay=0.05, modality_dropout=0.0, seed=0)
-    cli = [sys.executable, "-m", "mmdemo", "train", "--csv", str(sixteen_rows), "--out", str(tmp_path / "cli")]
-    for k, v in flags.items():
-        cli += [f"--{k.replace('_', '-')}", str(v)]
     shutil.copytree(tiny_checkpoint, tmp_path / "shipped" / "tiny")
-    cli += ["--freeze", "--no-class-weights", "--patience", "100", "--init", str(tmp_path / "shipped" / "tiny")]
+    cli = [sys.executable, "-m", "mmdemo", "train", "--csv", str(sixteen_rows), "--out", str(tmp_path / "cli")]
+    cli += ["--init", str(tmp_path / "shipped" / "tiny"), "--epochs", "3"]  # 3 epochs: a short test
     done = subprocess.run(cli, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
 
-    registry = CheckpointRegistry(tmp_path / "app", tmp_path / "shipped")
-    jobs = JobManager(registry, tmp_path / "jobs")
-    settings = TrainSettings(**flags, freeze=[], class_weights=False, patience=100)
+    app = App(CheckpointRegistry(tmp_path / "app", tmp_path / "shipped"), work_dir=str(tmp_path / "work"))
     owner = owner_id("x" * 43)
-    upload = tmp_path / "upload"  # a job deletes its upload folder when it ends: give it a copy
-    shutil.copytree(sixteen_rows.parent / "img", upload / "img")
-    shutil.copy(sixteen_rows, upload / "data.csv")
-    source = DataSource(upload, upload / "data.csv")
-    jobs.start(owner, read_csv(upload / "data.csv"), source, settings, "app", base="tiny")
-    status = jobs.wait(owner, 300)
+    images = shutil.make_archive(str(tmp_path / "images"), "zip", root_dir=sixteen_rows.parent, base_dir="img")
+    # the tab's Start with Automatic settings on and only the epochs set (as the CLI above)
+    start_finetune(
+        app, str(sixteen_rows), images, "image", "text", "label", "tiny", 3, None, None, None, 0.1, "app", False,
+        owner, None,
+    )  # fmt: skip
+    status = app.jobs.wait(owner, 300)
+    app.close()
     assert status["state"] == "done", status["message"]
+    assert "estimated time on this machine" in status["plan"] and status["estimate_s"] > 0
 
     cli_record = json.loads((tmp_path / "cli" / "config.json").read_text())["training"]
-    app_record = json.loads((registry.writable_dir / owner / "app" / "config.json").read_text())["training"]
+    app_record = json.loads((app.registry.writable_dir / owner / "app" / "config.json").read_text())["training"]
     assert set(cli_record) - {"command"} == set(app_record)
-    cli_record["settings"].pop("cpu_threads")  # the recipe picks it from the load at the time
-    app_record["settings"].pop("cpu_threads")
+    for record in (cli_record, app_record):  # the recipe picks the threads from the load at the time
+        record["settings"].pop("cpu_threads")
+        record["recipe"].pop("cpu_threads")
+    assert cli_record["recipe"] == app_record["recipe"]
+    assert cli_record["recipe"]["epochs"] == {"value": 3, "why": "set explicitly"}
+    assert cli_record["recipe"]["lr"]["why"] != "set explicitly"  # chosen by the recipe in both
     assert cli_record["settings"] == app_record["settings"]
-    assert cli_record["best_epoch"] == app_record["best_epoch"]
-    assert cli_record["metrics"]["val_accuracy"] == app_record["metrics"]["val_accuracy"]
+    assert cli_record["estimated_seconds"] == app_record["estimated_seconds"]
     assert set(cli_record["baselines"]) == set(app_record["baselines"])
     assert set(cli_record["calibration"]) == set(app_record["calibration"])

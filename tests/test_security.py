@@ -81,9 +81,8 @@ def test_shipped_checkpoint_cannot_be_overwritten_or_deleted(app, tmp_path):
 
 
 def _settings():
-    from mmdemo.train import TrainSettings
 
-    return TrainSettings(epochs=1, batch_size=4, freeze=[])
+    return dict(epochs=1, batch_size=4, freeze=[])
 
 
 # --- 2. visitors are isolated; ownership comes from a secret token ------------------------

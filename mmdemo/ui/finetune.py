@@ -1,6 +1,12 @@
 """The Fine-tune tab: CSV + zip (or the example dataset) -> column roles guessed from the
-content, pre-flight report, settings (kept in the browser across reloads), a background job
-with a message for each phase and live curves, then the report and a new checkpoint.
+content, pre-flight report with the recipe's plan and time estimate, a time budget, settings
+(automatic by default; kept in the browser across reloads), a background job with a message for
+each phase and live curves, then the report and a new checkpoint; Resume for a job that was
+stopped, interrupted or cut by its time limit.
+
+Settings are the CLI's: the recipe (mmdemo/recipe.py) chooses every value the user did not set.
+In the tab, "Automatic settings" leaves all of them to it; a custom value the user edits turns
+it off, and then the custom values win. Through the API a value left out (None) is the recipe's.
 
 Handlers are named functions with typed, named parameters (they name the API's parameters);
 ``/start_finetune`` keeps the README's 13 positional arguments, new ones come last with defaults.
@@ -16,8 +22,8 @@ import gradio as gr
 
 from .. import render
 from ..data import guess_columns
+from ..recipe import format_seconds
 from ..registry import validate_name
-from ..train import TrainSettings
 from ..webapp import App
 from .common import OPTIONAL_STRING, api_type, input_error
 from .identity import owner_of, refuse, unexpected
@@ -77,11 +83,59 @@ def _overlap(app: App, name: str, labels: list[str]) -> str:
     return f"{len(shared)} of your {len(labels)} labels"
 
 
-def preflight(app: App, csv_file, zip_file, image_col, text_col, label_col) -> str:
-    """Handler of /preflight: the report (or a hint when the images were not uploaded), or a
-    refusal naming what is wrong; the upload folder is removed either way."""
+def overrides_of(epochs=None, lr=None, batch_size=None, freeze=None, class_weights=None) -> dict:
+    """The settings a caller set, checked; a value left out (None) is the recipe's choice, as a
+    CLI flag not given."""
+    overrides: dict = {}
+    if epochs is not None:
+        overrides["epochs"] = int(epochs)
+    if lr is not None:
+        overrides["lr"] = float(lr)
+        if not 0 < overrides["lr"] <= 1:
+            raise ValueError(f"the learning rate must be in (0, 1], got {lr}")
+    if batch_size is not None:
+        overrides["batch_size"] = int(batch_size)
+        if overrides["batch_size"] < 1:
+            raise ValueError(f"batch size must be at least 1, got {batch_size}")
+    if freeze is not None:
+        overrides["freeze"] = [str(f) for f in freeze]
+        bad = [f for f in overrides["freeze"] if f not in ("image_encoder", "text_encoder")]
+        if bad:
+            raise ValueError(f"unknown part(s) to freeze {bad}; use image_encoder, text_encoder")
+    if class_weights is not None:
+        overrides["class_weights"] = bool(class_weights)
+    return overrides
+
+
+def budget_s(app: App, minutes) -> float:
+    """The time budget in seconds (None: the recipe's default within the server's limit)."""
+    return app.jobs.time_limit_s(None if minutes in (None, "") else float(minutes))
+
+
+def preflight(
+    app: App,
+    csv_file,
+    zip_file,
+    image_col,
+    text_col,
+    label_col,
+    base=None,
+    overrides: dict | None = None,
+    time_budget_minutes=None,
+    owner: str | None = None,
+) -> str:
+    """Handler of /preflight: the report and the recipe's plan (or a hint when the images were not
+    uploaded), or a refusal naming what is wrong; the upload folder is removed either way."""
     try:
-        report = app.preflight(csv_file, zip_file, (image_col, text_col, label_col))
+        report = app.preflight(
+            csv_file,
+            zip_file,
+            (image_col, text_col, label_col),
+            None if base in (None, "", NEW_MODEL) else str(base),
+            overrides,
+            budget_s(app, time_budget_minutes),
+            owner,
+        )
     except ValueError as e:
         raise refuse(str(e)) from None
     except Exception as e:  # noqa: BLE001 - the server keeps serving
@@ -111,41 +165,43 @@ def start_finetune(
     name,
     overwrite,
     owner: str = "",
-    class_weights=False,
+    class_weights=None,
+    time_budget_minutes=None,
 ):
-    """Handler of /start_finetune: validates everything, queues the job of ``owner``."""
+    """Handler of /start_finetune: validates everything, queues the job of ``owner``; settings
+    given as None are the recipe's choice."""
     try:
         name = validate_name(name)
-        settings = TrainSettings(
-            epochs=int(epochs),
-            lr=float(lr),
-            encoder_lr=float(lr) / 3,
-            batch_size=int(batch_size),
-            freeze=[str(f) for f in freeze or []],
-            class_weights=bool(class_weights),
-        )
-        if settings.batch_size < 1 or not 0 < settings.lr <= 1:
-            raise ValueError("batch size must be at least 1 and the learning rate in (0, 1]")
+        overrides = overrides_of(epochs, lr, batch_size, freeze, class_weights)
         if not 0 < float(val_split) < 1:
             raise ValueError(f"the validation split must be between 0 and 1, got {val_split}")
-        bad = [f for f in settings.freeze if f not in ("image_encoder", "text_encoder")]
-        if bad:
-            raise ValueError(f"unknown part(s) to freeze {bad}; use image_encoder, text_encoder")
         return app.start_job(
             owner,
             csv_file,
             zip_file,
             (image_col, text_col, label_col),
-            settings,
+            overrides,
             name,
             None if base in (None, "", NEW_MODEL) else str(base),
             bool(overwrite),
             float(val_split),
+            budget_s(app, time_budget_minutes),
         )
     except (ValueError, TypeError) as e:
         raise refuse(str(e)) from None
     except Exception as e:  # noqa: BLE001 - the server keeps serving
         raise unexpected("starting the fine-tune", e) from None
+
+
+def resume_finetune(app: App, owner: str | None, job: str | None = None, time_budget_minutes=None) -> dict:
+    """Handler of /resume_finetune: continues the visitor's own stopped, interrupted or
+    time-limited job from its last saved epoch."""
+    if owner is None:
+        raise refuse("no owner token: pass the owner_token /start_finetune returned")
+    try:
+        return app.resume_job(owner, (job or "").strip() or None, budget_s(app, time_budget_minutes))
+    except ValueError as e:
+        raise refuse(str(e)) from None
 
 
 def finetune_status(app: App, owner: str | None) -> dict:
@@ -174,6 +230,13 @@ def status_text(status: dict) -> str:
         return html.escape(status["message"], quote=False)
     message = html.escape(status["message"], quote=False)  # may quote the user's data
     line = f"**{state}** ({pct}%, {_clock(status['elapsed_s'])} elapsed) - {message}"
+    if status.get("estimate_s") and state in ("queued", "preparing", "running"):
+        line += (
+            f" - estimated {format_seconds(status['estimate_s'])} on this machine"
+            f" (time budget {format_seconds(status['time_limit_s'])})"
+        )
+    if status.get("resumable"):
+        line += " - press Resume to continue it from its last saved epoch"
     if state == "running":
         if 0.02 <= status["progress"] < 1:
             left = status["elapsed_s"] * (1 - status["progress"]) / status["progress"]
@@ -201,7 +264,7 @@ def status_views(app: App, status: dict):
         if report.get("per_class")
         else []
     )
-    return status_text(status), bar, curves, confusion, table
+    return status_text(status), bar, curves, confusion, table, gr.update(visible=bool(status.get("resumable")))
 
 
 SETTINGS = (
@@ -219,6 +282,8 @@ SETTINGS = (
     "name",
     "overwrite",
     "class_weights",
+    "time_budget",
+    "automatic",
 )
 
 
@@ -236,11 +301,14 @@ def finetune_tab(
     Returns (poll, its inputs, its outputs) and (restore, its inputs, its outputs) for page load."""
     owner_token, session_token = tokens
     names = app.registry.names()
+    limit_min = app.limits.job_time_limit_min
+    default_minutes = round(app.jobs.time_limit_s(None) / 60, 1)
     with gr.Tab("Fine-tune", id="finetune") as tab:
         gr.Markdown(
             "Upload a CSV with an image column (paths relative to the zip's root), a text column and a label column, "
             "plus a zip of the images; or use the example dataset. The columns are guessed from their content: "
-            "check them, check the data, then train. Your settings are kept in this browser across reloads."
+            "check them, check the data (it shows what the automatic settings will be and how long training will"
+            " take on this machine), then train. Your settings are kept in this browser across reloads."
         )
         with gr.Row():
             csv_file = gr.File(label="CSV", file_types=[".csv"], type="filepath", elem_id="csv-upload")
@@ -271,26 +339,58 @@ def finetune_tab(
                 ),
                 {"type": "string", "additional_description": f"'{NEW_MODEL}' or a checkpoint name"},
             )
-            epochs = gr.Number(5, label="Epochs", precision=0, minimum=1, maximum=200, elem_id="epochs")
-            lr = gr.Number(3e-4, label="Learning rate", minimum=1e-6, maximum=1e-1)
-            batch_size = gr.Number(64, label="Batch size", precision=0, minimum=1, maximum=1024)
-        with gr.Row():
-            freeze = gr.CheckboxGroup(
-                ["image_encoder", "text_encoder"], value=["image_encoder", "text_encoder"], label="Freeze"
+            time_budget = gr.Number(
+                default_minutes,
+                label="Time budget (minutes)",
+                minimum=1,
+                maximum=limit_min,
+                elem_id="time-budget",
+                info=f"training stops here, keeping its best epoch (at most {limit_min})",
             )
             val_split = gr.Slider(0.05, 0.5, value=0.1, step=0.05, label="Validation split (of the images)")
             name = gr.Textbox("my-model", label="New checkpoint name", elem_id="checkpoint-name")
-            with gr.Column(min_width=160):
-                overwrite = gr.Checkbox(False, label="Overwrite if it exists")
+            overwrite = gr.Checkbox(False, label="Overwrite if it exists")
+        automatic = gr.Checkbox(
+            True,
+            label="Automatic settings (recommended)",
+            info="epochs, image size, learning rate, what to freeze and class weights are chosen from your data"
+            " and the time budget ('Check data' shows them); editing a custom setting below turns this off",
+            elem_id="auto-settings",
+        )
+        with gr.Accordion("Custom settings (used when Automatic is off)", open=False, elem_id="custom-settings"):
+            with gr.Row():
+                epochs = gr.Number(5, label="Epochs", precision=0, minimum=1, maximum=200, elem_id="epochs")
+                lr = gr.Number(3e-4, label="Learning rate", minimum=1e-6, maximum=1e-1)
+                batch_size = gr.Number(64, label="Batch size", precision=0, minimum=1, maximum=1024)
+            with gr.Row():
+                freeze = gr.CheckboxGroup(
+                    ["image_encoder", "text_encoder"], value=["image_encoder", "text_encoder"], label="Freeze"
+                )
                 class_weights = gr.Checkbox(
                     False,
                     label="Class weights",
                     info="weigh rare classes up (for imbalanced data)",
                     elem_id="class-weights",
                 )
+        # the API's values: left out (None), a setting is the recipe's choice (as a CLI flag not given)
+        api_epochs = gr.Number(None, precision=0, visible=False)
+        api_lr = gr.Number(None, visible=False)
+        api_batch_size = gr.Number(None, precision=0, visible=False)
+        api_freeze = api_type(
+            gr.JSON(None, visible=False),
+            {"type": "array", "items": {"type": "string"}, "additional_description": "image_encoder, text_encoder"},
+        )
+        api_class_weights = gr.Checkbox(None, visible=False)
+        api_time_budget = gr.Number(None, visible=False)
+        api_job = api_type(gr.Textbox(None, visible=False), OPTIONAL_STRING)
         with gr.Row():
             start = gr.Button("Start", variant="primary", elem_id="start-button")
             stop = gr.Button("Stop", variant="stop")
+            resume = gr.Button(
+                "Resume (from the last saved epoch, for the time budget above)",
+                visible=False,
+                elem_id="resume-button",
+            )
         status_md = gr.Markdown(label="Job status", elem_id="job-status")
         status_bar = gr.HTML()
         curves = gr.Plot(label="Training curves (loss and accuracy per epoch)", elem_id="curves")
@@ -308,7 +408,7 @@ def finetune_tab(
             download = gr.Button("Zip it", min_width=100)
             download_file = gr.File(label="Download", interactive=False, min_width=200)
         job = gr.JSON(visible=False, label="job status")
-        status_outputs = [status_md, status_bar, curves, confusion, per_class]
+        status_outputs = [status_md, status_bar, curves, confusion, per_class, resume]
 
         def guess_roles(csv_file: str | None):
             return (*csv_columns(csv_file), *column_report(app, csv_file))
@@ -328,17 +428,60 @@ def finetune_tab(
             image_column: str | None = None,
             text_column: str | None = None,
             label_column: str | None = None,
+            start_from: str = NEW_MODEL,
+            epochs: int | None = None,
+            learning_rate: float | None = None,
+            batch_size: int | None = None,
+            freeze: list[str] | None = None,
+            class_weights: bool | None = None,
+            time_budget_minutes: float | None = None,
+            owner_token: str | None = None,
+            session_token: str | None = None,
+            profile: gr.OAuthProfile | None = None,
         ) -> str:
             """Pre-flight report of a training CSV (and the zip of its images): rows accepted and
-            rejected with the reason, class counts, warnings. Nothing is trained."""
-            return preflight(app, csv_file, zip_file, image_column, text_column, label_column)
+            rejected with the reason, class counts, warnings; then the training plan: each setting
+            the recipe chose from the data and the time budget (values you give win), why, and the
+            estimated time on this machine. Nothing is trained."""
+            try:
+                overrides = overrides_of(epochs, learning_rate, batch_size, freeze, class_weights)
+            except (ValueError, TypeError) as e:
+                raise refuse(str(e)) from None
+            owner = owner_of(app, owner_token, session_token, profile)
+            return preflight(
+                app, csv_file, zip_file, image_column, text_column, label_column, start_from, overrides,
+                time_budget_minutes, owner,
+            )  # fmt: skip
 
+        def check_form(
+            csv_file, zip_file, image_column, text_column, label_column, start_from, time_budget_minutes, automatic,
+            epochs, learning_rate, batch_size, freeze, class_weights, owner_token=None, session_token=None,
+            profile: gr.OAuthProfile | None = None,
+        ) -> str:  # fmt: skip
+            if automatic:  # the recipe chooses every setting
+                epochs = learning_rate = batch_size = freeze = class_weights = None
+            return check_data(
+                csv_file, zip_file, image_column, text_column, label_column, start_from, epochs, learning_rate,
+                batch_size, freeze, class_weights, time_budget_minutes, owner_token, session_token, profile,
+            )  # fmt: skip
+
+        columns_in = [csv_file, zip_file, image_col, text_col, label_col]
+        custom = [epochs, lr, batch_size, freeze, class_weights]
         check.click(
+            check_form,
+            [*columns_in, base, time_budget, automatic, *custom, owner_token, session_token],
+            report,
+            api_visibility="private",
+        )
+        gr.Button("preflight", visible=False).click(
             check_data,
-            [csv_file, zip_file, image_col, text_col, label_col],
+            [*columns_in, base, api_epochs, api_lr, api_batch_size, api_freeze, api_class_weights, api_time_budget,
+             owner_token, session_token],
             report,
             api_name="preflight",
-        )
+        )  # fmt: skip
+        for field in custom:  # a custom value the user edits is theirs: Automatic goes off
+            field.input(lambda: False, None, automatic, api_visibility="private", queue=False)
 
         def start_fine_tune(
             csv_file: str,
@@ -347,22 +490,26 @@ def finetune_tab(
             text_column: str | None = None,
             label_column: str | None = None,
             start_from: str = NEW_MODEL,
-            epochs: int = 5,
-            learning_rate: float = 3e-4,
-            batch_size: int = 64,
+            epochs: int | None = None,
+            learning_rate: float | None = None,
+            batch_size: int | None = None,
             freeze: list[str] | None = None,
             validation_split: float = 0.1,
             name: str = "my-model",
             overwrite: bool = False,
-            class_weights: bool = False,
+            class_weights: bool | None = None,
             owner_token: str | None = None,
             session_token: str | None = None,
+            time_budget_minutes: float | None = None,
             profile: gr.OAuthProfile | None = None,
         ):
             """Queue a fine-tune job (one runs at a time, in its own process) and return its
-            status; poll /finetune_status for progress, the history and the final report. A
-            caller without an owner token gets one back as ``owner_token``: pass it to later
-            calls to see, stop, use or download what it trains."""
+            status; poll /finetune_status for progress, the plan and its time estimate, the history
+            and the final report. Settings left out (None) are chosen by the recipe from the data
+            and the time budget (minutes; default 10, at most the server's job time limit), as the
+            CLI's `train` does for flags not given. A caller without an owner token gets one back
+            as ``owner_token``: pass it to later calls to see, stop, resume, use or download what
+            it trains."""
             owner = owner_of(app, owner_token, session_token, profile)
             new_token = None
             if owner is None:
@@ -385,33 +532,61 @@ def finetune_tab(
                 overwrite,
                 owner,
                 class_weights,
+                time_budget_minutes,
             )
             if new_token:
                 status = {**status, "owner_token": new_token}
             return status, new_token or session_token
 
+        def start_form(
+            csv_file, zip_file, image_column, text_column, label_column, start_from, epochs, learning_rate,
+            batch_size, freeze, validation_split, name, overwrite, class_weights, owner_token, session_token,
+            time_budget_minutes, automatic, profile: gr.OAuthProfile | None = None,
+        ):  # fmt: skip
+            if automatic:  # the recipe chooses every setting
+                epochs = learning_rate = batch_size = freeze = class_weights = None
+            return start_fine_tune(
+                csv_file, zip_file, image_column, text_column, label_column, start_from, epochs, learning_rate,
+                batch_size, freeze, validation_split, name, overwrite, class_weights, owner_token, session_token,
+                time_budget_minutes, profile,
+            )  # fmt: skip
+
         start.click(
+            start_form,
+            [*columns_in, base, epochs, lr, batch_size, freeze, val_split, name, overwrite, class_weights,
+             owner_token, session_token, time_budget, automatic],
+            [job, session_token],
+            api_visibility="private",
+            concurrency_limit=1,
+            concurrency_id="train",
+        ).then(lambda s: status_views(app, s), job, status_outputs, api_visibility="private")  # fmt: skip
+        gr.Button("start", visible=False).click(
             start_fine_tune,
-            [
-                csv_file,
-                zip_file,
-                image_col,
-                text_col,
-                label_col,
-                base,
-                epochs,
-                lr,
-                batch_size,
-                freeze,
-                val_split,
-                name,
-                overwrite,
-                class_weights,
-                owner_token,
-                session_token,
-            ],
+            [*columns_in, base, api_epochs, api_lr, api_batch_size, api_freeze, val_split, name, overwrite,
+             api_class_weights, owner_token, session_token, api_time_budget],
             [job, session_token],
             api_name="start_finetune",
+            concurrency_limit=1,
+            concurrency_id="train",
+        )  # fmt: skip
+
+        def resume_fine_tune(
+            job: str | None = None,
+            time_budget_minutes: float | None = None,
+            owner_token: str | None = None,
+            session_token: str | None = None,
+            profile: gr.OAuthProfile | None = None,
+        ) -> dict:
+            """Resume your fine-tune job that was stopped, interrupted (the server restarted) or cut
+            by its time limit: it continues from its last saved epoch, for ``time_budget_minutes``
+            more (default 10). ``job``: its id or checkpoint name (default: your latest job)."""
+            return resume_finetune(app, owner_of(app, owner_token, session_token, profile), job, time_budget_minutes)
+
+        resume.click(
+            resume_fine_tune,
+            [api_job, time_budget, owner_token, session_token],
+            job,
+            api_name="resume_finetune",
             concurrency_limit=1,
             concurrency_id="train",
         ).then(lambda s: status_views(app, s), job, status_outputs, api_visibility="private")
@@ -456,7 +631,7 @@ def finetune_tab(
 
         # settings survive a reload: saved in the browser on every change, restored on load
         settings = [csv_file, zip_file, image_col, text_col, label_col, base, epochs, lr, batch_size]
-        settings += [freeze, val_split, name, overwrite, class_weights]  # in the order of SETTINGS
+        settings += [freeze, val_split, name, overwrite, class_weights, time_budget, automatic]  # as SETTINGS
 
         def save(*values):
             return dict(zip(SETTINGS, values))
