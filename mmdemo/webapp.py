@@ -229,13 +229,18 @@ class App:
         """Check data: the pre-flight report and the recipe's plan for it (each setting, why, and
         the estimated time on this machine); ValueError when the data cannot train."""
         dataset, _, upload = self.prepare_upload(csv_file, zip_file, columns)
-        upload.remove()
-        hint = missing_images_hint(dataset, bool(zip_file))
-        if hint:  # one hint instead of a line per row
-            return f"**{hint}**\n\n{len(dataset.examples)} rows usable, {len(dataset.rejected)} without their image."
-        check_trainable(dataset)
-        init = self.registry.path(base, owner) if base else None
-        recipe = self.jobs.plan(dataset, overrides, time_limit_s or self.jobs.time_limit_s(None), init)
+        try:
+            hint = missing_images_hint(dataset, bool(zip_file))
+            if hint:  # one hint instead of a line per row
+                return (
+                    f"**{hint}**\n\n{len(dataset.examples)} rows usable, {len(dataset.rejected)} without their image."
+                )
+            check_trainable(dataset)
+            init = self.registry.path(base, owner) if base else None
+            # the recipe reads the images' headers (their sizes): before the upload folder goes
+            recipe = self.jobs.plan(dataset, overrides, time_limit_s or self.jobs.time_limit_s(None), init)
+        finally:
+            upload.remove()
         return f"{dataset.report()}\n\nTraining plan (what Start will use; set values win):\n{recipe.describe()}"
 
     def start_job(

@@ -130,6 +130,10 @@ def test_live_server_predict_and_fine_tune(server, app, fixture_path, tmp_path):
     assert explanation["tokens"][:3] == ["What", "shape", "is"] and len(explanation["peak_xy"]) == 2
 
     csv_path, archive = _tiny_dataset(tmp_path / "upload")
+    # the five arguments of before: the report and the recipe's plan with its time estimate
+    report = client.predict(handle_file(str(csv_path)), handle_file(archive), "image", "text", "label",
+                            api_name="/preflight")  # fmt: skip
+    assert "10 rows accepted" in report and "epochs = " in report and "estimated time on this machine" in report
     status = client.predict(
         handle_file(str(csv_path)),
         handle_file(archive),
@@ -154,6 +158,10 @@ def test_live_server_predict_and_fine_tune(server, app, fixture_path, tmp_path):
         status = client.predict(api_name="/finetune_status")  # the same Client keeps its token
     assert status["state"] == "done", status["message"]
     assert "tuned-by-api" in app.registry.names(app.owner(token))
+    # the explicit values of the README's call are the CLI's explicit flags: they win over the recipe
+    assert "epochs = 1  (set explicitly)" in status["plan"] and not status["resumable"]
+    with pytest.raises(Exception, match="cannot be resumed"):  # it ran to its end
+        client.predict(api_name="/resume_finetune")
     # a new client controls it with the token; without it the checkpoint does not exist for it
     other = Client(server.local_url, verbose=False)
     image = handle_file(str(tmp_path / "upload" / "img" / "1.png"))
@@ -177,6 +185,7 @@ def test_api_page_names_and_types_every_parameter(server):
         "/stop_finetune",
         "/finetune_status",
         "/delete_checkpoint",
+        "/resume_finetune",
     }
     for name, endpoint in endpoints.items():
         for p in endpoint["parameters"]:
@@ -216,8 +225,20 @@ def test_api_page_names_and_types_every_parameter(server):
         "overwrite",
         "class_weights",
         "owner_token",
+        "time_budget_minutes",
     ]
     columns = {p["parameter_name"]: p for p in endpoints["/start_finetune"]["parameters"]}
+    # a setting left out is the recipe's choice (None), as a CLI flag not given
+    for setting in ("epochs", "learning_rate", "batch_size", "freeze", "class_weights", "time_budget_minutes"):
+        assert columns[setting]["parameter_has_default"] and columns[setting]["parameter_default"] is None, setting
+    preflight = [p["parameter_name"] for p in endpoints["/preflight"]["parameters"]]
+    assert preflight[:5] == ["csv_file", "zip_file", "image_column", "text_column", "label_column"]
+    assert preflight[5:] == [
+        "start_from", "epochs", "learning_rate", "batch_size", "freeze", "class_weights", "time_budget_minutes",
+        "owner_token",
+    ]  # fmt: skip
+    resume = [p["parameter_name"] for p in endpoints["/resume_finetune"]["parameters"]]
+    assert resume == ["job", "time_budget_minutes", "owner_token"]
     for column in ("image_column", "text_column", "label_column"):
         assert columns[column]["python_type"]["type"] == "str"
         assert columns[column]["parameter_has_default"] and columns[column]["parameter_default"] is None

@@ -380,7 +380,8 @@ def finetune_tab(
             gr.JSON(None, visible=False),
             {"type": "array", "items": {"type": "string"}, "additional_description": "image_encoder, text_encoder"},
         )
-        api_class_weights = gr.Checkbox(None, visible=False)
+        # (a Checkbox cannot hold None: its initial value would be False, an explicit choice)
+        api_class_weights = api_type(gr.JSON(None, visible=False), {"type": "boolean"})
         api_time_budget = gr.Number(None, visible=False)
         api_job = api_type(gr.Textbox(None, visible=False), OPTIONAL_STRING)
         with gr.Row():
