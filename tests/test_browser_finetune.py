@@ -1,6 +1,8 @@
 """The Fine-tune tab in a real browser: a CSV `filename,caption,category` gets its column roles
 from the content, a CSV without its zip gets one hint to add the zip, "Start from" follows the
-labels, the form and the tab survive a reload (also mid-training), the layout fits a phone.
+labels, the form and the tab survive a reload (also mid-training), the layout fits a phone;
+Check data shows the recipe's plan and time estimate, a job keeps its time budget, and a job
+interrupted by a server restart shows Resume to its owner, which continues it.
 
 Skipped where Chromium is not installed, unless MMDEMO_REQUIRE_BROWSER=1.
 """
@@ -8,6 +10,7 @@ Skipped where Chromium is not installed, unless MMDEMO_REQUIRE_BROWSER=1.
 import csv
 import os
 import shutil
+import time
 
 import pytest
 from PIL import Image
@@ -66,6 +69,11 @@ def column(page, elem_id):
     return page.locator(f"#{elem_id} input")
 
 
+def open_custom_settings(page):
+    page.get_by_text("Custom settings (used when Automatic is off)").click()
+    expect(page.get_by_label("Epochs")).to_be_visible(timeout=10_000)
+
+
 def test_three_column_csv_gets_its_roles_and_a_hint_for_the_missing_zip(chromium, url, three_columns):
     csv_path, archive = three_columns
     context, page = open_tab(chromium, url)
@@ -96,6 +104,7 @@ def test_example_data_starts_from_the_shipped_checkpoint_that_knows_its_labels(c
     expect(column(page, "label-column")).to_have_value("label", timeout=60_000)
     expect(column(page, "start-from")).to_have_value("sort-of-clevr")
     expect(page.locator("#columns-note")).to_contain_text("sort-of-clevr")
+    open_custom_settings(page)
     expect(page.locator("#class-weights")).to_contain_text("Class weights")
     context.close()
 
@@ -116,6 +125,7 @@ def test_a_reload_mid_training_keeps_the_form_and_the_tab(chromium, url, app):
     context, page = open_tab(chromium, url)
     page.locator("#example-dataset").click()
     expect(column(page, "label-column")).to_have_value("label", timeout=60_000)
+    open_custom_settings(page)
     page.get_by_label("Epochs").fill("50")
     page.locator("#checkpoint-name textarea, #checkpoint-name input").first.fill("long-run")
     page.get_by_label("Class weights").check()
@@ -124,7 +134,9 @@ def test_a_reload_mid_training_keeps_the_form_and_the_tab(chromium, url, app):
 
     page.reload()
     expect(page.locator("#start-button")).to_be_visible(timeout=30_000)  # still on the Fine-tune tab
+    open_custom_settings(page)
     expect(page.get_by_label("Epochs")).to_have_value("50")
+    expect(page.get_by_label("Automatic settings (recommended)")).not_to_be_checked()
     expect(page.locator("#checkpoint-name textarea, #checkpoint-name input").first).to_have_value("long-run")
     expect(page.get_by_label("Class weights")).to_be_checked()
     expect(column(page, "label-column")).to_have_value("label")
@@ -133,4 +145,76 @@ def test_a_reload_mid_training_keeps_the_form_and_the_tab(chromium, url, app):
     page.get_by_role("button", name="Stop").click()
     expect(page.locator("#job-status")).not_to_contain_text("running", timeout=120_000)
     app.jobs.wait(60)
+    context.close()
+
+
+def test_check_data_shows_the_plan_and_its_estimate_and_edits_turn_automatic_off(chromium, url):
+    context, page = open_tab(chromium, url)
+    page.locator("#example-dataset").click()
+    expect(column(page, "label-column")).to_have_value("label", timeout=60_000)
+    expect(page.get_by_label("Automatic settings (recommended)")).to_be_checked()
+    page.get_by_label("Time budget (minutes)").fill("2")
+    page.get_by_role("button", name="Check data").click()
+    report = page.locator("#preflight")
+    expect(report).to_contain_text("Training plan", timeout=60_000)
+    expect(report).to_contain_text("estimated time on this machine")
+    expect(report).to_contain_text("of the 2.0 min budget")  # the epochs fitted to the budget typed in
+    assert "set explicitly" not in report.inner_text()  # Automatic: the recipe chose everything
+
+    open_custom_settings(page)
+    page.get_by_label("Epochs").fill("7")
+    expect(page.get_by_label("Automatic settings (recommended)")).not_to_be_checked()  # the user's value wins
+    page.get_by_role("button", name="Check data").click()
+    expect(report).to_contain_text("epochs = 7  (set explicitly)", timeout=60_000)
+    context.close()
+
+
+def _job(app, name):
+    return next((r for r in app.jobs.records() if r["checkpoint"] == name), None)
+
+
+def test_an_interrupted_job_shows_resume_to_its_owner_and_resume_continues_it(chromium, url, app, tmp_path):
+    from mmdemo.finetune import resume_dir
+    from mmdemo.jobs import JobManager
+
+    context, page = open_tab(chromium, url)
+    page.locator("#example-dataset").click()
+    expect(column(page, "label-column")).to_have_value("label", timeout=60_000)
+    page.get_by_label("Time budget (minutes)").fill("3")
+    page.locator("#checkpoint-name textarea, #checkpoint-name input").first.fill("resume-me")
+    page.locator("#start-button").click()
+    status = page.locator("#job-status")
+    expect(status).to_contain_text("time budget 3.0 min", timeout=60_000)  # with the recipe's estimate
+    expect(status).to_contain_text("estimated")
+    record = _job(app, "resume-me")
+    assert record["time_limit_s"] == 180 and record["overrides"] == {}  # Automatic: the recipe's settings
+    expect(page.locator("#resume-button")).to_be_hidden()
+
+    state = resume_dir(app.registry.writable_dir / record["owner"] / "resume-me") / "state.json"
+    deadline = time.monotonic() + 120
+    while not state.is_file() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert state.is_file(), _job(app, "resume-me")["message"]
+    app.jobs.close()  # the server restarts: its worker is killed, a new job manager starts on the same folder
+    app.jobs = JobManager(app.registry, app.jobs.dir, app.limits)
+
+    expect(status).to_contain_text("interrupted", timeout=30_000)
+    expect(page.locator("#resume-button")).to_be_visible()
+    other, other_page = open_tab(chromium, url)  # another visitor: no job, no Resume
+    expect(other_page.locator("#job-status")).to_contain_text("No fine-tune job has run yet", timeout=30_000)
+    expect(other_page.locator("#resume-button")).to_be_hidden()
+    other.close()
+
+    page.get_by_label("Time budget (minutes)").fill("2")
+    page.locator("#resume-button").click()
+    expect(status).not_to_contain_text("interrupted", timeout=30_000)
+    expect(page.locator("#resume-button")).to_be_hidden()
+    record = _job(app, "resume-me")
+    assert record["resumed"] == 1 and record["time_limit_s"] == 120
+    app.jobs.wait(record["owner"], 180)
+    record = _job(app, "resume-me")
+    assert record["state"] in ("done", "stopped"), record["message"]
+    epochs = [h["epoch"] for h in record["history"]]
+    assert epochs == list(range(1, len(epochs) + 1))  # continued after the saved epochs, none twice
+    expect(status).to_contain_text("saved checkpoint 'resume-me'", timeout=30_000)
     context.close()
