@@ -499,7 +499,10 @@ class _Loop:
     def run(self, first: int, last: int, patience: int | None, optimizer, scheduler, params) -> None:
         """Epochs ``first``..``last`` of the current stage, until a stop or the patience rule."""
         model, settings = self.model, self.settings
-        self.stopped_early = False
+        # a run resumed after the epoch that ended this stage by the patience rule goes on to the next
+        self.stopped_early = patience is not None and self.stale >= patience
+        if self.stopped_early:
+            return
         for epoch in range(first, last + 1):
             epoch_start = time.perf_counter()
             if self.stage == 2:
