@@ -213,10 +213,7 @@ def model_card(name: str, data: dict) -> str:
 
 def stage_line(stage: dict) -> str:
     """One line of the model card per training stage: what ran, for how long, how fast, or why not."""
-    if stage["stage"] == 1:
-        what = "stage 1, fusion and head on cached encoder outputs"
-    else:
-        what = f"stage 2, also the top {stage['blocks']} blocks of the image encoder"
+    what = "stage 1" if stage["stage"] == 1 else f"stage 2 (the top {stage['blocks']} blocks of the image encoder too)"
     if stage.get("ran", True) is False:
         return f"- {what}: not run ({stage['why']})"
     done = (

@@ -94,6 +94,9 @@ def test_default_recipe_trains_calibrates_and_reports_baselines(sixteen_rows, tm
     assert saved["model"]["temperature"] == record["calibration"]["temperature"] > 0
     assert {"ece_before", "ece_after", "reliability_after"} <= set(record["calibration"])
     assert record["throughput"]["first_epoch_samples_per_s"] > 0
+    # a small CNN has no pretrained blocks to tune: one stage, and the record and card say so
+    assert [s["stage"] for s in record["stages"]] == [1] and record["stages"][0]["samples_per_s"] > 0
+    assert "stage 1: epochs 1-3" in (tmp_path / "m" / "README.md").read_text()
     assert result.record == record
     # a run that ended on its own leaves no resume state behind
     assert not (tmp_path / ".m.resume").exists()

@@ -116,6 +116,8 @@ def test_resume_across_stages_matches_an_uninterrupted_run(sixteen_rows, tmp_pat
     assert resumed.stopped_by is None
     assert [h["train_loss"] for h in resumed.record["history"]] == [h["train_loss"] for h in full.record["history"]]
     assert resumed.record["stages"][1]["ran"] and full.record["stages"][1]["ran"]
+    card = (tmp_path / "full" / "README.md").read_text()
+    assert "## Stages" in card and "stage 2 (the top 2 blocks of the image encoder too): epochs 3-4" in card
     a, b = load_checkpoint(tmp_path / "full"), load_checkpoint(tmp_path / "cut")
     assert a.config.image_tuned_blocks == b.config.image_tuned_blocks
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
