@@ -174,14 +174,21 @@ def model_card(name: str, data: dict) -> str:
         f"- Fusion: {config['fusion_layers']} cross-modal layers, dim {config['fusion_dim']}, {config['fusion_heads']} heads"
     )
     for part, package in data["base_weights"].items():
-        lines.append(f"- {part} frozen, weights referenced from {package}, not stored here")
+        tuned = config.get("image_tuned_blocks", 0) if part == "image_encoder" else 0
+        lines.append(
+            f"- {part} frozen, weights referenced from {package}, not stored here"
+            + (f", except its top {tuned} blocks: trained, stored here" if tuned else "")
+        )
     if training:
         lines += ["", "## Training", ""]
         if "command" in training:
             lines += ["```", training["command"], "```", ""]
         for key, value in training.items():
-            if key not in ("command", "description", "metrics", "benchmark", "history", "calibration"):
+            if key not in ("command", "description", "metrics", "benchmark", "history", "calibration", "stages"):
                 lines.append(f"- {key}: {value}")
+    if training.get("stages"):
+        lines += ["", "## Stages", ""]
+        lines += [stage_line(stage) for stage in training["stages"]]
     benchmark = training.get("benchmark")
     if benchmark:
         lines += ["", "## Benchmark", "", "```json", json.dumps(benchmark, indent=2), "```"]
@@ -202,6 +209,20 @@ def model_card(name: str, data: dict) -> str:
         for key, value in metrics.items():
             lines.append(f"| {key} | {value:.4f} |" if isinstance(value, float) else f"| {key} | {value} |")
     return "\n".join(lines) + "\n"
+
+
+def stage_line(stage: dict) -> str:
+    """One line of the model card per training stage: what ran, for how long, how fast, or why not."""
+    what = "stage 1" if stage["stage"] == 1 else f"stage 2 (the top {stage['blocks']} blocks of the image encoder too)"
+    if stage.get("ran", True) is False:
+        return f"- {what}: not run ({stage['why']})"
+    done = (
+        f"epochs {stage['epochs'][0]}-{stage['epochs'][1]}, {stage['seconds']} s, {stage['samples_per_s']} samples/s,"
+        f" best validation accuracy {stage['best_val_accuracy']:.4f}"
+        if "epochs" in stage
+        else "no epoch completed"
+    )
+    return f"- {what}: {done}" + (f" ({stage['why']})" if "why" in stage else "")
 
 
 def update_training_record(path: str | os.PathLike, **entries) -> None:

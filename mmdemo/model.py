@@ -16,7 +16,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from .encoders import EfficientNetLite0, GRUEncoder, MiniLMEncoder, SmallCNN, load_tokenizer
+from .encoders import EfficientNetLite0, GRUEncoder, MiniLMEncoder, SmallCNN, load_tokenizer, top_block_prefixes
 from .fusion import CrossModalFusion
 
 IMAGE_ENCODERS = ("efficientnet_lite0", "small_cnn")
@@ -53,6 +53,9 @@ class ModelConfig:
     # pretrained encoders kept frozen: their weights are the packages', so checkpoints
     # reference them by name instead of storing them
     frozen: list[str] = field(default_factory=lambda: list(PARTS))
+    # ... except the top blocks of a frozen EfficientNet-Lite0 trained by the recipe's second
+    # stage: checkpoints store these blocks and reference the rest of the encoder
+    image_tuned_blocks: int = 0
 
     def __post_init__(self) -> None:
         if len(self.labels) < 2:
@@ -68,6 +71,9 @@ class ModelConfig:
         unknown = set(self.frozen) - set(PARTS)
         if unknown:
             raise ValueError(f"frozen may name {PARTS}, got {sorted(unknown)}")
+        if self.image_tuned_blocks and self.image_encoder != "efficientnet_lite0":
+            raise ValueError("image_tuned_blocks needs the efficientnet_lite0 image encoder")
+        self.tuned_prefixes()  # ValueError when out of range
 
     @property
     def grid_size(self) -> int:
@@ -81,6 +87,20 @@ class ModelConfig:
             "text_encoder": self.text_encoder == "minilm",
         }
         return [part for part in PARTS if part in self.frozen and pretrained[part]]
+
+    def stores(self, key: str) -> bool:
+        """Whether a checkpoint stores the state-dict entry ``key``: everything but the frozen,
+        package-referenced encoders, whose tuned top blocks it does store."""
+        part, _, rest = key.partition(".")
+        if part not in self.referenced_parts():
+            return True
+        return part == "image_encoder" and rest.startswith(self.tuned_prefixes())
+
+    def tuned_prefixes(self) -> tuple[str, ...]:
+        """State-dict prefixes, within the image encoder, of its tuned top blocks."""
+        if not self.image_tuned_blocks:
+            return ()
+        return top_block_prefixes(self.image_stride, self.image_tuned_blocks)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -124,6 +144,17 @@ class MultimodalClassifier(nn.Module):
         for part in PARTS:
             getattr(self, part).requires_grad_(part not in parts)
         self.train(self.training)
+
+    def tune_image_blocks(self, top: int) -> list[nn.Module]:
+        """Train the last ``top`` blocks of the frozen image encoder (their BatchNorm stays in
+        eval mode with the rest of the encoder); returns them, the highest first."""
+        if "image_encoder" not in self.config.frozen or not isinstance(self.image_encoder, EfficientNetLite0):
+            raise ValueError("only the top blocks of a frozen EfficientNet-Lite0 can be tuned")
+        self.config.image_tuned_blocks = max(self.config.image_tuned_blocks, top)
+        modules = self.image_encoder.top_modules(top)
+        for module in modules:
+            module.requires_grad_(True)
+        return modules
 
     def train(self, mode: bool = True) -> MultimodalClassifier:
         super().train(mode)
@@ -183,8 +214,7 @@ class MultimodalClassifier(nn.Module):
 
     def stored_state_dict(self) -> dict[str, torch.Tensor]:
         """What a checkpoint stores: everything but the frozen, package-referenced encoders."""
-        skip = tuple(f"{part}." for part in self.config.referenced_parts())
-        return {k: v for k, v in self.state_dict().items() if not k.startswith(skip)}
+        return {k: v for k, v in self.state_dict().items() if self.config.stores(k)}
 
 
 def build_model(config: ModelConfig, pretrained: bool = True) -> MultimodalClassifier:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import statistics
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field, fields
@@ -42,6 +43,15 @@ TEXT_MS = 1.6  # MiniLM states of one question in a batch
 FUSION_MS_ROW = 1.5  # one training row through fusion + head, forward and backward ...
 FUSION_MS_ROW_REGION = 0.03  # ... plus this per image region (16 at 64 px, 196 at 224 px)
 VALIDATION_SHARE = 0.3  # an evaluation pass costs about this share of a training pass per row
+# each block's share of the stride-16 EfficientNet-Lite0's multiply-adds (stem first; counted
+# over its convolutions at 224 px): what training its top blocks adds to an epoch
+LITE0_BLOCK_SHARE = (0.045, 0.041, 0.12, 0.106, 0.075, 0.081, 0.048, 0.065, 0.065, 0.084, 0.135, 0.135)
+STAGE2_BLOCKS = 3  # the last stage of the stride-16 encoder (blocks 8-10: 80 -> 112 channels)
+# questions with these words are about brightness or colour: no colour jitter then
+COLOUR_WORDS = frozenset(
+    "bright brighter brightest brightness dark darker darkest light lighter colour color colours colors coloured"
+    " colored red green blue yellow orange purple pink brown black white grey gray shade shaded".split()
+)
 
 
 @dataclass
@@ -52,6 +62,7 @@ class DataProfile:
     class_counts: dict[str, int]
     image_side: int  # median shorter side of (a sample of) the images, in pixels
     imbalance: float = 1.0  # largest / smallest count among answers that compete (see profile)
+    words: frozenset[str] = frozenset()  # the words of the questions, lower case
 
 
 @dataclass
@@ -81,6 +92,7 @@ def profile(dataset: Dataset, sample: int = 200) -> DataProfile:
         class_counts=dict(dataset.class_counts),
         image_side=int(statistics.median(sides)) if sides else 224,
         imbalance=imbalance(dataset),
+        words=frozenset(w for text in {e.text for e in dataset.examples} for w in re.findall(r"[a-z]+", text.lower())),
     )
 
 
@@ -183,10 +195,72 @@ def choose(
         class_weights=class_weights,
         cpu_threads=threads,
     )
+    _choose_stage2(settings, pick, data, overrides, init_config or config, image_size, regions)
     for name in sorted(SETTING_NAMES & set(overrides) - set(choices)):
         setattr(settings, name, pick(name, overrides[name], ""))
     estimate = estimate_seconds(data, image_size, regions, settings.epochs, settings.freeze)
+    if settings.stage2_blocks:
+        estimate += stage2_seconds(data, image_size, regions, settings)
     return Recipe(settings, config, choices, min(estimate, budget_s))
+
+
+def _choose_stage2(settings: TrainSettings, pick, data: DataProfile, overrides: dict, arch, image_size, regions):
+    """Stage 2: after stage 1 converges, the top blocks of the frozen image encoder train too,
+    when the time left allows (train.py decides that at run time, from this machine's speed)."""
+    get = arch.get if isinstance(arch, dict) else lambda name, default: getattr(arch, name)
+    lite0 = get("image_encoder", "efficientnet_lite0") == "efficientnet_lite0" and get("image_pretrained", True)
+    if "freeze" in overrides:
+        blocks, why = 0, "freeze set explicitly: the encoders train as it says, in one stage"
+    elif not lite0 or "image_encoder" not in settings.freeze:
+        blocks, why = (
+            0,
+            "a second stage tunes the top blocks of a pretrained EfficientNet-Lite0, which this model lacks",
+        )
+    else:
+        blocks, why = (
+            STAGE2_BLOCKS,
+            (
+                f"stage 2: after stage 1 stops early, the last {STAGE2_BLOCKS} blocks of the image encoder (its"
+                " last stage, 0.45 M weights, stored in the checkpoint; the rest stays referenced) train too, if"
+                " the time left fits it"
+            ),
+        )
+    settings.stage2_blocks = pick("stage2_blocks", blocks, why)
+    if settings.stage2_blocks and "image_encoder" not in settings.freeze:
+        raise ValueError("stage2_blocks tunes the top blocks of a frozen image encoder: keep image_encoder in freeze")
+    if not settings.stage2_blocks:
+        return
+    settings.stage2_lr = pick(
+        "stage2_lr", settings.lr / 10, "stage 2 refines a converged model: a tenth of stage 1's rate"
+    )
+    settings.layer_decay = pick(
+        "layer_decay", 0.5, "each block further down the encoder learns at half the rate of the one above it"
+    )
+    settings.stage2_epochs = pick("stage2_epochs", 10, "at most 10, fewer when the time left is shorter")
+    settings.stage2_patience = pick(
+        "stage2_patience", 3, "stop stage 2 after 3 epochs that do not beat the best so far"
+    )
+    views = 4 if image_size <= 128 else 2
+    settings.augment_views = pick(
+        "augment_views",
+        views,
+        f"{views} copies of each training image (the first as it is), encoded once below the trained blocks",
+    )
+    settings.augment_shift = pick(
+        "augment_shift", 0.06, "shifted by up to 6 % of the side; never flipped (flips swap left and right, and digits)"
+    )
+    touched = sorted(data.words & COLOUR_WORDS)
+    settings.augment_colour = pick(
+        "augment_colour",
+        0.0 if touched else 0.2,
+        f"no colour jitter: the questions ask about {', '.join(touched[:4])}"
+        if touched
+        else "brightness and contrast jittered by up to 20 %: no question is about brightness or colour",
+    )
+    stage1 = estimate_seconds(data, image_size, regions, 2, settings.freeze) - estimate_seconds(
+        data, image_size, regions, 1, settings.freeze
+    )
+    settings.stage2_cost = round(stage2_epoch_seconds(data, image_size, regions, settings.stage2_blocks) / stage1, 2)
 
 
 def cpu_threads(cores: int | None = None, load: float | None = None) -> tuple[int, str]:
@@ -212,6 +286,21 @@ def estimate_seconds(data: DataProfile, image_size: int, regions: int, epochs: i
     if "text_encoder" not in freeze:
         per_epoch += 3 * TEXT_MS * data.rows / 1000
     return encode_image + encode_text + epochs * per_epoch
+
+
+def stage2_epoch_seconds(data: DataProfile, image_size: int, regions: int, blocks: int) -> float:
+    """One stage-2 epoch: stage 1's fusion work plus the top ``blocks`` blocks of the image
+    encoder, forward and backward for every training image, forward for the validation ones."""
+    fusion = (FUSION_MS_ROW + FUSION_MS_ROW_REGION * regions) * data.rows / 1000
+    top = ENCODE_MS_224 * (image_size / 224) ** 2 * sum(LITE0_BLOCK_SHARE[-blocks:]) * data.images / 1000
+    return (fusion + 3 * top) * (1 + VALIDATION_SHARE)
+
+
+def stage2_seconds(data: DataProfile, image_size: int, regions: int, settings: TrainSettings) -> float:
+    """Stage 2 in all: encoding each copy below the trained blocks once, then its epochs."""
+    below = 1 - sum(LITE0_BLOCK_SHARE[-settings.stage2_blocks :])
+    setup = ENCODE_MS_224 * (image_size / 224) ** 2 * below * data.images * settings.augment_views / 1000
+    return setup + settings.stage2_epochs * stage2_epoch_seconds(data, image_size, regions, settings.stage2_blocks)
 
 
 def format_seconds(seconds: float) -> str:

@@ -10,6 +10,16 @@ Speed on a CPU comes from encoding each input once:
   frozen, encoded once; the same for every distinct text and a frozen text encoder;
 - batches group the rows of the same image, so an image with 20 questions is encoded once
   per step even when its encoder is trained.
+
+Two stages (the recipe's default): stage 1 trains the fusion and head on cached encoder
+outputs until early stopping; then, when the time left allows (``time_left``), stage 2 also
+trains the top blocks of the frozen image encoder, with a lower rate for each block further
+down (layer-wise decay), its BatchNorm statistics kept (the encoder stays in eval mode), and
+augmented copies of the training images whose meaning is kept (no flips; small shifts; colour
+jitter only when no question is about brightness or colour). What lies below those blocks is
+computed once per copy and cached, so a stage-2 step runs only the top blocks. Stage 2 keeps
+stage 1's best epoch as the one to beat: if no stage-2 epoch is better on validation, the
+model is stage 1's.
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ from __future__ import annotations
 import copy
 import math
 import random
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +47,7 @@ from .model import PARTS, ModelConfig, MultimodalClassifier, build_model
 from .preprocess import image_to_uint8, normalize_pixels, tokenize
 
 Progress = Callable[[dict], None]
+IDENTITY = torch.tensor([0.0, 0.0, 1.0, 0.0])  # augmentation parameters that leave an image as it is
 
 
 @dataclass
@@ -55,6 +67,20 @@ class TrainSettings:
     cpu_threads: int | None = None  # torch threads on a CPU (None: torch's default)
     seed: int = 0
     device: str | None = None
+    # stage 2, after stage 1 ended on its own with time to spare: also train the top
+    # ``stage2_blocks`` blocks of the frozen image encoder (0: no stage 2)
+    stage2_blocks: int = 0
+    stage2_epochs: int = 10  # at most (fewer when the time left is shorter)
+    stage2_lr: float = 1e-4  # fusion and head; the highest block gets stage2_lr * layer_decay ...
+    layer_decay: float = 0.5  # ... and each block below it layer_decay times less
+    stage2_patience: int = 3
+    stage2_cost: float = 1.0  # one stage-2 epoch takes this many stage-1 epochs (the recipe's estimate)
+    # stage 2's augmentation: ``augment_views`` copies of each training image (the first as it
+    # is), shifted by up to ``augment_shift`` of the side, brightness and contrast jittered by
+    # up to ``augment_colour``; never flipped
+    augment_views: int = 1
+    augment_shift: float = 0.0
+    augment_colour: float = 0.0
 
 
 @dataclass
@@ -68,6 +94,7 @@ class TrainResult:
     val_logits: torch.Tensor | None = None  # (N, L) of the best model on the validation rows
     val_targets: torch.Tensor | None = None  # (N,) label index, -1 for labels the model lacks
     baselines: dict = field(default_factory=dict)  # validation accuracy: majority, image only, text only
+    stages: list[dict] = field(default_factory=list)  # what each stage did (or why it did not run)
 
 
 @dataclass
@@ -85,6 +112,8 @@ class TrainState:
     best_model: dict[str, torch.Tensor]
     history: list[dict]
     stale_epochs: int
+    stage: int = 1  # the stage that epoch belongs to
+    stage2: dict | None = None  # stage 2's plan, once decided (see _plan_stage2)
 
 
 def seed_everything(seed: int) -> None:
@@ -150,13 +179,59 @@ class Encoded:
                     mask = self.attention_mask[start : start + 256].to(device)
                     chunks.append(model.encode_text(ids, mask).float().cpu())
                 self.text_states = torch.cat(chunks)  # (N_txt, T, E)
+        # stage 2: the image encoder's output below its ``top`` trained blocks, per copy
+        self.top = 0
+        self.below: torch.Tensor | None = None  # (V, N_img, C, h, w)
+        self.views = IDENTITY.expand(1, len(self.pixels), 4)  # (V, N_img, [dx, dy, gain, bias])
+        self.view = torch.zeros(len(self.pixels), dtype=torch.long)  # the copy each image shows now
+
+    def cache_below(
+        self,
+        model: MultimodalClassifier,
+        top: int,
+        settings: TrainSettings | None,
+        device: torch.device,
+        progress: Progress,
+    ) -> None:
+        """Stage 2: compute once what lies below the image encoder's ``top`` trained blocks, for
+        every image and (with ``settings``' augmentation) its augmented copies."""
+        config = model.config
+        if settings is not None and settings.augment_views > 1:
+            generator = torch.Generator().manual_seed(settings.seed + 2)  # the same copies after a resume
+            self.views = augment_views(len(self.pixels), settings, generator)
+        else:
+            self.views = IDENTITY.expand(1, len(self.pixels), 4)
+        self.top, self.features, self.view = top, None, torch.zeros(len(self.pixels), dtype=torch.long)
+        model.eval()
+        copies = []
+        with torch.no_grad(), autocast(device):
+            for v, params in enumerate(self.views):
+                chunks = []
+                for start in range(0, len(self.pixels), 64):
+                    index = torch.arange(start, min(start + 64, len(self.pixels)))
+                    px = normalize_pixels(augment(self.pixels[index], params[index]), config).to(device)
+                    chunks.append(model.image_encoder.forward_below(px, top).float().cpu())
+                    progress({"stage": "encode images", "done": v * len(self.pixels) + start + len(px),
+                              "total": len(self.views) * len(self.pixels)})  # fmt: skip
+                copies.append(torch.cat(chunks))
+        self.below = torch.stack(copies)
+
+    def draw_views(self, generator: torch.Generator) -> None:
+        """The copy of each image the next epoch shows."""
+        self.view = torch.randint(len(self.views), (len(self.pixels),), generator=generator)
 
     def batch(self, model: MultimodalClassifier, rows: torch.Tensor, device: torch.device):
         """Feature maps, text states and mask for the given rows; trained encoders run here."""
         config = model.config
         img_ids, img_inverse = torch.unique(self.rows_image[rows], return_inverse=True)
-        px = normalize_pixels(self.pixels[img_ids], config).to(device).contiguous(memory_format=torch.channels_last)
-        if self.features is not None:
+        view = self.view[img_ids]
+        pixels = (
+            self.pixels[img_ids] if self.below is None else augment(self.pixels[img_ids], self.views[view, img_ids])
+        )
+        px = normalize_pixels(pixels, config).to(device).contiguous(memory_format=torch.channels_last)
+        if self.below is not None:
+            feature_map = model.image_encoder.forward_top(self.below[view, img_ids].to(device), self.top)
+        elif self.features is not None:
             feature_map = self.features[img_ids].to(device)
         else:
             feature_map = model.encode_image(px)
@@ -171,6 +246,40 @@ class Encoded:
         else:
             text_states = model.encode_text(self.input_ids[txt, :length].to(device), mask)
         return feature_map, px, text_states, mask, img_inverse.to(device)
+
+
+def augment_views(n_images: int, settings: TrainSettings, generator: torch.Generator) -> torch.Tensor:
+    """(V, N, 4) augmentation of ``settings.augment_views`` copies of ``n_images`` images:
+    shift (dx, dy, fractions of the side) and colour (gain, bias); copy 0 is the image as it is.
+
+    Flips are never used: they turn "left" into "right" and a 2 into something else."""
+    u = torch.rand(settings.augment_views, n_images, 4, generator=generator) * 2 - 1  # U(-1, 1)
+    views = torch.stack(
+        [
+            u[..., 0] * settings.augment_shift,
+            u[..., 1] * settings.augment_shift,
+            1 + u[..., 2] * settings.augment_colour,  # contrast
+            u[..., 3] * settings.augment_colour * 128,  # brightness, in pixel values
+        ],
+        -1,
+    )
+    views[0] = IDENTITY
+    return views
+
+
+def augment(pixels: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    """uint8 images (U, 3, S, S) with params (U, [dx, dy, gain, bias]) -> float (U, 3, S, S) in
+    0..255: shifted (the edge pixels repeated into the gap), then gain and bias around mid-grey."""
+    x = pixels.float()
+    if torch.equal(params, IDENTITY.expand_as(params)):
+        return x
+    theta = torch.zeros(len(x), 2, 3)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1
+    theta[:, :, 2] = -2 * params[:, :2]  # a shift by d of the side moves the sampling grid by -2d
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    gain, bias = params[:, 2, None, None, None], params[:, 3, None, None, None]
+    return ((x - 128) * gain + 128 + bias).clamp(0, 255)
 
 
 def grouped_batches(rows_image: torch.Tensor, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
@@ -245,12 +354,14 @@ def train(
     on_best: Callable[[MultimodalClassifier, dict], None] | None = None,
     on_epoch: Callable[[TrainState], None] | None = None,
     resume: TrainState | None = None,
+    time_left: Callable[[], float] | None = None,
 ) -> TrainResult:
     """Train on ``dataset``; validate on ``val_dataset`` or on a ``val_fraction`` split of it
     (split by image, so no image is in both). ``on_best(model, record)`` is called whenever an
     epoch beats the best so far (finetune saves a checkpoint there, so a stopped run keeps its
     best epoch); ``on_epoch(state)`` after every complete epoch with what ``resume`` takes to
-    continue from there."""
+    continue from there. ``time_left()``: seconds left in the run's budget (None: no limit),
+    which decides whether stage 2 runs (``settings.stage2_blocks``)."""
     progress = progress or (lambda event: None)
     should_stop = should_stop or (lambda: False)
     start_time = time.perf_counter()
@@ -275,63 +386,219 @@ def train(
     prepare_seconds = time.perf_counter() - start_time
 
     weight = _class_weight(targets, len(label_index), device) if settings.class_weights else None
-    optimizer, scheduler, trained_params = _optimizer(model, settings, math.ceil(len(targets) / settings.batch_size))
-    generator = torch.Generator().manual_seed(settings.seed)
-    best = {"score": None, "epoch": 0, "metrics": {}}
-    best_model, history, stale, first_epoch = None, [], 0, 1
+    loop = _Loop(model, train_enc, val_enc, targets, val_targets, weight, settings, device, progress, should_stop)
+    loop.on_best, loop.on_epoch = on_best, on_epoch
+    steps = math.ceil(len(targets) / settings.batch_size)
     if resume is not None:
-        first_epoch, best, history, stale = resume.epoch + 1, resume.best, list(resume.history), resume.stale_epochs
-        best_model = resume.best_model
-        _load_trained(model, resume.model)
-        optimizer.load_state_dict(resume.optimizer)
-        scheduler.load_state_dict(resume.scheduler)
-        generator.set_state(resume.generator)
-        torch.set_rng_state(resume.torch_rng)
+        loop.restore(resume)
+    base_tuned = model.config.image_tuned_blocks
 
-    for epoch in range(first_epoch, settings.epochs + 1):
-        epoch_start = time.perf_counter()
-        loss, correct, seen = _train_epoch(
-            model, train_enc, targets, weight, optimizer, scheduler, trained_params, generator, settings, device,
-            should_stop, progress, epoch,
-        )  # fmt: skip
-        if seen == 0:
-            break
-        record = {
-            "epoch": epoch,
-            "train_loss": loss,
-            "train_accuracy": correct / seen,
-            "complete": seen == len(targets),  # False: cut short by a stop or the time limit
-            "samples_per_s": round(seen / (time.perf_counter() - epoch_start), 1),
-        }
-        report, score = _validate(model, val_enc, val_targets, device, record)
-        record["seconds"] = round(time.perf_counter() - start_time, 1)
-        history.append(record)
-        if best["score"] is None or score > tuple(best["score"]):
-            best, stale = {"score": list(score), "epoch": epoch, "metrics": {**record, "report": report}}, 0
-            best_model = _trained_state(model, model.state_dict())
-            if on_best is not None:
-                on_best(model, record)
-                model.train()
+    if loop.stage == 1:
+        optimizer, scheduler, params = _optimizer(model, settings, steps)
+        first = 1
+        if resume is not None:
+            first = resume.epoch + 1
+            _load_trained(model, resume.model)
+            optimizer.load_state_dict(resume.optimizer)
+            scheduler.load_state_dict(resume.scheduler)
+        loop.run(first, settings.epochs, settings.patience, optimizer, scheduler, params)
+        if settings.stage2_blocks:
+            loop.stage2 = _plan_stage2(settings, loop, prepare_seconds, time_left() if time_left else None)
+            if loop.stage2["ran"]:
+                loop.stage = 2
+    if loop.stage == 2:
+        plan = loop.stage2
+        setup_start = time.perf_counter()
+        if resume is None or resume.stage == 1:  # start from stage 1's best epoch, which stays the one to beat
+            _load_trained(model, loop.best_model)
+            blocks = model.tune_image_blocks(plan["blocks"])
+            loop.best_model, loop.stale = _trained_state(model, model.state_dict()), 0
         else:
-            stale += 1
-        progress({"stage": "epoch", **record})
-        if on_epoch is not None and record["complete"]:
-            on_epoch(_state(epoch, model, optimizer, scheduler, generator, best, best_model, history, stale))
-        if should_stop() or (settings.patience is not None and stale >= settings.patience):
-            break
-    if best_model is not None:
-        _load_trained(model, best_model)
+            blocks = model.tune_image_blocks(plan["blocks"])
+        train_enc.cache_below(model, plan["blocks"], settings, device, progress)
+        if val_enc is not None:
+            val_enc.cache_below(model, plan["blocks"], None, device, progress)
+        plan["setup_seconds"] = round(time.perf_counter() - setup_start, 1)
+        optimizer, scheduler, params = _stage2_optimizer(model, blocks, settings, steps * plan["max_epochs"])
+        first = plan["first_epoch"]
+        if resume is not None and resume.stage == 2:
+            first = resume.epoch + 1
+            _load_trained(model, resume.model)
+            optimizer.load_state_dict(resume.optimizer)
+            scheduler.load_state_dict(resume.scheduler)
+        loop.run(
+            first, plan["first_epoch"] + plan["max_epochs"] - 1, settings.stage2_patience, optimizer, scheduler, params
+        )
+
+    if loop.best_model is not None:
+        _load_trained(model, loop.best_model)
+    if loop.best_stage() == 1 and model.config.image_tuned_blocks != base_tuned:
+        model.config.image_tuned_blocks = base_tuned  # stage 1's model: its top blocks are the package's
+        model.set_frozen(model.config.frozen)
     model.eval()
     result = TrainResult(
-        model, best["epoch"], best["metrics"], history, time.perf_counter() - start_time,
-        stopped_early=settings.patience is not None and stale >= settings.patience,
+        model, loop.best["epoch"], loop.best["metrics"], loop.history, time.perf_counter() - start_time,
+        stopped_early=loop.stopped_early, stages=stage_summaries(loop.history, loop.stage2, prepare_seconds),
     )  # fmt: skip
     result.best_metrics["prepare_seconds"] = round(prepare_seconds, 1)
-    if val_enc is not None and history:
+    if val_enc is not None and loop.history:
         result.val_logits, result.val_targets = predict_encoded(model, val_enc, device), val_targets
         result.baselines = modality_baselines(model, val_enc, val_targets, targets, device)
     result.model = model.cpu()
     return result
+
+
+class _Loop:
+    """The epochs of one run, across its stages: the best epoch so far (the one every later
+    epoch and stage must beat), early stopping, the history, and what a resume needs."""
+
+    def __init__(
+        self, model, train_enc, val_enc, targets, val_targets, weight, settings, device, progress, should_stop
+    ):
+        self.model, self.train_enc, self.val_enc = model, train_enc, val_enc
+        self.targets, self.val_targets, self.weight = targets, val_targets, weight
+        self.settings, self.device, self.progress, self.should_stop = settings, device, progress, should_stop
+        self.on_best: Callable | None = None
+        self.on_epoch: Callable | None = None
+        self.generator = torch.Generator().manual_seed(settings.seed)
+        self.best: dict = {"score": None, "epoch": 0, "metrics": {}}
+        self.best_model: dict | None = None
+        self.history: list[dict] = []
+        self.stale = 0
+        self.stage = 1
+        self.stage2: dict | None = None
+        self.stopped = False  # by should_stop
+        self.stopped_early = False  # by the patience rule
+
+    def restore(self, state: TrainState) -> None:
+        self.best, self.best_model, self.history = state.best, state.best_model, list(state.history)
+        self.stale, self.stage, self.stage2 = state.stale_epochs, state.stage, state.stage2
+        self.generator.set_state(state.generator)
+        torch.set_rng_state(state.torch_rng)
+
+    def state(self, epoch: int, optimizer, scheduler) -> TrainState:
+        """What ``restore`` takes to continue after ``epoch`` as if the run had not stopped."""
+        return TrainState(
+            epoch=epoch,
+            model=_trained_state(self.model, self.model.state_dict()),
+            optimizer=copy.deepcopy(optimizer.state_dict()),
+            scheduler=scheduler.state_dict(),
+            generator=self.generator.get_state(),
+            torch_rng=torch.get_rng_state(),
+            best=copy.deepcopy(self.best),
+            best_model=_trained_state(self.model, self.best_model),
+            history=list(self.history),
+            stale_epochs=self.stale,
+            stage=self.stage,
+            stage2=copy.deepcopy(self.stage2),
+        )
+
+    def best_stage(self) -> int:
+        return next((h.get("training_stage", 1) for h in self.history if h["epoch"] == self.best["epoch"]), 1)
+
+    def run(self, first: int, last: int, patience: int | None, optimizer, scheduler, params) -> None:
+        """Epochs ``first``..``last`` of the current stage, until a stop or the patience rule."""
+        model, settings = self.model, self.settings
+        # a run resumed after the epoch that ended this stage by the patience rule goes on to the next
+        self.stopped_early = patience is not None and self.stale >= patience
+        if self.stopped_early:
+            return
+        for epoch in range(first, last + 1):
+            epoch_start = time.perf_counter()
+            if self.stage == 2:
+                self.train_enc.draw_views(self.generator)
+            loss, correct, seen = _train_epoch(
+                model, self.train_enc, self.targets, self.weight, optimizer, scheduler, params, self.generator,
+                settings, self.device, self.should_stop, self.progress, epoch, last,
+            )  # fmt: skip
+            if seen == 0:
+                self.stopped = True
+                break
+            record = {
+                "epoch": epoch,
+                "training_stage": self.stage,
+                "train_loss": loss,
+                "train_accuracy": correct / seen,
+                "complete": seen == len(self.targets),  # False: cut short by a stop or the time limit
+                "samples_per_s": round(seen / (time.perf_counter() - epoch_start), 1),
+            }
+            report, score = _validate(model, self.val_enc, self.val_targets, self.device, record)
+            record["epoch_seconds"] = round(time.perf_counter() - epoch_start, 2)
+            self.history.append(record)
+            if self.best["score"] is None or score > tuple(self.best["score"]):
+                self.best = {"score": list(score), "epoch": epoch, "metrics": {**record, "report": report}}
+                self.best_model, self.stale = _trained_state(model, model.state_dict()), 0
+                if self.on_best is not None:
+                    self.on_best(model, record)
+                    model.train()
+            else:
+                self.stale += 1
+            self.progress({"stage": "epoch", **record})
+            if self.on_epoch is not None and record["complete"]:
+                self.on_epoch(self.state(epoch, optimizer, scheduler))
+            if self.should_stop():
+                self.stopped = True
+                break
+            if patience is not None and self.stale >= patience:
+                self.stopped_early = True
+                break
+
+
+def _plan_stage2(settings: TrainSettings, loop: _Loop, prepare_seconds: float, time_left: float | None) -> dict:
+    """Whether stage 2 runs, for how many epochs, and why: only after stage 1 ended on its own
+    (early stopping or its last epoch), and only when setting it up, ``stage2_patience`` + 1
+    of its epochs and the final passes fit the time left. A stage-2 epoch is expected to take
+    ``stage2_cost`` times a stage-1 epoch as measured on this machine in this run."""
+    plan = {"stage": 2, "blocks": settings.stage2_blocks, "ran": False}
+    stage1 = [h for h in loop.history if h.get("training_stage", 1) == 1 and h["complete"]]
+    plan["first_epoch"] = (loop.history[-1]["epoch"] if loop.history else 0) + 1
+    if loop.stopped or not stage1:
+        return plan | {"why": "stage 1 was stopped (time limit or stop) before it ended on its own"}
+    epoch_s = settings.stage2_cost * statistics.median(h["epoch_seconds"] for h in stage1)
+    images = len(loop.train_enc.pixels) * settings.augment_views + (len(loop.val_enc.pixels) if loop.val_enc else 0)
+    done = len(loop.train_enc.pixels) + (len(loop.val_enc.pixels) if loop.val_enc else 0)
+    setup_s = prepare_seconds * images / max(1, done)  # encoding below the top blocks, per copy
+    finish_s = prepare_seconds  # calibration, baselines, out-of-scope statistics after training
+    plan["estimate"] = {"epoch_s": round(epoch_s, 1), "setup_s": round(setup_s, 1), "finish_s": round(finish_s, 1)}
+    needed = settings.stage2_patience + 1
+    if time_left is None:
+        epochs = settings.stage2_epochs
+    else:
+        epochs = min(settings.stage2_epochs, int((time_left - setup_s - finish_s) / max(epoch_s, 1e-6)))
+        plan["time_left_s"] = round(time_left, 1)
+        if epochs < needed:
+            return plan | {
+                "why": f"{time_left:.0f} s left; stage 2 needs about {setup_s + finish_s + needed * epoch_s:.0f} s"
+                f" ({setup_s:.0f} s to set up, {needed} epochs of about {epoch_s:.0f} s, {finish_s:.0f} s to finish)"
+            }
+    why = f"{epochs} epochs of about {epoch_s:.0f} s fit" + (
+        " (no time limit)" if time_left is None else f" the {time_left:.0f} s left"
+    )
+    return plan | {"ran": True, "max_epochs": epochs, "why": why}
+
+
+def stage_summaries(history: list[dict], stage2: dict | None, prepare_seconds: float) -> list[dict]:
+    """Per stage: its epochs, wall time (setup + epochs), median training samples/s; stage 2
+    also says why it ran or did not."""
+    summaries = []
+    for stage in (1, 2):
+        epochs = [h for h in history if h.get("training_stage", 1) == stage]
+        summary: dict = {"stage": stage}
+        if stage == 2:
+            if stage2 is None:
+                break
+            summary |= {k: v for k, v in stage2.items() if k not in ("stage", "first_epoch")}
+        if epochs:
+            setup = prepare_seconds if stage == 1 else stage2.get("setup_seconds", 0.0)
+            rates = sorted(h["samples_per_s"] for h in epochs)
+            summary |= {
+                "epochs": [epochs[0]["epoch"], epochs[-1]["epoch"]],
+                "seconds": round(setup + sum(h.get("epoch_seconds", 0.0) for h in epochs), 1),
+                "samples_per_s": rates[len(rates) // 2],
+                "best_val_accuracy": max(h.get("val_accuracy", h["train_accuracy"]) for h in epochs),
+            }
+        summaries.append(summary)
+    return summaries
 
 
 def _split(dataset, val_dataset, val_fraction, seed):
@@ -359,9 +626,25 @@ def _optimizer(model: MultimodalClassifier, settings: TrainSettings, steps_per_e
     return optimizer, scheduler, head_params + encoder_params
 
 
+def _stage2_optimizer(model: MultimodalClassifier, blocks: list[nn.Module], settings: TrainSettings, total_steps: int):
+    """AdamW for stage 2: the fusion and head at ``stage2_lr``, the k-th block from the top at
+    ``stage2_lr * layer_decay**k`` (features further down are more generic: they move less);
+    no weight decay on BatchNorm scales and shifts; warm-up then cosine decay over stage 2."""
+    head_params = list(model.fusion.parameters()) + list(model.head.parameters())
+    groups = [{"params": head_params, "lr": settings.stage2_lr}]
+    for k, block in enumerate(blocks, start=1):
+        lr = settings.stage2_lr * settings.layer_decay**k
+        weights = [p for p in block.parameters() if p.ndim > 1]
+        norms = [p for p in block.parameters() if p.ndim <= 1]
+        groups += [{"params": weights, "lr": lr}, {"params": norms, "lr": lr, "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, weight_decay=settings.weight_decay)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, max(1, int(settings.warmup * total_steps)), total_steps)
+    return optimizer, scheduler, [p for g in groups for p in g["params"]]
+
+
 def _train_epoch(
     model, encoded, targets, weight, optimizer, scheduler, params, generator, settings, device, should_stop, progress,
-    epoch,
+    epoch, last_epoch,
 ) -> tuple[float, int, int]:  # fmt: skip
     """One pass over the training rows (until ``should_stop``): mean loss, rows right, rows seen."""
     model.train()
@@ -389,7 +672,7 @@ def _train_epoch(
             {
                 "stage": "train",
                 "epoch": epoch,
-                "epochs": settings.epochs,
+                "epochs": last_epoch,
                 "step": i + 1,
                 "steps": len(batches),
                 "loss": total_loss / seen,
@@ -429,30 +712,13 @@ def modality_baselines(model, encoded: Encoded, targets: torch.Tensor, train_tar
 
 
 def _trained_state(model: MultimodalClassifier, state: dict) -> dict[str, torch.Tensor]:
-    """``state`` without the frozen encoders whose weights come from their packages."""
-    skip = tuple(f"{part}." for part in model.config.referenced_parts())
-    return {k: v.detach().cpu().clone() for k, v in state.items() if not k.startswith(skip)}
+    """``state`` without what comes from the packages (frozen encoders but their tuned blocks)."""
+    return {k: v.detach().cpu().clone() for k, v in state.items() if model.config.stores(k)}
 
 
 def _load_trained(model: MultimodalClassifier, state: dict[str, torch.Tensor]) -> None:
     missing, unexpected = model.load_state_dict(state, strict=False)
-    skip = tuple(f"{part}." for part in model.config.referenced_parts())
-    assert not unexpected and all(k.startswith(skip) for k in missing), (missing, unexpected)
-
-
-def _state(epoch, model, optimizer, scheduler, generator, best, best_model, history, stale) -> TrainState:
-    return TrainState(
-        epoch=epoch,
-        model=_trained_state(model, model.state_dict()),
-        optimizer=copy.deepcopy(optimizer.state_dict()),
-        scheduler=scheduler.state_dict(),
-        generator=generator.get_state(),
-        torch_rng=torch.get_rng_state(),
-        best=copy.deepcopy(best),
-        best_model=_trained_state(model, best_model),
-        history=list(history),
-        stale_epochs=stale,
-    )
+    assert not unexpected and not any(model.config.stores(k) for k in missing), (missing, unexpected)
 
 
 def _modality_dropout(n: int, p: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

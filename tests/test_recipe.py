@@ -94,6 +94,9 @@ def test_default_recipe_trains_calibrates_and_reports_baselines(sixteen_rows, tm
     assert saved["model"]["temperature"] == record["calibration"]["temperature"] > 0
     assert {"ece_before", "ece_after", "reliability_after"} <= set(record["calibration"])
     assert record["throughput"]["first_epoch_samples_per_s"] > 0
+    # a small CNN has no pretrained blocks to tune: one stage, and the record and card say so
+    assert [s["stage"] for s in record["stages"]] == [1] and record["stages"][0]["samples_per_s"] > 0
+    assert "stage 1: epochs 1-3" in (tmp_path / "m" / "README.md").read_text()
     assert result.record == record
     # a run that ended on its own leaves no resume state behind
     assert not (tmp_path / ".m.resume").exists()
@@ -102,3 +105,41 @@ def test_default_recipe_trains_calibrates_and_reports_baselines(sixteen_rows, tm
 def test_tiny_images_in_the_fixture_are_real_files(sixteen_rows):  # noqa: F811
     image = Image.open(sixteen_rows.parent / "img" / "0.png")
     assert image.size == (32, 32) and np.asarray(image).std() > 0
+
+
+def test_recipe_plans_stage2_for_a_frozen_pretrained_lite0_only():
+    recipe = choose(_profile())
+    settings = recipe.settings
+    assert settings.stage2_blocks == 3 and "image_encoder" in settings.freeze
+    assert settings.stage2_lr < settings.lr and 0 < settings.layer_decay < 1 and settings.weight_decay > 0
+    assert settings.augment_views > 1 and 0 < settings.augment_shift <= 0.1 and settings.stage2_cost > 1
+    assert recipe.estimate_s <= 600 and "stage2_blocks" in recipe.choices
+    # explicit choices win: --freeze means one stage, as set; --stage2-blocks 0 too
+    assert choose(_profile(), overrides={"freeze": ["image_encoder", "text_encoder"]}).settings.stage2_blocks == 0
+    assert choose(_profile(), overrides={"stage2_blocks": 0}).settings.stage2_blocks == 0
+    assert choose(_profile(), overrides={"image_encoder": "small_cnn"}).settings.stage2_blocks == 0
+    assert choose(_profile(), overrides={"stage2_blocks": 2, "stage2_lr": 1e-5}).settings.stage2_lr == 1e-5
+
+
+def test_augmentation_keeps_the_meaning_of_the_questions():
+    digits = DataProfile(4000, 1300, 3, {"a": 1, "b": 1}, 8, 1.0, frozenset({"what", "digit", "is", "this"}))
+    patches = DataProfile(4000, 1300, 4, {"a": 1, "b": 1}, 32, 1.0, frozenset({"which", "half", "is", "brighter"}))
+    assert choose(digits).settings.augment_colour > 0
+    assert choose(patches).settings.augment_colour == 0  # brightness jitter would change the answer
+    assert "brighter" in choose(patches).choices["augment_colour"]["why"]
+
+
+def test_augmented_copies_shift_and_jitter_but_never_flip():
+    import torch
+
+    from mmdemo.train import IDENTITY, TrainSettings, augment, augment_views
+
+    pixels = torch.zeros(1, 3, 16, 16, dtype=torch.uint8)
+    pixels[..., :, :8] = 200  # bright left half
+    settings = TrainSettings(augment_views=6, augment_shift=0.1, augment_colour=0.2)
+    views = augment_views(1, settings, torch.Generator().manual_seed(0))
+    assert torch.equal(views[0, 0], IDENTITY) and torch.equal(augment(pixels, views[0]), pixels.float())
+    for params in views[1:]:
+        out = augment(pixels, params)
+        assert out[..., :6].mean() > out[..., 10:].mean()  # still brighter on the left
+        assert (params[:, :2].abs() <= 0.1).all() and (params[:, 2] - 1).abs().max() <= 0.2

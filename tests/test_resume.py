@@ -98,3 +98,32 @@ def test_cli_and_app_write_the_same_record(sixteen_rows, tmp_path, tiny_checkpoi
     assert cli_record["estimated_seconds"] == app_record["estimated_seconds"]
     assert set(cli_record["baselines"]) == set(app_record["baselines"])
     assert set(cli_record["calibration"]) == set(app_record["calibration"])
+
+
+def test_resume_across_stages_matches_an_uninterrupted_run(sixteen_rows, tmp_path):  # noqa: F811
+    """Stopped in stage 1, then in stage 2, resumed each time: the same weights as one run."""
+    ds = read_csv(sixteen_rows)
+    settings = TrainSettings(
+        epochs=2, batch_size=4, lr=3e-3, freeze=["image_encoder"], modality_dropout=0.2, stage2_blocks=2,
+        stage2_epochs=2, stage2_lr=3e-3, augment_views=2, augment_shift=0.1, augment_colour=0.2,
+    )  # fmt: skip
+    config = tiny_config(image_encoder="efficientnet_lite0", frozen=["image_encoder"])
+    request = lambda out: FinetuneRequest(ds, out, settings, val_dataset=ds, config=config)  # noqa: E731
+    full = finetune(request(tmp_path / "full"))
+    assert [h["training_stage"] for h in full.record["history"]] == [1, 1, 2, 2]
+
+    epochs = []
+    count = lambda e: epochs.append(e) if e["stage"] == "epoch" else None  # noqa: E731
+    finetune(request(tmp_path / "cut"), progress=count, should_stop=lambda: len(epochs) >= 1)
+    resumed = resume(tmp_path / "cut", progress=count, should_stop=lambda: len(epochs) >= 3)
+    assert resumed.stopped_by == "stop" and [h["training_stage"] for h in resumed.record["history"]] == [1, 1, 2]
+    resumed = resume(tmp_path / "cut")
+    assert resumed.stopped_by is None
+    assert [h["train_loss"] for h in resumed.record["history"]] == [h["train_loss"] for h in full.record["history"]]
+    assert resumed.record["stages"][1]["ran"] and full.record["stages"][1]["ran"]
+    card = (tmp_path / "full" / "README.md").read_text()
+    assert "## Stages" in card and "stage 2 (the top 2 blocks of the image encoder too): epochs 3-4" in card
+    a, b = load_checkpoint(tmp_path / "full"), load_checkpoint(tmp_path / "cut")
+    assert a.config.image_tuned_blocks == b.config.image_tuned_blocks
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(p, q), name

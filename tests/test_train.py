@@ -201,3 +201,64 @@ def test_evaluate_prints_ece_and_accuracy_per_slice(sixteen_rows, tiny_checkpoin
     assert set(slices) == {"what colour is it?", "is it warm or cold?"}
     assert sum(s["n"] for s in slices.values()) == 16
     assert "ECE" in stderr and "text=what colour is it?" in stderr
+
+
+def _two_stages(**kw):
+    """Stage 1 on cached features, then the top 2 blocks of a pretrained EfficientNet-Lite0."""
+    values = dict(
+        epochs=2, freeze=["image_encoder"], stage2_blocks=2, stage2_epochs=2, stage2_lr=3e-3, layer_decay=0.5,
+        augment_views=3, augment_shift=0.1, augment_colour=0.2,
+    )  # fmt: skip
+    values.update(kw)
+    return _settings(**values)
+
+
+def _lite0_config():
+    return tiny_config(image_encoder="efficientnet_lite0", frozen=["image_encoder"])
+
+
+def test_stage2_trains_only_the_top_blocks_and_keeps_batchnorm_statistics(sixteen_rows, tmp_path):
+    from mmdemo.checkpoint import load_checkpoint, save_checkpoint
+    from mmdemo.encoders import EfficientNetLite0
+
+    pretrained = EfficientNetLite0(16)
+    pretrained.load_pretrained()
+    before = pretrained.state_dict()
+    states = []
+    ds = read_csv(sixteen_rows)
+    result = train(ds, ds, _two_stages(), config=_lite0_config(), on_epoch=states.append)
+    assert [h["training_stage"] for h in result.history] == [1, 1, 2, 2]
+    assert [s["stage"] for s in result.stages] == [1, 2] and result.stages[1]["ran"]
+    assert result.stages[1]["samples_per_s"] > 0 and result.stages[1]["seconds"] > 0
+
+    last = states[-1].model  # the trained weights after the last stage-2 epoch (best or not)
+    encoder_keys = {k.removeprefix("image_encoder.") for k in last if k.startswith("image_encoder.")}
+    assert encoder_keys and all(k.startswith(("_blocks.9.", "_blocks.10.")) for k in encoder_keys)
+    for key in encoder_keys:
+        changed = not torch.equal(last[f"image_encoder.{key}"], before[key])
+        # convolution weights and BatchNorm scales / shifts learn; running statistics stay
+        assert changed == (not key.endswith(("running_mean", "running_var", "num_batches_tracked"))), key
+    # every block below them is the package's, untouched
+    model_state = result.model.image_encoder.state_dict()
+    for key, value in before.items():
+        if not key.startswith(("_blocks.9.", "_blocks.10.")):
+            assert torch.equal(model_state[key], value), key
+
+    # the checkpoint stores the tuned blocks and references the rest of the encoder
+    save_checkpoint(result.model, tmp_path / "m")
+    stored = load_checkpoint(tmp_path / "m")
+    tuned = result.model.config.image_tuned_blocks
+    assert stored.config.image_tuned_blocks == tuned
+    for (name, p), q in zip(result.model.state_dict().items(), stored.state_dict().values()):
+        assert torch.equal(p, q), name
+    # the best epoch overall is kept: from stage 2, with its blocks; from stage 1, without any
+    assert tuned == (2 if result.best_epoch > 2 else 0)
+
+
+def test_stage2_runs_only_when_the_time_left_allows_it(sixteen_rows):
+    ds = read_csv(sixteen_rows)
+    result = train(ds, ds, _two_stages(), config=_lite0_config(), time_left=lambda: 0.5)
+    assert [h["training_stage"] for h in result.history] == [1, 1]
+    stage2 = result.stages[1]
+    assert not stage2["ran"] and "s left" in stage2["why"]
+    assert result.model.config.image_tuned_blocks == 0
