@@ -77,14 +77,25 @@ def app_model_card(name: str, data: dict) -> str:
                 )
         lines.append("")
     faithfulness = bench.get("faithfulness") or training.get("faithfulness") or {}
-    if faithfulness:
-        lines += ["#### Faithfulness", "", "| method | deletion area | insertion area | randomisation rank corr. |"]
-        lines.append("|---|---|---|---|")
-        for method, f in faithfulness.get("methods", faithfulness).items():
-            if isinstance(f, dict):
-                lines.append(
-                    f"| {method} | {f.get('deletion_auc', '–')} | {f.get('insertion_auc', '–')} | "
-                    f"{f.get('randomisation_rank_correlation', '–')} |"
-                )
+    methods = {m: f for m, f in faithfulness.get("methods", faithfulness).items() if isinstance(f, dict)}
+    if methods:
+        lines += ["#### Faithfulness of the heatmaps", ""]
+        lines.append(
+            f"On {faithfulness.get('rows', '?')} questions about fresh scenes. Deletion: the answer's probability "
+            "as the heatmap's cells are blanked, hottest first (area under the curve; lower is more faithful), "
+            "against a random order. Insertion: cells put back onto a blank image, hottest first (higher is more "
+            "faithful). Model randomisation (Adebayo et al. 2018): rank correlation between each heatmap and the "
+            "heatmap of the same model with its fusion weights re-initialised (near 0: the heatmap depends on "
+            "what the model learned, as it should; near 1: it would look the same untrained)."
+        )
+        lines += [
+            "",
+            "| method | deletion area | random-order deletion area | insertion area | randomisation rank corr. |",
+        ]
+        lines.append("|---|---|---|---|---|")
+        for method, f in methods.items():
+            cells = [f.get(k, "–") for k in ("deletion_auc", "random_deletion_auc", "insertion_auc")]
+            cells.append(f.get("randomisation_rank_correlation", "–"))
+            lines.append(f"| {method} | " + " | ".join(str(c) for c in cells) + " |")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"

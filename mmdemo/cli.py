@@ -94,6 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--benchmark", type=int, metavar="N", help="evaluate on N fresh Sort-of-CLEVR scenes, not a CSV")
     p.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD, help="explanation method (with --report)")
     p.add_argument("--slice-by", nargs="*", default=[], metavar="COLUMN", help="also report accuracy per value")
+    p.add_argument(
+        "--faithfulness-rows",
+        type=int,
+        default=8,
+        metavar="N",
+        help="measure both explanation methods' faithfulness on N rows spread over the set (0: skip)",
+    )
     _add_columns(p)
 
     p = sub.add_parser(
@@ -140,6 +147,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=int, default=200)
     p.add_argument("--seed", type=int, default=12345)
     p.add_argument("--workdir", type=Path, default=Path("data/bench-sort-of-clevr"))
+    p.add_argument(
+        "--parts",
+        nargs="+",
+        choices=["accuracy", "calibration", "pointing", "faithfulness"],
+        default=["accuracy", "calibration", "pointing", "faithfulness"],
+        help="which figures to measure (default: all)",
+    )
+    p.add_argument(
+        "--faithfulness-rows", type=int, default=100, metavar="N", help="questions measured for faithfulness"
+    )
 
     p = sub.add_parser("bench-scope", help="out-of-scope flag rates on in-scope and out-of-scope sets")
     _add_common(p)
@@ -247,9 +264,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "bench-sort-of-clevr":
             from .evaluation import sort_of_clevr_benchmark
 
-            print(
-                json.dumps(sort_of_clevr_benchmark(args.checkpoint, args.images, args.seed, args.workdir, args.device))
+            result = sort_of_clevr_benchmark(
+                args.checkpoint,
+                args.images,
+                args.seed,
+                args.workdir,
+                args.device,
+                tuple(args.parts),
+                args.faithfulness_rows,
             )
+            print(json.dumps(result))
             return 0
     except (ValueError, FileExistsError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -537,8 +561,26 @@ def _evaluate(args) -> int:
     for column, values in report.get("slices", {}).items():
         for value, s in values.items():
             print(f"  {column}={value}: accuracy {s['accuracy']:.4f} (n = {s['n']})", file=sys.stderr)
+    pairs = [(e.image, e.text) for e in dataset.examples]
+    report["faithfulness"] = _faithfulness(args, _predictor(args) if args.faithfulness_rows > 0 else None, pairs)
     print(json.dumps(report))
     return 0
+
+
+def _faithfulness(args, predictor, pairs) -> dict | None:
+    """Both explanation methods' faithfulness on --faithfulness-rows rows of the set (None: skipped)."""
+    from .evalset import faithfulness
+
+    if args.faithfulness_rows <= 0:
+        return None
+    result = faithfulness(args.checkpoint, predictor, pairs, args.faithfulness_rows)
+    for method, f in result.items():
+        if isinstance(f, dict):
+            print(f"  faithfulness ({method}, {result['rows']} rows): deletion area {f['deletion_auc']:.4f}"
+                  f" (random order {f['random_deletion_auc']:.4f}), insertion area {f['insertion_auc']:.4f},"
+                  f" rank correlation with re-initialised fusion {f['randomisation_rank_correlation']:.4f}",
+                  file=sys.stderr)  # fmt: skip
+    return result
 
 
 def _fit_scope(args) -> int:
@@ -608,20 +650,26 @@ def _evaluate_set(args, data) -> int:
     from .ratings import RatingStore, data_dir
 
     print(data.report, file=sys.stderr)
+    predictor = _predictor(args)
     with tqdm(total=len(data.examples), desc="evaluate", unit="row", file=sys.stderr) as bar:
         result = evalset.evaluate(
-            _predictor(args), data, args.checkpoint.name, args.method, progress=lambda done, _: bar.update(done - bar.n)
+            predictor, data, args.checkpoint.name, args.method, progress=lambda done, _: bar.update(done - bar.n)
         )
     summary = evalset.summarize(result)
     out = {k: summary[k] for k in ("n", "accuracy", "macro_f1", "ece", "per_class", "rows_rejected")}
     out["confusion"] = {k: summary["confusion"][k] for k in ("labels", "matrix")}
     if "pointing" in summary:
         out["pointing"] = summary["pointing"]
+    out["faithfulness"] = _faithfulness(args, predictor, [(r.image, r.text) for r in result.rows])
     if args.report:
         ratings = RatingStore(data_dir()).summary()
         card = args.checkpoint / "README.md"
         html = report.build_report(
-            result, card.read_text() if card.is_file() else "", ratings, report.recorded_faithfulness(args.checkpoint)
+            result,
+            card.read_text() if card.is_file() else "",
+            ratings,
+            out["faithfulness"],
+            recorded=report.recorded_faithfulness(args.checkpoint),
         )
         args.report.parent.mkdir(parents=True, exist_ok=True)
         args.report.write_text(html, encoding="utf-8")

@@ -7,6 +7,10 @@ benchmark generated on the fly. Every row goes through ``Predictor.predict_batch
 batches of CSV rows as batch ``predict`` (16 rows by default), so the accuracy here is the
 accuracy a user computes from ``predict --csv``'s output, to the row.
 
+``faithfulness`` measures the heatmaps of a bounded sample of the set (deletion and insertion
+areas of both explanation methods, and the model-randomisation check; faithfulness.py), which
+``evaluate`` prints and the report shows.
+
 Results keep, per row, the prediction, its confidence, whether it is right, the slice values,
 the heatmap (grid) and its peak; ``summarize`` turns them into accuracy, macro-F1, calibration
 (ECE, 15 equal-width bins of top-label confidence), accuracy per value of a chosen column, and
@@ -24,15 +28,17 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from .checkpoint import load_checkpoint
 from .data import Example, read_csv
-from .explain import DEFAULT_METHOD
+from .explain import DEFAULT_METHOD, METHODS
+from .faithfulness import dataset_faithfulness, reinitialise, sample_indices
 from .imaging import decode_image
 from .metrics import classification_report
 from .service import Predictor
@@ -44,6 +50,7 @@ ECE_BINS = 15
 MAX_SLICE_VALUES = 50  # a column with more distinct values is an id, not a slice
 MAX_NUMERIC_SLICE_VALUES = 12  # ... and a numeric one with more is a measurement
 MAX_ROWS = 20_000  # rows evaluated in the app per run (a bound for a shared server)
+FAITHFULNESS_ROWS = 16  # rows whose heatmaps are measured per evaluation (each costs ~70 forwards)
 BENCHMARK_SEED = 4242  # the built-in benchmark's scenes: fixed, so two runs see the same rows
 
 
@@ -276,6 +283,31 @@ def evaluate(
         if progress:
             progress(len(result.rows), len(examples))
     result.seconds = time.perf_counter() - start
+    return result
+
+
+def faithfulness(
+    checkpoint: str | Path,
+    predictor: Predictor,
+    pairs: Sequence[tuple[str | Path, str]],
+    n: int = FAITHFULNESS_ROWS,
+    methods: Sequence[str] = METHODS,
+    steps: int = 8,
+) -> dict | None:
+    """Faithfulness of both explanation methods on ``n`` (image file, text) pairs spread evenly
+    over ``pairs``: mean deletion / insertion areas and the rank correlation with the heatmaps
+    of the checkpoint's model with its fusion re-initialised (a second copy, loaded from
+    ``checkpoint``; the predictor's own model is not touched). None when there is nothing to
+    measure (``n`` = 0 or no rows)."""
+    picked = [pairs[i] for i in sample_indices(len(pairs), n)]
+    if not picked:
+        return None
+    model = load_checkpoint(checkpoint)
+    reinitialise(model.fusion)
+    randomised = Predictor(model, predictor.device)
+    images = [decode_image(image, name=Path(image).name) for image, _ in picked]
+    result = dataset_faithfulness(predictor, randomised, images, [text for _, text in picked], methods, steps)
+    result["sampled_from"] = len(pairs)
     return result
 
 

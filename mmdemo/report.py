@@ -135,11 +135,40 @@ def _card_html(card_markdown: str) -> str:
 
 
 def recorded_faithfulness(checkpoint: str | Path) -> dict | None:
-    """Faithfulness figures saved in a checkpoint's training record, where it has them."""
+    """Faithfulness figures saved in a checkpoint's training record (its benchmark's, as
+    ``bench-sort-of-clevr`` measured them), where it has them."""
     try:
-        return read_card(checkpoint).get("faithfulness") or None
+        training = read_card(checkpoint)
     except (OSError, ValueError):
         return None
+    return (training.get("benchmark") or {}).get("faithfulness") or training.get("faithfulness") or None
+
+
+def faithfulness_rows(figures: dict) -> list[list]:
+    """One table row per explanation method of a faithfulness measurement
+    (faithfulness.dataset_faithfulness): deletion area, the same in random order, insertion
+    area, rank correlation with the heatmaps of the re-initialised fusion."""
+    fmt = lambda v: "–" if v is None else f"{v:.4f}"  # noqa: E731
+    return [
+        [
+            method,
+            fmt(f.get("deletion_auc")),
+            fmt(f.get("random_deletion_auc")),
+            fmt(f.get("insertion_auc")),
+            fmt(f.get("randomisation_rank_correlation")),
+        ]
+        for method, f in figures.items()
+        if isinstance(f, dict)
+    ]
+
+
+FAITHFULNESS_HEADERS = [
+    "method",
+    "deletion area (lower: faithful)",
+    "deletion area, random order",
+    "insertion area (higher: faithful)",
+    "rank corr. with re-initialised fusion (near 0: passes)",
+]
 
 
 def build_report(
@@ -148,8 +177,12 @@ def build_report(
     ratings_summary: dict[str, dict[str, int]] | None = None,
     faithfulness: dict | None = None,
     n_errors: int = 8,
+    *,
+    recorded: dict | None = None,
 ) -> str:
-    """The evaluation report as one self-contained HTML document."""
+    """The evaluation report as one self-contained HTML document. ``faithfulness``: measured on
+    a sample of this data set (evalset.faithfulness); ``recorded``: the checkpoint's own
+    benchmark figures (recorded_faithfulness)."""
     summary = summarize(result)
     e = html.escape
     out = [
@@ -203,22 +236,32 @@ def build_report(
     out.append(reliability_svg(summary["calibration"]))
 
     out.append("<h2>Faithfulness and pointing</h2>")
-    faith_rows = []
     if "pointing" in summary:
         p = summary["pointing"]
-        faith_rows.append(
-            [
-                f"heatmap peak inside the asked object (non-relational questions, n={p['n']})",
-                _pct(p["peak_in_asked_object"]),
-            ]
+        out.append(
+            f"<p>Heatmap peak inside the asked object (non-relational questions, n={p['n']}): "
+            f"{_pct(p['peak_in_asked_object'])}</p>"
         )
-    for key, value in (faithfulness or {}).items():
-        faith_rows.append([key, json.dumps(value) if not isinstance(value, (int, float, str)) else value])
     out.append(
-        _table(["measure", "value"], faith_rows)
-        if faith_rows
-        else "<p class='muted'>Not measured for this checkpoint and data set.</p>"
+        "<p>Deletion: the answer's probability as the heatmap's cells are blanked, hottest first, against "
+        "a random order (area under the curve; a faithful heatmap's falls faster). Insertion: the cells put "
+        "back onto a blank image, hottest first. Model randomisation (Adebayo et al. 2018): the rank "
+        "correlation between each heatmap and the heatmap of the same model with its fusion weights "
+        "re-initialised; a heatmap that explains the model changes (correlation near 0).</p>"
     )
+    if faithfulness:
+        out.append(
+            f"<h3>On this data set ({faithfulness['rows']} rows spread over "
+            f"{faithfulness.get('sampled_from', faithfulness['rows'])})</h3>"
+        )
+        out.append(_table(FAITHFULNESS_HEADERS, faithfulness_rows(faithfulness)))
+    if recorded:
+        out.append(
+            f"<h3>Recorded in the checkpoint's benchmark ({recorded.get('rows', '?')} questions on fresh scenes)</h3>"
+        )
+        out.append(_table(FAITHFULNESS_HEADERS, faithfulness_rows(recorded)))
+    if not faithfulness and not recorded and "pointing" not in summary:
+        out.append("<p class='muted'>Not measured for this checkpoint and data set.</p>")
 
     out.append("<h2>Slices</h2>")
     if not result.slice_columns:

@@ -30,7 +30,13 @@ def served(tmp_path_factory):
     model = build_model(tiny_config())
     path = save_checkpoint(model, root / "shipped" / "sort-of-clevr")
     examples = read_csv(write_colour_scenes(root / "data")).examples
-    scope.save_scope(path, scope.fit_scope(model, examples[:64], examples[64:])[0])
+    stats = scope.fit_scope(model, examples[:64], examples[64:])[0]
+    scope.save_scope(path, stats)
+    # the same model, with a floor on image reliance that no answer reaches: every answer
+    # "ignores the image" (scope.assess's third check; its maths is tested in test_scope.py)
+    blind = save_checkpoint(model, root / "shipped" / "blind")
+    stats.reliance_floor = 1.01
+    scope.save_scope(blind, stats)
     app = ui.App(CheckpointRegistry(root / "mine", root / "shipped"), work_dir=str(root / "work"))
     with serve(app) as url, browser() as chromium:
         page = chromium.new_page(viewport={"width": 1280, "height": 1000})
@@ -54,6 +60,21 @@ def test_banner_for_out_of_scope_input_only(served):
     _ask(page, image, "is the gray square on the left?")
     playwright.expect(page.locator("#prediction")).to_contain_text("%", timeout=60_000)
     playwright.expect(banner).not_to_contain_text("Out of scope")
+
+
+def test_banner_when_the_answer_ignores_the_image(served):
+    page, image = served
+    page.locator("#checkpoint input").click()
+    page.get_by_role("option", name="blind").click()
+    _ask(page, image, "is the gray square on the left?")
+    banner = page.locator("#scope-banner")
+    playwright.expect(banner).to_contain_text("the answer ignores the image", timeout=60_000)
+    playwright.expect(banner).not_to_contain_text("unlike the training questions")
+    playwright.expect(page.locator("#prediction")).to_contain_text("no confident answer")
+    page.locator("#checkpoint input").click()
+    page.get_by_role("option", name="sort-of-clevr").click()
+    _ask(page, image, "is the gray square on the left?")
+    playwright.expect(banner).not_to_contain_text("Out of scope", timeout=60_000)
 
 
 def test_model_card_opens(served):

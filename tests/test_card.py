@@ -16,6 +16,17 @@ def test_card_of_the_shipped_checkpoint():
     assert "| closest | 93.8 % |" in card  # accuracy per question kind from the benchmark record
     assert "#### Calibration" in card and f"Temperature {data['model']['temperature']}" in card
     assert "| raw | 94.1 % |" in card  # pointing
+    # faithfulness of both methods, as bench-sort-of-clevr recorded it beside the weights
+    faithfulness = data["training"]["benchmark"]["faithfulness"]
+    assert "#### Faithfulness of the heatmaps" in card and f"On {faithfulness['rows']} questions" in card
+    for method in ("raw", "gradient"):
+        f = faithfulness[method]
+        assert (
+            f"| {method} | {f['deletion_auc']} | {f['random_deletion_auc']} | {f['insertion_auc']} | "
+            f"{f['randomisation_rank_correlation']} |"
+        ) in card
+        assert f["deletion_auc"] < f["random_deletion_auc"]  # the hottest cells matter more than random ones
+        assert f["randomisation_rank_correlation"] < 0.5  # the heatmap changes with the weights
 
 
 def test_card_without_records_or_scope():

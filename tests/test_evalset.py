@@ -5,6 +5,7 @@ import csv
 import zipfile
 
 import pytest
+import torch
 from PIL import Image
 
 from mmdemo import evalset
@@ -152,3 +153,15 @@ def test_blank_squares_fill_with_the_background():
     assert image.getpixel((35, 35)) == (255, 0, 0)  # the original is untouched
     other = blank_squares(image, [(5, 5)], 6)
     assert other.getpixel((35, 35)) == (255, 0, 0)
+
+
+def test_faithfulness_on_a_bounded_sample_leaves_the_predictor_alone(tiny_checkpoint, predictor, result):
+    weights = {n: p.detach().clone() for n, p in predictor.model.fusion.named_parameters()}
+    pairs = [(r.image, r.text) for r in result.rows]
+    figures = evalset.faithfulness(tiny_checkpoint, predictor, pairs, n=3, steps=4)
+    assert figures["rows"] == 3 and figures["sampled_from"] == len(pairs) == 20
+    for method in ("raw", "gradient"):
+        assert -1 <= figures[method]["randomisation_rank_correlation"] < 1
+        assert 0 <= figures[method]["deletion_auc"] <= 1 and 0 <= figures[method]["insertion_auc"] <= 1
+    assert all(torch.equal(weights[n], p) for n, p in predictor.model.fusion.named_parameters())
+    assert evalset.faithfulness(tiny_checkpoint, predictor, pairs, n=0) is None

@@ -278,6 +278,10 @@ def test_report_downloads_and_opens_offline(page, browser):
     page.locator("#eval-report").click()
     html = _download(page, "eval-report-file").read_text()
     assert "Evaluation report: sort-of-clevr" in html and "http://" not in html and "https://" not in html
+    # faithfulness of both explanation methods, measured on a sample of the rows just evaluated
+    measured = re.search(r"On this data set \((\d+) rows spread over (\d+)\)", html)
+    assert measured and 0 < int(measured[1]) <= int(measured[2])
+    assert "<td class='l'>raw</td>" in html and "<td class='l'>gradient</td>" in html
     offline = browser.new_context()
     requests = []
     offline.route("**/*", lambda route: (requests.append(route.request.url), route.abort()))

@@ -43,3 +43,36 @@ def test_evaluate_on_the_built_in_benchmark(tiny_checkpoint):
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["n"] == 20 and set(summary["confusion"]["labels"]) >= {"cat", "dog", "bird", "circle"}
     assert summary["accuracy"] == 0  # the tiny model's labels are not Sort-of-CLEVR's answers
+
+
+def test_evaluate_measures_faithfulness_of_both_methods_on_a_bounded_sample(tiny_checkpoint, tmp_path):
+    csv_path = _write_set(tmp_path / "set", n=12)
+    report = tmp_path / "r.html"
+    result = _run("evaluate", "--checkpoint", str(tiny_checkpoint), "--csv", str(csv_path), "--faithfulness-rows", "3",
+                  "--report", str(report))  # fmt: skip
+    faithfulness = json.loads(result.stdout.strip().splitlines()[-1])["faithfulness"]
+    assert faithfulness["rows"] == 3 and faithfulness["sampled_from"] == 12
+    for method in ("raw", "gradient"):
+        assert set(faithfulness[method]) == {
+            "deletion_auc", "random_deletion_auc", "insertion_auc", "randomisation_rank_correlation"
+        }  # fmt: skip
+        assert f"faithfulness ({method}, 3 rows)" in result.stderr
+    html = report.read_text()
+    assert "On this data set (3 rows spread over 12)" in html
+    assert f"<td>{faithfulness['gradient']['insertion_auc']:.4f}</td>" in html
+
+    # without --report (evaluate_model's path) the same figures, and 0 rows skips them
+    plain = _run("evaluate", "--checkpoint", str(tiny_checkpoint), "--csv", str(csv_path), "--faithfulness-rows", "3")
+    assert json.loads(plain.stdout.strip().splitlines()[-1])["faithfulness"] == faithfulness
+    skipped = _run("evaluate", "--checkpoint", str(tiny_checkpoint), "--csv", str(csv_path), "--faithfulness-rows", "0")
+    summary = json.loads(skipped.stdout.strip().splitlines()[-1])
+    assert summary["faithfulness"] is None and "ece" in summary and "faithfulness (" not in skipped.stderr
+
+
+def test_bench_sort_of_clevr_faithfulness_part(tiny_checkpoint, tmp_path):
+    result = _run("bench-sort-of-clevr", "--checkpoint", str(tiny_checkpoint), "--images", "1", "--workdir",
+                  str(tmp_path), "--parts", "faithfulness", "--faithfulness-rows", "2")  # fmt: skip
+    bench = json.loads(result.stdout.strip().splitlines()[-1])
+    assert "canonical" not in bench and "pointing" not in bench  # only the part asked for
+    assert bench["faithfulness"]["rows"] == 2 and bench["faithfulness"]["sampled_from"] == 20
+    assert {"raw", "gradient"} <= set(bench["faithfulness"])

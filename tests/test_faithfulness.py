@@ -58,3 +58,40 @@ def test_rank_correlation_and_reinitialisation():
     before = layer.weight.clone()
     F.reinitialise(layer, seed=1)
     assert not torch.equal(before, layer.weight)
+
+
+def test_reinitialise_changes_every_fusion_parameter(tiny_model):
+    with torch.no_grad():  # "trained" weights: every tensor moved away from its initial value
+        for p in tiny_model.fusion.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    before = {n: p.detach().clone() for n, p in tiny_model.fusion.named_parameters()}
+    F.reinitialise(tiny_model.fusion)
+    unchanged = [n for n, p in tiny_model.fusion.named_parameters() if torch.equal(before[n], p)]
+    assert unchanged == []  # layers and free parameters (learned tokens) alike
+
+
+def test_sample_indices_spread_over_the_set():
+    assert F.sample_indices(100, 5) == [0, 25, 50, 74, 99]
+    assert F.sample_indices(3, 8) == [0, 1, 2] and F.sample_indices(10, 0) == []
+
+
+def test_dataset_faithfulness_of_a_model_against_itself_and_its_randomised_copy(tiny_checkpoint, fixture_path):
+    from mmdemo.checkpoint import load_checkpoint
+    from mmdemo.service import Predictor
+
+    predictor = Predictor.from_checkpoint(tiny_checkpoint, "cpu")
+    images = [Image.open(fixture_path("chelsea.jpg")).convert("RGB").resize((64, 48))] * 2
+    texts = ["where is the cat?", "what is this?"]
+    same = F.dataset_faithfulness(predictor, predictor, images, texts, ["raw", "gradient"], steps=4)
+    assert same["rows"] == 2 and set(same) >= {"raw", "gradient"}
+    for method in ("raw", "gradient"):
+        f = same[method]
+        assert f["randomisation_rank_correlation"] == pytest.approx(1.0)  # the same model: the same heatmap
+        assert all(0 <= f[k] <= 1 for k in ("deletion_auc", "random_deletion_auc", "insertion_auc"))
+    model = load_checkpoint(tiny_checkpoint)
+    F.reinitialise(model.fusion, seed=3)
+    randomised = Predictor(model, "cpu")
+    other = F.dataset_faithfulness(predictor, randomised, images, texts, ["raw"], steps=4)
+    assert other["raw"]["randomisation_rank_correlation"] < 0.9
+    # the curves are the trained model's: the randomised copy only changes the correlation
+    assert other["raw"]["deletion_auc"] == same["raw"]["deletion_auc"]

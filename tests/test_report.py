@@ -55,3 +55,24 @@ def test_export_prediction(tiny_checkpoint, tmp_path, fixture_path):
     assert document["label"] == p.label and document["settings"] == settings
     assert document["tokens"] == ["Where", "is", "the", "cat", "?"] and len(document["word_maps"]) == 5
     assert len(document["word_maps"][0]) == 8 and document["scores"] == pytest.approx(p.scores)
+
+
+def test_report_shows_measured_and_recorded_faithfulness(result, tiny_checkpoint, tmp_path):
+    import shutil
+
+    from mmdemo.checkpoint import update_training_record
+
+    measured = {"rows": 4, "sampled_from": 12, "raw": {"deletion_auc": 0.4321, "random_deletion_auc": 0.6,
+                "insertion_auc": 0.8765, "randomisation_rank_correlation": -0.1234}}  # fmt: skip
+    path = shutil.copytree(tiny_checkpoint, tmp_path / "tiny")
+    assert report.recorded_faithfulness(path) is None
+    recorded = {"rows": 100, "gradient": {"deletion_auc": 0.5074, "insertion_auc": 0.8966}}
+    update_training_record(path, benchmark={"faithfulness": recorded})
+    assert report.recorded_faithfulness(path) == recorded
+    html = report.build_report(result, "", None, measured, recorded=report.recorded_faithfulness(path))
+    assert "On this data set (4 rows spread over 12)" in html
+    assert "<td class='l'>raw</td><td>0.4321</td><td>0.6000</td><td>0.8765</td><td>-0.1234</td>" in html
+    assert "Recorded in the checkpoint's benchmark (100 questions" in html
+    assert "<td class='l'>gradient</td><td>0.5074</td><td>–</td><td>0.8966</td><td>–</td>" in html
+    assert "Not measured" not in html
+    assert "Not measured for this checkpoint" in report.build_report(result, "", None)  # no figure claimed

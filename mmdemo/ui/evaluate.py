@@ -355,14 +355,18 @@ class Evaluation:
     # -- report and comparison -------------------------------------------------------------
     def download_report(self, request: gr.Request) -> str:
         result = self._result(visitor_id(request))
-        card, faithfulness = "", None
+        card, faithfulness, recorded = "", None, None
         try:
-            path = self.app.registry.path(result.checkpoint, self.owner(request))
+            owner = self.owner(request)
+            path = self.app.registry.path(result.checkpoint, owner)
             card = (path / CARD_FILE).read_text() if (path / CARD_FILE).is_file() else ""
-            faithfulness = report.recorded_faithfulness(path)
+            recorded = report.recorded_faithfulness(path)
+            # both methods' faithfulness on a bounded sample of the rows evaluated
+            pairs = [(r.image, r.text) for r in result.rows]
+            faithfulness = evalset.faithfulness(path, self.app.registry.predictor(result.checkpoint, owner), pairs)
         except ValueError:
-            pass  # the checkpoint is gone since the run: report without its card
-        html = report.build_report(result, card, self.ratings.summary(), faithfulness)
+            pass  # the checkpoint (or an image) is gone since the run: report without them
+        html = report.build_report(result, card, self.ratings.summary(), faithfulness, recorded=recorded)
         out = Path(tempfile.mkdtemp(prefix="report-", dir=self.app.work_dir)) / f"report-{result.checkpoint}.html"
         out.write_text(html, encoding="utf-8")
         return str(out)
