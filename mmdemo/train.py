@@ -10,6 +10,11 @@ Speed on a CPU comes from encoding each input once:
   frozen, encoded once; the same for every distinct text and a frozen text encoder;
 - batches group the rows of the same image, so an image with 20 questions is encoded once
   per step even when its encoder is trained.
+
+Under ``torchrun`` the same loop runs data-parallel (distributed.py): each process takes its
+share of every global batch (``world_size`` x ``batch_size`` rows) and DDP averages the
+gradients, so an epoch takes ``1 / world_size`` of the optimizer steps; the encoder cache is
+built in shares and gathered; stop decisions come from rank 0; only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -27,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import get_cosine_schedule_with_warmup
 
+from . import distributed
 from .data import Dataset, Example
 from .device import autocast, resolve_device
 from .encoders import load_tokenizer
@@ -68,6 +75,7 @@ class TrainResult:
     val_logits: torch.Tensor | None = None  # (N, L) of the best model on the validation rows
     val_targets: torch.Tensor | None = None  # (N,) label index, -1 for labels the model lacks
     baselines: dict = field(default_factory=dict)  # validation accuracy: majority, image only, text only
+    world_size: int = 1  # processes that trained it (torchrun)
 
 
 @dataclass
@@ -85,6 +93,7 @@ class TrainState:
     best_model: dict[str, torch.Tensor]
     history: list[dict]
     stale_epochs: int
+    world_size: int = 1  # a run resumes with as many processes as it had
 
 
 def seed_everything(seed: int) -> None:
@@ -112,7 +121,16 @@ class Encoded:
     """The inputs of a dataset prepared once: uint8 images per distinct image, token ids per
     distinct text, and encoder outputs for frozen encoders."""
 
-    def __init__(self, model: MultimodalClassifier, examples: list[Example], device: torch.device, progress: Progress):
+    def __init__(
+        self,
+        model: MultimodalClassifier,
+        examples: list[Example],
+        device: torch.device,
+        progress: Progress,
+        ctx: distributed.Context = distributed.SINGLE,
+    ):
+        """Under torchrun (``ctx``) each process decodes and encodes its share of the images and
+        texts, and every process gets the whole cache."""
         config = model.config
         self.image_index: dict = {}
         self.text_index: dict = {}
@@ -123,12 +141,17 @@ class Encoded:
         self.rows_text = torch.tensor([self.text_index[e.text] for e in examples])
         self.labels = [e.label for e in examples]
 
-        images = []
-        for i, path in enumerate(self.image_index):
-            images.append(image_to_uint8(decode_image(path), config))
-            if i % 200 == 0:
-                progress({"stage": "load images", "done": i, "total": len(self.image_index)})
-        self.pixels = torch.stack(images)  # (N_img, 3, S, S) uint8
+        paths = list(self.image_index)
+
+        def load(lo: int, hi: int) -> torch.Tensor:
+            images = []
+            for i in range(lo, hi):
+                images.append(image_to_uint8(decode_image(paths[i]), config))
+                if (i - lo) % 200 == 0:
+                    progress({"stage": "load images", "done": i - lo, "total": hi - lo})
+            return torch.stack(images)
+
+        self.pixels = ctx.map_concat(len(paths), load)  # (N_img, 3, S, S) uint8
         texts = list(self.text_index)
         tb = tokenize(load_tokenizer(config.text_model), texts, config.max_tokens)
         self.input_ids, self.attention_mask = tb.input_ids, tb.attention_mask  # (N_txt, T)
@@ -137,19 +160,27 @@ class Encoded:
         model.eval()
         with torch.no_grad(), autocast(device):
             if "image_encoder" in config.frozen:
-                chunks = []
-                for start in range(0, len(self.pixels), 64):
-                    px = normalize_pixels(self.pixels[start : start + 64], config).to(device)
-                    chunks.append(model.encode_image(px).float().cpu())
-                    progress({"stage": "encode images", "done": start + len(px), "total": len(self.pixels)})
-                self.features = torch.cat(chunks)  # (N_img, C, h, w)
+
+                def encode_images(lo: int, hi: int) -> torch.Tensor:
+                    chunks = []
+                    for start in range(lo, hi, 64):
+                        px = normalize_pixels(self.pixels[start : min(start + 64, hi)], config).to(device)
+                        chunks.append(model.encode_image(px).float().cpu())
+                        progress({"stage": "encode images", "done": start - lo + len(px), "total": hi - lo})
+                    return torch.cat(chunks)
+
+                self.features = ctx.map_concat(len(self.pixels), encode_images)  # (N_img, C, h, w)
             if "text_encoder" in config.frozen:
-                chunks = []
-                for start in range(0, len(texts), 256):
-                    ids = self.input_ids[start : start + 256].to(device)
-                    mask = self.attention_mask[start : start + 256].to(device)
-                    chunks.append(model.encode_text(ids, mask).float().cpu())
-                self.text_states = torch.cat(chunks)  # (N_txt, T, E)
+
+                def encode_texts(lo: int, hi: int) -> torch.Tensor:
+                    chunks = []
+                    for start in range(lo, hi, 256):
+                        ids = self.input_ids[start : min(start + 256, hi)].to(device)
+                        mask = self.attention_mask[start : min(start + 256, hi)].to(device)
+                        chunks.append(model.encode_text(ids, mask).float().cpu())
+                    return torch.cat(chunks)
+
+                self.text_states = ctx.map_concat(len(texts), encode_texts)  # (N_txt, T, E)
 
     def batch(self, model: MultimodalClassifier, rows: torch.Tensor, device: torch.device):
         """Feature maps, text states and mask for the given rows; trained encoders run here."""
@@ -189,22 +220,29 @@ def predict_encoded(
     device: torch.device,
     batch_size: int = 256,
     drop: str | None = None,
+    ctx: distributed.Context = distributed.SINGLE,
 ) -> torch.Tensor:
-    """(N, L) logits of every row, in row order; ``drop`` "image" or "text" masks that modality."""
+    """(N, L) logits of every row, in row order; ``drop`` "image" or "text" masks that modality.
+    Under torchrun (``ctx``) each process runs its share of the batches and all get every row."""
     model.eval()
-    all_logits = []
     # group by image so trained image encoders still run once per image
     order = torch.argsort(encoded.rows_image, stable=True)
-    for chunk in order.split(batch_size):
-        masked = torch.full((len(chunk),), True, device=device)
-        drop_image = masked if drop == "image" else None
-        drop_text = masked if drop == "text" else None
-        with autocast(device):
-            fm, px, ts, mask, index = encoded.batch(model, chunk, device)
-            out = model.forward_fusion(fm, ts, mask, drop_image, drop_text, image_index=index, pixels=px)
-            all_logits.append(out.logits.float().cpu())
+    chunks = order.split(batch_size)
+
+    def run(lo: int, hi: int) -> torch.Tensor:
+        all_logits = []
+        for chunk in chunks[lo:hi]:
+            masked = torch.full((len(chunk),), True, device=device)
+            drop_image = masked if drop == "image" else None
+            drop_text = masked if drop == "text" else None
+            with autocast(device):
+                fm, px, ts, mask, index = encoded.batch(model, chunk, device)
+                out = model.forward_fusion(fm, ts, mask, drop_image, drop_text, image_index=index, pixels=px)
+                all_logits.append(out.logits.float().cpu())
+        return torch.cat(all_logits)
+
     logits = torch.empty(len(order), len(model.config.labels))
-    logits[order] = torch.cat(all_logits)
+    logits[order] = ctx.map_concat(len(chunks), run)
     return logits
 
 
@@ -255,9 +293,12 @@ def train(
     should_stop = should_stop or (lambda: False)
     start_time = time.perf_counter()
     seed_everything(settings.seed)
-    device = resolve_device(settings.device)
-    if device.type == "cpu" and settings.cpu_threads:
-        torch.set_num_threads(settings.cpu_threads)
+    ctx, device = distributed.setup(resolve_device(settings.device))
+    threads = ctx.cpu_threads(settings.cpu_threads)
+    if device.type == "cpu" and threads:
+        torch.set_num_threads(threads)
+    if not ctx.is_main:  # rank 0 reports (and, through the callbacks, writes)
+        progress, on_best, on_epoch = (lambda event: None), None, None
     train_examples, val_examples = _split(dataset, val_dataset, val_fraction, settings.seed)
     labels = sorted({e.label for e in train_examples} | {e.label for e in val_examples})
     if len(labels) < 2:
@@ -268,18 +309,24 @@ def train(
     model.to(device)
     label_index = {label: i for i, label in enumerate(model.config.labels)}
     progress({"stage": "prepare", "message": f"preparing {len(train_examples)} training rows"})
-    train_enc = Encoded(model, train_examples, device, progress)
-    val_enc = Encoded(model, val_examples, device, progress) if val_examples else None
+    train_enc = Encoded(model, train_examples, device, progress, ctx)
+    val_enc = Encoded(model, val_examples, device, progress, ctx) if val_examples else None
     targets = torch.tensor([label_index[e.label] for e in train_examples])
     val_targets = torch.tensor([label_index.get(e.label, -1) for e in val_examples])
     prepare_seconds = time.perf_counter() - start_time
 
     weight = _class_weight(targets, len(label_index), device) if settings.class_weights else None
-    optimizer, scheduler, trained_params = _optimizer(model, settings, math.ceil(len(targets) / settings.batch_size))
+    steps_per_epoch = math.ceil(len(targets) / (settings.batch_size * ctx.world_size))
+    optimizer, scheduler, trained_params = _optimizer(model, settings, steps_per_epoch)
     generator = torch.Generator().manual_seed(settings.seed)
     best = {"score": None, "epoch": 0, "metrics": {}}
     best_model, history, stale, first_epoch = None, [], 0, 1
     if resume is not None:
+        if resume.world_size != ctx.world_size:
+            raise ValueError(
+                f"this run was trained by {resume.world_size} process(es); resume it with as many"
+                f" (torchrun --nproc_per_node), not {ctx.world_size}"
+            )
         first_epoch, best, history, stale = resume.epoch + 1, resume.best, list(resume.history), resume.stale_epochs
         best_model = resume.best_model
         _load_trained(model, resume.model)
@@ -290,20 +337,21 @@ def train(
 
     for epoch in range(first_epoch, settings.epochs + 1):
         epoch_start = time.perf_counter()
-        loss, correct, seen = _train_epoch(
+        totals = _train_epoch(
             model, train_enc, targets, weight, optimizer, scheduler, trained_params, generator, settings, device,
-            should_stop, progress, epoch,
+            should_stop, progress, epoch, ctx,
         )  # fmt: skip
-        if seen == 0:
+        if totals.seen == 0:
             break
         record = {
             "epoch": epoch,
-            "train_loss": loss,
-            "train_accuracy": correct / seen,
-            "complete": seen == len(targets),  # False: cut short by a stop or the time limit
-            "samples_per_s": round(seen / (time.perf_counter() - epoch_start), 1),
+            "train_loss": totals.loss,
+            "train_accuracy": totals.correct / totals.seen,
+            "complete": totals.seen == len(targets),  # False: cut short by a stop or the time limit
+            "optimizer_steps": totals.steps,
+            "samples_per_s": round(totals.seen / (time.perf_counter() - epoch_start), 1),  # all processes
         }
-        report, score = _validate(model, val_enc, val_targets, device, record)
+        report, score = _validate(model, val_enc, val_targets, device, record, ctx)
         record["seconds"] = round(time.perf_counter() - start_time, 1)
         history.append(record)
         if best["score"] is None or score > tuple(best["score"]):
@@ -316,20 +364,24 @@ def train(
             stale += 1
         progress({"stage": "epoch", **record})
         if on_epoch is not None and record["complete"]:
-            on_epoch(_state(epoch, model, optimizer, scheduler, generator, best, best_model, history, stale))
-        if should_stop() or (settings.patience is not None and stale >= settings.patience):
+            state = _state(epoch, model, optimizer, scheduler, generator, best, best_model, history, stale)
+            state.world_size = ctx.world_size
+            on_epoch(state)
+        # rank 0 decides (its clock, its stop request) and every process leaves at this epoch
+        patience_spent = settings.patience is not None and stale >= settings.patience
+        if ctx.agree(lambda spent=patience_spent: should_stop() or spent):
             break
     if best_model is not None:
         _load_trained(model, best_model)
     model.eval()
     result = TrainResult(
         model, best["epoch"], best["metrics"], history, time.perf_counter() - start_time,
-        stopped_early=settings.patience is not None and stale >= settings.patience,
+        stopped_early=settings.patience is not None and stale >= settings.patience, world_size=ctx.world_size,
     )  # fmt: skip
     result.best_metrics["prepare_seconds"] = round(prepare_seconds, 1)
     if val_enc is not None and history:
-        result.val_logits, result.val_targets = predict_encoded(model, val_enc, device), val_targets
-        result.baselines = modality_baselines(model, val_enc, val_targets, targets, device)
+        result.val_logits, result.val_targets = predict_encoded(model, val_enc, device, ctx=ctx), val_targets
+        result.baselines = modality_baselines(model, val_enc, val_targets, targets, device, ctx)
     result.model = model.cpu()
     return result
 
@@ -359,32 +411,66 @@ def _optimizer(model: MultimodalClassifier, settings: TrainSettings, steps_per_e
     return optimizer, scheduler, head_params + encoder_params
 
 
+class TrainStep(nn.Module):
+    """The training forward of one batch as a module: DistributedDataParallel syncs the
+    gradients of what runs inside the forward of the module it wraps."""
+
+    def __init__(self, model: MultimodalClassifier):
+        super().__init__()
+        self.model = model
+
+    def forward(self, encoded: Encoded, rows, drop_image, drop_text, device: torch.device) -> torch.Tensor:
+        fm, px, ts, mask, index = encoded.batch(self.model, rows, device)
+        return self.model.forward_fusion(fm, ts, mask, drop_image, drop_text, index, px).logits  # (B, L)
+
+
+class EpochTotals(NamedTuple):
+    loss: float  # mean training loss
+    correct: int  # rows predicted right (all processes)
+    seen: int  # rows trained on (all processes)
+    steps: int  # optimizer steps
+
+
 def _train_epoch(
     model, encoded, targets, weight, optimizer, scheduler, params, generator, settings, device, should_stop, progress,
-    epoch,
-) -> tuple[float, int, int]:  # fmt: skip
-    """One pass over the training rows (until ``should_stop``): mean loss, rows right, rows seen."""
+    epoch, ctx: distributed.Context = distributed.SINGLE,
+) -> EpochTotals:  # fmt: skip
+    """One pass over the training rows (until ``should_stop``, decided on rank 0).
+
+    Every process draws the same global batches of ``world_size * batch_size`` rows and trains
+    on its share of each; the loss is scaled so that DDP's average of the gradients is the
+    gradient of the global batch's mean loss, as one process with that batch would compute it."""
     model.train()
-    total_loss, correct, seen = 0.0, 0, 0
-    batches = grouped_batches(encoded.rows_image, settings.batch_size, generator)
-    for i, rows in enumerate(batches):
-        if should_stop():
+    step = ctx.wrap(TrainStep(model))
+    total_loss, correct, seen, seen_all, steps = 0.0, 0, 0, 0, 0
+    batches = grouped_batches(encoded.rows_image, settings.batch_size * ctx.world_size, generator)
+    for i, batch in enumerate(batches):
+        if ctx.agree(should_stop):
             break
+        drop_image, drop_text = _modality_dropout(len(batch), settings.modality_dropout, generator)
+        lo, hi = ctx.share(len(batch))
+        share = slice(lo, hi) if hi > lo else slice(0, 1)  # no rows of its own: one row, weight 0
+        rows, scale = batch[share], float(hi > lo)
         y = targets[rows].to(device)
-        drop_image, drop_text = _modality_dropout(len(rows), settings.modality_dropout, generator)
         with autocast(device):
-            fm, px, ts, mask, index = encoded.batch(model, rows, device)
-            out = model.forward_fusion(fm, ts, mask, drop_image.to(device), drop_text.to(device), index, px)
-            loss = F.cross_entropy(out.logits.float(), y, weight=weight, label_smoothing=settings.label_smoothing)
+            logits = step(encoded, rows, drop_image[share].to(device), drop_text[share].to(device), device)
+            per_row = F.cross_entropy(
+                logits.float(), y, weight=weight, label_smoothing=settings.label_smoothing, reduction="none"
+            )
+        # the mean over the global batch (weighted: over the sum of its rows' class weights)
+        denominator = weight[targets[batch].to(device)].sum() if weight is not None else len(batch)
+        loss = per_row.sum() * scale / denominator
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * ctx.world_size).backward()  # DDP divides the summed gradients by world_size
         if settings.grad_clip:
             nn.utils.clip_grad_norm_(params, settings.grad_clip)
         optimizer.step()
         scheduler.step()
-        total_loss += loss.item() * len(rows)
-        correct += int((out.logits.argmax(-1) == y).sum())
-        seen += len(rows)
+        steps += 1
+        total_loss += loss.item() * len(batch)  # this process's part of the global batch's loss
+        correct += int((logits.argmax(-1) == y).sum()) if scale else 0
+        seen += len(rows) if scale else 0
+        seen_all += len(batch)
         progress(
             {
                 "stage": "train",
@@ -392,18 +478,20 @@ def _train_epoch(
                 "epochs": settings.epochs,
                 "step": i + 1,
                 "steps": len(batches),
-                "loss": total_loss / seen,
+                "loss": total_loss * ctx.world_size / seen_all,  # rank 0's estimate under torchrun
             }
         )
-    return total_loss / max(1, seen), correct, seen
+    total_loss, correct, seen = ctx.sum([total_loss, correct, seen])
+    return EpochTotals(total_loss / max(1, seen), int(correct), int(seen), steps)
 
 
-def _validate(model, encoded, targets, device, record) -> tuple[dict, tuple]:
+def _validate(model, encoded, targets, device, record, ctx=distributed.SINGLE) -> tuple[dict, tuple]:
     """Adds validation loss, accuracy and macro F1 to ``record``; returns the report and the
-    score epochs are ranked by (accuracy, then lower loss)."""
+    score epochs are ranked by (accuracy, then lower loss); under torchrun every process gets
+    the same logits, so the same score."""
     if encoded is None:
         return {}, (record["train_accuracy"], -record["train_loss"])
-    logits = predict_encoded(model, encoded, device)
+    logits = predict_encoded(model, encoded, device, ctx=ctx)
     known = targets >= 0
     record["val_loss"] = float(F.cross_entropy(logits[known], targets[known])) if known.any() else float("nan")
     report = _report(model.config.labels, logits, targets, encoded.labels)
@@ -417,13 +505,15 @@ def _report(labels: list[str], logits: torch.Tensor, targets: torch.Tensor, trut
 
 
 @torch.no_grad()
-def modality_baselines(model, encoded: Encoded, targets: torch.Tensor, train_targets: torch.Tensor, device) -> dict:
+def modality_baselines(
+    model, encoded: Encoded, targets: torch.Tensor, train_targets: torch.Tensor, device, ctx=distributed.SINGLE
+) -> dict:
     """Validation accuracy of the majority class and of the model shown one modality only (the
     other masked as in modality dropout): what the multimodal model adds over each alone."""
     majority = int(torch.bincount(train_targets).argmax())
     result = {"majority": float((targets == majority).float().mean())}
     for name, drop in (("image_only", "text"), ("text_only", "image")):
-        logits = predict_encoded(model, encoded, device, drop=drop)
+        logits = predict_encoded(model, encoded, device, drop=drop, ctx=ctx)
         result[name] = float((logits.argmax(-1) == targets).float().mean())
     return result
 
