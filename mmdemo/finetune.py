@@ -230,6 +230,7 @@ def training_record(
         "world_size": world,
         "global_batch_size": settings.batch_size * world,
         "optimizer_steps": sum(h.get("optimizer_steps", 0) for h in history),
+        "optimizer_steps_per_epoch": max((h.get("optimizer_steps", 0) for h in history), default=0),
         "metrics": {k: v for k, v in best.items() if k not in ("complete", "samples_per_s", "optimizer_steps")},
         "history": history,
     }
