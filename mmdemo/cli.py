@@ -440,20 +440,32 @@ def _export(args) -> int:
     return 0
 
 
-def _read_dataset(path: Path, args):
+def _read_dataset(path: Path, args, quiet: bool = False):
     from .data import read_csv
 
     dataset = read_csv(path, args.image_column, args.text_column, args.label_column)
-    print(dataset.report(), file=sys.stderr)
+    if not quiet:
+        print(dataset.report(), file=sys.stderr)
     return dataset
 
 
 def _train(args) -> int:
+    """Under torchrun every process trains (data-parallel, see distributed.py); rank 0 reports,
+    writes the checkpoint and prints the summary."""
+    from . import distributed
+
+    try:
+        return _train_run(args, distributed.env_rank())
+    finally:
+        distributed.teardown()
+
+
+def _train_run(args, rank: int) -> int:
     import shlex
 
     from .finetune import FinetuneRequest, finetune, plan, resume
 
-    progress = _train_progress()
+    progress = _train_progress() if rank == 0 else None
     time_limit_s = args.time_limit * 60 if args.time_limit else None
     if args.resume:
         result = resume(args.resume, time_limit_s, progress)
@@ -462,8 +474,8 @@ def _train(args) -> int:
             raise ValueError("train needs --csv and --out (or --resume DIR)")
         if args.out.exists() and not args.overwrite:
             raise ValueError(f"{args.out} already exists (pass --overwrite to replace it)")
-        dataset = _read_dataset(args.csv, args)
-        val = _read_dataset(args.val_csv, args) if args.val_csv else None
+        dataset = _read_dataset(args.csv, args, quiet=rank > 0)
+        val = _read_dataset(args.val_csv, args, quiet=rank > 0) if args.val_csv else None
         overrides = {
             k: getattr(args, k) for k in TRAIN_SETTING_FLAGS + ARCHITECTURE_FLAGS if getattr(args, k) is not None
         }
@@ -477,12 +489,15 @@ def _train(args) -> int:
             init=args.init,
             time_limit_s=time_limit_s,
             overwrite=args.overwrite,
-            command="python -m mmdemo " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+            command=_launcher() + " " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
             overrides=overrides,
         )
         recipe = plan(request)
-        print(recipe.describe(), file=sys.stderr)
+        if rank == 0:
+            print(recipe.describe(), file=sys.stderr)
         result = finetune(request, progress, _recipe=recipe)
+    if rank > 0:
+        return 0
     record = result.record
     calibration = record.get("calibration", {})
     summary = {
@@ -497,9 +512,23 @@ def _train(args) -> int:
         "val_ece_before": calibration.get("ece_before"),
         "val_ece_after": calibration.get("ece_after"),
         "throughput": record["throughput"],
+        "world_size": record.get("world_size", 1),
+        "optimizer_steps": record.get("optimizer_steps"),
     }
     print(json.dumps(summary))
     return 0
+
+
+def _launcher() -> str:
+    """How this command was started, for the training record: torchrun's shape under torchrun."""
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return "python -m mmdemo"
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    nodes = f"--nnodes {world // per_node} " if world > per_node else ""
+    return f"torchrun {nodes}--nproc_per_node {per_node} -m mmdemo"
 
 
 def _train_progress():

@@ -14,6 +14,10 @@ generators, best epoch, the data rows and the request) is written to a hidden si
 ``.<name>.resume`` as safetensors + JSON, outside the checkpoint a user downloads.
 ``resume(out)`` continues such a run from its last complete epoch, to the same weights an
 uninterrupted run reaches; it is deleted when a run ends without being stopped.
+
+Under ``torchrun`` (distributed.py) every process runs ``finetune()``: they train together,
+and rank 0 alone saves the checkpoints and resume state, fits the temperature and the
+out-of-scope statistics; the record says ``world_size`` and ``optimizer_steps``.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from . import distributed
 from . import recipe as recipes
 from .calibration import calibration_report, fit_temperature
 from .checkpoint import load_checkpoint, read_config, save_checkpoint
@@ -152,6 +157,8 @@ def finetune(
     stopped_by = stopped[0] if stopped else ("early stopping" if result.stopped_early else None)
     best = {k: v for k, v in result.best_metrics.items() if k != "report"}
     record = training_record(request, recipe, best, result.history, time.monotonic() - started, stopped_by)
+    if distributed.env_rank() != 0:  # under torchrun rank 0 alone calibrates and writes (same weights)
+        return FinetuneResult(out, record, result.best_metrics.get("report", {}), stopped_by)
     record["baselines"] = result.baselines
     record["stages"] = result.stages
     if request.calibrate and result.val_logits is not None:
@@ -209,6 +216,7 @@ def training_record(
     else:
         validation = f"{request.val_fraction:.0%} of the images held out for validation"
     settings = recipe.settings
+    world = distributed.env_world_size()
     record = {
         "description": request.description or f"Fine-tuned with mmdemo on {dataset.csv_path.name}.",
         "data": f"{dataset.csv_path.name}: {len(dataset.examples)} rows; {validation}",
@@ -221,7 +229,12 @@ def training_record(
         "train_seconds": round(seconds, 1),
         "stopped_by": stopped_by or "ran to the end",
         "throughput": throughput(history),
-        "metrics": {k: v for k, v in best.items() if k not in ("complete", "samples_per_s")},
+        # processes that trained together (torchrun); each step took batch_size rows on each
+        "world_size": world,
+        "global_batch_size": settings.batch_size * world,
+        "optimizer_steps": sum(h.get("optimizer_steps", 0) for h in history),
+        "optimizer_steps_per_epoch": max((h.get("optimizer_steps", 0) for h in history), default=0),
+        "metrics": {k: v for k, v in best.items() if k not in ("complete", "samples_per_s", "optimizer_steps")},
         "history": history,
     }
     if not best.get("complete", True):
@@ -238,7 +251,7 @@ def throughput(history: list[dict]) -> dict:
     if not rates:
         return {}
     later = sorted(rates[1:])
-    return {
+    return {  # samples of all processes together under torchrun
         "first_epoch_samples_per_s": rates[0],
         "later_epochs_samples_per_s": later[len(later) // 2] if later else None,
     }
@@ -263,6 +276,7 @@ def save_resume_state(folder: Path, request: FinetuneRequest, recipe: recipes.Re
         "stale_epochs": state.stale_epochs,
         "stage": state.stage,
         "stage2": state.stage2,
+        "world_size": state.world_size,
         "optimizer_param_groups": state.optimizer["param_groups"],
         "optimizer_state_keys": opt_state,
         "scheduler": state.scheduler,
@@ -303,6 +317,7 @@ def load_resume_state(folder: Path) -> tuple[FinetuneRequest, recipes.Recipe, Tr
         stale_epochs=meta["stale_epochs"],
         stage=meta.get("stage", 1),
         stage2=meta.get("stage2"),
+        world_size=meta.get("world_size", 1),
     )
     r = meta["recipe"]
     recipe = recipes.Recipe(TrainSettings(**r["settings"]), r["config"], r["choices"], r["estimate_s"])

@@ -20,6 +20,11 @@ jitter only when no question is about brightness or colour). What lies below tho
 computed once per copy and cached, so a stage-2 step runs only the top blocks. Stage 2 keeps
 stage 1's best epoch as the one to beat: if no stage-2 epoch is better on validation, the
 model is stage 1's.
+
+Under ``torchrun`` the same loop runs data-parallel (distributed.py): each process takes its
+share of every global batch (``world_size`` x ``batch_size`` rows) and DDP averages the
+gradients, so an epoch takes ``1 / world_size`` of the optimizer steps; the encoder cache is
+built in shares and gathered; stop decisions come from rank 0; only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -38,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import get_cosine_schedule_with_warmup
 
+from . import distributed
 from .data import Dataset, Example
 from .device import autocast, resolve_device
 from .encoders import load_tokenizer
@@ -95,6 +102,7 @@ class TrainResult:
     val_targets: torch.Tensor | None = None  # (N,) label index, -1 for labels the model lacks
     baselines: dict = field(default_factory=dict)  # validation accuracy: majority, image only, text only
     stages: list[dict] = field(default_factory=list)  # what each stage did (or why it did not run)
+    world_size: int = 1  # processes that trained it (torchrun)
 
 
 @dataclass
@@ -114,6 +122,7 @@ class TrainState:
     stale_epochs: int
     stage: int = 1  # the stage that epoch belongs to
     stage2: dict | None = None  # stage 2's plan, once decided (see _plan_stage2)
+    world_size: int = 1  # a run resumes with as many processes as it had
 
 
 def seed_everything(seed: int) -> None:
@@ -141,7 +150,16 @@ class Encoded:
     """The inputs of a dataset prepared once: uint8 images per distinct image, token ids per
     distinct text, and encoder outputs for frozen encoders."""
 
-    def __init__(self, model: MultimodalClassifier, examples: list[Example], device: torch.device, progress: Progress):
+    def __init__(
+        self,
+        model: MultimodalClassifier,
+        examples: list[Example],
+        device: torch.device,
+        progress: Progress,
+        ctx: distributed.Context = distributed.SINGLE,
+    ):
+        """Under torchrun (``ctx``) each process decodes and encodes its share of the images and
+        texts, and every process gets the whole cache."""
         config = model.config
         self.image_index: dict = {}
         self.text_index: dict = {}
@@ -152,12 +170,17 @@ class Encoded:
         self.rows_text = torch.tensor([self.text_index[e.text] for e in examples])
         self.labels = [e.label for e in examples]
 
-        images = []
-        for i, path in enumerate(self.image_index):
-            images.append(image_to_uint8(decode_image(path), config))
-            if i % 200 == 0:
-                progress({"stage": "load images", "done": i, "total": len(self.image_index)})
-        self.pixels = torch.stack(images)  # (N_img, 3, S, S) uint8
+        paths = list(self.image_index)
+
+        def load(lo: int, hi: int) -> torch.Tensor:
+            images = []
+            for i in range(lo, hi):
+                images.append(image_to_uint8(decode_image(paths[i]), config))
+                if (i - lo) % 200 == 0:
+                    progress({"stage": "load images", "done": i - lo, "total": hi - lo})
+            return torch.stack(images)
+
+        self.pixels = ctx.map_concat(len(paths), load)  # (N_img, 3, S, S) uint8
         texts = list(self.text_index)
         tb = tokenize(load_tokenizer(config.text_model), texts, config.max_tokens)
         self.input_ids, self.attention_mask = tb.input_ids, tb.attention_mask  # (N_txt, T)
@@ -166,19 +189,27 @@ class Encoded:
         model.eval()
         with torch.no_grad(), autocast(device):
             if "image_encoder" in config.frozen:
-                chunks = []
-                for start in range(0, len(self.pixels), 64):
-                    px = normalize_pixels(self.pixels[start : start + 64], config).to(device)
-                    chunks.append(model.encode_image(px).float().cpu())
-                    progress({"stage": "encode images", "done": start + len(px), "total": len(self.pixels)})
-                self.features = torch.cat(chunks)  # (N_img, C, h, w)
+
+                def encode_images(lo: int, hi: int) -> torch.Tensor:
+                    chunks = []
+                    for start in range(lo, hi, 64):
+                        px = normalize_pixels(self.pixels[start : min(start + 64, hi)], config).to(device)
+                        chunks.append(model.encode_image(px).float().cpu())
+                        progress({"stage": "encode images", "done": start - lo + len(px), "total": hi - lo})
+                    return torch.cat(chunks)
+
+                self.features = ctx.map_concat(len(self.pixels), encode_images)  # (N_img, C, h, w)
             if "text_encoder" in config.frozen:
-                chunks = []
-                for start in range(0, len(texts), 256):
-                    ids = self.input_ids[start : start + 256].to(device)
-                    mask = self.attention_mask[start : start + 256].to(device)
-                    chunks.append(model.encode_text(ids, mask).float().cpu())
-                self.text_states = torch.cat(chunks)  # (N_txt, T, E)
+
+                def encode_texts(lo: int, hi: int) -> torch.Tensor:
+                    chunks = []
+                    for start in range(lo, hi, 256):
+                        ids = self.input_ids[start : min(start + 256, hi)].to(device)
+                        mask = self.attention_mask[start : min(start + 256, hi)].to(device)
+                        chunks.append(model.encode_text(ids, mask).float().cpu())
+                    return torch.cat(chunks)
+
+                self.text_states = ctx.map_concat(len(texts), encode_texts)  # (N_txt, T, E)
         # stage 2: the image encoder's output below its ``top`` trained blocks, per copy
         self.top = 0
         self.below: torch.Tensor | None = None  # (V, N_img, C, h, w)
@@ -298,22 +329,29 @@ def predict_encoded(
     device: torch.device,
     batch_size: int = 256,
     drop: str | None = None,
+    ctx: distributed.Context = distributed.SINGLE,
 ) -> torch.Tensor:
-    """(N, L) logits of every row, in row order; ``drop`` "image" or "text" masks that modality."""
+    """(N, L) logits of every row, in row order; ``drop`` "image" or "text" masks that modality.
+    Under torchrun (``ctx``) each process runs its share of the batches and all get every row."""
     model.eval()
-    all_logits = []
     # group by image so trained image encoders still run once per image
     order = torch.argsort(encoded.rows_image, stable=True)
-    for chunk in order.split(batch_size):
-        masked = torch.full((len(chunk),), True, device=device)
-        drop_image = masked if drop == "image" else None
-        drop_text = masked if drop == "text" else None
-        with autocast(device):
-            fm, px, ts, mask, index = encoded.batch(model, chunk, device)
-            out = model.forward_fusion(fm, ts, mask, drop_image, drop_text, image_index=index, pixels=px)
-            all_logits.append(out.logits.float().cpu())
+    chunks = order.split(batch_size)
+
+    def run(lo: int, hi: int) -> torch.Tensor:
+        all_logits = []
+        for chunk in chunks[lo:hi]:
+            masked = torch.full((len(chunk),), True, device=device)
+            drop_image = masked if drop == "image" else None
+            drop_text = masked if drop == "text" else None
+            with autocast(device):
+                fm, px, ts, mask, index = encoded.batch(model, chunk, device)
+                out = model.forward_fusion(fm, ts, mask, drop_image, drop_text, image_index=index, pixels=px)
+                all_logits.append(out.logits.float().cpu())
+        return torch.cat(all_logits)
+
     logits = torch.empty(len(order), len(model.config.labels))
-    logits[order] = torch.cat(all_logits)
+    logits[order] = ctx.map_concat(len(chunks), run)
     return logits
 
 
@@ -366,9 +404,12 @@ def train(
     should_stop = should_stop or (lambda: False)
     start_time = time.perf_counter()
     seed_everything(settings.seed)
-    device = resolve_device(settings.device)
-    if device.type == "cpu" and settings.cpu_threads:
-        torch.set_num_threads(settings.cpu_threads)
+    ctx, device = distributed.setup(resolve_device(settings.device))
+    threads = ctx.cpu_threads(settings.cpu_threads)
+    if device.type == "cpu" and threads:
+        torch.set_num_threads(threads)
+    if not ctx.is_main:  # rank 0 reports (and, through the callbacks, writes)
+        progress, on_best, on_epoch = (lambda event: None), None, None
     train_examples, val_examples = _split(dataset, val_dataset, val_fraction, settings.seed)
     labels = sorted({e.label for e in train_examples} | {e.label for e in val_examples})
     if len(labels) < 2:
@@ -379,17 +420,22 @@ def train(
     model.to(device)
     label_index = {label: i for i, label in enumerate(model.config.labels)}
     progress({"stage": "prepare", "message": f"preparing {len(train_examples)} training rows"})
-    train_enc = Encoded(model, train_examples, device, progress)
-    val_enc = Encoded(model, val_examples, device, progress) if val_examples else None
+    train_enc = Encoded(model, train_examples, device, progress, ctx)
+    val_enc = Encoded(model, val_examples, device, progress, ctx) if val_examples else None
     targets = torch.tensor([label_index[e.label] for e in train_examples])
     val_targets = torch.tensor([label_index.get(e.label, -1) for e in val_examples])
     prepare_seconds = time.perf_counter() - start_time
 
     weight = _class_weight(targets, len(label_index), device) if settings.class_weights else None
-    loop = _Loop(model, train_enc, val_enc, targets, val_targets, weight, settings, device, progress, should_stop)
+    loop = _Loop(model, train_enc, val_enc, targets, val_targets, weight, settings, device, progress, should_stop, ctx)
     loop.on_best, loop.on_epoch = on_best, on_epoch
-    steps = math.ceil(len(targets) / settings.batch_size)
+    steps = math.ceil(len(targets) / (settings.batch_size * ctx.world_size))  # per process, global batches
     if resume is not None:
+        if resume.world_size != ctx.world_size:
+            raise ValueError(
+                f"this run was trained by {resume.world_size} process(es); resume it with as many"
+                f" (torchrun --nproc_per_node), not {ctx.world_size}"
+            )
         loop.restore(resume)
     base_tuned = model.config.image_tuned_blocks
 
@@ -403,7 +449,8 @@ def train(
             scheduler.load_state_dict(resume.scheduler)
         loop.run(first, settings.epochs, settings.patience, optimizer, scheduler, params)
         if settings.stage2_blocks:
-            loop.stage2 = _plan_stage2(settings, loop, prepare_seconds, time_left() if time_left else None)
+            left = None if time_left is None else ctx.sum([time_left() if ctx.is_main else 0.0])[0]  # rank 0's clock
+            loop.stage2 = _agree_plan(ctx, _plan_stage2(settings, loop, prepare_seconds, left))
             if loop.stage2["ran"]:
                 loop.stage = 2
     if loop.stage == 2:
@@ -439,11 +486,12 @@ def train(
     result = TrainResult(
         model, loop.best["epoch"], loop.best["metrics"], loop.history, time.perf_counter() - start_time,
         stopped_early=loop.stopped_early, stages=stage_summaries(loop.history, loop.stage2, prepare_seconds),
+        world_size=ctx.world_size,
     )  # fmt: skip
     result.best_metrics["prepare_seconds"] = round(prepare_seconds, 1)
     if val_enc is not None and loop.history:
-        result.val_logits, result.val_targets = predict_encoded(model, val_enc, device), val_targets
-        result.baselines = modality_baselines(model, val_enc, val_targets, targets, device)
+        result.val_logits, result.val_targets = predict_encoded(model, val_enc, device, ctx=ctx), val_targets
+        result.baselines = modality_baselines(model, val_enc, val_targets, targets, device, ctx)
     result.model = model.cpu()
     return result
 
@@ -453,11 +501,13 @@ class _Loop:
     epoch and stage must beat), early stopping, the history, and what a resume needs."""
 
     def __init__(
-        self, model, train_enc, val_enc, targets, val_targets, weight, settings, device, progress, should_stop
-    ):
+        self, model, train_enc, val_enc, targets, val_targets, weight, settings, device, progress, should_stop,
+        ctx: distributed.Context = distributed.SINGLE,
+    ):  # fmt: skip
         self.model, self.train_enc, self.val_enc = model, train_enc, val_enc
         self.targets, self.val_targets, self.weight = targets, val_targets, weight
         self.settings, self.device, self.progress, self.should_stop = settings, device, progress, should_stop
+        self.ctx = ctx
         self.on_best: Callable | None = None
         self.on_epoch: Callable | None = None
         self.generator = torch.Generator().manual_seed(settings.seed)
@@ -491,6 +541,7 @@ class _Loop:
             stale_epochs=self.stale,
             stage=self.stage,
             stage2=copy.deepcopy(self.stage2),
+            world_size=self.ctx.world_size,
         )
 
     def best_stage(self) -> int:
@@ -507,22 +558,23 @@ class _Loop:
             epoch_start = time.perf_counter()
             if self.stage == 2:
                 self.train_enc.draw_views(self.generator)
-            loss, correct, seen = _train_epoch(
+            totals = _train_epoch(
                 model, self.train_enc, self.targets, self.weight, optimizer, scheduler, params, self.generator,
-                settings, self.device, self.should_stop, self.progress, epoch, last,
+                settings, self.device, self.should_stop, self.progress, epoch, last, self.ctx,
             )  # fmt: skip
-            if seen == 0:
+            if totals.seen == 0:
                 self.stopped = True
                 break
             record = {
                 "epoch": epoch,
                 "training_stage": self.stage,
-                "train_loss": loss,
-                "train_accuracy": correct / seen,
-                "complete": seen == len(self.targets),  # False: cut short by a stop or the time limit
-                "samples_per_s": round(seen / (time.perf_counter() - epoch_start), 1),
+                "train_loss": totals.loss,
+                "train_accuracy": totals.correct / totals.seen,
+                "complete": totals.seen == len(self.targets),  # False: cut short by a stop or the time limit
+                "optimizer_steps": totals.steps,
+                "samples_per_s": round(totals.seen / (time.perf_counter() - epoch_start), 1),  # all processes
             }
-            report, score = _validate(model, self.val_enc, self.val_targets, self.device, record)
+            report, score = _validate(model, self.val_enc, self.val_targets, self.device, record, self.ctx)
             record["epoch_seconds"] = round(time.perf_counter() - epoch_start, 2)
             self.history.append(record)
             if self.best["score"] is None or score > tuple(self.best["score"]):
@@ -536,7 +588,9 @@ class _Loop:
             self.progress({"stage": "epoch", **record})
             if self.on_epoch is not None and record["complete"]:
                 self.on_epoch(self.state(epoch, optimizer, scheduler))
-            if self.should_stop():
+            # rank 0 decides (its clock, its stop request) and every process leaves at this epoch;
+            # the patience rule needs no vote: every process has the same validation logits
+            if self.ctx.agree(self.should_stop):
                 self.stopped = True
                 break
             if patience is not None and self.stale >= patience:
@@ -575,6 +629,14 @@ def _plan_stage2(settings: TrainSettings, loop: _Loop, prepare_seconds: float, t
         " (no time limit)" if time_left is None else f" the {time_left:.0f} s left"
     )
     return plan | {"ran": True, "max_epochs": epochs, "why": why}
+
+
+def _agree_plan(ctx: distributed.Context, plan: dict) -> dict:
+    """Rank 0's stage-2 decision on every process (each planned from its own clock)."""
+    if not ctx.distributed:
+        return plan
+    ran, epochs = ctx.sum([float(plan["ran"]), float(plan.get("max_epochs", 0))] if ctx.is_main else [0.0, 0.0])
+    return plan | {"ran": bool(ran), "max_epochs": int(epochs)} if ran else plan | {"ran": False}
 
 
 def stage_summaries(history: list[dict], stage2: dict | None, prepare_seconds: float) -> list[dict]:
@@ -642,32 +704,66 @@ def _stage2_optimizer(model: MultimodalClassifier, blocks: list[nn.Module], sett
     return optimizer, scheduler, [p for g in groups for p in g["params"]]
 
 
+class TrainStep(nn.Module):
+    """The training forward of one batch as a module: DistributedDataParallel syncs the
+    gradients of what runs inside the forward of the module it wraps."""
+
+    def __init__(self, model: MultimodalClassifier):
+        super().__init__()
+        self.model = model
+
+    def forward(self, encoded: Encoded, rows, drop_image, drop_text, device: torch.device) -> torch.Tensor:
+        fm, px, ts, mask, index = encoded.batch(self.model, rows, device)
+        return self.model.forward_fusion(fm, ts, mask, drop_image, drop_text, index, px).logits  # (B, L)
+
+
+class EpochTotals(NamedTuple):
+    loss: float  # mean training loss
+    correct: int  # rows predicted right (all processes)
+    seen: int  # rows trained on (all processes)
+    steps: int  # optimizer steps
+
+
 def _train_epoch(
     model, encoded, targets, weight, optimizer, scheduler, params, generator, settings, device, should_stop, progress,
-    epoch, last_epoch,
-) -> tuple[float, int, int]:  # fmt: skip
-    """One pass over the training rows (until ``should_stop``): mean loss, rows right, rows seen."""
+    epoch, last_epoch, ctx: distributed.Context = distributed.SINGLE,
+) -> EpochTotals:  # fmt: skip
+    """One pass over the training rows (until ``should_stop``, decided on rank 0).
+
+    Every process draws the same global batches of ``world_size * batch_size`` rows and trains
+    on its share of each; the loss is scaled so that DDP's average of the gradients is the
+    gradient of the global batch's mean loss, as one process with that batch would compute it."""
     model.train()
-    total_loss, correct, seen = 0.0, 0, 0
-    batches = grouped_batches(encoded.rows_image, settings.batch_size, generator)
-    for i, rows in enumerate(batches):
-        if should_stop():
+    step = ctx.wrap(TrainStep(model))
+    total_loss, correct, seen, seen_all, steps = 0.0, 0, 0, 0, 0
+    batches = grouped_batches(encoded.rows_image, settings.batch_size * ctx.world_size, generator)
+    for i, batch in enumerate(batches):
+        if ctx.agree(should_stop):
             break
+        drop_image, drop_text = _modality_dropout(len(batch), settings.modality_dropout, generator)
+        lo, hi = ctx.share(len(batch))
+        share = slice(lo, hi) if hi > lo else slice(0, 1)  # no rows of its own: one row, weight 0
+        rows, scale = batch[share], float(hi > lo)
         y = targets[rows].to(device)
-        drop_image, drop_text = _modality_dropout(len(rows), settings.modality_dropout, generator)
         with autocast(device):
-            fm, px, ts, mask, index = encoded.batch(model, rows, device)
-            out = model.forward_fusion(fm, ts, mask, drop_image.to(device), drop_text.to(device), index, px)
-            loss = F.cross_entropy(out.logits.float(), y, weight=weight, label_smoothing=settings.label_smoothing)
+            logits = step(encoded, rows, drop_image[share].to(device), drop_text[share].to(device), device)
+            per_row = F.cross_entropy(
+                logits.float(), y, weight=weight, label_smoothing=settings.label_smoothing, reduction="none"
+            )
+        # the mean over the global batch (weighted: over the sum of its rows' class weights)
+        denominator = weight[targets[batch].to(device)].sum() if weight is not None else len(batch)
+        loss = per_row.sum() * scale / denominator
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * ctx.world_size).backward()  # DDP divides the summed gradients by world_size
         if settings.grad_clip:
             nn.utils.clip_grad_norm_(params, settings.grad_clip)
         optimizer.step()
         scheduler.step()
-        total_loss += loss.item() * len(rows)
-        correct += int((out.logits.argmax(-1) == y).sum())
-        seen += len(rows)
+        steps += 1
+        total_loss += loss.item() * len(batch)  # this process's part of the global batch's loss
+        correct += int((logits.argmax(-1) == y).sum()) if scale else 0
+        seen += len(rows) if scale else 0
+        seen_all += len(batch)
         progress(
             {
                 "stage": "train",
@@ -675,18 +771,20 @@ def _train_epoch(
                 "epochs": last_epoch,
                 "step": i + 1,
                 "steps": len(batches),
-                "loss": total_loss / seen,
+                "loss": total_loss * ctx.world_size / seen_all,  # rank 0's estimate under torchrun
             }
         )
-    return total_loss / max(1, seen), correct, seen
+    total_loss, correct, seen = ctx.sum([total_loss, correct, seen])
+    return EpochTotals(total_loss / max(1, seen), int(correct), int(seen), steps)
 
 
-def _validate(model, encoded, targets, device, record) -> tuple[dict, tuple]:
+def _validate(model, encoded, targets, device, record, ctx=distributed.SINGLE) -> tuple[dict, tuple]:
     """Adds validation loss, accuracy and macro F1 to ``record``; returns the report and the
-    score epochs are ranked by (accuracy, then lower loss)."""
+    score epochs are ranked by (accuracy, then lower loss); under torchrun every process gets
+    the same logits, so the same score."""
     if encoded is None:
         return {}, (record["train_accuracy"], -record["train_loss"])
-    logits = predict_encoded(model, encoded, device)
+    logits = predict_encoded(model, encoded, device, ctx=ctx)
     known = targets >= 0
     record["val_loss"] = float(F.cross_entropy(logits[known], targets[known])) if known.any() else float("nan")
     report = _report(model.config.labels, logits, targets, encoded.labels)
@@ -700,13 +798,15 @@ def _report(labels: list[str], logits: torch.Tensor, targets: torch.Tensor, trut
 
 
 @torch.no_grad()
-def modality_baselines(model, encoded: Encoded, targets: torch.Tensor, train_targets: torch.Tensor, device) -> dict:
+def modality_baselines(
+    model, encoded: Encoded, targets: torch.Tensor, train_targets: torch.Tensor, device, ctx=distributed.SINGLE
+) -> dict:
     """Validation accuracy of the majority class and of the model shown one modality only (the
     other masked as in modality dropout): what the multimodal model adds over each alone."""
     majority = int(torch.bincount(train_targets).argmax())
     result = {"majority": float((targets == majority).float().mean())}
     for name, drop in (("image_only", "text"), ("text_only", "image")):
-        logits = predict_encoded(model, encoded, device, drop=drop)
+        logits = predict_encoded(model, encoded, device, drop=drop, ctx=ctx)
         result[name] = float((logits.argmax(-1) == targets).float().mean())
     return result
 

@@ -1,6 +1,7 @@
 """GPU check (run by scripts/gpu_check.sh): the CUDA-marked tests, ``bench`` on CUDA in fp32 and
-bf16, training throughput for a fixed number of steps, and the /predict handler's latency on
-CUDA; prints ONE JSON line.
+bf16, training throughput for a fixed number of steps, ``torchrun ... -m mmdemo train`` end to
+end (DDP over NCCL, one process per GPU), and the /predict handler's latency on CUDA; prints ONE
+JSON line.
 
 The model is the 224 px default architecture (EfficientNet-Lite0 stride 16, 14x14 regions,
 MiniLM, fusion d=192) with the Sort-of-CLEVR labels. Weights: Lite0's ImageNet weights when
@@ -145,6 +146,31 @@ def train_throughput(model, device: str, steps: int, batch: int = 32) -> dict:
     return out
 
 
+def torchrun_train(device: str, processes: int, images: int = 60) -> dict:
+    """``torchrun --nproc_per_node N -m mmdemo train`` end to end (the CLI, the recipe's cached
+    path) on generated Sort-of-CLEVR scenes, with 1 process and with N: world size, optimizer
+    steps, samples/s of all processes. Architecture: EfficientNet-Lite0 at 128 px (frozen,
+    cached) and a GRU text encoder, whose weights need no package (MiniLM's do not travel)."""
+    from mmdemo.sortofclevr import generate
+
+    folder = Path(tempfile.mkdtemp(prefix="mmdemo-torchrun-"))
+    csv_path = generate(folder / "data", images, seed=0)
+    flags = ["--epochs", "2", "--batch-size", "64", "--image-size", "128", "--text-encoder", "gru"]
+    flags += ["--freeze", "image_encoder", "--patience", "5", "--device", device]
+    out: dict = {"rows": images * 20, "flags": " ".join(flags)}
+    for n in sorted({1, processes}):
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n)]
+        command += ["-m", "mmdemo", "train", "--csv", str(csv_path), "--out", str(folder / f"m{n}"), *flags]
+        result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=200)
+        if result.returncode != 0:
+            out[f"processes_{n}"] = {"error": result.stderr[-800:]}
+            continue
+        summary = json.loads(result.stdout.strip().splitlines()[-1])
+        keys = ("world_size", "optimizer_steps", "throughput", "seconds", "val_accuracy")
+        out[f"processes_{n}"] = {k: summary.get(k) for k in keys}
+    return out
+
+
 def predict_path(model, device: str, repeats: int) -> dict:
     """What /predict's handler does, on varied scenes and questions, without the HTTP server."""
     from mmdemo.service import Predictor
@@ -220,6 +246,9 @@ def main() -> None:
         results["bench_bf16"] = {"skipped": "no CUDA"}
     part(results, "train", lambda: train_throughput(model, device, steps, batch=32 if cuda else 4))
     part(results, "predict", lambda: predict_path(model, device, 50 if cuda else 5))
+    # one process per GPU (two CPU processes, gloo, in a dry run)
+    gpus = torch.cuda.device_count() if cuda else 2
+    part(results, "torchrun_train", lambda: torchrun_train(device, gpus, 60 if cuda else 12))
     results["seconds"] = round(time.perf_counter() - start, 1)
     print(json.dumps(results))
 

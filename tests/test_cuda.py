@@ -1,5 +1,6 @@
 """CUDA paths: autocast inference (bf16, fp16) agrees with fp32 on the CPU, models and batches
-move between devices, a training run on the GPU, and DDP over NCCL with one process.
+move between devices, a training run on the GPU, and DDP over NCCL with one process (a bare DDP
+step, and the training engine under torchrun's environment).
 
 Marked ``cuda`` and skipped without a GPU; ``scripts/gpu_check.sh`` runs them on a lent one.
 """
@@ -92,3 +93,34 @@ def test_ddp_over_nccl_with_one_process():
         assert total.item() == 1
     finally:
         dist.destroy_process_group()
+
+
+def test_training_under_torchrun_uses_nccl_ddp(tmp_path, monkeypatch):
+    """What ``torchrun --nproc_per_node 1 -m mmdemo train --device cuda`` runs: the training
+    engine's own DDP path over NCCL, one process (tests/test_distributed.py runs it on gloo)."""
+    import math
+
+    import torch.distributed as dist
+
+    from mmdemo import distributed
+    from mmdemo.data import read_csv
+    from mmdemo.sortofclevr import generate
+    from mmdemo.train import TrainSettings, train
+
+    dataset = read_csv(generate(tmp_path / "data", 12, seed=0), "image", "text", "label")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for key, value in dict(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1").items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    settings = TrainSettings(epochs=2, batch_size=32, freeze=["image_encoder"], device="cuda")
+    try:
+        result = train(dataset, None, settings, config=tiny_config(labels=dataset.labels))
+        assert dist.get_backend() == "nccl" and result.world_size == 1
+    finally:
+        distributed.teardown()
+    rows = sum(1 for _ in dataset.examples) - len(result.val_targets)
+    assert [h["optimizer_steps"] for h in result.history] == [math.ceil(rows / 32)] * 2
+    assert all(math.isfinite(h["train_loss"]) and math.isfinite(h["val_loss"]) for h in result.history)
+    assert next(result.model.parameters()).device.type == "cpu"

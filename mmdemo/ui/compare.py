@@ -203,6 +203,7 @@ def compare_tab(app: App) -> None:
             with gr.Column():
                 label_after = gr.Label(num_top_classes=3, label="After", elem_id="wi-label-after")
                 overlay_after = gr.Image(label="After", interactive=False, elem_id="wi-overlay-after")
+
         def names(request: gr.Request):
             return gr.update(choices=app.registry.names(_owner(app, request)))
 
