@@ -108,13 +108,18 @@ class Context:
         dist.all_gather(gathered, padded)
         return torch.cat([g[: m[0][0]] for g, m in zip(gathered, metas) if m is not None]).cpu()
 
-    def wrap(self, module: nn.Module) -> nn.Module:
+    def wrap(self, module: nn.Module, ignore: list[str] | tuple[str, ...] = ()) -> nn.Module:
         """``module`` in DistributedDataParallel (gradients averaged over the processes in the
         backward pass); itself for one process. Wrap again after changing which parameters
-        train: DDP syncs those that required gradients when it was built."""
+        train: DDP syncs those that required gradients when it was built. ``ignore`` names
+        parameters and buffers DDP leaves alone (frozen encoders: the same on every process,
+        so not broadcast at every wrap and step)."""
         if not self.distributed:
             return module
         from torch.nn.parallel import DistributedDataParallel
+
+        if ignore:
+            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, list(ignore))
 
         # device_ids=None: inputs stay where the caller put them (the engine moves its own
         # tensors); unused parameters happen (the missing-image token when no image is dropped)

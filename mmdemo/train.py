@@ -716,6 +716,12 @@ class TrainStep(nn.Module):
         fm, px, ts, mask, index = encoded.batch(self.model, rows, device)
         return self.model.forward_fusion(fm, ts, mask, drop_image, drop_text, index, px).logits  # (B, L)
 
+    def frozen_names(self) -> list[str]:
+        """Parameters and buffers of the frozen encoders (identical on every process)."""
+        frozen = tuple(f"model.{part}." for part in self.model.config.frozen)
+        names = [name for name, _ in self.named_parameters()] + [name for name, _ in self.named_buffers()]
+        return [name for name in names if name.startswith(frozen)]
+
 
 class EpochTotals(NamedTuple):
     loss: float  # mean training loss
@@ -734,7 +740,8 @@ def _train_epoch(
     on its share of each; the loss is scaled so that DDP's average of the gradients is the
     gradient of the global batch's mean loss, as one process with that batch would compute it."""
     model.train()
-    step = ctx.wrap(TrainStep(model))
+    step = TrainStep(model)
+    step = ctx.wrap(step, ignore=step.frozen_names())
     total_loss, correct, seen, seen_all, steps = 0.0, 0, 0, 0, 0
     batches = grouped_batches(encoded.rows_image, settings.batch_size * ctx.world_size, generator)
     for i, batch in enumerate(batches):
