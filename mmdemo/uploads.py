@@ -7,6 +7,8 @@
 - Upload folders live under the system temporary folder with one prefix
   (``limits.UPLOAD_PREFIX``): ``UploadFolder`` removes its folder when the check or job ends
   (unless kept for a job that may resume), ``sweep_uploads`` removes stale ones at start-up.
+  Each folder's name carries the process that made it (``<pid>.<start time>``), so a server
+  starting in a shared TMPDIR spares the folders of servers still running.
 (CSV image paths are confined to the extraction folder by data.read_csv(confine=True).)
 """
 
@@ -110,12 +112,48 @@ def _reason(err: BaseException) -> str:
     return text[:120] or type(err).__name__
 
 
+def process_tag(pid: int | None = None) -> str:
+    """``<pid>.<start time>`` of a process (this one by default): with the start time a reused
+    pid (a restarted container's server is often pid 1 again) does not pass for the old process."""
+    pid = os.getpid() if pid is None else pid
+    return f"{pid}.{_start_time(pid)}"
+
+
+def _start_time(pid: int) -> int:
+    """The process's start time in clock ticks since boot (Linux), 0 where /proc is missing."""
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    return int(stat_line.rsplit(")", 1)[1].split()[19])  # field 22; the name may hold spaces or ')'
+
+
+def _alive(tag: str) -> bool:
+    pid, start = (int(x) for x in tag.split("."))
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        pass
+    return _start_time(pid) == start
+
+
+def make_upload_dir(kind: str = "", root: str | os.PathLike | None = None) -> Path:
+    """A new folder under the upload root, named after this process (see ``sweep_uploads``)."""
+    prefix = f"{UPLOAD_PREFIX}{process_tag()}-{kind + '-' if kind else ''}"
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=root or upload_root()))
+
+
+_TAGGED = re.compile(r"(\d+\.\d+)-")
+
+
 class UploadFolder:
     """A fresh folder for one upload, removed on ``remove()`` / leaving a ``with`` block unless
     ``keep()`` was called (a job that took ownership of it)."""
 
     def __init__(self, root: str | os.PathLike | None = None):
-        self.path = Path(tempfile.mkdtemp(prefix=UPLOAD_PREFIX, dir=root or upload_root()))
+        self.path = make_upload_dir(root=root)
         self._kept = False
 
     def keep(self) -> Path:
@@ -136,14 +174,20 @@ class UploadFolder:
 def sweep_uploads(
     root: str | os.PathLike | None = None, keep: set[Path] = frozenset(), older_than_s: float = 0
 ) -> list[str]:
-    """Remove upload folders left by earlier runs (except ``keep``: data of interrupted jobs)."""
+    """Remove upload folders left by processes that have ended (except ``keep``: data of
+    interrupted jobs); those of a running process (another server sharing this TMPDIR, or this
+    one) stay. A folder whose name carries no process goes when older than ``older_than_s``."""
     root = Path(root or upload_root())
     removed = []
     now = time.time()
     keep = {Path(k).resolve() for k in keep}
     for entry in root.glob(UPLOAD_PREFIX + "*"):
+        tagged = _TAGGED.match(entry.name[len(UPLOAD_PREFIX) :])
         try:
-            if entry.is_dir() and entry.resolve() not in keep and now - entry.stat().st_mtime >= older_than_s:
+            if tagged and _alive(tagged.group(1)):
+                continue
+            old = tagged or now - entry.stat().st_mtime >= older_than_s
+            if entry.is_dir() and entry.resolve() not in keep and old:
                 shutil.rmtree(entry, ignore_errors=True)
                 removed.append(entry.name)
         except OSError:

@@ -14,7 +14,6 @@ import json
 import logging
 import secrets
 import shutil
-import tempfile
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -22,10 +21,10 @@ from pathlib import Path
 from .card import app_model_card
 from .data import Dataset, check_trainable, missing_images_hint, read_csv
 from .jobs import DataSource, JobManager
-from .limits import UPLOAD_PREFIX, Limits, shared_mode, upload_root
+from .limits import Limits, shared_mode
 from .registry import SHARED, CheckpointRegistry, hf_owner, owner_id
 from .sortofclevr import generate
-from .uploads import UploadFolder, extract_zip, sweep_uploads
+from .uploads import UploadFolder, extract_zip, make_upload_dir, sweep_uploads
 
 log = logging.getLogger("mmdemo.app")
 
@@ -50,13 +49,13 @@ class App:
         self.shared = shared_mode() if shared is None else shared
         removed = self.registry.clean()
         self.jobs = JobManager(self.registry, jobs_dir, self.limits)
-        # upload folders of earlier runs (older than a minute: not a live server's in this TMPDIR)
+        # upload folders of processes that have ended (a live server's in this TMPDIR stay)
         swept = sweep_uploads(keep=self.jobs.kept_data(), older_than_s=60)
         if removed or swept:
             log.info(
                 "start-up: removed %d half-written/expired checkpoint(s), %d upload folder(s)", len(removed), len(swept)
             )
-        self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix=UPLOAD_PREFIX + "work-", dir=upload_root()))
+        self.work_dir = Path(work_dir or make_upload_dir("work"))
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self._example_dataset: tuple[str, str] | None = None
         self._session_owners: OrderedDict[str, str | None] = OrderedDict()

@@ -7,6 +7,8 @@ import json
 import os
 import pickle
 import shutil
+import subprocess
+import sys
 import time
 import zipfile
 from pathlib import Path
@@ -22,7 +24,7 @@ from mmdemo.model import build_model
 from mmdemo.preprocess import tokenize
 from mmdemo.registry import REPO_CHECKPOINTS, CheckpointRegistry, owner_id
 from mmdemo.stress import folder_hash
-from mmdemo.uploads import UploadFolder, extract_zip, sweep_uploads
+from mmdemo.uploads import UploadFolder, extract_zip, process_tag, sweep_uploads
 from mmdemo.webapp import App
 
 from .conftest import tiny_config
@@ -279,11 +281,32 @@ def test_start_up_removes_half_written_checkpoints_and_stale_uploads(tmp_path):
 
     uploads = tmp_path / "tmp"
     uploads.mkdir()
-    stale, kept, fresh = (UploadFolder(uploads) for _ in range(3))
-    for folder in (stale, kept):
-        os.utime(folder.path, (time.time() - 3600, time.time() - 3600))
-    assert sweep_uploads(uploads, keep={kept.path}, older_than_s=60) == [stale.path.name]
-    assert kept.path.is_dir() and fresh.path.is_dir()
+    # folders of a server that has ended (its job's data kept for a resume), of another server
+    # still running in the same TMPDIR, of this process, and one of an older release (no process
+    # in its name), an hour old
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended_tag = process_tag(ended.pid)
+    ended.wait()
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        for _ in range(50):  # until its /proc entry has its start time
+            running_tag = process_tag(running.pid)
+            if not running_tag.endswith(".0"):
+                break
+            time.sleep(0.1)
+        stale, kept = (uploads / f"mmdemo-upload-{ended_tag}-{i}" for i in range(2))
+        live = uploads / f"mmdemo-upload-{running_tag}-x"
+        legacy = uploads / "mmdemo-upload-abc123"
+        for folder in (stale, kept, live, legacy):
+            folder.mkdir()
+        os.utime(legacy, (time.time() - 3600, time.time() - 3600))
+        mine = UploadFolder(uploads)
+        assert sorted(sweep_uploads(uploads, keep={kept}, older_than_s=60)) == sorted([stale.name, legacy.name])
+        assert kept.is_dir() and live.is_dir() and mine.path.is_dir()
+    finally:
+        running.kill()
+        running.wait()
+    assert sweep_uploads(uploads, keep={kept}) == [live.name]  # its process has ended
     with UploadFolder(uploads) as upload:
         (upload.path / "x").write_text("x")
     assert not upload.path.exists()
