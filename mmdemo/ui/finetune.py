@@ -246,8 +246,17 @@ def status_text(status: dict) -> str:
     return line
 
 
+def plan_text(status: dict) -> str:
+    """The job's training plan (what the recipe chose and why, the estimate), as planned at its
+    start; empty before any job."""
+    if not status.get("plan"):
+        return ""
+    return "Training plan of this job:\n```\n" + status["plan"] + "\n```"
+
+
 def status_views(app: App, status: dict):
-    """Component values for a job status: text, bar, curves, confusion, per-class table."""
+    """Component values for a job status: text, bar, curves, confusion, per-class table, the
+    Resume button (shown when the job can resume), the plan."""
     pct = int(round(100 * status["progress"]))
     bar = (
         f"<div style='border:1px solid #999;border-radius:4px;height:18px;width:100%'>"
@@ -264,7 +273,8 @@ def status_views(app: App, status: dict):
         if report.get("per_class")
         else []
     )
-    return status_text(status), bar, curves, confusion, table, gr.update(visible=bool(status.get("resumable")))
+    resume = gr.update(visible=bool(status.get("resumable")))
+    return status_text(status), bar, curves, confusion, table, resume, plan_text(status)
 
 
 SETTINGS = (
@@ -394,6 +404,7 @@ def finetune_tab(
             )
         status_md = gr.Markdown(label="Job status", elem_id="job-status")
         status_bar = gr.HTML()
+        job_plan = gr.Markdown(elem_id="job-plan")
         curves = gr.Plot(label="Training curves (loss and accuracy per epoch)", elem_id="curves")
         with gr.Row():
             confusion = gr.Plot(label="Confusion matrix (validation)", min_width=300)
@@ -409,7 +420,7 @@ def finetune_tab(
             download = gr.Button("Zip it", min_width=100)
             download_file = gr.File(label="Download", interactive=False, min_width=200)
         job = gr.JSON(visible=False, label="job status")
-        status_outputs = [status_md, status_bar, curves, confusion, per_class, resume]
+        status_outputs = [status_md, status_bar, curves, confusion, per_class, resume, job_plan]
 
         def guess_roles(csv_file: str | None):
             return (*csv_columns(csv_file), *column_report(app, csv_file))
