@@ -21,6 +21,7 @@ from ..train import TrainSettings
 from ..webapp import App
 from .common import OPTIONAL_STRING, api_type, input_error
 from .identity import owner_of, refuse, unexpected
+from .zerogpu import finetune_device
 
 NEW_MODEL = "(new model)"
 PREVIEW_ROWS = 200  # rows read to guess the column roles
@@ -123,6 +124,7 @@ def start_finetune(
             batch_size=int(batch_size),
             freeze=[str(f) for f in freeze or []],
             class_weights=bool(class_weights),
+            device=finetune_device(),  # the CPU on ZeroGPU (ui/zerogpu.py)
         )
         if settings.batch_size < 1 or not 0 < settings.lr <= 1:
             raise ValueError("batch size must be at least 1 and the learning rate in (0, 1]")
