@@ -21,9 +21,10 @@ int8 dynamic quantisation of the linear layers, torch.jit trace + freeze (and to
 ``--compile``: minutes of compilation here); each with its set-up time and its agreement with
 eager (max abs probability difference on the bench input). ONNX Runtime with its threads
 spinning between calls (its default) is timed alone after them: its spinning threads would slow
-the candidate timed next. The int8 candidates also get the agreement test a path must pass to be
+the candidate timed next. The int8 candidate also gets the agreement test a path must pass to be
 served: the same answer as eager on ``AGREEMENT_INPUTS`` fixed inputs and a largest probability
-difference of at most ``MAX_PROB_DIFF``.
+difference of at most ``MAX_PROB_DIFF`` (ONNX Runtime's int8; PyTorch's is slower than ONNX
+Runtime in fp32 already).
 """
 
 from __future__ import annotations
@@ -217,7 +218,7 @@ def compare_candidates(predictor: Predictor, repeats: int, compile: bool = False
         fn = torch.compile(graph, dynamic=False)
         return lambda r: fn(*r)
 
-    add("torch int8 dynamic (Linear)", int8_torch, agreement_test=True)
+    add("torch int8 dynamic (Linear)", int8_torch)  # slower than ONNX Runtime in fp32 already
     add("torch.jit trace + freeze", jit_freeze)
     if compile:  # minutes of C++ compilation on 2 busy cores: only when asked
         add("torch.compile (inductor)", compiled)

@@ -62,12 +62,20 @@ class _Clock:
 def stages(requests: int = 48, app: App | None = None) -> dict:
     """p50 / p95 milliseconds per stage of /predict's handler over ``requests`` calls (after a
     warm-up), as the app runs it (torch at the serving thread count)."""
-    from ..bench_app import varied_inputs
-
     app = app or App()
+    threads_before = torch.get_num_threads()
     threads = torch_threads_for_serving(resolve_device(app.registry.device))
     if threads:
         torch.set_num_threads(threads)
+    try:
+        return _stages(app, requests)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _stages(app: App, requests: int) -> dict:
+    from ..bench_app import varied_inputs
+
     demo = _demo(app)
     block_fn = next(fn for fn in demo.fns.values() if fn.api_name == "predict")
     checkpoint = app.default_checkpoint()
