@@ -3,7 +3,10 @@ the way the browser makes it (upload the image, call, read the result stream, fe
 image), on varied Sort-of-CLEVR scenes and questions, p50 and p95; a concurrency table (1, 4, 16
 clients at once: latency and answers per second); a burst larger than the queue, to show that
 requests past the limit get a clear "queue full" answer instead of waiting without bound; and
-gradio_client's figure beside them.
+gradio_client's figure beside them. The server runs with Gradio's own profiling on
+(GRADIO_PROFILING=1), so the sequential calls are also split into Gradio's phases (queue wait,
+preprocess, the handler, postprocess) and what is left is HTTP and the result stream; the
+handler's own stages are ``bench-app --stages`` (mmdemo/ui/profile.py).
 
 Starts ``python app.py`` in a subprocess on a free loopback port.
 """
@@ -182,6 +185,7 @@ def run(
         "GRADIO_SERVER_PORT": str(port),
         "GRADIO_SERVER_NAME": "127.0.0.1",
         "GRADIO_ANALYTICS_ENABLED": "False",
+        "GRADIO_PROFILING": "1",  # Gradio's phase timings at /gradio_api/profiling/summary
     }
     queue_size = int(env.get("MMDEMO_QUEUE_SIZE", QUEUE_SIZE))
     folder = Path(tempfile.mkdtemp(prefix="bench-app-"))
@@ -205,7 +209,10 @@ def run(
                     time.sleep(0.05)
         startup_s = time.perf_counter() - start
         _sequential(base, pairs, 3)  # warm-up
-        times = _sequential(base, pairs, repeats)
+        with httpx.Client(timeout=60) as client:
+            client.post(f"{base}/gradio_api/profiling/clear").raise_for_status()
+            times = _sequential(base, pairs, repeats)
+            phases = client.get(f"{base}/gradio_api/profiling/summary").json()["phases"]
         table = [_concurrent(base, pairs, c, per_client=max(3, 48 // c)) for c in clients]
         burst = _burst(base, pairs, queue_size + 40)
         from gradio_client import Client, handle_file
@@ -227,6 +234,8 @@ def run(
         "first_label": first.get("label"),
         "http_predict_ms_p50": round(float(np.percentile(times, 50)), 1),
         "http_predict_ms_p95": round(float(np.percentile(times, 95)), 1),
+        # the same sequential calls in the server, p50 per phase (fn_call: the handler)
+        "gradio_phases_ms_p50": {name: round(p["p50"], 1) for name, p in phases.items() if p["p50"]},
         "repeats": repeats,
         "varied_scenes": len(pairs),
         "concurrency": table,

@@ -134,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", help="question of the start-up request")
     p.add_argument("--repeats", type=int, default=50)
     p.add_argument("--clients", type=int, nargs="*", default=[1, 4, 16], help="concurrent clients for the table")
+    p.add_argument(
+        "--stages",
+        type=int,
+        metavar="N",
+        help="instead: where /predict's time goes, stage by stage, over N calls of its handler in this process",
+    )
 
     p = sub.add_parser("stress", help="shared-server load test: burst, soak, a huge question (one JSON line)")
     p.add_argument("--image", type=Path, default=DEFAULT_CHECKPOINT / "examples" / "scene_4.png")
@@ -252,6 +258,11 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "make-real-benchmark":
             return _make_real_benchmark(args)
+        if args.command == "bench-app" and args.stages:
+            from .ui.profile import stages
+
+            print(json.dumps(stages(args.stages)))
+            return 0
         if args.command == "bench-app":
             from .bench_app import run
 

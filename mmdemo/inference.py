@@ -141,7 +141,10 @@ class OnnxEngine:
 
     name = "onnxruntime"
 
-    def __init__(self, model: MultimodalClassifier, threads: int | None = None):
+    def __init__(self, model: MultimodalClassifier, threads: int | None = None, spinning: bool = False):
+        """``threads``: ONNX Runtime's intra-op threads (None: one per physical core);
+        ``spinning``: let them spin between calls (ONNX Runtime's default; only ``bench
+        --compare`` asks for it, see below)."""
         import onnxruntime as ort
 
         config = model.config
@@ -151,7 +154,15 @@ class OnnxEngine:
         export_serving_graph(model, buffer)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads or torch.get_num_threads()
+        # its own thread pool, sized by ONNX Runtime (0: one thread per physical core), not by
+        # torch's setting: a serving process keeps torch at one thread (torch_threads_for_serving)
+        options.intra_op_num_threads = threads or 0
+        # no spinning: by default the pool's threads spin on a core after each run, waiting for
+        # the next; the request's own work after the forward (pictures, charts, Gradio) and the
+        # other processes of a shared machine then wait for that core. Measured on the 2 busy
+        # cores (load 17), shipped checkpoint: forward 13 ms without spinning, 109 ms with it, and
+        # the pictures drawn after it 3.6 ms against 28 ms (README, speed section).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         options.log_severity_level = 3  # no warnings about shape inference on the dynamic axes
         self.session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
         self.onnx_bytes = len(buffer.getvalue())
@@ -210,6 +221,18 @@ def resolve_backend(backend: str | None, device: torch.device) -> str:
     if backend == "onnxruntime" and device.type != "cpu":
         raise ValueError("the onnxruntime backend runs on the CPU; use --backend torch on a GPU")
     return backend
+
+
+def torch_threads_for_serving(device: torch.device, backend: str | None = None) -> int | None:
+    """Threads for torch's own work in a process that serves predictions (the app): 1 when
+    ONNX Runtime (its own thread pool) or a GPU runs the model, None (leave it) when PyTorch
+    runs it on the CPU. What is left to torch per request (preprocessing, explanation maths,
+    upsampling heatmaps) is many small operations; on 2 cores a second OpenMP thread made them
+    slower, not faster, the more so beside ONNX Runtime's threads (a 75 px scene to the
+    model's pixels: 12 ms with 2 threads at load 0.3, 0.5 ms with 1 thread at load 9)."""
+    if device.type != "cpu" or resolve_backend(backend, device) == "onnxruntime":
+        return 1
+    return None
 
 
 def make_engine(

@@ -1,10 +1,15 @@
 """Pictures and charts for the UI: pure functions from results to PIL images / Plotly figures.
 
-No gradio here, so they are testable without a server.
+No gradio here, so they are testable without a server. The Predict tab's two charts are drawn
+on every /predict, which has a latency budget: they are plain figure dicts serialised by
+``plotly_json`` (a ``go.Figure`` copies plotly's whole default template into each figure and
+serialises it through its validators: ~17 ms of the handler's time on a loaded machine, against
+well under 1 ms here).
 """
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 
 import numpy as np
@@ -27,13 +32,18 @@ def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     return ImageFont.load_default(size=size)
 
 
+def _fitted_size(size: tuple[int, int], side: int) -> tuple[int, int]:
+    """(width, height) scaled so that the longest side is ``side``."""
+    scale = side / max(size)
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+
+
 def _fit(image: Image.Image, side: int) -> Image.Image:
     """The image scaled so its longest side is ``side``: nearest-neighbour when enlarging (a
     75 px scene stays crisp), bilinear when shrinking."""
-    scale = side / max(image.size)
-    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    size = _fitted_size(image.size, side)
     base = image.convert("RGB")
-    return base if base.size == size else base.resize(size, Image.NEAREST if scale > 1 else Image.BILINEAR)
+    return base if base.size == size else base.resize(size, Image.NEAREST if side > max(image.size) else Image.BILINEAR)
 
 
 def _blend(base: Image.Image, grid_map: torch.Tensor, opacity: float) -> np.ndarray:
@@ -73,20 +83,24 @@ def overlay(
     boxes: list[tuple[tuple[float, float, float, float], tuple[int, int, int], str]] = (),
 ) -> Image.Image:
     """The heatmap upsampled to the image and blended over it; the peak marked with a cross;
-    ``boxes`` ((x0, y0, x1, y1) in image pixels, colour, caption) outlined with their captions."""
+    ``boxes`` ((x0, y0, x1, y1) in image pixels, colour, caption) outlined with their captions.
+
+    The picture is drawn between MIN_OVERLAY_SIDE and MAX_OVERLAY_SIDE; a small image is blended
+    at its own size and then enlarged whole-pixel (a 75 px scene: 26x fewer pixels to blend than
+    at 384 px, and /predict draws one per call)."""
     longest = max(image.size)
     scale = MAX_OVERLAY_SIDE / longest if longest > MAX_OVERLAY_SIDE else max(1.0, MIN_OVERLAY_SIDE / longest)
-    base = _fit(image, round(longest * scale))
-    size = base.size
-    out = _blend(base, grid_map, opacity)
+    side = round(longest * scale)
+    scale = side / longest  # the scale the drawn size really has, for the marks below
+    blended = Image.fromarray(_blend(_fit(image, min(side, longest)), grid_map, opacity))
+    picture = blended.resize(_fitted_size(image.size, side), Image.NEAREST) if side > longest else blended
+    size = picture.size
     if peak_xy is not None:
         x, y = round(peak_xy[0] * scale), round(peak_xy[1] * scale)
         r = max(3, min(size) // 40)
-        for dx in range(-r, r + 1):
-            for px, py in ((x + dx, y), (x, y + dx)):
-                if 0 <= px < size[0] and 0 <= py < size[1]:
-                    out[py, px] = SELECTED
-    picture = Image.fromarray(out)
+        draw = ImageDraw.Draw(picture)
+        draw.line([(x - r, y), (x + r, y)], fill=SELECTED, width=1)
+        draw.line([(x, y - r), (x, y + r)], fill=SELECTED, width=1)
     if not boxes:
         return picture
     # boxes outlined on the picture, their captions in a legend strip below it (captions on
@@ -116,34 +130,48 @@ def word_maps_grid(
 ) -> Image.Image:
     """Small multiples: the whole question's map, then every word's own map, in one picture;
     the selected word's tile framed. One composed image, so the browser loads one file; all
-    maps are upsampled and blended in one batch (the Predict tab has a latency budget)."""
+    maps are upsampled and blended in one batch, at the image's own size when it is smaller than
+    a tile (then enlarged whole-pixel, as the overlay): the Predict tab has a latency budget."""
     names = ["whole question", *words]
-    base = _fit(image, TILE_SIDE)
+    tile_size = _fitted_size(image.size, TILE_SIDE)
+    base = _fit(image, min(TILE_SIDE, max(image.size)))
     maps = torch.cat([heatmap[None].float(), word_maps.float().reshape(-1, *heatmap.shape)])  # (1 + N, h, w)
     heat = F.interpolate(maps[:, None], size=(base.height, base.width), mode="bilinear", align_corners=False)
     heat = heat[:, 0].clamp(0, 1).numpy()  # (1 + N, H, W)
     alpha = float(np.clip(opacity, 0, 1)) * (0.35 + 0.65 * heat[..., None])
     tiles = (np.asarray(base, dtype=np.float32) * (1 - alpha) + _colormap(heat) * alpha).clip(0, 255).astype(np.uint8)
-    font = _font(16)
     caption_h, pad = 22, 6
-    cell_w, cell_h = base.width + 2 * pad, base.height + caption_h + 2 * pad
+    cell_w, cell_h = tile_size[0] + 2 * pad, tile_size[1] + caption_h + 2 * pad
     columns = max(1, min(columns, len(names)))
     rows = -(-len(names) // columns)
-    sheet = np.full((rows * cell_h, columns * cell_w, 3), 255, dtype=np.uint8)
-    for i, tile in enumerate(tiles):
-        x, y = (i % columns) * cell_w + pad, (i // columns) * cell_h + pad
-        sheet[y : y + base.height, x : x + base.width] = tile
-    picture = Image.fromarray(sheet)
+    picture = Image.new("RGB", (columns * cell_w, rows * cell_h), (255, 255, 255))
+    # the tiles stacked in one column and enlarged at once (whole pixels: no tile bleeds into the next)
+    tw, th = tile_size
+    stack = Image.fromarray(tiles.reshape(-1, base.width, 3))
+    stack = stack if base.size == tile_size else stack.resize((tw, len(tiles) * th), Image.NEAREST)
+    for i in range(len(tiles)):
+        picture.paste(
+            stack.crop((0, i * th, tw, (i + 1) * th)), ((i % columns) * cell_w + pad, (i // columns) * cell_h + pad)
+        )
     draw = ImageDraw.Draw(picture)
     framed = 0 if selected is None else selected + 1
     for i, word in enumerate(names):
         x, y = (i % columns) * cell_w, (i // columns) * cell_h
-        if i == framed:
-            draw.rectangle([x + 1, y + 1, x + cell_w - 2, y + cell_h - 2], outline=SELECTED, width=4)
         text = word if len(word) <= 16 else word[:15] + "…"
         colour = SELECTED if i == framed else (20, 20, 20)
-        draw.text((x + cell_w // 2, y + pad + base.height + 2), text, fill=colour, font=font, anchor="ma")
+        picture.paste(_caption(text, colour, cell_w, caption_h), (x, y + pad + tile_size[1]))
+        if i == framed:
+            draw.rectangle([x + 1, y + 1, x + cell_w - 2, y + cell_h - 2], outline=SELECTED, width=4)
     return picture
+
+
+@lru_cache(maxsize=512)
+def _caption(text: str, colour: tuple[int, int, int], width: int, height: int) -> Image.Image:
+    """A tile's caption, centred on white; cached: drawing text is most of a sheet's cost, and
+    questions repeat their words."""
+    strip = Image.new("RGB", (width, height), (255, 255, 255))
+    ImageDraw.Draw(strip).text((width // 2, 2), text, fill=colour, font=_font(16), anchor="ma")
+    return strip
 
 
 def region_grid(image: Image.Image, grid: tuple[int, int], side: int = 240) -> Image.Image:
@@ -181,18 +209,17 @@ def _grid_layer(size: tuple[int, int], grid: tuple[int, int]) -> Image.Image:
     return layer
 
 
-def attention_matrix(words: list[str], token_region: torch.Tensor, grid: tuple[int, int]) -> go.Figure:
-    """Word x region relevance as a heatmap: one row per word (every word labelled, repeated
-    words numbered), one column per region, numbered row by row from 1 as ``region_grid`` draws."""
+def attention_matrix(words: list[str], token_region: torch.Tensor, grid: tuple[int, int]) -> dict:
+    """Word x region relevance as a heatmap figure (plain dict, see ``plotly_json``): one row per
+    word (every word labelled, repeated words numbered), one column per region, numbered row by
+    row from 1 as ``region_grid`` draws."""
     h, w = grid
-    z = token_region.numpy() if len(words) else np.zeros((0, h * w))
+    z = token_region.float().numpy().round(4).tolist() if len(words) else []
     rows = [f"{i + 1}. {word}" for i, word in enumerate(words)]  # unique, so no two rows merge
     regions = list(range(1, h * w + 1))
     hover = [
         [f"{row}<br>region {r} (row {(r - 1) // w + 1}, column {(r - 1) % w + 1})" for r in regions] for row in rows
     ]
-    # built as plain dicts without plotly's per-property validation (~4x cheaper, and drawn on
-    # every /predict); the values are ours, so there is nothing to validate
     trace = {
         "type": "heatmap",
         "z": z,
@@ -209,15 +236,16 @@ def attention_matrix(words: list[str], token_region: torch.Tensor, grid: tuple[i
         "height": max(260, 110 + 22 * len(words)),
         "margin": {"l": 10, "r": 10, "t": 36, "b": 10},
     }
-    return go.Figure({"data": [trace], "layout": layout}, _validate=False)
+    return {"data": [trace], "layout": layout}
 
 
-def modality_chart(contributions: dict[str, dict[str, float]], top: int = 5) -> go.Figure:
-    """Grouped bars: probability of the top labels with both modalities, image only, text only."""
+def modality_chart(contributions: dict[str, dict[str, float]], top: int = 5) -> dict:
+    """Grouped bars (plain figure dict, see ``plotly_json``): probability of the top labels with
+    both modalities, image only, text only."""
     both = contributions["both"]
     labels = sorted(both, key=both.get, reverse=True)[:top]
     data = [
-        {"type": "bar", "name": name, "x": labels, "y": [probs[label] for label in labels]}
+        {"type": "bar", "name": name, "x": labels, "y": [round(probs[label], 4) for label in labels]}
         for name, probs in contributions.items()
     ]
     layout = {  # no title: on a phone it collides with the toolbar; the component's label names it
@@ -227,7 +255,25 @@ def modality_chart(contributions: dict[str, dict[str, float]], top: int = 5) -> 
         "margin": {"l": 10, "r": 10, "t": 36, "b": 10},
         "legend": {"orientation": "h", "yanchor": "top", "y": -0.15, "x": 0},
     }
-    return go.Figure({"data": data, "layout": layout}, _validate=False)  # as above: no validation
+    return {"data": data, "layout": layout}
+
+
+@lru_cache(maxsize=1)
+def _default_template() -> str:
+    """Plotly's default template as JSON, built once (~0.1 s): the look every go.Figure gets."""
+    import plotly.io as pio
+
+    return json.dumps(pio.templates[pio.templates.default].to_plotly_json())
+
+
+def plotly_json(figure: dict) -> str:
+    """A figure of plain dicts ({"data": [...], "layout": {...}}, plain JSON values) as the JSON a
+    Plotly chart reads, with plotly's default template: what ``go.Figure(figure).to_json()``
+    gives, without its validation and template copy."""
+    layout = json.dumps(figure.get("layout", {}))
+    template = '"template": ' + _default_template()
+    layout = "{" + template + "}" if layout == "{}" else "{" + template + ", " + layout[1:]
+    return '{"data": ' + json.dumps(figure["data"]) + ', "layout": ' + layout + "}"
 
 
 def deletion_chart(curves: dict) -> go.Figure:

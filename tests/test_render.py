@@ -28,11 +28,11 @@ def test_overlay_marks_the_peak_and_caps_large_images():
 
 def test_charts():
     fig = render.attention_matrix(["red", "cube"], torch.rand(2, 4), (2, 2))
-    assert fig.data[0].z.shape == (2, 4) and list(fig.data[0].y) == ["1. red", "2. cube"]
+    assert np.shape(fig["data"][0]["z"]) == (2, 4) and fig["data"][0]["y"] == ["1. red", "2. cube"]
     fig = render.modality_chart(
         {"both": {"a": 0.7, "b": 0.3}, "image only": {"a": 0.5, "b": 0.5}, "text only": {"a": 0.2, "b": 0.8}}
     )
-    assert [t.name for t in fig.data] == ["both", "image only", "text only"] and list(fig.data[0].x) == ["a", "b"]
+    assert [t["name"] for t in fig["data"]] == ["both", "image only", "text only"] and fig["data"][0]["x"] == ["a", "b"]
     history = [
         {"epoch": 1, "train_loss": 1.0, "val_loss": 1.1, "train_accuracy": 0.5, "val_accuracy": 0.4},
         {"epoch": 2, "train_loss": 0.5, "val_loss": 0.7, "train_accuracy": 0.8, "val_accuracy": 0.7},
@@ -73,9 +73,41 @@ def test_region_grid_and_matrix_label_every_region_and_word():
     assert np.asarray(picture)[:, 30].min() < 128  # a grid line at x = 30 (240 / 8)
     words = ["what", "shape", "is", "the", "red", "object", "the", "?"]
     fig = render.attention_matrix(words, torch.rand(8, 64), (8, 8))
-    assert list(fig.data[0].y) == [f"{i + 1}. {w}" for i, w in enumerate(words)]  # every word, repeats kept apart
-    assert list(fig.layout.yaxis.ticktext) == list(fig.data[0].y)
-    assert list(fig.data[0].x) == list(range(1, 65))
+    trace = fig["data"][0]
+    assert trace["y"] == [f"{i + 1}. {w}" for i, w in enumerate(words)]  # every word, repeats kept apart
+    assert fig["layout"]["yaxis"]["ticktext"] == trace["y"]
+    assert trace["x"] == list(range(1, 65))
+
+
+def test_plotly_json_is_what_a_plotly_figure_serialises():
+    """The charts drawn on every /predict skip go.Figure; what the browser gets must not change:
+    the same data and layout, with plotly's default template."""
+    import json
+
+    import plotly.graph_objects as go
+
+    for fig in (
+        render.attention_matrix(["red", "cube"], torch.rand(2, 4), (2, 2)),
+        render.modality_chart({"both": {"a": 0.7, "b": 0.3}, "image only": {"a": 0.5, "b": 0.5}}),
+    ):
+        ours = json.loads(render.plotly_json(fig))
+        theirs = json.loads(go.Figure(fig).to_json())
+        assert ours["layout"] == theirs["layout"]  # the template included
+        for a, b in zip(ours["data"], theirs["data"]):
+            a.pop("colorscale", None), b.pop("colorscale", None)  # plotly expands a named scale; plotly.js knows it
+            assert a == b
+
+
+def test_a_small_scene_stays_crisp_in_the_overlay_and_sizes_the_word_map_tiles():
+    image = Image.new("RGB", (75, 75), (255, 255, 255))
+    image.putpixel((10, 10), (255, 0, 0))
+    out = np.asarray(render.overlay(image, torch.zeros(8, 8), 0.0))
+    scale = 384 / 75
+    # the red pixel is a block of whole pixels (nearest), not smeared into its neighbours
+    block = out[round(10 * scale) : round(11 * scale), round(10 * scale) : round(11 * scale)]
+    assert (block == (255, 0, 0)).all()
+    sheet = render.word_maps_grid(image, ["a"], torch.rand(1, 8, 8), torch.rand(8, 8))
+    assert sheet.size == (2 * (render.TILE_SIDE + 12), render.TILE_SIDE + 22 + 12)
 
 
 def test_overlay_outlines_boxes_and_captions_them_below():

@@ -2,11 +2,11 @@
 gradio_client calls (predict, and a one-epoch fine-tune through the API)."""
 
 import csv
+import json
 import socket
 import time
 from pathlib import Path
 
-import plotly.graph_objects as go
 import pytest
 from PIL import Image
 
@@ -43,8 +43,9 @@ def test_predict_handler_maps_results_to_components(app, fixture_path):
     assert isinstance(overlay["value"], Image.Image) and overlay["value"].size == (451, 300)
     assert [w for w, _ in words] == explanation["tokens"] and all(0 <= s <= 1 for _, s in words)
     assert isinstance(grid, Image.Image) and isinstance(regions, Image.Image)
-    assert isinstance(matrix, go.Figure) and isinstance(modality, go.Figure)
-    assert {t.name for t in modality.data} == {"both", "image only", "text only"}
+    matrix, modality = json.loads(matrix.plot), json.loads(modality.plot)  # plotly JSON, as gr.Plot sends it
+    assert matrix["data"][0]["type"] == "heatmap" and len(matrix["data"][0]["y"]) == len(explanation["tokens"])
+    assert {t["name"] for t in modality["data"]} == {"both", "image only", "text only"}
     assert "ms on cpu" in info
     # no scope statistics in this checkpoint: in scope, no banner, the answer is shown
     assert explanation["in_scope"] is True and explanation["scope"]["fitted"] is False and banner == ""

@@ -27,6 +27,7 @@ from ..registry import validate_name
 from ..webapp import App
 from .common import OPTIONAL_STRING, api_type, input_error
 from .identity import owner_of, refuse, unexpected
+from .zerogpu import finetune_device
 
 NEW_MODEL = "(new model)"
 PREVIEW_ROWS = 200  # rows read to guess the column roles
@@ -173,6 +174,8 @@ def start_finetune(
     try:
         name = validate_name(name)
         overrides = overrides_of(epochs, lr, batch_size, freeze, class_weights)
+        if finetune_device():  # the CPU on ZeroGPU (ui/zerogpu.py)
+            overrides["device"] = finetune_device()
         if not 0 < float(val_split) < 1:
             raise ValueError(f"the validation split must be between 0 and 1, got {val_split}")
         return app.start_job(

@@ -16,9 +16,12 @@ import time
 from pathlib import Path
 
 import gradio as gr
+import torch
 from gradio.utils import get_upload_folder
 from starlette.middleware import Middleware
 
+from ..device import resolve_device
+from ..inference import torch_threads_for_serving
 from ..webapp import App
 
 SESSION_CAPACITY = int(os.environ.get("MMDEMO_SESSION_CAPACITY", "150"))
@@ -86,6 +89,9 @@ def _sweep_forever(cache: Path) -> None:
 
 
 def launch(demo: gr.Blocks, app: App, server_name: str, server_port: int, queue_size: int = QUEUE_SIZE, **kwargs):
+    threads = torch_threads_for_serving(resolve_device(app.registry.device))
+    if threads:  # ONNX Runtime (or the GPU) runs the model; torch's share is small operations
+        torch.set_num_threads(threads)
     cache = Path(get_upload_folder())
     threading.Thread(target=_sweep_forever, args=(cache,), name="mmdemo-cache", daemon=True).start()
     return demo.queue(max_size=queue_size, default_concurrency_limit=1).launch(
