@@ -143,7 +143,7 @@ def test_a_reload_mid_training_keeps_the_form_and_the_tab(chromium, url, app):
     expect(page.locator("#job-status")).to_contain_text("running")
     expect(page.locator("#job-status")).to_contain_text("elapsed")
     page.get_by_role("button", name="Stop").click()
-    expect(page.locator("#job-status")).not_to_contain_text("running", timeout=120_000)
+    expect(page.locator("#job-status")).to_contain_text("stopped", timeout=120_000)
     app.jobs.wait(60)
     context.close()
 
