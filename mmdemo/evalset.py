@@ -304,7 +304,7 @@ def faithfulness(
         return None
     model = load_checkpoint(checkpoint)
     reinitialise(model.fusion)
-    randomised = Predictor(model, predictor.device)
+    randomised = Predictor(model, predictor.device, backend="torch")  # two batches: no ONNX export
     images = [decode_image(image, name=Path(image).name) for image, _ in picked]
     result = dataset_faithfulness(predictor, randomised, images, [text for _, text in picked], methods, steps)
     result["sampled_from"] = len(pairs)
