@@ -262,3 +262,26 @@ def test_stage2_runs_only_when_the_time_left_allows_it(sixteen_rows):
     stage2 = result.stages[1]
     assert not stage2["ran"] and "s left" in stage2["why"]
     assert result.model.config.image_tuned_blocks == 0
+
+
+def test_a_checkpoint_with_tuned_blocks_serves_its_own_weights(sixteen_rows, tmp_path):
+    """The Predictor (ONNX Runtime on the CPU) loads the stored top blocks over the package's."""
+    from mmdemo.checkpoint import save_checkpoint
+    from mmdemo.model import build_model
+    from mmdemo.service import Predictor
+
+    image, question = str(sixteen_rows.parent / "img" / "0.png"), "what colour is it?"
+    torch.manual_seed(0)
+    model = build_model(tiny_config(image_encoder="efficientnet_lite0", frozen=["image_encoder"]))
+    save_checkpoint(model, tmp_path / "plain")
+    with torch.no_grad():
+        for block in model.tune_image_blocks(3):
+            for p in block.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+    save_checkpoint(model, tmp_path / "tuned")
+    plain = Predictor.from_checkpoint(tmp_path / "plain").predict(image, question).scores
+    served = Predictor.from_checkpoint(tmp_path / "tuned").predict(image, question).scores
+    direct = Predictor(model.eval(), backend="torch").predict(image, question).scores
+    assert max(abs(served[label] - plain[label]) for label in plain) > 1e-3  # the tuned blocks count
+    for label, score in direct.items():
+        assert abs(served[label] - score) < 1e-3, label
