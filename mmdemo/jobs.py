@@ -33,7 +33,7 @@ log = logging.getLogger("mmdemo.jobs")
 
 UNFINISHED = ("queued", "preparing", "running")
 FINISHED = ("done", "failed", "stopped", "interrupted")
-STOP_GRACE_S = {"queued": 0.0, "preparing": 2.0, "running": 30.0}  # then the worker is terminated
+STOP_GRACE_S = {"queued": 0.0, "preparing": 10.0, "running": 30.0}  # then the worker is terminated
 IDLE = {"state": "idle", "message": "No fine-tune job has run yet."}
 
 

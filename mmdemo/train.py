@@ -108,12 +108,36 @@ def model_for(labels: list[str], init: MultimodalClassifier | None, config: Mode
     return model
 
 
+TEXT_CHUNK = 1024  # distinct texts tokenized between two progress events and stop checks
+ENCODE_CHUNK = 256  # distinct texts encoded (frozen text encoder) per forward
+
+
+class Stopped(RuntimeError):
+    """Stop asked while the data was being prepared (before the first training step)."""
+
+
 class Encoded:
     """The inputs of a dataset prepared once: uint8 images per distinct image, token ids per
-    distinct text, and encoder outputs for frozen encoders."""
+    distinct text, and encoder outputs for frozen encoders. Each phase runs in chunks, with a
+    progress event (``done``/``total``) and a ``should_stop`` check after each, so a large
+    training set shows where it is and Stop ends it within one chunk (``Stopped``)."""
 
-    def __init__(self, model: MultimodalClassifier, examples: list[Example], device: torch.device, progress: Progress):
+    def __init__(
+        self,
+        model: MultimodalClassifier,
+        examples: list[Example],
+        device: torch.device,
+        progress: Progress,
+        should_stop: Callable[[], bool] | None = None,
+    ):
         config = model.config
+        stop = should_stop or (lambda: False)
+
+        def step(stage: str, done: int, total: int) -> None:
+            progress({"stage": stage, "done": done, "total": total})
+            if stop():
+                raise Stopped(f"stopped while preparing the data ({stage} {done:,}/{total:,}); nothing was saved")
+
         self.image_index: dict = {}
         self.text_index: dict = {}
         for e in examples:
@@ -127,11 +151,10 @@ class Encoded:
         for i, path in enumerate(self.image_index):
             images.append(image_to_uint8(decode_image(path), config))
             if i % 200 == 0:
-                progress({"stage": "load images", "done": i, "total": len(self.image_index)})
+                step("load images", i, len(self.image_index))
         self.pixels = torch.stack(images)  # (N_img, 3, S, S) uint8
         texts = list(self.text_index)
-        tb = tokenize(load_tokenizer(config.text_model), texts, config.max_tokens)
-        self.input_ids, self.attention_mask = tb.input_ids, tb.attention_mask  # (N_txt, T)
+        self.input_ids, self.attention_mask = _tokenize_in_chunks(texts, config, step)  # (N_txt, T)
 
         self.features = self.text_states = None
         model.eval()
@@ -141,14 +164,15 @@ class Encoded:
                 for start in range(0, len(self.pixels), 64):
                     px = normalize_pixels(self.pixels[start : start + 64], config).to(device)
                     chunks.append(model.encode_image(px).float().cpu())
-                    progress({"stage": "encode images", "done": start + len(px), "total": len(self.pixels)})
+                    step("encode images", start + len(px), len(self.pixels))
                 self.features = torch.cat(chunks)  # (N_img, C, h, w)
             if "text_encoder" in config.frozen:
                 chunks = []
-                for start in range(0, len(texts), 256):
-                    ids = self.input_ids[start : start + 256].to(device)
-                    mask = self.attention_mask[start : start + 256].to(device)
+                for start in range(0, len(texts), ENCODE_CHUNK):
+                    ids = self.input_ids[start : start + ENCODE_CHUNK].to(device)
+                    mask = self.attention_mask[start : start + ENCODE_CHUNK].to(device)
                     chunks.append(model.encode_text(ids, mask).float().cpu())
+                    step("encode texts", start + len(ids), len(texts))
                 self.text_states = torch.cat(chunks)  # (N_txt, T, E)
 
     def batch(self, model: MultimodalClassifier, rows: torch.Tensor, device: torch.device):
@@ -171,6 +195,27 @@ class Encoded:
         else:
             text_states = model.encode_text(self.input_ids[txt, :length].to(device), mask)
         return feature_map, px, text_states, mask, img_inverse.to(device)
+
+
+def _tokenize_in_chunks(texts: list[str], config: ModelConfig, step) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and masks of ``texts``, TEXT_CHUNK at a time (``step`` after each), padded to
+    the longest text of all, as one ``tokenize`` call would give."""
+    tokenizer = load_tokenizer(config.text_model)
+    ids, masks = [], []
+    for start in range(0, len(texts), TEXT_CHUNK):
+        tb = tokenize(tokenizer, texts[start : start + TEXT_CHUNK], config.max_tokens)
+        ids.append(tb.input_ids)
+        masks.append(tb.attention_mask)
+        step("tokenize texts", start + len(tb.input_ids), len(texts))
+    length = max(t.shape[1] for t in ids)
+    input_ids = torch.full((len(texts), length), tokenizer.pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(texts), length), dtype=torch.long)
+    start = 0
+    for chunk_ids, chunk_mask in zip(ids, masks):
+        input_ids[start : start + len(chunk_ids), : chunk_ids.shape[1]] = chunk_ids
+        attention_mask[start : start + len(chunk_ids), : chunk_mask.shape[1]] = chunk_mask
+        start += len(chunk_ids)
+    return input_ids, attention_mask
 
 
 def grouped_batches(rows_image: torch.Tensor, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
@@ -268,8 +313,8 @@ def train(
     model.to(device)
     label_index = {label: i for i, label in enumerate(model.config.labels)}
     progress({"stage": "prepare", "message": f"preparing {len(train_examples)} training rows"})
-    train_enc = Encoded(model, train_examples, device, progress)
-    val_enc = Encoded(model, val_examples, device, progress) if val_examples else None
+    train_enc = Encoded(model, train_examples, device, progress, should_stop)
+    val_enc = Encoded(model, val_examples, device, progress, should_stop) if val_examples else None
     targets = torch.tensor([label_index[e.label] for e in train_examples])
     val_targets = torch.tensor([label_index.get(e.label, -1) for e in val_examples])
     prepare_seconds = time.perf_counter() - start_time
