@@ -108,6 +108,7 @@ class JobManager:
     def status(self, owner: str) -> dict:
         """The visitor's latest job, with its queue position while queued."""
         with self._lock:
+            self._reap_if_ended()
             records = self.records()
             mine = [r for r in records if r["owner"] == owner]
             if not mine:
@@ -262,6 +263,20 @@ class JobManager:
             target=run_job, args=(str(self._path(record["id"])), self._stop), name=f"mmdemo-job-{record['id']}"
         )
         self._process.start()
+
+    def _reap_if_ended(self) -> None:
+        """A worker that wrote its final state is ending: reap it now (under the lock), so a job
+        never shows as finished while its upload folder is still there."""
+        if self._process is None:
+            return
+        try:
+            finished = read_record(self._path(self._running_id))["state"] in FINISHED
+        except (OSError, ValueError):
+            return
+        if finished:
+            self._process.join(10)
+            if not self._process.is_alive():
+                self._reap()
 
     def _reap(self) -> None:
         """The worker ended: make its record final and delete its upload folder."""

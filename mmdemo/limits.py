@@ -62,10 +62,10 @@ class Limits:
 @dataclass(frozen=True)
 class CacheLimits:
     """Bounds on Gradio's file cache (visitors' uploads, the app's output images), swept by
-    mmdemo.ui.serve every few seconds. A file leaves when unused for ``ttl_min``, or sooner,
-    least recently used first, while the cache is over ``max_mb``; never while a queued or
-    running request refers to it, nor within ``min_age_s`` of its last use (an upload waiting
-    for its first question, an output image the browser has yet to fetch)."""
+    mmdemo.ui.serve.CacheSweeper every 2 s. A file leaves when unused for ``ttl_min``, or
+    sooner, least recently used first, while the cache is over ``max_mb`` (unless a live page
+    holds it, or it is an upload no request has sent yet); never while a queued or running
+    request refers to it, nor within ``min_age_s`` of its last use."""
 
     ttl_min: float = 3.0  # MMDEMO_CACHE_TTL_MIN
     max_mb: float = 10.0  # MMDEMO_CACHE_MAX_MB (about a minute of outputs at 4 requests/s)

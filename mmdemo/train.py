@@ -135,8 +135,11 @@ class Encoded:
 
         def step(stage: str, done: int, total: int) -> None:
             progress({"stage": stage, "done": done, "total": total})
-            if stop():
-                raise Stopped(f"stopped while preparing the data ({stage} {done:,}/{total:,}); nothing was saved")
+            if done < total and stop():  # between two chunks (a one-chunk phase is not interrupted)
+                raise Stopped(
+                    f"stopped while preparing the data ({stage} {done:,}/{total:,}), before the first training "
+                    "step; nothing was saved"
+                )
 
         self.image_index: dict = {}
         self.text_index: dict = {}
@@ -148,9 +151,9 @@ class Encoded:
         self.labels = [e.label for e in examples]
 
         images = []
-        for i, path in enumerate(self.image_index):
+        for i, path in enumerate(self.image_index, start=1):
             images.append(image_to_uint8(decode_image(path), config))
-            if i % 200 == 0:
+            if i % 200 == 0 or i == len(self.image_index):
                 step("load images", i, len(self.image_index))
         self.pixels = torch.stack(images)  # (N_img, 3, S, S) uint8
         texts = list(self.text_index)

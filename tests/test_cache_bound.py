@@ -38,6 +38,7 @@ def server(tmp_path_factory):
         mp.setenv("MMDEMO_CACHE_MAX_MB", str(CAP_MB))
         mp.setenv("MMDEMO_CACHE_MIN_AGE_S", "1")
         mp.setattr(serve, "SESSION_SWEEP_S", 1)
+        mp.setattr(serve, "SESSION_CAPACITY", 2)  # what live pages hold is kept: few pages here
         limits = Limits(predict_concurrency=1)
         app = ui.App(CheckpointRegistry(root / "mine", root / "shipped", limits=limits), str(root / "work"))
         demo = ui.create_demo(app)
@@ -116,6 +117,17 @@ def test_a_file_a_queued_request_needs_is_kept_and_a_swept_one_is_named(server):
         assert _result(client, url, waiting) == "answered"
         message = _result(client, url, _call(client, url, gone))
     assert "the image is no longer on the server" in message and "upload it again" in message
+
+
+def test_an_upload_no_request_has_sent_yet_outlives_the_cap(server):
+    """A visitor's upload (a training zip while they pick the columns) is kept over the cap
+    until the TTL; the next request can use it."""
+    url, demo, _ = server
+    with httpx.Client(timeout=120) as client:
+        path = _upload(client, url, _png(600))  # ~1 MB of noise, over the 0.5 MB cap by itself
+        time.sleep(2 * serve.CACHE_SWEEP_S + 1.5)
+        assert os.path.exists(path)
+        assert _result(client, url, _call(client, url, path)) == "answered"
 
 
 def test_finished_sessions_are_forgotten(server):

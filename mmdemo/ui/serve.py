@@ -99,9 +99,17 @@ def _file_paths(value, found: set[str]) -> None:
 
 
 class CacheSweeper:
-    """Keeps Gradio's file cache bounded (``CacheLimits``): files unused for the TTL go, and while
-    the cache is over its size cap the least recently used go first. A file "used" is one
-    uploaded, written or sent in a request (its modification time, touched on each use).
+    """Keeps Gradio's file cache bounded (``CacheLimits``). A file is "used" when uploaded,
+    written, or sent in a request (its modification time, touched on each use).
+
+    - Never deleted: a file a queued or running request refers to, the shipped examples
+      (``keep_in_cache``), a file used within ``min_age_s``.
+    - Deleted when unused for ``ttl_min``.
+    - While the cache is over ``max_mb``, the least recently used go first, except what a
+      visitor's page still holds: the last file each input of a live session sent (Gradio keeps
+      at most MMDEMO_SESSION_CAPACITY sessions), and uploads no request has sent yet (a
+      training zip while its visitor picks the columns). Output images, and uploads a page has
+      replaced, go first: they make the churn of a steady load.
 
     Replaces Gradio's own ``delete_cache`` sweep, which in Gradio 6.31 iterates the live sets of
     cached files while requests add to them: the first sweep that meets a request in progress
@@ -112,12 +120,14 @@ class CacheSweeper:
 
     Only files this app tracks are considered (its uploads, outputs and example copies), so a
     cache folder shared with other Gradio apps (the default ``/tmp/gradio``) loses nothing of
-    theirs; the shipped examples (``keep_in_cache``) are never deleted."""
+    theirs."""
 
     def __init__(self, demo: gr.Blocks, limits: CacheLimits | None = None):
         self.demo = demo
         self.limits = limits or CacheLimits.from_env()
         self.cache = Path(get_upload_folder())
+        self._sent: set[str] = set()  # files some request has sent
+        self._missing: set[str] = set()  # tracked but not on disk at the last pass
         self._stop = threading.Event()
 
     # --- what must stay ------------------------------------------------------------------
@@ -136,11 +146,28 @@ class CacheSweeper:
             _file_paths(getattr(getattr(event, "data", None), "data", None), found)
         return found
 
+    def held(self) -> set[str]:
+        """Files live sessions last sent for their inputs (Gradio's SessionState keeps each
+        input's last value; read defensively)."""
+        sessions = getattr(getattr(self.demo, "state_holder", None), "session_data", None) or {}
+        found: set[str] = set()
+        for session in list(sessions.values()):
+            _file_paths(list(getattr(session, "config_values", {}).values()), found)
+        return found
+
+    def unsent_uploads(self) -> set[str]:
+        return {os.path.abspath(p) for p in self.demo.upload_file_set.copy()} - self._sent
+
     def kept(self) -> set[str]:
         files: set[str] = set()
         for block in list(self.demo.blocks.values()):
             files.update(os.path.abspath(p) for p in list(getattr(block, "keep_in_cache", ())))
         return files
+
+    def mark_sent(self, inputs) -> None:
+        found: set[str] = set()
+        _file_paths(inputs, found)
+        self._sent.update(p for p in found if p.startswith(os.path.abspath(self.cache) + os.sep))
 
     def touch(self, inputs) -> None:
         """Mark the cached files a request sends as used now (least recently used goes first)."""
@@ -148,6 +175,7 @@ class CacheSweeper:
         _file_paths(inputs, found)
         for path in found:
             if path.startswith(os.path.abspath(self.cache) + os.sep):
+                self._sent.add(path)
                 try:
                     os.utime(path)
                 except OSError:
@@ -159,25 +187,33 @@ class CacheSweeper:
         the server stops); return how many files went and what is left."""
         now = time.time() if now is None else now
         ttl_s, cap = self.limits.ttl_min * 60, self.limits.max_mb * 1e6
-        protected = self.kept() if everything else self.in_flight() | self.kept()
+        kept = self.kept()
+        never = kept if everything else kept | self.in_flight()
+        not_for_space = set() if everything else self.held() | self.unsent_uploads()
         files = []  # (last used, bytes on disk, path)
-        gone: set[str] = set()
-        for path in self.tracked():
+        missing: set[str] = set()
+        tracked = self.tracked()
+        self._sent.intersection_update({os.path.abspath(p) for p in tracked})  # one C call; bounded
+        for path in tracked:
             try:
                 st = os.stat(path)
             except OSError:
-                gone.add(path)  # deleted by someone else: forget it
+                missing.add(path)
                 continue
             files.append((st.st_mtime, st.st_blocks * 512 + 4096, path))  # + its own folder
+        gone = missing & self._missing  # missing twice: deleted by someone else (an upload
+        self._missing = missing - gone  # is listed a moment before its file is in place)
         total = sum(size for _, size, _ in files)
         deleted = 0
         for used, size, path in sorted(files):  # least recently used first
-            if not (everything or total > cap or now - used > ttl_s):
+            expired = now - used > ttl_s
+            if not (everything or expired or total > cap):
                 break  # the rest are newer
-            if os.path.abspath(path) in protected:
-                continue
-            if not everything and now - used < self.limits.min_age_s:
+            if not everything and not expired and now - used < self.limits.min_age_s:
                 break  # the rest are newer still
+            key = os.path.abspath(path)
+            if key in never or (not expired and key in not_for_space):
+                continue
             if self._delete(path, None if everything else used):
                 gone.add(path)
                 total -= size
@@ -259,6 +295,7 @@ def _lifespan(demo: gr.Blocks, sweeper: CacheSweeper):
 
     @asynccontextmanager
     async def lifespan(_app):
+        _mark_files_sent_on_join(demo, sweeper)
         sessions = asyncio.create_task(forget_finished_sessions(demo))
         try:
             yield
@@ -268,6 +305,20 @@ def _lifespan(demo: gr.Blocks, sweeper: CacheSweeper):
             sweeper.sweep(everything=True)
 
     return lifespan
+
+
+def _mark_files_sent_on_join(demo: gr.Blocks, sweeper: CacheSweeper) -> None:
+    """A request's files count as sent when it asks to join the queue, admitted or not: the
+    uploads of calls refused as "queue full" are then ordinary files, not uploads a visitor
+    has yet to send (which the size cap spares until the TTL)."""
+    queue = demo._queue
+    push = queue.push
+
+    async def push_and_mark(body, *args, **kwargs):
+        sweeper.mark_sent(getattr(body, "data", None))
+        return await push(body, *args, **kwargs)
+
+    queue.push = push_and_mark
 
 
 def _touch_inputs_when_used(demo: gr.Blocks, sweeper: CacheSweeper) -> None:
