@@ -33,6 +33,7 @@ CSS = """
 #capabilities-text { padding: 4px 12px; }
 """
 
+
 def create_demo(app: App) -> gr.Blocks:
     # css in the constructor still works in Gradio 6 (launch() takes it over); kept here so
     # every way of launching (app.py, tests, docs/make_screenshots.py) gets the same page
