@@ -44,7 +44,7 @@ log = logging.getLogger("mmdemo.jobs")
 
 UNFINISHED = ("queued", "preparing", "running")
 FINISHED = ("done", "failed", "stopped", "interrupted")
-STOP_GRACE_S = {"queued": 0.0, "preparing": 2.0, "running": 30.0}  # then the worker is terminated
+STOP_GRACE_S = {"queued": 0.0, "preparing": 10.0, "running": 30.0}  # then the worker is terminated
 IDLE = {"state": "idle", "message": "No fine-tune job has run yet."}
 
 
@@ -119,6 +119,7 @@ class JobManager:
     def status(self, owner: str) -> dict:
         """The visitor's latest job, with its queue position while queued."""
         with self._lock:
+            self._reap_if_ended()
             records = self.records()
             mine = [r for r in records if r["owner"] == owner]
             if not mine:
@@ -355,6 +356,20 @@ class JobManager:
             target=run_job, args=(str(self._path(record["id"])), self._stop), name=f"mmdemo-job-{record['id']}"
         )
         self._process.start()
+
+    def _reap_if_ended(self) -> None:
+        """A worker that wrote its final state is ending: reap it now (under the lock), so a job
+        never shows as finished while its upload folder is still there."""
+        if self._process is None:
+            return
+        try:
+            finished = read_record(self._path(self._running_id))["state"] in FINISHED
+        except (OSError, ValueError):
+            return
+        if finished:
+            self._process.join(10)
+            if not self._process.is_alive():
+                self._reap()
 
     def _reap(self) -> None:
         """The worker ended: make its record final and delete its upload folder."""

@@ -19,14 +19,18 @@ from pathlib import Path
 UPLOAD_PREFIX = "mmdemo-upload-"
 
 
-def _env_int(name: str, default: int) -> int:
+def _env_float(name: str, default: float) -> float:
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
     try:
-        return int(float(raw))
+        return float(raw)
     except ValueError:
         raise ValueError(f"environment variable {name}={raw!r} is not a number") from None
+
+
+def _env_int(name: str, default: int) -> int:
+    return int(_env_float(name, default))
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,23 @@ class Limits:
     @classmethod
     def from_env(cls) -> Limits:
         return cls(**{f.name: _env_int(f"MMDEMO_{f.name.upper()}", f.default) for f in fields(cls)})
+
+
+@dataclass(frozen=True)
+class CacheLimits:
+    """Bounds on Gradio's file cache (visitors' uploads, the app's output images), swept by
+    mmdemo.ui.serve.CacheSweeper every 2 s. A file leaves when unused for ``ttl_min``, or
+    sooner, least recently used first, while the cache is over ``max_mb`` (unless a live page
+    holds it, or it is an upload no request has sent yet); never while a queued or running
+    request refers to it, nor within ``min_age_s`` of its last use."""
+
+    ttl_min: float = 3.0  # MMDEMO_CACHE_TTL_MIN
+    max_mb: float = 10.0  # MMDEMO_CACHE_MAX_MB (about a minute of outputs at 4 requests/s)
+    min_age_s: float = 30.0  # MMDEMO_CACHE_MIN_AGE_S
+
+    @classmethod
+    def from_env(cls) -> CacheLimits:
+        return cls(**{f.name: _env_float(f"MMDEMO_CACHE_{f.name.upper()}", f.default) for f in fields(cls)})
 
 
 def shared_mode() -> bool:

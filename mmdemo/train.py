@@ -146,9 +146,19 @@ def model_for(labels: list[str], init: MultimodalClassifier | None, config: Mode
     return model
 
 
+TEXT_CHUNK = 1024  # distinct texts tokenized between two progress events and stop checks
+ENCODE_CHUNK = 256  # distinct texts encoded (frozen text encoder) per forward
+
+
+class Stopped(RuntimeError):
+    """Stop asked while the data was being prepared (before the first training step)."""
+
+
 class Encoded:
     """The inputs of a dataset prepared once: uint8 images per distinct image, token ids per
-    distinct text, and encoder outputs for frozen encoders."""
+    distinct text, and encoder outputs for frozen encoders. Each phase runs in chunks, with a
+    progress event (``done``/``total``) and a ``should_stop`` check after each, so a large
+    training set shows where it is and Stop ends it within one chunk (``Stopped``)."""
 
     def __init__(
         self,
@@ -157,10 +167,22 @@ class Encoded:
         device: torch.device,
         progress: Progress,
         ctx: distributed.Context = distributed.SINGLE,
+        should_stop: Callable[[], bool] | None = None,
     ):
         """Under torchrun (``ctx``) each process decodes and encodes its share of the images and
-        texts, and every process gets the whole cache."""
+        texts, and every process gets the whole cache. ``should_stop`` is asked between chunks
+        (one process only: under torchrun a stop arrives between epochs)."""
         config = model.config
+        stop = should_stop if should_stop is not None and not ctx.distributed else (lambda: False)
+
+        def step(stage: str, done: int, total: int) -> None:
+            progress({"stage": stage, "done": done, "total": total})
+            if done < total and stop():  # between two chunks (a one-chunk phase is not interrupted)
+                raise Stopped(
+                    f"stopped while preparing the data ({stage} {done:,}/{total:,}), before the first training "
+                    "step; nothing was saved"
+                )
+
         self.image_index: dict = {}
         self.text_index: dict = {}
         for e in examples:
@@ -176,14 +198,13 @@ class Encoded:
             images = []
             for i in range(lo, hi):
                 images.append(image_to_uint8(decode_image(paths[i]), config))
-                if (i - lo) % 200 == 0:
-                    progress({"stage": "load images", "done": i - lo, "total": hi - lo})
+                if (i - lo + 1) % 200 == 0 or i + 1 == hi:
+                    step("load images", i - lo + 1, hi - lo)
             return torch.stack(images)
 
         self.pixels = ctx.map_concat(len(paths), load)  # (N_img, 3, S, S) uint8
         texts = list(self.text_index)
-        tb = tokenize(load_tokenizer(config.text_model), texts, config.max_tokens)
-        self.input_ids, self.attention_mask = tb.input_ids, tb.attention_mask  # (N_txt, T)
+        self.input_ids, self.attention_mask = _tokenize_in_chunks(texts, config, step)  # (N_txt, T)
 
         self.features = self.text_states = None
         model.eval()
@@ -195,7 +216,7 @@ class Encoded:
                     for start in range(lo, hi, 64):
                         px = normalize_pixels(self.pixels[start : min(start + 64, hi)], config).to(device)
                         chunks.append(model.encode_image(px).float().cpu())
-                        progress({"stage": "encode images", "done": start - lo + len(px), "total": hi - lo})
+                        step("encode images", start - lo + len(px), hi - lo)
                     return torch.cat(chunks)
 
                 self.features = ctx.map_concat(len(self.pixels), encode_images)  # (N_img, C, h, w)
@@ -203,10 +224,11 @@ class Encoded:
 
                 def encode_texts(lo: int, hi: int) -> torch.Tensor:
                     chunks = []
-                    for start in range(lo, hi, 256):
-                        ids = self.input_ids[start : min(start + 256, hi)].to(device)
-                        mask = self.attention_mask[start : min(start + 256, hi)].to(device)
+                    for start in range(lo, hi, ENCODE_CHUNK):
+                        ids = self.input_ids[start : min(start + ENCODE_CHUNK, hi)].to(device)
+                        mask = self.attention_mask[start : min(start + ENCODE_CHUNK, hi)].to(device)
                         chunks.append(model.encode_text(ids, mask).float().cpu())
+                        step("encode texts", start - lo + len(ids), hi - lo)
                     return torch.cat(chunks)
 
                 self.text_states = ctx.map_concat(len(texts), encode_texts)  # (N_txt, T, E)
@@ -311,6 +333,27 @@ def augment(pixels: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
     gain, bias = params[:, 2, None, None, None], params[:, 3, None, None, None]
     return ((x - 128) * gain + 128 + bias).clamp(0, 255)
+
+
+def _tokenize_in_chunks(texts: list[str], config: ModelConfig, step) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and masks of ``texts``, TEXT_CHUNK at a time (``step`` after each), padded to
+    the longest text of all, as one ``tokenize`` call would give."""
+    tokenizer = load_tokenizer(config.text_model)
+    ids, masks = [], []
+    for start in range(0, len(texts), TEXT_CHUNK):
+        tb = tokenize(tokenizer, texts[start : start + TEXT_CHUNK], config.max_tokens)
+        ids.append(tb.input_ids)
+        masks.append(tb.attention_mask)
+        step("tokenize texts", start + len(tb.input_ids), len(texts))
+    length = max(t.shape[1] for t in ids)
+    input_ids = torch.full((len(texts), length), tokenizer.pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(texts), length), dtype=torch.long)
+    start = 0
+    for chunk_ids, chunk_mask in zip(ids, masks):
+        input_ids[start : start + len(chunk_ids), : chunk_ids.shape[1]] = chunk_ids
+        attention_mask[start : start + len(chunk_ids), : chunk_mask.shape[1]] = chunk_mask
+        start += len(chunk_ids)
+    return input_ids, attention_mask
 
 
 def grouped_batches(rows_image: torch.Tensor, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
@@ -420,8 +463,8 @@ def train(
     model.to(device)
     label_index = {label: i for i, label in enumerate(model.config.labels)}
     progress({"stage": "prepare", "message": f"preparing {len(train_examples)} training rows"})
-    train_enc = Encoded(model, train_examples, device, progress, ctx)
-    val_enc = Encoded(model, val_examples, device, progress, ctx) if val_examples else None
+    train_enc = Encoded(model, train_examples, device, progress, ctx, should_stop)
+    val_enc = Encoded(model, val_examples, device, progress, ctx, should_stop) if val_examples else None
     targets = torch.tensor([label_index[e.label] for e in train_examples])
     val_targets = torch.tensor([label_index.get(e.label, -1) for e in val_examples])
     prepare_seconds = time.perf_counter() - start_time

@@ -33,14 +33,6 @@ CSS = """
 #capabilities-text { padding: 4px 12px; }
 """
 
-# Gradio's cache (uploads, output images) is swept every CACHE_SWEEP_S of files older than
-# MMDEMO_CACHE_TTL_MIN: under a steady load the cache stays flat once that age is reached.
-CACHE_SWEEP_S = 30
-
-
-def cache_ttl_s() -> int:
-    return int(60 * float(os.environ.get("MMDEMO_CACHE_TTL_MIN", "3")))
-
 
 def create_demo(app: App) -> gr.Blocks:
     # css in the constructor still works in Gradio 6 (launch() takes it over); kept here so
@@ -49,7 +41,6 @@ def create_demo(app: App) -> gr.Blocks:
         warnings.filterwarnings("ignore", message="The parameters have been moved", category=UserWarning)
         blocks = gr.Blocks(
             title="mmdemo: explainable image + text classifier",
-            delete_cache=(CACHE_SWEEP_S, cache_ttl_s()),
             css=CSS,
         )
     with blocks as demo:

@@ -11,6 +11,7 @@ to a parameter annotated with the class itself.
 from __future__ import annotations
 
 import base64
+import os
 import time
 from typing import NamedTuple
 
@@ -52,9 +53,15 @@ class ImagePath(gr.Image):
             return None
         if payload.url and payload.url.startswith("data:"):  # inline image: bytes to a file, undecoded
             data = base64.b64decode(processing_utils.extract_base64_data(payload.url))
-            return processing_utils.save_bytes_to_cache(data, "image", cache_dir=self.GRADIO_CACHE)
+            path = processing_utils.save_bytes_to_cache(data, "image", cache_dir=self.GRADIO_CACHE)
+            self.temp_files.add(path)  # so the cache sweep (ui/serve.py) deletes it in time
+            return path
         if payload.path is None:
             raise input_error("predict", "the image upload has no file")
+        if not os.path.exists(payload.path):  # swept from the cache (ui/serve.py CacheSweeper)
+            raise input_error(
+                "predict", "the image is no longer on the server (unused uploads are deleted): upload it again"
+            )
         return str(payload.path)
 
 

@@ -3,16 +3,19 @@
 Besides the per-request limits (mmdemo/limits.py): at most MMDEMO_QUEUE_SIZE events wait in
 Gradio's queue (more get "queue full"), at most MMDEMO_SESSION_CAPACITY sessions are held in
 memory (each holds a copy of the page's config; the oldest go first), uploads over
-MMDEMO_MAX_UPLOAD_MB get HTTP 413.
+MMDEMO_MAX_UPLOAD_MB get HTTP 413, and Gradio's file cache is kept under its bounds
+(``CacheSweeper``: MMDEMO_CACHE_TTL_MIN, MMDEMO_CACHE_MAX_MB, MMDEMO_CACHE_MIN_AGE_S).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
 import threading
 import time
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import gradio as gr
@@ -22,6 +25,7 @@ from starlette.middleware import Middleware
 
 from ..device import resolve_device
 from ..inference import torch_threads_for_serving
+from ..limits import CacheLimits
 from ..webapp import App
 
 SESSION_CAPACITY = int(os.environ.get("MMDEMO_SESSION_CAPACITY", "150"))
@@ -64,12 +68,14 @@ class BodyLimit:
 
 
 EMPTY_FOLDER_AGE_S = 5  # Gradio makes a folder and writes its file at once: older and empty is left over
-EMPTY_FOLDER_SWEEP_S = 10
+CACHE_SWEEP_S = 2  # short, so the cache overshoots its cap by at most ~2 s of traffic
+EMPTY_FOLDER_SWEEP_S = 30
+
+log = logging.getLogger(__name__)
 
 
 def sweep_empty_cache_folders(cache: Path, age_s: float = EMPTY_FOLDER_AGE_S) -> int:
-    """Gradio's cache sweep (``delete_cache``) deletes files but keeps the folder each one was
-    in (one per file, 4 kB on disk each): remove those folders once empty for ``age_s``."""
+    """Remove folders of the cache (one per file, 4 kB on disk each) left empty for ``age_s``."""
     removed = 0
     now = time.time()
     for folder in cache.glob("*"):
@@ -82,18 +88,262 @@ def sweep_empty_cache_folders(cache: Path, age_s: float = EMPTY_FOLDER_AGE_S) ->
     return removed
 
 
-def _sweep_forever(cache: Path) -> None:
+def _file_paths(value, found: set[str]) -> None:
+    """Paths of the files (FileData dicts, ``{"path": ...}``) anywhere in an event's input data."""
+    if isinstance(value, dict):
+        if isinstance(value.get("path"), str):
+            found.add(os.path.abspath(value["path"]))
+        for item in value.values():
+            if isinstance(item, (dict, list, tuple)):
+                _file_paths(item, found)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _file_paths(item, found)
+
+
+class CacheSweeper:
+    """Keeps Gradio's file cache bounded (``CacheLimits``). A file is "used" when uploaded,
+    written, or sent in a request (its modification time, touched on each use).
+
+    - Never deleted: a file a queued or running request refers to, the shipped examples
+      (``keep_in_cache``), a file used within ``min_age_s``.
+    - Deleted when unused for ``ttl_min``.
+    - While the cache is over ``max_mb``, the least recently used go first, except what a
+      visitor's page still holds: the last file each input of a live session sent (Gradio keeps
+      at most MMDEMO_SESSION_CAPACITY sessions), and uploads no request has sent yet (a
+      training zip while its visitor picks the columns). Output images, and uploads a page has
+      replaced, go first: they make the churn of a steady load.
+
+    Replaces Gradio's own ``delete_cache`` sweep, which in Gradio 6.31 iterates the live sets of
+    cached files while requests add to them: the first sweep that meets a request in progress
+    raises "Set changed size during iteration", its task dies silently and nothing is deleted
+    again (the cache grew 15 MB/min at 4 requests/s, without end). Here the sets are copied
+    before reading, every sweep is guarded, and deleted paths are dropped from the sets (which
+    Gradio never shrinks: they would grow in memory too).
+
+    Only files this app tracks are considered (its uploads, outputs and example copies), so a
+    cache folder shared with other Gradio apps (the default ``/tmp/gradio``) loses nothing of
+    theirs."""
+
+    def __init__(self, demo: gr.Blocks, limits: CacheLimits | None = None):
+        self.demo = demo
+        self.limits = limits or CacheLimits.from_env()
+        self.cache = Path(get_upload_folder())
+        self._sent: set[str] = set()  # files some request has sent
+        self._missing: set[str] = set()  # tracked but not on disk at the last pass
+        self._stop = threading.Event()
+
+    # --- what must stay ------------------------------------------------------------------
+    def tracked(self) -> set[str]:
+        files: set[str] = set()
+        for file_set in list(self.demo.temp_file_sets):
+            files.update(file_set.copy())  # one C call: no request can change it half-way
+        return files
+
+    def in_flight(self) -> set[str]:
+        """Files referred to by an event waiting in Gradio's queue or running (private to
+        gradio.queueing: read defensively, an empty set if its shape changes)."""
+        events = getattr(getattr(self.demo, "_queue", None), "event_ids_to_events", None) or {}
+        found: set[str] = set()
+        for event in list(events.values()):
+            _file_paths(getattr(getattr(event, "data", None), "data", None), found)
+        return found
+
+    def held(self) -> set[str]:
+        """Files live sessions last sent for their inputs (Gradio's SessionState keeps each
+        input's last value; read defensively)."""
+        sessions = getattr(getattr(self.demo, "state_holder", None), "session_data", None) or {}
+        found: set[str] = set()
+        for session in list(sessions.values()):
+            _file_paths(list(getattr(session, "config_values", {}).values()), found)
+        return found
+
+    def unsent_uploads(self) -> set[str]:
+        return {os.path.abspath(p) for p in self.demo.upload_file_set.copy()} - self._sent
+
+    def kept(self) -> set[str]:
+        files: set[str] = set()
+        for block in list(self.demo.blocks.values()):
+            files.update(os.path.abspath(p) for p in list(getattr(block, "keep_in_cache", ())))
+        return files
+
+    def mark_sent(self, inputs) -> None:
+        found: set[str] = set()
+        _file_paths(inputs, found)
+        self._sent.update(p for p in found if p.startswith(os.path.abspath(self.cache) + os.sep))
+
+    def touch(self, inputs) -> None:
+        """Mark the cached files a request sends as used now (least recently used goes first)."""
+        found: set[str] = set()
+        _file_paths(inputs, found)
+        for path in found:
+            if path.startswith(os.path.abspath(self.cache) + os.sep):
+                self._sent.add(path)
+                try:
+                    os.utime(path)
+                except OSError:
+                    pass
+
+    # --- the sweep -----------------------------------------------------------------------
+    def sweep(self, now: float | None = None, everything: bool = False) -> dict:
+        """One pass: delete what the bounds say (``everything``: all but the kept examples, as
+        the server stops); return how many files went and what is left."""
+        now = time.time() if now is None else now
+        ttl_s, cap = self.limits.ttl_min * 60, self.limits.max_mb * 1e6
+        kept = self.kept()
+        never = kept if everything else kept | self.in_flight()
+        not_for_space = set() if everything else self.held() | self.unsent_uploads()
+        files = []  # (last used, bytes on disk, path)
+        missing: set[str] = set()
+        tracked = self.tracked()
+        self._sent.intersection_update({os.path.abspath(p) for p in tracked})  # one C call; bounded
+        for path in tracked:
+            try:
+                st = os.stat(path)
+            except OSError:
+                missing.add(path)
+                continue
+            files.append((st.st_mtime, st.st_blocks * 512 + 4096, path))  # + its own folder
+        gone = missing & self._missing  # missing twice: deleted by someone else (an upload
+        self._missing = missing - gone  # is listed a moment before its file is in place)
+        total = sum(size for _, size, _ in files)
+        deleted = 0
+        for used, size, path in sorted(files):  # least recently used first
+            expired = now - used > ttl_s
+            if not (everything or expired or total > cap):
+                break  # the rest are newer
+            if not everything and not expired and now - used < self.limits.min_age_s:
+                break  # the rest are newer still
+            key = os.path.abspath(path)
+            if key in never or (not expired and key in not_for_space):
+                continue
+            if self._delete(path, None if everything else used):
+                gone.add(path)
+                total -= size
+                deleted += 1
+        if gone:
+            for file_set in list(self.demo.temp_file_sets):
+                file_set.difference_update(gone)  # one C call
+        return {"deleted": deleted, "files": len(files) - deleted, "mb": round(total / 1e6, 2)}
+
+    @staticmethod
+    def _delete(path: str, used: float | None) -> bool:
+        try:
+            if used is not None and os.stat(path).st_mtime != used:  # used again since it was read: keep it
+                return False
+            os.remove(path)
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
+        try:
+            os.rmdir(os.path.dirname(path))  # its per-file folder, when nothing else is in it
+        except OSError:
+            pass
+        return True
+
+    # --- in the background ---------------------------------------------------------------
+    def start(self) -> threading.Thread:
+        thread = threading.Thread(target=self._run, name="mmdemo-cache", daemon=True)
+        thread.start()
+        return thread
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        last_folders = time.monotonic()
+        seen_running = False
+        while not self._stop.wait(CACHE_SWEEP_S):
+            if self.demo.is_running:
+                seen_running = True
+            elif seen_running:  # demo.close()
+                return
+            try:  # never let one bad pass end the sweeping (what happened to Gradio's)
+                self.sweep()
+                if time.monotonic() - last_folders > EMPTY_FOLDER_SWEEP_S:
+                    sweep_empty_cache_folders(self.cache)
+                    last_folders = time.monotonic()
+            except Exception:  # noqa: BLE001
+                log.exception("cache sweep failed (will retry)")
+
+
+SESSION_SWEEP_S = 30
+
+
+async def forget_finished_sessions(demo: gr.Blocks) -> None:
+    """Gradio 6.31's queue keeps, for every session that ever sent an event, a set of its pending
+    event ids (left behind, empty, when they finish: one per visitor, never removed) and a
+    message queue (up to 2,000 of them). Drop both for a session whose set has stayed empty for
+    a whole pass (its events answered, its stream closed). Runs in the server's event loop,
+    where Gradio reads them, so no request sees them change half-way."""
+    empty_before: set[str] = set()
     while True:
-        time.sleep(EMPTY_FOLDER_SWEEP_S)
-        sweep_empty_cache_folders(cache)
+        await asyncio.sleep(SESSION_SWEEP_S)
+        queue = getattr(demo, "_queue", None)
+        pending = getattr(queue, "pending_event_ids_session", None)
+        messages = getattr(queue, "pending_messages_per_session", None)
+        if not isinstance(pending, dict) or messages is None:
+            continue
+        empty = {session for session, ids in pending.items() if not ids}
+        for session in empty & empty_before:
+            del pending[session]
+            messages.pop(session, None)
+        empty_before = empty - empty_before
+
+
+def _lifespan(demo: gr.Blocks, sweeper: CacheSweeper):
+    """While the server runs, forget finished sessions; as it stops, stop sweeping and delete
+    what the app put in the cache (what Gradio's own sweep did at shutdown)."""
+
+    @asynccontextmanager
+    async def lifespan(_app):
+        _mark_files_sent_on_join(demo, sweeper)
+        sessions = asyncio.create_task(forget_finished_sessions(demo))
+        try:
+            yield
+        finally:
+            sessions.cancel()
+            sweeper.stop()
+            sweeper.sweep(everything=True)
+
+    return lifespan
+
+
+def _mark_files_sent_on_join(demo: gr.Blocks, sweeper: CacheSweeper) -> None:
+    """A request's files count as sent when it asks to join the queue, admitted or not: the
+    uploads of calls refused as "queue full" are then ordinary files, not uploads a visitor
+    has yet to send (which the size cap spares until the TTL)."""
+    queue = demo._queue
+    push = queue.push
+
+    async def push_and_mark(body, *args, **kwargs):
+        sweeper.mark_sent(getattr(body, "data", None))
+        return await push(body, *args, **kwargs)
+
+    queue.push = push_and_mark
+
+
+def _touch_inputs_when_used(demo: gr.Blocks, sweeper: CacheSweeper) -> None:
+    """Every event's inputs pass through ``validate_inputs`` before preprocessing: mark their
+    files used there, so a visitor asking again about their image keeps it."""
+    validate = demo.validate_inputs
+
+    def validate_and_touch(block_fn, inputs: list) -> None:
+        validate(block_fn, inputs)
+        sweeper.touch(inputs)
+
+    demo.validate_inputs = validate_and_touch
 
 
 def launch(demo: gr.Blocks, app: App, server_name: str, server_port: int, queue_size: int = QUEUE_SIZE, **kwargs):
     threads = torch_threads_for_serving(resolve_device(app.registry.device))
     if threads:  # ONNX Runtime (or the GPU) runs the model; torch's share is small operations
         torch.set_num_threads(threads)
-    cache = Path(get_upload_folder())
-    threading.Thread(target=_sweep_forever, args=(cache,), name="mmdemo-cache", daemon=True).start()
+    demo.delete_cache = None  # Gradio's sweep dies under load (CacheSweeper): ours replaces it
+    sweeper = demo.cache_sweeper = CacheSweeper(demo)  # on the demo: tests and tools read it
+    _touch_inputs_when_used(demo, sweeper)
+    sweeper.start()
     return demo.queue(max_size=queue_size, default_concurrency_limit=1).launch(
         server_name=server_name,
         server_port=server_port,
@@ -103,7 +353,10 @@ def launch(demo: gr.Blocks, app: App, server_name: str, server_port: int, queue_
         share=False,
         show_error=False,
         footer_links=["api"],
-        app_kwargs={"middleware": [Middleware(BodyLimit, max_bytes=int(MAX_BODY_MB * 1e6))]},
+        app_kwargs={
+            "middleware": [Middleware(BodyLimit, max_bytes=int(MAX_BODY_MB * 1e6))],
+            "lifespan": _lifespan(demo, sweeper),
+        },
         **kwargs,
     )
 
