@@ -195,8 +195,8 @@ def predict_path(model, device: str, repeats: int) -> dict:
         e = prediction.explanation
         if charts:
             render.overlay(image, e.heatmap, 0.55, e.peak_xy).save(io.BytesIO(), "jpeg")
-            render.attention_matrix(e.words, e.token_region, tuple(e.heatmap.shape)).to_json()
-            render.modality_chart(contributions).to_json()
+            render.plotly_json(render.attention_matrix(e.words, e.token_region, tuple(e.heatmap.shape)))
+            render.plotly_json(render.modality_chart(contributions))
 
     for image, text in pairs[:3]:
         handler(image, text)
