@@ -9,6 +9,7 @@ Skipped where Chromium is not installed, unless MMDEMO_REQUIRE_BROWSER=1.
 
 import csv
 import os
+import re
 import shutil
 import time
 
@@ -218,10 +219,12 @@ def test_an_interrupted_job_shows_resume_to_its_owner_and_resume_continues_it(ch
     while len(_job(app, "resume-me")["history"]) <= saved and time.monotonic() < deadline:
         time.sleep(0.1)  # until the resumed run completes an epoch of its own
     page.get_by_role("button", name="Stop").click()
-    expect(status).to_contain_text("stopped", timeout=60_000)
+    # on a quiet machine the resumed run may reach its last epoch before the Stop lands
+    expect(status).to_contain_text(re.compile("stopped|done"), timeout=60_000)
     app.jobs.wait(record["owner"], 60)
     record = _job(app, "resume-me")
     epochs = [h["epoch"] for h in record["history"]]
     assert len(epochs) > saved and epochs == list(range(1, len(epochs) + 1))  # continued, no epoch twice
-    expect(page.locator("#resume-button")).to_be_visible(timeout=30_000)  # stopped: it can go on again
+    if record["state"] == "stopped":
+        expect(page.locator("#resume-button")).to_be_visible(timeout=30_000)  # stopped: it can go on again
     context.close()
