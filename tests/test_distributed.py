@@ -96,7 +96,11 @@ def test_a_process_group_of_one_trains_exactly_like_no_group(tmp_path, monkeypat
     """``torchrun --nproc_per_node 1``: DDP with one process (the path the CUDA test runs with
     NCCL) gives the weights of a plain run."""
     dataset = read_csv(write_colour_scenes(tmp_path))
-    settings = TrainSettings(epochs=2, batch_size=16, freeze=["image_encoder"], modality_dropout=0.2, seed=0)
+    # one torch thread in both (the thread count changes the order of float sums; an app launched
+    # earlier in this process may have set it to 1)
+    settings = TrainSettings(
+        epochs=2, batch_size=16, freeze=["image_encoder"], modality_dropout=0.2, seed=0, cpu_threads=1
+    )
     config = tiny_config(labels=dataset.labels)
     plain = train(dataset, None, settings, config=config)
     env = dict(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")

@@ -17,7 +17,7 @@ from mmdemo.jobs import DataSource, JobManager
 from mmdemo.model import build_model
 from mmdemo.preprocess import tokenize
 from mmdemo.registry import CheckpointRegistry, owner_id
-from mmdemo.train import TEXT_CHUNK, Encoded, Stopped, TrainSettings
+from mmdemo.train import TEXT_CHUNK, Encoded, Stopped
 
 from .conftest import tiny_config
 
@@ -77,8 +77,8 @@ def test_a_job_with_many_distinct_texts_shows_counts_and_stops_while_preparing(t
             [["image", "text", "label"], *[[os.path.basename(e.image), e.text, e.label] for e in examples]]
         )
     dataset = read_csv(up / "data.csv", image_root=up, confine=True)
-    settings = TrainSettings(epochs=1, batch_size=64, freeze=["text_encoder"])
-    jobs.start(OWNER, dataset, DataSource(up, up / "data.csv"), settings, "many-texts", base="base")
+    overrides = {"epochs": 1, "batch_size": 64, "freeze": ["text_encoder"]}  # set values; the recipe fills the rest
+    jobs.start(OWNER, dataset, DataSource(up, up / "data.csv"), overrides, "many-texts", base="base")
     deadline, messages = time.monotonic() + 120, []
     while time.monotonic() < deadline:
         status = jobs.status(OWNER)
