@@ -56,6 +56,9 @@ class ModelConfig:
     # ... except the top blocks of a frozen EfficientNet-Lite0 trained by the recipe's second
     # stage: checkpoints store these blocks and reference the rest of the encoder
     image_tuned_blocks: int = 0
+    # encoders trained away from their package's weights (by this or an earlier run): stored
+    # even when frozen later, e.g. when a checkpoint whose encoder trained is fine-tuned again
+    trained_parts: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if len(self.labels) < 2:
@@ -68,9 +71,10 @@ class ModelConfig:
             raise ValueError(f"text_encoder must be one of {TEXT_ENCODERS}, got {self.text_encoder!r}")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
-        unknown = set(self.frozen) - set(PARTS)
-        if unknown:
-            raise ValueError(f"frozen may name {PARTS}, got {sorted(unknown)}")
+        for key in ("frozen", "trained_parts"):
+            unknown = set(getattr(self, key)) - set(PARTS)
+            if unknown:
+                raise ValueError(f"{key} may name {PARTS}, got {sorted(unknown)}")
         if self.image_tuned_blocks and self.image_encoder != "efficientnet_lite0":
             raise ValueError("image_tuned_blocks needs the efficientnet_lite0 image encoder")
         self.tuned_prefixes()  # ValueError when out of range
@@ -86,7 +90,7 @@ class ModelConfig:
             "image_encoder": self.image_encoder == "efficientnet_lite0" and self.image_pretrained,
             "text_encoder": self.text_encoder == "minilm",
         }
-        return [part for part in PARTS if part in self.frozen and pretrained[part]]
+        return [part for part in PARTS if part in self.frozen and pretrained[part] and part not in self.trained_parts]
 
     def stores(self, key: str) -> bool:
         """Whether a checkpoint stores the state-dict entry ``key``: everything but the frozen,

@@ -139,6 +139,10 @@ def model_for(labels: list[str], init: MultimodalClassifier | None, config: Mode
         config.labels = list(labels)
         return build_model(config)
     model = copy.deepcopy(init)
+    # what the checkpoint stored stays stored, even if this run freezes it (its weights are not
+    # the package's any more)
+    stored = {part for part in PARTS if part not in init.config.referenced_parts()}
+    model.config.trained_parts = sorted(set(model.config.trained_parts) | stored)
     if set(labels) - set(model.config.labels):
         model.config.labels = list(labels)
         last = model.head[-1]
@@ -460,6 +464,8 @@ def train(
 
     model = model_for(labels, init, config)
     model.set_frozen(settings.freeze)
+    trained = {part for part in PARTS if part not in settings.freeze}  # this run moves their weights
+    model.config.trained_parts = sorted(set(model.config.trained_parts) | trained)
     model.to(device)
     label_index = {label: i for i, label in enumerate(model.config.labels)}
     progress({"stage": "prepare", "message": f"preparing {len(train_examples)} training rows"})

@@ -285,3 +285,32 @@ def test_a_checkpoint_with_tuned_blocks_serves_its_own_weights(sixteen_rows, tmp
     assert max(abs(served[label] - plain[label]) for label in plain) > 1e-3  # the tuned blocks count
     for label, score in direct.items():
         assert abs(served[label] - score) < 1e-3, label
+
+
+def test_fine_tuning_a_checkpoint_whose_encoder_trained_keeps_that_encoder_when_it_freezes_it(tmp_path):
+    """A checkpoint whose MiniLM was trained stores it; fine-tuned again with the encoders frozen
+    (the recipe's default), the new checkpoint must still store the trained weights, not point
+    at the package's."""
+    from mmdemo.checkpoint import load_checkpoint, save_checkpoint
+    from mmdemo.model import build_model
+
+    from .conftest import write_colour_scenes
+
+    dataset = read_csv(write_colour_scenes(tmp_path / "data"))
+    config = tiny_config(labels=dataset.labels, text_encoder="minilm", text_model="minilm", frozen=[])
+    torch.manual_seed(0)
+    first = build_model(config)
+    with torch.no_grad():  # as if an earlier run had trained the text encoder
+        for p in first.text_encoder.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    save_checkpoint(first, tmp_path / "first")
+    assert any(k.startswith("text_encoder.") for k in first.stored_state_dict())
+    init = load_checkpoint(tmp_path / "first")
+
+    settings = TrainSettings(epochs=1, batch_size=16, freeze=["image_encoder", "text_encoder"], seed=0)
+    result = train(dataset, None, settings, init=init)
+    save_checkpoint(result.model, tmp_path / "second")
+    second = load_checkpoint(tmp_path / "second")
+    assert second.config.trained_parts == ["image_encoder", "text_encoder"]
+    for key, value in first.text_encoder.state_dict().items():
+        torch.testing.assert_close(second.text_encoder.state_dict()[key], value, msg=key)
