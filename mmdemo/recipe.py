@@ -211,6 +211,8 @@ def _choose_stage2(settings: TrainSettings, pick, data: DataProfile, overrides: 
     lite0 = get("image_encoder", "efficientnet_lite0") == "efficientnet_lite0" and get("image_pretrained", True)
     if "freeze" in overrides:
         blocks, why = 0, "freeze set explicitly: the encoders train as it says, in one stage"
+    elif "epochs" in overrides:
+        blocks, why = 0, "epochs set explicitly: one stage of that many epochs"
     elif not lite0 or "image_encoder" not in settings.freeze:
         blocks, why = (
             0,

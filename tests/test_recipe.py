@@ -117,6 +117,9 @@ def test_recipe_plans_stage2_for_a_frozen_pretrained_lite0_only():
     # explicit choices win: --freeze means one stage, as set; --stage2-blocks 0 too
     assert choose(_profile(), overrides={"freeze": ["image_encoder", "text_encoder"]}).settings.stage2_blocks == 0
     assert choose(_profile(), overrides={"stage2_blocks": 0}).settings.stage2_blocks == 0
+    # --epochs N means N epochs in all (one stage), unless stage 2 is asked for as well
+    assert choose(_profile(), overrides={"epochs": 1}).settings.stage2_blocks == 0
+    assert choose(_profile(), overrides={"epochs": 1, "stage2_blocks": 2}).settings.stage2_blocks == 2
     assert choose(_profile(), overrides={"image_encoder": "small_cnn"}).settings.stage2_blocks == 0
     assert choose(_profile(), overrides={"stage2_blocks": 2, "stage2_lr": 1e-5}).settings.stage2_lr == 1e-5
 
