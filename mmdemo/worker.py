@@ -108,7 +108,7 @@ def run_job(record_path: str, stop) -> None:
         force=True,
         state=state,
         progress=1.0 if state == "done" else record["progress"],
-        report=result.report,
+        report={**result.report, "calibration": result.record.get("calibration")},  # the tab's diagram
         finished=time.time(),
         stopped_by=result.stopped_by,
         message=(

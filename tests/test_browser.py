@@ -72,6 +72,9 @@ def test_fine_tune_in_the_browser(page):
     playwright.expect(status).to_contain_text("done", timeout=300_000)
     playwright.expect(status).to_contain_text("browser-tuned")
     playwright.expect(page.locator("#curves .js-plotly-plot")).to_be_visible(timeout=30_000)
+    # the fitted temperature's effect: the reliability diagram of the validation rows
+    playwright.expect(page.locator("#reliability .js-plotly-plot")).to_be_visible(timeout=30_000)
+    playwright.expect(page.locator("#reliability")).to_contain_text("ECE")
     playwright.expect(page.locator("#download-name input")).to_have_value("browser-tuned", timeout=10_000)
     page.screenshot(path=str(ARTIFACTS / "browser-finetune.png"), full_page=True)
     page.get_by_role("tab", name="Predict & Explain").click()

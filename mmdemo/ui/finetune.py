@@ -258,8 +258,9 @@ def plan_text(status: dict) -> str:
 
 
 def status_views(app: App, status: dict):
-    """Component values for a job status: text, bar, curves, confusion, per-class table, the
-    Resume button (shown when the job can resume), the plan."""
+    """Component values for a job status: text, bar, curves, confusion, reliability diagram
+    (validation, before and after the fitted temperature), per-class table, the Resume button
+    (shown when the job can resume), the plan."""
     pct = int(round(100 * status["progress"]))
     bar = (
         f"<div style='border:1px solid #999;border-radius:4px;height:18px;width:100%'>"
@@ -268,6 +269,7 @@ def status_views(app: App, status: dict):
     curves = render.training_curves(status["history"]) if status["history"] else None
     report = status.get("report") or {}
     confusion = render.confusion_figure(report["confusion"]) if report.get("confusion") else None
+    reliability = render.reliability_figure(report["calibration"]) if report.get("calibration") else None
     table = (
         [
             [label, round(v["precision"], 3), round(v["recall"], 3), round(v["f1"], 3), v["support"]]
@@ -277,7 +279,7 @@ def status_views(app: App, status: dict):
         else []
     )
     resume = gr.update(visible=bool(status.get("resumable")))
-    return status_text(status), bar, curves, confusion, table, resume, plan_text(status)
+    return status_text(status), bar, curves, confusion, reliability, table, resume, plan_text(status)
 
 
 SETTINGS = (
@@ -411,6 +413,11 @@ def finetune_tab(
         curves = gr.Plot(label="Training curves (loss and accuracy per epoch)", elem_id="curves")
         with gr.Row():
             confusion = gr.Plot(label="Confusion matrix (validation)", min_width=300)
+            reliability = gr.Plot(
+                label="Calibration (validation, before and after the fitted temperature)",
+                min_width=300,
+                elem_id="reliability",
+            )
             per_class = gr.Dataframe(
                 headers=["label", "precision", "recall", "f1", "support"],
                 label="Per class",
@@ -423,7 +430,7 @@ def finetune_tab(
             download = gr.Button("Zip it", min_width=100)
             download_file = gr.File(label="Download", interactive=False, min_width=200)
         job = gr.JSON(visible=False, label="job status")
-        status_outputs = [status_md, status_bar, curves, confusion, per_class, resume, job_plan]
+        status_outputs = [status_md, status_bar, curves, confusion, reliability, per_class, resume, job_plan]
 
         def guess_roles(csv_file: str | None):
             return (*csv_columns(csv_file), *column_report(app, csv_file))
