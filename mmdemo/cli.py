@@ -395,17 +395,16 @@ def _predict_csv(args) -> int:
 
 
 def _distributed_rank() -> tuple[int, int]:
-    """(rank, world size) under torchrun (gloo process group set up), else (0, 1)."""
-    import os
+    """(rank, world size) under torchrun (the gloo process group joined as training joins it,
+    with its timeout), else (0, 1)."""
+    import torch
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
+    from . import distributed
+
+    if distributed.env_world_size() == 1:
         return 0, 1
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("gloo")
-    return dist.get_rank(), world
+    ctx, _ = distributed.setup(torch.device("cpu"))
+    return ctx.rank, ctx.world_size
 
 
 def _merge_shards(rows: list[dict], starts: list[int], batch_size: int, rank: int, world: int) -> list[dict]:
