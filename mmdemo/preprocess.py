@@ -49,21 +49,20 @@ class TextBatch(NamedTuple):
 
 
 def tokenize(tokenizer, texts: list[str], max_tokens: int) -> TextBatch:
-    """WordPiece ids, cut to ``max_tokens`` and padded to the longest text, with the word each
-    token belongs to. Raises ValueError on an empty text."""
+    """WordPiece ids, cut to ``max_tokens`` and padded to the longest text by the tokenizer itself
+    (the character cap only bounds its work), with the word each token belongs to (a word cut by
+    the truncation: its kept part). Raises ValueError on an empty text."""
     for i, text in enumerate(texts):
         if not isinstance(text, str) or not text.strip():
             raise ValueError("the text is empty" if len(texts) == 1 else f"text {i + 1} is empty")
     budget = max_tokens * CHARS_PER_TOKEN_BOUND
     cut = [len(t) > budget for t in texts]
     texts = [t[:budget] for t in texts]
-    enc = tokenizer(list(texts), add_special_tokens=True)
-    rows, truncated, all_word_ids, all_words = [], [], [], []
-    for i, (text, ids) in enumerate(zip(texts, enc["input_ids"])):
-        word_ids = enc.word_ids(i)
-        if len(ids) > max_tokens:  # keep the first tokens and the closing [SEP]
-            ids = ids[: max_tokens - 1] + ids[-1:]
-            word_ids = word_ids[: max_tokens - 1] + [None]
+    # the tokenizer's own truncation (it keeps [CLS] and the closing [SEP]) and padding
+    enc = tokenizer(list(texts), truncation=True, max_length=max_tokens, padding=True, return_tensors="pt")
+    truncated, all_word_ids, all_words = [], [], []
+    for i, text in enumerate(texts):
+        word_ids = enc.word_ids(i)[: int(enc["attention_mask"][i].sum())]  # without the padding
         dense: dict[int, int] = {}
         words = []
         for wid in word_ids:
@@ -71,14 +70,8 @@ def tokenize(tokenizer, texts: list[str], max_tokens: int) -> TextBatch:
                 span = enc.word_to_chars(i, wid)
                 dense[wid] = len(words)
                 words.append(text[span.start : span.end])
-        rows.append(ids)
-        truncated.append(cut[i] or len(enc["input_ids"][i]) > max_tokens)
+        truncated.append(cut[i] or bool(enc.encodings[i].overflowing))
         all_word_ids.append([None if wid is None else dense[wid] for wid in word_ids])
         all_words.append(words)
-    length = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), length), tokenizer.pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
-    for i, r in enumerate(rows):
-        input_ids[i, : len(r)] = torch.tensor(r)
-        attention_mask[i, : len(r)] = 1
+    input_ids, attention_mask = enc["input_ids"].long(), enc["attention_mask"].long()
     return TextBatch(input_ids, attention_mask, truncated, all_word_ids, all_words)
