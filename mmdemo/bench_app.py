@@ -63,17 +63,27 @@ def start_call(client: httpx.Client, base: str, path: str, text: str) -> httpx.R
     return client.post(f"{base}/gradio_api/call/predict", json=payload)
 
 
-def read_result(client: httpx.Client, base: str, event_id: str) -> list:
+def result_event(client: httpx.Client, base: str, event_id: str) -> tuple[str, str] | None:
+    """The call's final event from its result stream: ("complete" or "error", its data), or
+    None when the stream ended without one."""
     event = None
     with client.stream("GET", f"{base}/gradio_api/call/predict/{event_id}") as stream:
         for line in stream.iter_lines():
             if line.startswith("event:"):
                 event = line.split(":", 1)[1].strip()
             elif line.startswith("data:") and event in ("complete", "error"):
-                if event == "error":
-                    raise RuntimeError(f"predict failed: {line}")
-                return json.loads(line[5:])
-    raise RuntimeError("the result stream ended without a result")
+                return event, line[5:].strip()
+    return None
+
+
+def read_result(client: httpx.Client, base: str, event_id: str) -> list:
+    final = result_event(client, base, event_id)
+    if final is None:
+        raise RuntimeError("the result stream ended without a result")
+    event, data = final
+    if event == "error":
+        raise RuntimeError(f"predict failed: data: {data}")
+    return json.loads(data)
 
 
 def http_predict(client: httpx.Client, base: str, image: Path, text: str) -> dict:

@@ -35,6 +35,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from .bench_app import result_event
 from .registry import REPO_CHECKPOINTS
 
 HOST = "127.0.0.1"
@@ -181,21 +182,16 @@ def predict(client: httpx.Client, base: str, image: Path, text: str) -> tuple[st
             return "answered-error", time.perf_counter() - start, r.text[:300]
         if r.status_code != 200:
             return "failed", time.perf_counter() - start, f"HTTP {r.status_code}: {r.text[:200]}"
-        event_id = r.json()["event_id"]
-        event = None
-        with client.stream("GET", f"{base}/gradio_api/call/predict/{event_id}") as stream:
-            for line in stream.iter_lines():
-                if line.startswith("event:"):
-                    event = line.split(":", 1)[1].strip()
-                elif line.startswith("data:") and event in ("complete", "error"):
-                    seconds = time.perf_counter() - start
-                    if event == "complete":
-                        return "admitted", seconds, ""
-                    detail = line[5:].strip()
-                    if "queue is full" in detail.lower():
-                        return "refused", seconds, detail[:200]
-                    return "answered-error", seconds, detail[:300]
-        return "failed", time.perf_counter() - start, "the stream ended without a result"
+        final = result_event(client, base, r.json()["event_id"])
+        seconds = time.perf_counter() - start
+        if final is None:
+            return "failed", seconds, "the stream ended without a result"
+        event, detail = final
+        if event == "complete":
+            return "admitted", seconds, ""
+        if "queue is full" in detail.lower():
+            return "refused", seconds, detail[:200]
+        return "answered-error", seconds, detail[:300]
     except httpx.HTTPError as e:
         return "failed", time.perf_counter() - start, f"{type(e).__name__}: {e}"[:200]
 
