@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import zipfile
 from pathlib import Path
 
@@ -36,21 +35,11 @@ from mmdemo.service import Predictor  # noqa: E402
 from mmdemo.sortofclevr import COLORS, LABELS, SceneObject, generate, render, write_examples  # noqa: E402
 
 from .browser import browser as chromium_browser  # noqa: E402
+from .browser import serve  # noqa: E402
 from .conftest import tiny_config  # noqa: E402
 
 SHIPPED = Path(__file__).resolve().parent.parent / "checkpoints" / "sort-of-clevr"
 COLUMNS = ["#", "row", "image", "question", "label", "prediction", "confidence", "correct", "qtype", "in scope"]
-
-
-def _launch(app):
-    demo = ui.create_demo(app)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    demo.queue(max_size=16).launch(
-        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, ssr_mode=False, quiet=True
-    )
-    return demo
 
 
 @pytest.fixture(scope="module")
@@ -85,17 +74,16 @@ def site(tmp_path_factory):
     assert 0 < wrong < len(rows)
 
     app = ui.App(CheckpointRegistry(root / "mine", shipped), work_dir=str(root / "work"))
-    demo = _launch(app)
-    yield {
-        "url": demo.local_url,
-        "root": root,
-        "csv": str(root / "labelled.csv"),
-        "zip": archive,
-        "n": len(rows),
-        "wrong": wrong,
-        "shipped": shipped,
-    }
-    demo.close()
+    with serve(app) as url:
+        yield {
+            "url": url,
+            "root": root,
+            "csv": str(root / "labelled.csv"),
+            "zip": archive,
+            "n": len(rows),
+            "wrong": wrong,
+            "shipped": shipped,
+        }
     if saved is None:
         os.environ.pop("MMDEMO_DATA_DIR", None)
     else:
@@ -260,9 +248,8 @@ def test_ratings_survive_a_restart_and_two_raters_lose_nothing(page, browser, si
 
     # a new server on the same data folder (a restart) has them
     app = ui.App(CheckpointRegistry(site["root"] / "mine", site["shipped"]), work_dir=str(site["root"] / "work2"))
-    demo = _launch(app)
-    try:
-        fresh = _new_page(browser, demo.local_url)
+    with serve(app) as url:
+        fresh = _new_page(browser, url)
         fresh.get_by_role("tab", name="Evaluate").click()
         summary = _rows(fresh, "eval-ratings-summary")
         assert ["sort-of-clevr", "0", "1", "1", "2"] in summary
@@ -270,8 +257,6 @@ def test_ratings_survive_a_restart_and_two_raters_lose_nothing(page, browser, si
         again = list(csv.DictReader(io.StringIO(_download(fresh, "eval-ratings-file").read_text())))
         assert again == exported
         fresh.context.close()
-    finally:
-        demo.close()
 
 
 def test_report_downloads_and_opens_offline(page, browser):
