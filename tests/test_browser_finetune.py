@@ -92,7 +92,8 @@ def test_three_column_csv_gets_its_roles_and_a_hint_for_the_missing_zip(chromium
     assert report.inner_text().count("image not found") == 0  # one hint, not 26 lines
 
     page.locator("#zip-upload input[type=file]").set_input_files(archive)
-    expect(page.locator("#zip-upload")).to_contain_text("pics.zip", timeout=30_000)
+    # the uploaded file's row, by its aria-label: its text can read "pics .zip"
+    expect(page.locator("#zip-upload").get_by_role("cell", name="pics.zip", exact=True)).to_be_visible(timeout=30_000)
     page.get_by_role("button", name="Check data").click()
     expect(report).to_contain_text("26 rows accepted, 0 rejected", timeout=30_000)
     expect(report).to_contain_text("blue=13, red=13")

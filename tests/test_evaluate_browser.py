@@ -111,7 +111,8 @@ def page(browser, site):
     page.get_by_label("My labelled CSV").check()
     page.locator("#eval-csv input[type=file]").set_input_files(site["csv"])
     page.locator("#eval-zip input[type=file]").set_input_files(site["zip"])
-    expect(page.locator("#eval-zip")).to_contain_text("images.zip", timeout=60_000)
+    # the uploaded file's row, by its aria-label: its text can read "images .zip"
+    expect(page.locator("#eval-zip").get_by_role("cell", name="images.zip", exact=True)).to_be_visible(timeout=60_000)
     page.locator("#eval-run").click()
     expect(page.locator("#eval-status")).to_contain_text("done", timeout=300_000)
     return page
