@@ -16,7 +16,7 @@ model_params_m: parameters (millions), the same as before for the same architect
 load_average: the machine's 1-minute load when the figures were taken (others' work inflates them).
 
 ``--compare`` also times the candidate fast paths, round-robin in the same run: ONNX Runtime
-with 1 and 2 threads, ONNX Runtime with int8 dynamic quantisation of its MatMuls, PyTorch with
+with 2 threads spinning briefly (served) or never, with 1 thread, ONNX Runtime with int8 dynamic quantisation of its MatMuls, PyTorch with
 int8 dynamic quantisation of the linear layers, torch.jit trace + freeze (and torch.compile with
 ``--compile``: minutes of compilation here); each with its set-up time and its agreement with
 eager (max abs probability difference on the bench input). ONNX Runtime with its threads
@@ -42,7 +42,7 @@ from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
 from .device import autocast
-from .inference import OnnxEngine, Rows, ServingGraph, export_serving_graph, torch_threads_for_serving
+from .inference import SPIN_US, OnnxEngine, Rows, ServingGraph, export_serving_graph, torch_threads_for_serving
 from .service import Predictor
 
 QUESTION = "What shape is the object that is closest to the small red object in the picture?"
@@ -159,7 +159,7 @@ def run(predictor: Predictor, repeats: int = 100, compare: bool = False, compile
 
 def _path(predictor: Predictor) -> str:
     if predictor.backend == "onnxruntime":
-        return "onnxruntime (conv+BN folded, graph optimisations on, threads not spinning between calls)"
+        return f"onnxruntime (conv+BN folded, graph optimisations on, idle threads spin {SPIN_US} us, then sleep)"
     if predictor.device.type == "cuda":
         return f"torch eager, autocast {predictor.dtype or 'auto (bf16 where supported)'}"
     return "torch eager (conv+BN folded, channels_last)"
@@ -193,16 +193,17 @@ def compare_candidates(predictor: Predictor, repeats: int, compile: bool = False
         if agreement_test:
             notes[name]["agreement"] = agreement(run, graph, predictor)
 
-    def onnx(threads: int, int8: bool = False, spinning: bool = False):
+    def onnx(threads: int, int8: bool = False, spin_us: int | None = SPIN_US):
         def build():
             if int8:
                 return _quantized_onnx(model, threads)
-            engine = OnnxEngine(model, threads=threads, spinning=spinning)
+            engine = OnnxEngine(model, threads=threads, spin_us=spin_us)
             return lambda r: engine(r).output
 
         return build
 
-    add("onnxruntime, 2 threads", onnx(2))
+    add(f"onnxruntime, 2 threads, spinning {SPIN_US} us (served)", onnx(2))
+    add("onnxruntime, 2 threads, never spinning", onnx(2, spin_us=0))
     add("onnxruntime, 1 thread", onnx(1))
     add("onnxruntime + int8 dynamic (MatMul)", onnx(2, int8=True), agreement_test=True)
 
@@ -229,7 +230,7 @@ def compare_candidates(predictor: Predictor, repeats: int, compile: bool = False
         notes[name]["forward_ms_p50"] = _p(t, 50)
     # alone, last: between calls its threads spin on the cores the next candidate would need
     name = "onnxruntime, 2 threads spinning between calls (ONNX Runtime's default)"
-    add(name, onnx(2, spinning=True))
+    add(name, onnx(2, spin_us=None))
     if name in runs:
         notes[name]["forward_ms_p50"] = _p(_timed(lambda: runs[name](rows), torch.device("cpu"), repeats, 3), 50)
     return notes
@@ -276,7 +277,8 @@ def _quantized_onnx(model, threads: int):
             quantize_dynamic(plain, quantized, op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as the served engine
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1")  # as the served engine
+        options.add_session_config_entry("session.intra_op.spin_duration_us", str(SPIN_US))
         options.log_severity_level = 3
         session = ort.InferenceSession(str(quantized), options, providers=["CPUExecutionProvider"])
 

@@ -109,11 +109,14 @@ class SameConv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         kh, kw = self.kernel_size
         sh, sw = self.stride
-        top, bottom = _same_pad(x.shape[-2], kh, sh)
-        left, right = _same_pad(x.shape[-1], kw, sw)
+        # plain ints, also when traced for ONNX (the image size is fixed there): the padding is
+        # then a constant that ONNX Runtime folds into the convolution, not a Pad computed per call
+        height, width = int(x.shape[-2]), int(x.shape[-1])
+        top, bottom = _same_pad(height, kh, sh)
+        left, right = _same_pad(width, kw, sw)
         if top == bottom and left == right:
             return F.conv2d(x, self.weight, self.bias, self.stride, (top, left), 1, self.groups)
-        x = F.pad(x, (left, right, top, bottom))
+        x = F.pad(x, (left, right, top, bottom), value=0.0)  # value given: ONNX Runtime then fuses the Pad
         return F.conv2d(x, self.weight, self.bias, self.stride, 0, 1, self.groups)
 
 

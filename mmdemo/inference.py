@@ -136,15 +136,27 @@ class TorchEngine:
         return _output([o.float() for o in outputs], self.layers, self.grid)
 
 
+# How long ONNX Runtime's idle threads spin before they sleep, in microseconds. A forward is a few
+# hundred operations, each split over the threads; a thread that sleeps between two of them
+# costs a wake-up each time (224 px default, quiet machine: 14.7 ms p50 never spinning, 11.0 ms
+# spinning 200 us). ONNX Runtime's default spin lasts some 25 ms after every run: the request's
+# own work after the forward (pictures, charts, Gradio) and the other processes of a shared
+# machine then wait for that core (2 busy cores, load 17, shipped checkpoint: forward 13 ms
+# without spinning, 109 ms with it; the pictures drawn after it 3.6 ms against 28 ms). Bounded
+# to 200 us, a run leaves at most 0.2 ms of spinning behind (under 3 busy processes, 224 px:
+# 44 ms against 40 ms never spinning). README, speed section.
+SPIN_US = 200
+
+
 class OnnxEngine:
     """The serving graph exported to ONNX (in memory) and run by ONNX Runtime on the CPU."""
 
     name = "onnxruntime"
 
-    def __init__(self, model: MultimodalClassifier, threads: int | None = None, spinning: bool = False):
+    def __init__(self, model: MultimodalClassifier, threads: int | None = None, spin_us: int | None = SPIN_US):
         """``threads``: ONNX Runtime's intra-op threads (None: one per physical core);
-        ``spinning``: let them spin between calls (ONNX Runtime's default; only ``bench
-        --compare`` asks for it, see below)."""
+        ``spin_us``: how long an idle thread spins before it sleeps (0: never spins; None:
+        ONNX Runtime's default, for ``bench --compare``; see SPIN_US)."""
         import onnxruntime as ort
 
         config = model.config
@@ -157,12 +169,9 @@ class OnnxEngine:
         # its own thread pool, sized by ONNX Runtime (0: one thread per physical core), not by
         # torch's setting: a serving process keeps torch at one thread (torch_threads_for_serving)
         options.intra_op_num_threads = threads or 0
-        # no spinning: by default the pool's threads spin on a core after each run, waiting for
-        # the next; the request's own work after the forward (pictures, charts, Gradio) and the
-        # other processes of a shared machine then wait for that core. Measured on the 2 busy
-        # cores (load 17), shipped checkpoint: forward 13 ms without spinning, 109 ms with it, and
-        # the pictures drawn after it 3.6 ms against 28 ms (README, speed section).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0" if spin_us == 0 else "1")
+        if spin_us:
+            options.add_session_config_entry("session.intra_op.spin_duration_us", str(spin_us))
         options.log_severity_level = 3  # no warnings about shape inference on the dynamic axes
         self.session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
         self.onnx_bytes = len(buffer.getvalue())
