@@ -155,7 +155,8 @@ class CacheSweeper:
         sessions = getattr(getattr(self.demo, "state_holder", None), "session_data", None) or {}
         found: set[str] = set()
         for session in list(sessions.values()):
-            _file_paths(list(getattr(session, "config_values", {}).values()), found)
+            configs = getattr(session, "config_values", {})
+            _file_paths(configs.made() if isinstance(configs, LazyConfigs) else list(configs.values()), found)
         return found
 
     def unsent_uploads(self) -> set[str]:
@@ -324,6 +325,92 @@ def _mark_files_sent_on_join(demo: gr.Blocks, sweeper: CacheSweeper) -> None:
     queue.push = push_and_mark
 
 
+class LazyConfigs(dict):
+    """A session's copy of the page's config (Gradio's ``SessionState.config_values``), made per
+    block when first needed instead of for every block when the session starts.
+
+    Gradio 6.31 builds a config for each of the page's blocks (hundreds here, each through
+    ``inspect.signature``) for every new session, on the server's event loop. A REST call
+    (``/gradio_api/call/predict``) is a new session each time: that was ~14 ms of every such
+    /predict, and of every other request waiting behind it. What Gradio reads a session's
+    config for: the inputs and outputs of its events (their entries are made as they are
+    updated, as before) and deep links (every entry: ``items()``/``values()`` make the rest).
+    """
+
+    def __init__(self, blocks_config, ids):
+        super().__init__()
+        self._blocks_config, self._ids = blocks_config, list(ids)
+
+    def made(self) -> list:
+        """The entries made so far, making none (what ``CacheSweeper.held`` walks)."""
+        return list(super().values())
+
+    def _make_all(self) -> None:
+        for key in self._ids:
+            if not super().__contains__(key) and key in self._blocks_config.blocks:
+                super().__setitem__(key, self._blocks_config.config_for_block(key, [], self._blocks_config.blocks[key]))
+
+    def items(self):
+        self._make_all()
+        return super().items()
+
+    def values(self):
+        self._make_all()
+        return super().values()
+
+
+def lazy_session_configs() -> None:
+    """Make new Gradio sessions start with a ``LazyConfigs`` (once per process)."""
+    from gradio.state_holder import SessionState
+
+    start = SessionState.__init__
+    if getattr(start, "lazy_configs", False):
+        return
+
+    class _NoBlocks:  # the page's config, but no blocks to make entries for
+        def __init__(self, blocks):
+            self.default_config, self.blocks = blocks.default_config, {}
+
+    def __init__(self, blocks):
+        start(self, _NoBlocks(blocks))
+        self.config_values = LazyConfigs(
+            self.blocks_config, [k for k in self.blocks_config.blocks if k in blocks.blocks]
+        )
+
+    __init__.lazy_configs = True
+    SessionState.__init__ = __init__
+
+
+def race_free_image_cache() -> None:
+    """Gradio 6.31 saves each output picture under the hash of its bytes by rewriting the file
+    in place, even when it is there already: two requests with the same answer picture (two
+    visitors asking the same question of the same scene) write the same file while the first
+    one's browser reads it, which then gets a truncated picture ("peer closed connection
+    without sending complete message body" at 4 concurrent clients). Here a picture already in
+    the cache is only marked used (what ``CacheSweeper`` goes by); a new one is written under a
+    temporary name and renamed into place, so a reader sees all of it or none."""
+    from gradio import processing_utils
+
+    if getattr(processing_utils.save_pil_to_cache, "race_free", False):
+        return
+
+    def save_pil_to_cache(img, cache_dir: str, name: str = "image", format: str = "webp") -> str:
+        data = processing_utils.encode_pil_to_bytes(img, format)
+        folder = Path(cache_dir) / processing_utils.hash_bytes(data)
+        folder.mkdir(exist_ok=True, parents=True)
+        path = (folder / f"{name}.{format}").resolve()
+        try:
+            os.utime(path)
+        except FileNotFoundError:
+            partial = path.with_name(f".{path.name}.{threading.get_ident()}")
+            partial.write_bytes(data)
+            os.replace(partial, path)
+        return str(path)
+
+    save_pil_to_cache.race_free = True
+    processing_utils.save_pil_to_cache = save_pil_to_cache
+
+
 def _touch_inputs_when_used(demo: gr.Blocks, sweeper: CacheSweeper) -> None:
     """Every event's inputs pass through ``validate_inputs`` before preprocessing: mark their
     files used there, so a visitor asking again about their image keeps it."""
@@ -340,6 +427,13 @@ def launch(demo: gr.Blocks, app: App, server_name: str, server_port: int, queue_
     threads = torch_threads_for_serving(resolve_device(app.registry.device))
     if threads:  # ONNX Runtime (or the GPU) runs the model; torch's share is small operations
         torch.set_num_threads(threads)
+    lazy_session_configs()
+    race_free_image_cache()
+    # Gradio recomputes its monitoring summary (a pandas group-by over up to 10,000 past events)
+    # after every event, for a dashboard that is off here: ~3 ms of CPU per /predict on a fresh
+    # server, growing with the events held. Every 1,000 events, over the last 1,000, instead.
+    os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "1000")
+    os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", "1000")
     demo.delete_cache = None  # Gradio's sweep dies under load (CacheSweeper): ours replaces it
     sweeper = demo.cache_sweeper = CacheSweeper(demo)  # on the demo: tests and tools read it
     _touch_inputs_when_used(demo, sweeper)

@@ -1,0 +1,100 @@
+"""What ``ui.serve`` changes in Gradio's internals for speed and safety: a new session makes its
+copy of the page's config per block when needed (not all of it on every REST call), and an
+output picture already in the cache is never rewritten under a reader."""
+
+import os
+import threading
+import time
+
+import pytest
+from PIL import Image
+
+gr = pytest.importorskip("gradio")
+
+from gradio import processing_utils  # noqa: E402
+from gradio.state_holder import SessionState  # noqa: E402
+
+from mmdemo.ui import serve  # noqa: E402
+
+
+def _page():
+    with gr.Blocks() as demo:
+        question = gr.Textbox(value="What shape?", label="Question")
+        picture = gr.Image(label="Picture")
+        gr.Button("Predict")
+    return demo, question, picture
+
+
+def test_a_new_session_makes_its_configs_when_needed_and_deep_links_get_all_of_them():
+    demo, question, picture = _page()
+    config = demo.default_config
+    everything = {k: config.config_for_block(k, [], v) for k, v in config.blocks.items() if k in demo.blocks}
+    serve.lazy_session_configs()
+
+    state = SessionState(demo)
+    assert isinstance(state.config_values, serve.LazyConfigs)
+    assert state.config_values.made() == []  # nothing made when the session starts
+
+    state._update_value_in_config(question._id, "Is it red?")  # what an event's input does
+    made = state.config_values.made()
+    assert len(made) == 1 and made[0]["props"]["value"] == "Is it red?"
+
+    components = {c["id"]: c for c in state.components}  # what a deep link reads: every block
+    assert set(components) == {c["id"] for c in everything.values() if c}
+    assert components[question._id]["props"]["value"] == "Is it red?"
+    assert components[picture._id] == everything[picture._id]
+
+
+def test_a_picture_already_cached_is_marked_used_not_rewritten(tmp_path):
+    serve.race_free_image_cache()
+    picture = Image.new("RGB", (64, 48), (200, 30, 30))
+    first = processing_utils.save_pil_to_cache(picture, str(tmp_path), format="png")
+    os.utime(first, (1, 1))
+    inode = os.stat(first).st_ino
+    again = processing_utils.save_pil_to_cache(picture, str(tmp_path), format="png")
+    assert again == first
+    assert os.stat(first).st_ino == inode  # the same file, not a new one
+    assert os.stat(first).st_mtime > time.time() - 60  # used now (what the cache sweep goes by)
+    assert Image.open(first).size == (64, 48)
+    assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == ["image.png"]  # no temporary left
+
+
+def test_readers_never_see_a_picture_half_written(tmp_path):
+    """Writers save the same picture again and again (identical answers to identical requests)
+    while readers read it whole: every read has all of its bytes."""
+    serve.race_free_image_cache()
+    picture = Image.effect_noise((400, 400), 60).convert("RGB")  # a big PNG: a long write
+    path = processing_utils.save_pil_to_cache(picture, str(tmp_path), format="png")
+    size = os.path.getsize(path)
+    os.remove(path)  # every writer below finds it missing at first
+    short: list[int] = []
+    stop = threading.Event()
+
+    def write():
+        for _ in range(15):
+            processing_utils.save_pil_to_cache(picture, str(tmp_path), format="png")
+            try:
+                os.remove(path)  # gone again: the next save writes it anew
+            except FileNotFoundError:
+                pass
+
+    def read():
+        while not stop.is_set():
+            try:
+                with open(path, "rb") as f:
+                    n = len(f.read())
+            except FileNotFoundError:
+                continue
+            if n != size:
+                short.append(n)
+
+    readers = [threading.Thread(target=read) for _ in range(2)]
+    writers = [threading.Thread(target=write) for _ in range(3)]
+    for t in readers + writers:
+        t.start()
+    for t in writers:
+        t.join()
+    stop.set()
+    for t in readers:
+        t.join()
+    assert short == []
