@@ -724,6 +724,13 @@ def _class_weight(targets: torch.Tensor, n_labels: int, device: torch.device) ->
     return (counts.sum() / (n_labels * counts.clamp(min=1))).to(device)
 
 
+def _adamw(groups: list[dict], weight_decay: float) -> torch.optim.AdamW:
+    """AdamW with its fused kernel (one pass over all parameters, on the CPU as on a GPU):
+    PyTorch's default on a CPU loops over the parameters one by one. Digits, frozen encoders,
+    2 threads: 646-679 samples/s against 616-618."""
+    return torch.optim.AdamW(groups, weight_decay=weight_decay, fused=True)
+
+
 def _optimizer(model: MultimodalClassifier, settings: TrainSettings, steps_per_epoch: int):
     """AdamW with the encoders' own learning rate, warm-up then cosine decay over all epochs."""
     encoder_params = [p for part in PARTS if part not in settings.freeze for p in getattr(model, part).parameters()]
@@ -731,7 +738,7 @@ def _optimizer(model: MultimodalClassifier, settings: TrainSettings, steps_per_e
     groups = [{"params": head_params, "lr": settings.lr}]
     if encoder_params:
         groups.append({"params": encoder_params, "lr": settings.encoder_lr})
-    optimizer = torch.optim.AdamW(groups, weight_decay=settings.weight_decay)
+    optimizer = _adamw(groups, settings.weight_decay)
     total_steps = steps_per_epoch * settings.epochs
     scheduler = get_cosine_schedule_with_warmup(optimizer, max(1, int(settings.warmup * total_steps)), total_steps)
     return optimizer, scheduler, head_params + encoder_params
@@ -748,7 +755,7 @@ def _stage2_optimizer(model: MultimodalClassifier, blocks: list[nn.Module], sett
         weights = [p for p in block.parameters() if p.ndim > 1]
         norms = [p for p in block.parameters() if p.ndim <= 1]
         groups += [{"params": weights, "lr": lr}, {"params": norms, "lr": lr, "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW(groups, weight_decay=settings.weight_decay)
+    optimizer = _adamw(groups, settings.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, max(1, int(settings.warmup * total_steps)), total_steps)
     return optimizer, scheduler, [p for g in groups for p in g["params"]]
 

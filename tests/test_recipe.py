@@ -2,8 +2,10 @@
 class weights for imbalanced data, early stopping, baselines and calibration in the record."""
 
 import json
+import time
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from mmdemo.data import read_csv
@@ -65,6 +67,9 @@ def test_threads_leave_busy_cores_alone():
     from mmdemo.recipe import cpu_threads
 
     assert cpu_threads(2, 0.1)[0] == 2 and cpu_threads(2, 16.0)[0] == 1 and cpu_threads(16, 3.0)[0] == 13
+    # the cores busy now count, not the load average a command that just ended left behind
+    assert cpu_threads(2, 1.3, busy=0.1)[0] == 2 and cpu_threads(2, 0.2, busy=1.9)[0] == 1
+    assert "busy now" in cpu_threads(2, 1.3, busy=0.1)[1]
 
 
 def test_early_stopping_ends_training_on_a_plateau(sixteen_rows):  # noqa: F811
@@ -146,3 +151,19 @@ def test_augmented_copies_shift_and_jitter_but_never_flip():
         out = augment(pixels, params)
         assert out[..., :6].mean() > out[..., 10:].mean()  # still brighter on the left
         assert (params[:, :2].abs() <= 0.1).all() and (params[:, 2] - 1).abs().max() <= 0.2
+
+
+def test_busy_cores_sees_a_process_that_keeps_a_core_busy():
+    import subprocess
+    import sys
+
+    from mmdemo.recipe import busy_cores
+
+    if busy_cores(0.05) is None:
+        pytest.skip("no /proc/stat here")
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        assert busy_cores(0.5) >= 0.6
+    finally:
+        spinner.kill()
