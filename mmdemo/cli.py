@@ -411,10 +411,14 @@ def _merge_shards(rows: list[dict], starts: list[int], batch_size: int, rank: in
     """Rank 0 gets every process's rows back, in input order; the process group is closed."""
     import torch.distributed as dist
 
+    from . import distributed
+
     mine = {i: rows[i] for start in starts for i in range(start, min(start + batch_size, len(rows)))}
     gathered = [None] * world if rank == 0 else None
-    dist.gather_object(mine, gathered, dst=0)
-    dist.destroy_process_group()
+    try:
+        dist.gather_object(mine, gathered, dst=0)
+    finally:
+        distributed.teardown()
     if rank > 0:
         return rows
     merged = {i: row for shard in gathered for i, row in shard.items()}

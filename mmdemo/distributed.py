@@ -169,6 +169,9 @@ def setup(device: torch.device) -> tuple[Context, torch.device]:
 
 
 def teardown() -> None:
-    """Leave the process group (at the end of a command)."""
+    """Leave the process group (at the end of a command, also after a failed collective
+    operation: a broken gloo group left for the interpreter's exit to destroy aborts the
+    process, "terminate called without an active exception", instead of letting it exit with
+    its own code)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

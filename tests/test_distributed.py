@@ -138,6 +138,7 @@ _STUCK_PEER = textwrap.dedent(
         ctx.agree(lambda: False)
     except Exception as e:
         print(f"gave up after {time.monotonic() - start:.1f} s: {type(e).__name__}", flush=True)
+        distributed.teardown()  # as the CLI does after a failure: the exit code is then ours
         sys.exit(3)
     """
 )
