@@ -55,7 +55,11 @@ def main() -> None:
         page.get_by_role("tab", name="Fine-tune").click()
         page.locator("#example-dataset").click()
         expect(page.locator("#start-from input")).to_have_value("sort-of-clevr", timeout=60_000)
-        page.get_by_label("Epochs").fill("1")
+        # Automatic settings (the recipe) with a one-minute budget: the plan, its estimate and the
+        # reliability chart are in the picture
+        page.locator("#time-budget input").fill("1")
+        page.get_by_role("button", name="Check data").click()
+        expect(page.locator("#preflight")).to_contain_text("rows accepted", timeout=60_000)
         page.locator("#checkpoint-name textarea, #checkpoint-name input").first.fill("screenshot-tuned")
         page.get_by_label("Overwrite if it exists").check()
         page.locator("#start-button").click()

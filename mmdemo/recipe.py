@@ -234,7 +234,7 @@ def _choose_stage2(settings: TrainSettings, pick, data: DataProfile, overrides: 
     if not settings.stage2_blocks:
         return
     settings.stage2_lr = pick(
-        "stage2_lr", settings.lr / 10, "stage 2 refines a converged model: a tenth of stage 1's rate"
+        "stage2_lr", float(f"{settings.lr / 10:.3g}"), "stage 2 refines a converged model: a tenth of stage 1's rate"
     )
     settings.layer_decay = pick(
         "layer_decay", 0.5, "each block further down the encoder learns at half the rate of the one above it"
