@@ -402,7 +402,7 @@ def race_free_image_cache() -> None:
         try:
             os.utime(path)
         except FileNotFoundError:
-            partial = path.with_name(f".{path.name}.{threading.get_ident()}")
+            partial = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
             partial.write_bytes(data)
             os.replace(partial, path)
         return str(path)
