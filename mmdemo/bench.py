@@ -17,8 +17,9 @@ load_average: the machine's 1-minute load when the figures were taken (others' w
 
 ``--compare`` also times the candidate fast paths, round-robin in the same run: ONNX Runtime
 with 2 threads spinning briefly (served) or never, with 1 thread, ONNX Runtime with int8
-dynamic quantisation of its MatMuls, PyTorch with int8 dynamic quantisation of the linear layers, torch.jit trace + freeze (and torch.compile with
-``--compile``: minutes of compilation here); each with its set-up time and its agreement with
+dynamic quantisation of its MatMuls, PyTorch with int8 dynamic quantisation of the linear
+layers, torch.jit trace + freeze (and torch.compile with ``--compile``: minutes of compilation
+here); each with its set-up time and its agreement with
 eager (max abs probability difference on the bench input). ONNX Runtime with its threads
 spinning between calls (its default) is timed alone after them: its spinning threads would slow
 the candidate timed next. The int8 candidate also gets the agreement test a path must pass to be
