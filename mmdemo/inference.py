@@ -166,9 +166,9 @@ class OnnxEngine:
         export_serving_graph(model, buffer)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # its own thread pool, sized by ONNX Runtime (0: one thread per physical core), not by
-        # torch's setting: a serving process keeps torch at one thread (torch_threads_for_serving)
-        options.intra_op_num_threads = threads or 0
+        # its own thread pool, not torch's setting: a serving process keeps torch at one thread
+        # (torch_threads_for_serving)
+        options.intra_op_num_threads = threads or _threads_per_process()
         options.add_session_config_entry("session.intra_op.allow_spinning", "0" if spin_us == 0 else "1")
         if spin_us:
             options.add_session_config_entry("session.intra_op.spin_duration_us", str(spin_us))
@@ -180,6 +180,14 @@ class OnnxEngine:
         feed = {name: np.ascontiguousarray(value.cpu().numpy()) for name, value in zip(Rows._fields, rows)}
         outputs = self.session.run(None, feed)
         return _output([torch.from_numpy(o) for o in outputs], self.layers, self.grid)
+
+
+def _threads_per_process() -> int:
+    """ONNX Runtime's threads when none are asked for: 0 (its own choice, one per physical core)
+    for a process alone; under torchrun, this machine's cores shared among its processes
+    (spinning threads of several processes contending for the same cores slow them all)."""
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return 0 if local <= 1 else max(1, (os.cpu_count() or 1) // local)
 
 
 def export_serving_graph(model: MultimodalClassifier, target) -> None:
