@@ -45,6 +45,16 @@ def env_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+def env_local_world_size() -> int:
+    """The number of processes torchrun started on this machine (1 without torchrun)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+
+
+def cores_per_process(local_world_size: int) -> int:
+    """This machine's cores divided among its ``local_world_size`` processes (at least one)."""
+    return max(1, (os.cpu_count() or 1) // local_world_size)
+
+
 @dataclass(frozen=True)
 class Context:
     rank: int = 0
@@ -130,7 +140,7 @@ class Context:
         cores divided among them (threads that contend for cores slow every process down)."""
         if not self.distributed:
             return requested
-        fair = max(1, (os.cpu_count() or 1) // self.local_world_size)
+        fair = cores_per_process(self.local_world_size)
         return min(requested or fair, fair)
 
     def _comm_device(self) -> torch.device:
@@ -147,7 +157,6 @@ def setup(device: torch.device) -> tuple[Context, torch.device]:
     device: on CUDA each process gets its own GPU (``cuda:LOCAL_RANK``) and NCCL, on a CPU gloo."""
     if "WORLD_SIZE" not in os.environ and not dist.is_initialized():
         return SINGLE, device
-    world = env_world_size()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
@@ -162,7 +171,7 @@ def setup(device: torch.device) -> tuple[Context, torch.device]:
         rank=dist.get_rank(),
         world_size=dist.get_world_size(),
         local_rank=local_rank,
-        local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", str(world))),
+        local_world_size=env_local_world_size(),
         backend=backend,
     )
     return context, device

@@ -186,8 +186,10 @@ def _threads_per_process() -> int:
     """ONNX Runtime's threads when none are asked for: 0 (its own choice, one per physical core)
     for a process alone; under torchrun, this machine's cores shared among its processes
     (spinning threads of several processes contending for the same cores slow them all)."""
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    return 0 if local <= 1 else max(1, (os.cpu_count() or 1) // local)
+    from .distributed import cores_per_process, env_local_world_size
+
+    local = env_local_world_size()
+    return 0 if local <= 1 else cores_per_process(local)
 
 
 def export_serving_graph(model: MultimodalClassifier, target) -> None:
