@@ -4,7 +4,9 @@ A CSV has an image column (paths relative to the CSV's folder), a text column an
 column (``image,text,label`` unless named otherwise). Every row is either accepted or
 reported with its row number and the reason; nothing is silently dropped or zero-filled.
 Row numbers are the spreadsheet's: the header is row 1, the first data row is row 2.
-Labels stay strings ("01" and "1" are different classes).
+Labels stay strings ("01" and "1" are different classes). The separator is read from the
+header line (a comma, semicolon, tab or bar: what spreadsheets write) and the report names it
+when it is not a comma.
 """
 
 from __future__ import annotations
@@ -16,10 +18,36 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .imaging import MAX_PIXELS, decode_image
+from .preprocess import is_blank
 
 IMBALANCE_RATIO = 5.0  # warn when the largest class is this many times the smallest
 # labels a spreadsheet or pandas writes for a missing value: never a class
 MISSING_LABELS = frozenset({"nan", "none", "null", "n/a", "#n/a"})
+SEPARATORS = ",;\t|"
+SEPARATOR_NAMES = {",": "',' (comma)", ";": "';' (semicolon)", "\t": "tab", "|": "'|' (bar)"}
+MAX_HEADER_CHARS = 65536
+NAMED_ROWS = 5  # rows named in a one-line summary (the rest are counted)
+
+
+def sniff_separator(header_line: str) -> str:
+    """The separator of a CSV, from its header line: one of SEPARATORS (a comma when the line has
+    a single column or Python's csv.Sniffer cannot tell)."""
+    try:
+        return csv.Sniffer().sniff(header_line, delimiters=SEPARATORS).delimiter
+    except csv.Error:
+        return ","
+
+
+def read_separator(csv_path: str | os.PathLike) -> str:
+    """``sniff_separator`` of a CSV file's first line (at most MAX_HEADER_CHARS of it)."""
+    with open(csv_path, newline="", encoding="utf-8-sig", errors="replace") as f:
+        return sniff_separator(f.readline(MAX_HEADER_CHARS))
+
+
+def named_rows(rows: list[tuple[int, str]], limit: int = NAMED_ROWS) -> str:
+    """"row 3 (img/1.png), row 6 (img/4.png) and 4 more": the first few (row, name) pairs."""
+    shown = ", ".join(f"row {row} ({name})" for row, name in rows[:limit])
+    return shown + (f" and {len(rows) - limit} more" if len(rows) > limit else "")
 
 
 @dataclass
@@ -38,10 +66,13 @@ class Dataset:
     labels: list[str]  # sorted
     class_counts: dict[str, int]
     warnings: list[str] = field(default_factory=list)
+    separator: str = ","
 
     def report(self) -> str:
         """The pre-flight report, as plain text."""
         lines = [f"{self.csv_path.name}: {len(self.examples)} rows accepted, {len(self.rejected)} rejected"]
+        if self.separator != ",":
+            lines.append(f"columns separated by {SEPARATOR_NAMES[self.separator]}")
         for row, reason in self.rejected[:50]:
             lines.append(f"  row {row}: {reason}")
         if len(self.rejected) > 50:
@@ -75,8 +106,9 @@ def read_csv(
         raise ValueError(f"CSV file not found: {csv_path.name}")
     root = Path(image_root) if image_root is not None else csv_path.resolve().parent
     try:
+        separator = read_separator(csv_path)
         with open(csv_path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
+            reader = csv.DictReader(f, delimiter=separator)
             found = list(reader.fieldnames or [])
             duplicated = sorted({c for c in found if found.count(c) > 1})
             if duplicated:
@@ -106,7 +138,7 @@ def read_csv(
         if not image:
             rejected.append((row, f"empty {image_column}"))
             continue
-        if not text:
+        if not text or is_blank(text):  # zero-width characters only: nothing a reader sees
             rejected.append((row, f"empty {text_column}"))
             continue
         if not label:
@@ -134,7 +166,7 @@ def read_csv(
 
     counts = Counter(e.label for e in examples)
     class_counts = dict(sorted(counts.items()))
-    dataset = Dataset(csv_path, examples, rejected, sorted(counts), class_counts)
+    dataset = Dataset(csv_path, examples, rejected, sorted(counts), class_counts, separator=separator)
     if counts and min(counts.values()) * IMBALANCE_RATIO <= max(counts.values()):
         small = min(counts, key=counts.get)
         large = max(counts, key=counts.get)
@@ -219,7 +251,7 @@ def guess_columns(header: list[str], rows: list[list[str]], image_root: str | os
     )
     unsure = False
     if image is not None and image_share(image) >= 0.5:
-        reasons.append(f"image: `{image}` ({image_share(image):.0%} of its values are image files)")
+        reasons.append(f"image: {image!r} ({image_share(image):.0%} of its values are image files)")
     else:
         unsure = True
         reasons.append("image: no column of image file names found; pick the image column")
@@ -240,7 +272,7 @@ def guess_columns(header: list[str], rows: list[list[str]], image_root: str | os
         unsure = True
         reasons.append("label: no column with few distinct values found; pick the label column")
     else:
-        reasons.append(f"label: `{label}` ({distinct(label)} distinct values in {len(values[label])} rows)")
+        reasons.append(f"label: {label!r} ({distinct(label)} distinct values in {len(values[label])} rows)")
 
     text_candidates = [c for c in rest if c != label and values[c]]
     text = max(text_candidates, key=lambda c: (words(c), named(c, "text")), default=None)
@@ -248,18 +280,23 @@ def guess_columns(header: list[str], rows: list[list[str]], image_root: str | os
         unsure = True
         reasons.append("text: no text column left; pick the text column")
     else:
-        reasons.append(f"text: `{text}` ({words(text):.1f} words per value)")
+        reasons.append(f"text: {text!r} ({words(text):.1f} words per value)")
     return ColumnGuess(image, text, label, reasons, unsure)
 
 
 def missing_images_hint(dataset: Dataset, zip_uploaded: bool) -> str | None:
     """A one-line hint when most rows were rejected because their images are not there."""
-    missing = sum(reason.startswith("image not found") for _, reason in dataset.rejected)
-    if not missing or missing < len(dataset.rejected) / 2:
+    prefix = "image not found: "
+    missing = [(row, reason[len(prefix) :]) for row, reason in dataset.rejected if reason.startswith(prefix)]
+    if not missing or len(missing) < len(dataset.rejected) / 2:
         return None
+    rows = named_rows(missing)
     if not zip_uploaded:
         return (
-            f"{missing} rows name images that were not uploaded: add the zip of the images "
+            f"{len(missing)} rows name images that were not uploaded ({rows}): add the zip of the images "
             "(paths in the CSV relative to the zip's root)."
         )
-    return f"{missing} rows name images that are not in the zip: check the image column and the paths inside the zip."
+    return (
+        f"{len(missing)} rows name images that are not in the zip ({rows}): check the image column and the"
+        " paths inside the zip."
+    )

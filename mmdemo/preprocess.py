@@ -5,6 +5,8 @@ Pure functions: the same ones serve training and inference, so the two cannot dr
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from typing import NamedTuple
 
 import numpy as np
@@ -40,6 +42,39 @@ def image_to_tensor(image: Image.Image, config: ModelConfig) -> torch.Tensor:
 CHARS_PER_TOKEN_BOUND = 100
 
 
+# Characters that draw nothing yet are not whitespace to str.strip(): format characters (zero-width
+# space and joiners, BOM, soft hyphen, bidi marks: category Cf), controls (Cc) and the Hangul and
+# Braille fillers. A text of only these is empty to a reader.
+INVISIBLE_CATEGORIES = frozenset({"Cf", "Cc", "Zs", "Zl", "Zp"})
+INVISIBLE_FILLERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def is_blank(text: str) -> bool:
+    """True when ``text`` shows nothing: empty, whitespace or invisible characters only."""
+    return all(c.isspace() or c in INVISIBLE_FILLERS or unicodedata.category(c) in INVISIBLE_CATEGORIES for c in text)
+
+
+def broken_character(text: str) -> int | None:
+    """The 1-based position of the first lone UTF-16 surrogate in ``text`` (what a JSON client can
+    send as "\\ud800": it is no character, and no tokenizer or file can hold it), or None."""
+    found = SURROGATE.search(text)
+    return None if found is None else found.start() + 1
+
+
+def text_problem(text: object, what: str = "the text") -> str | None:
+    """Why ``text`` cannot be read as text (in the words of whoever typed it), or None."""
+    if not isinstance(text, str) or is_blank(text):
+        return f"{what} is empty" + (" (it holds only invisible characters)" if text else "")
+    position = broken_character(text)
+    if position is not None:
+        return (
+            f"{what} holds a broken character at character {position} (U+{ord(text[position - 1]):04X}, half of"
+            " a UTF-16 pair): type or paste it again"
+        )
+    return None
+
+
 class TextBatch(NamedTuple):
     input_ids: torch.Tensor  # (B, T)
     attention_mask: torch.Tensor  # (B, T)
@@ -53,8 +88,9 @@ def tokenize(tokenizer, texts: list[str], max_tokens: int) -> TextBatch:
     (the character cap only bounds its work), with the word each token belongs to (a word cut by
     the truncation: its kept part). Raises ValueError on an empty text."""
     for i, text in enumerate(texts):
-        if not isinstance(text, str) or not text.strip():
-            raise ValueError("the text is empty" if len(texts) == 1 else f"text {i + 1} is empty")
+        problem = text_problem(text, "the text" if len(texts) == 1 else f"text {i + 1}")
+        if problem:
+            raise ValueError(problem)
     budget = max_tokens * CHARS_PER_TOKEN_BOUND
     cut = [len(t) > budget for t in texts]
     texts = [t[:budget] for t in texts]

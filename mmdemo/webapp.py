@@ -22,6 +22,7 @@ from .card import app_model_card
 from .data import Dataset, check_trainable, missing_images_hint, read_csv
 from .jobs import DataSource, JobManager
 from .limits import Limits, shared_mode
+from .preprocess import broken_character, is_blank
 from .registry import SHARED, CheckpointRegistry, hf_owner, owner_id
 from .sortofclevr import generate
 from .uploads import UploadFolder, extract_zip, make_upload_dir, sweep_uploads
@@ -169,12 +170,26 @@ class App:
 
     # --- bounded input -------------------------------------------------------------------
     def check_text(self, text: str) -> str:
+        """The question as typed, or a ValueError saying what is wrong with it: empty (invisible
+        characters such as zero-width spaces do not count), too long, or holding a broken
+        character (a lone surrogate a JSON client can send, which no tokenizer takes)."""
         if not isinstance(text, str) or not text.strip():
             raise ValueError("Please type a question or a description of the image.")
         if len(text) > self.limits.max_text_chars:
             raise ValueError(
                 f"the text has {len(text):,} characters, over the limit of {self.limits.max_text_chars:,}"
                 " (MMDEMO_MAX_TEXT_CHARS)"
+            )
+        if is_blank(text):
+            raise ValueError(
+                "Please type a question or a description of the image: the text holds only invisible characters"
+                " (zero-width or formatting characters do not count)."
+            )
+        position = broken_character(text)
+        if position is not None:
+            raise ValueError(
+                f"the question holds a broken character at character {position} (U+{ord(text[position - 1]):04X},"
+                " half of a UTF-16 pair, not a character by itself): type or paste the question again"
             )
         return text
 
@@ -232,7 +247,7 @@ class App:
             hint = missing_images_hint(dataset, bool(zip_file))
             if hint:  # one hint instead of a line per row
                 return (
-                    f"**{hint}**\n\n{len(dataset.examples)} rows usable, {len(dataset.rejected)} without their image."
+                    f"{hint}\n\n{len(dataset.examples)} rows usable, {len(dataset.rejected)} without their image."
                 )
             check_trainable(dataset)
             init = self.registry.path(base, owner) if base else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import logging
+import re
 from pathlib import Path
 
 import gradio as gr
@@ -17,6 +18,41 @@ def input_error(where: str, message: str) -> gr.Error:
     renders HTML, so what may come from the user is escaped and shown as text."""
     log.warning("%s: rejected input: %s", where, message[:300])
     return gr.Error(html.escape(message, quote=False), print_exception=False)
+
+
+# characters that start Markdown formatting in running text ($ opens Gradio's LaTeX)
+MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]|~$])")
+
+
+def markdown_text(text: str) -> str:
+    """``text`` (a CSV's header, a label, a name: anything a visitor wrote) for running text in a
+    gr.Markdown, shown as it is written: HTML escaped (``<img ...>`` reaches the page as
+    ``&lt;img ...&gt;``, whatever the sanitiser does), Markdown's marks backslash-escaped (a
+    backtick cannot close a code span around it), on one line."""
+    one_line = " ".join(str(text).splitlines())
+    return MARKDOWN_SPECIAL.sub(r"\\\1", html.escape(one_line, quote=False))
+
+
+def code_block(text: str) -> str:
+    """``text`` as a fenced code block that nothing in it can close: the fence is longer than any
+    run of backticks inside (Markdown shows a code block's content as text, HTML included)."""
+    longest = max((len(run) for run in re.findall("`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}\n{text}\n{fence}"
+
+
+COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".zip", ".7z", ".rar")
+
+
+def upload_type_error(name: str, file_types: list[str]) -> str:
+    """What to tell a visitor whose upload ``name`` is none of ``file_types`` (".csv", ...): a
+    compressed copy of an accepted type is named as such ("data.csv.gz")."""
+    wanted = " or ".join(file_types)
+    path = Path(name)
+    inner = Path(path.stem).suffix.lower()
+    if path.suffix.lower() in COMPRESSED and inner in [t.lower() for t in file_types]:
+        return f"{name!r} is compressed ({path.suffix.lower()}): upload the {inner} itself, uncompressed"
+    return f"{name!r} is not a {wanted} file: upload a {wanted}"
 
 
 # a string parameter; with a default of None the API page shows it as "str | None", optional

@@ -21,11 +21,11 @@ from pathlib import Path
 import gradio as gr
 
 from .. import render
-from ..data import guess_columns
+from ..data import guess_columns, sniff_separator
 from ..recipe import format_seconds
 from ..registry import validate_name
 from ..webapp import App
-from .common import OPTIONAL_STRING, api_type, input_error
+from .common import OPTIONAL_STRING, api_type, code_block, input_error, markdown_text
 from .identity import owner_of, refuse, unexpected
 from .zerogpu import finetune_device
 
@@ -38,7 +38,7 @@ def _read_head(csv_file: str) -> tuple[list[str], list[list[str]]]:
         with open(csv_file, newline="", encoding="utf-8-sig") as f:
             # bounded: at most PREVIEW_ROWS lines of at most 64 KB each are read
             lines = [f.readline(65536) for _ in range(PREVIEW_ROWS + 1)]
-            reader = csv.reader(line for line in lines if line)
+            reader = csv.reader((line for line in lines if line), delimiter=sniff_separator(lines[0]))
             header = next(reader, [])
             rows = list(reader)
     except (UnicodeDecodeError, csv.Error) as e:
@@ -62,7 +62,7 @@ def column_report(app: App, csv_file) -> tuple[str, object]:
     header, rows = _read_head(csv_file)
     guess = guess_columns(header, rows)
     lines = ["**Columns guessed from their content** (change them if they are wrong):"]
-    lines += [f"- {reason}" for reason in guess.reasons]
+    lines += [f"- {markdown_text(reason)}" for reason in guess.reasons]  # quotes the CSV's header
     if guess.unsure:
         lines.append("**Please pick the column(s) marked above before training.**")
     base = gr.skip()
@@ -141,7 +141,7 @@ def preflight(
         raise refuse(str(e)) from None
     except Exception as e:  # noqa: BLE001 - the server keeps serving
         raise unexpected("checking the data", e) from None
-    return report if report.startswith("**") else "```\n" + report + "\n```"
+    return code_block(report)  # it quotes the CSV (header, paths, labels): shown as text, never as Markdown
 
 
 def example_dataset(app: App):
@@ -426,7 +426,14 @@ def finetune_tab(
                 elem_id="per-class",
             )
         with gr.Row():
-            download_name = gr.Dropdown(names, label="Checkpoint to download", elem_id="download-name", min_width=200)
+            # any name reaches on_download, which refuses one the visitor cannot use in its own words
+            # (Gradio's choice check would answer "not in the list of choices" with a traceback)
+            download_name = api_type(
+                gr.Dropdown(
+                    names, label="Checkpoint to download", elem_id="download-name", min_width=200, allow_custom_value=True
+                ),
+                OPTIONAL_STRING,
+            )
             download = gr.Button("Zip it", min_width=100)
             download_file = gr.File(label="Download", interactive=False, min_width=200)
         job = gr.JSON(visible=False, label="job status")

@@ -25,7 +25,7 @@ from ..explain import DEFAULT_METHOD, METHODS, peak_xy
 from ..imaging import decode_image
 from ..relations import relation_objects
 from ..webapp import App
-from .common import api_example, api_type, file_example, input_error
+from .common import api_example, api_type, file_example, input_error, markdown_text
 from .identity import owner_of, unexpected
 from .zerogpu import gpu
 
@@ -127,7 +127,7 @@ def predict(
     }
     answer = prediction.scores if prediction.in_scope else "no confident answer (out of scope)"
     details = (
-        f"**{prediction.label}** ({prediction.scores[prediction.label]:.0%}) from `{checkpoint}`, "
+        f"**{markdown_text(prediction.label)}** ({prediction.scores[prediction.label]:.0%}) from `{checkpoint}`, "
         f"{method} attention. Inference {elapsed:.0f} ms on {predictor.device} (model {prediction.forward_ms:.0f} ms)."
     )
     if prediction.truncated:
@@ -162,7 +162,7 @@ def scope_banner(prediction) -> str:
     reasons = "; ".join(s["messages"])
     return (
         f"**⚠ Out of scope: {reasons}.** The model abstains: its most probable answer would be "
-        f"'{prediction.label}' ({prediction.confidence:.0%}), which should not be trusted here."
+        f"'{markdown_text(prediction.label)}' ({prediction.confidence:.0%}), which should not be trusted here."
     )
 
 
@@ -261,7 +261,7 @@ def capabilities_markdown(app: App, checkpoint: str | None, owner: str | None = 
     try:
         labels, task, _ = app.capabilities(checkpoint, owner)
     except (ValueError, OSError) as e:
-        return f"Cannot read `{checkpoint}`: {e}"
+        return f"Cannot read {markdown_text(repr(checkpoint))}: {markdown_text(str(e))}"
     lines = [f"### What `{checkpoint}` can answer", ""]
     if task:
         lines.append(task.get("summary", ""))
@@ -270,7 +270,8 @@ def capabilities_markdown(app: App, checkpoint: str | None, owner: str | None = 
             lines.append(f"**{slot['name'].capitalize()}s:** {', '.join(slot['values'])}.")
         kinds = "; ".join(f"{q['kind']} → {' / '.join(q['answers'])}" for q in task.get("questions", []))
         lines.append(f"**Kinds of question:** {kinds}.")
-    lines.append(f"**Its {len(labels)} answers:** {', '.join(labels)}. It picks one of these for any input.")
+    answers = ", ".join(markdown_text(label) for label in labels)  # a fine-tuned model's come from a CSV
+    lines.append(f"**Its {len(labels)} answers:** {answers}. It picks one of these for any input.")
     if task:
         lines.append("Build a question below (pick a kind and a colour), or pick an example next to the image.")
     else:

@@ -27,6 +27,7 @@ from ..device import resolve_device
 from ..inference import torch_threads_for_serving
 from ..limits import CacheLimits
 from ..webapp import App
+from .common import input_error, upload_type_error
 
 SESSION_CAPACITY = int(os.environ.get("MMDEMO_SESSION_CAPACITY", "150"))
 QUEUE_SIZE = int(os.environ.get("MMDEMO_QUEUE_SIZE", "64"))
@@ -411,6 +412,51 @@ def race_free_image_cache() -> None:
     processing_utils.save_pil_to_cache = save_pil_to_cache
 
 
+PATCHED_GRADIO = "6.31."  # the Gradio whose private code the patches here were written against
+
+
+def check_patched_gradio() -> None:
+    """Refuse to start on a Gradio other than the one the patches below were written against, or
+    one whose patched private functions are gone (a patch would then silently do nothing)."""
+    from gradio.components.file import File
+
+    if not gr.__version__.startswith(PATCHED_GRADIO):
+        raise RuntimeError(
+            f"mmdemo's Gradio patches (mmdemo/ui/serve.py) were written for Gradio {PATCHED_GRADIO}x; installed:"
+            f" {gr.__version__}. Install the version in requirements.txt, or check each patch against it."
+        )
+    if not callable(getattr(File, "_process_single_file", None)):
+        raise RuntimeError("gradio.components.file.File._process_single_file is gone: mmdemo/ui/serve.py patches it")
+
+
+def file_uploads_without_strays() -> None:
+    """Gradio 6.31's ``File._process_single_file`` (gradio/components/file.py) makes a
+    ``NamedTemporaryFile(delete=False)`` at the root of the file cache for every file it hands a
+    handler as a path, then drops it unused and undeleted: two empty ``tmp*`` files per CSV + zip
+    request, in no set of cached files, so no sweep ever removes them. Its file-type check raises
+    a gr.Error naming the accepted types as a Python list, logged with a traceback. Here a path is
+    handed over as it is, with no temporary; a file of another type gets ``upload_type_error``'s
+    message ("'data.csv.gz' is compressed (.gz): ..."), logged as one line."""
+    from gradio.components.file import File
+    from gradio.utils import NamedString
+    from gradio_client import utils as client_utils
+
+    original = File._process_single_file
+    if getattr(original, "no_strays", False):
+        return
+
+    def _process_single_file(self, f):
+        if self.type != "filepath":
+            return original(self, f)
+        if self.file_types and not client_utils.is_valid_file(f.path, self.file_types):
+            name = f.orig_name or Path(f.path).name
+            raise input_error("upload", upload_type_error(name, list(self.file_types)))
+        return NamedString(f.path)
+
+    _process_single_file.no_strays = True
+    File._process_single_file = _process_single_file
+
+
 def _touch_inputs_when_used(demo: gr.Blocks, sweeper: CacheSweeper) -> None:
     """Every event's inputs pass through ``validate_inputs`` before preprocessing: mark their
     files used there, so a visitor asking again about their image keeps it."""
@@ -427,8 +473,10 @@ def launch(demo: gr.Blocks, app: App, server_name: str, server_port: int, queue_
     threads = torch_threads_for_serving(resolve_device(app.registry.device))
     if threads:  # ONNX Runtime (or the GPU) runs the model; torch's share is small operations
         torch.set_num_threads(threads)
+    check_patched_gradio()
     lazy_session_configs()
     race_free_image_cache()
+    file_uploads_without_strays()
     # Gradio recomputes its monitoring summary (a pandas group-by over up to 10,000 past events)
     # after every event, for a dashboard that is off here: ~3 ms of CPU per /predict on a fresh
     # server, growing with the events held. Every 1,000 events, over the last 1,000, instead.
