@@ -27,7 +27,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -431,22 +431,92 @@ def image_digest(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
+class StoreFull(ValueError):
+    """The server holds as many evaluations as it may; the message says when room frees up."""
+
+
 class ResultStore:
-    """Evaluation results per visitor, in memory, the most recent ``max_visitors`` kept.
+    """Evaluation results per visitor, in memory: each visitor's latest finished run.
 
-    Keyed by the visitor id the UI derives from the request; a visitor sees only its own."""
+    Keyed by the visitor id the UI resolved on the server from the owner token (never a session
+    hash); a visitor sees only its own. Only ``put`` creates an entry, after a run has finished,
+    so a refused or failed request stores nothing and reading never makes room for anybody.
+    Bounds: one evaluation per visitor (a new run replaces it, and the previous upload's files
+    are deleted); an entry unused for ``ttl_s`` is dropped with its files; and all entries
+    together hold at most ``max_visitors`` runs and ``max_rows`` rows (memory: each row keeps
+    its heatmap). When full, a new visitor's run is refused (``StoreFull``) instead of evicting
+    another visitor's result: one visitor's requests can never wipe another's."""
 
-    def __init__(self, max_visitors: int = 32):
-        self._items: OrderedDict[str, dict] = OrderedDict()
+    def __init__(
+        self,
+        max_visitors: int = 64,
+        max_rows: int = 60_000,
+        ttl_s: float = 3600.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self._items: dict[str, dict] = {}
+        self._used: dict[str, float] = {}
         self._lock = threading.Lock()
-        self.max_visitors = max_visitors
+        self.max_visitors, self.max_rows, self.ttl_s = max_visitors, max_rows, ttl_s
+        self._clock = clock
 
-    def get(self, visitor: str) -> dict:
+    @staticmethod
+    def _rows(item: dict) -> int:
+        result = item.get("result")
+        return len(result.rows) if isinstance(result, EvalResult) else 0
+
+    def _expire(self, now: float) -> None:
+        for visitor in [v for v, t in self._used.items() if now - t > self.ttl_s]:
+            self._drop(visitor)
+
+    def _drop(self, visitor: str, keep_folder: Path | None = None) -> None:
+        old = self._items.pop(visitor, None)
+        self._used.pop(visitor, None)
+        data = (old or {}).get("data")
+        if isinstance(data, EvalSet) and (keep_folder is None or data.folder != keep_folder):
+            data.delete()
+
+    def get(self, visitor: str) -> dict | None:
+        """The visitor's evaluation (its state dict, which the UI may update), or None."""
         with self._lock:
-            item = self._items.setdefault(visitor, {})
-            self._items.move_to_end(visitor)
-            while len(self._items) > self.max_visitors:
-                _, old = self._items.popitem(last=False)
-                if isinstance(old.get("data"), EvalSet):
-                    old["data"].delete()
+            now = self._clock()
+            self._expire(now)
+            item = self._items.get(visitor)
+            if item is not None:
+                self._used[visitor] = now
             return item
+
+    def room(self, visitor: str, rows: int) -> None:
+        """Refuse (StoreFull) a run of ``rows`` rows that could not be kept; checked before the
+        run starts, so nobody waits for a result the server must throw away."""
+        with self._lock:
+            self._expire(self._clock())
+            self._check(visitor, rows)
+
+    def _check(self, visitor: str, rows: int) -> None:
+        others = {v: item for v, item in self._items.items() if v != visitor}
+        held = sum(self._rows(item) for item in others.values())
+        if len(others) >= self.max_visitors or held + rows > self.max_rows:
+            minutes = max(1, round(self.ttl_s / 60))
+            raise StoreFull(
+                f"the server is holding as many evaluations as it can ({len(others)} visitors, {held:,} rows; "
+                f"at most {self.max_visitors} and {self.max_rows:,}); evaluate fewer rows, or try again "
+                f"later (an evaluation is dropped {minutes} min after its last use)"
+            )
+
+    def put(self, visitor: str, **state) -> dict:
+        """Keep a finished run as the visitor's evaluation, replacing theirs (StoreFull when it
+        does not fit; the caller then deletes the run's files)."""
+        with self._lock:
+            now = self._clock()
+            self._expire(now)
+            self._check(visitor, self._rows(state))
+            data = state.get("data")
+            self._drop(visitor, keep_folder=data.folder if isinstance(data, EvalSet) else None)
+            self._items[visitor] = dict(state)
+            self._used[visitor] = now
+            return self._items[visitor]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)

@@ -14,8 +14,6 @@ import json
 import logging
 import secrets
 import shutil
-import threading
-from collections import OrderedDict
 from pathlib import Path
 
 from .card import app_model_card
@@ -30,7 +28,6 @@ from .uploads import UploadFolder, extract_zip, make_upload_dir, sweep_uploads
 log = logging.getLogger("mmdemo.app")
 
 DEFAULT_CHECKPOINT = "sort-of-clevr"
-SESSION_OWNERS = 10_000  # page sessions whose owner is remembered (the oldest are forgotten)
 EXAMPLE_DATASET_IMAGES = 150
 
 
@@ -59,8 +56,6 @@ class App:
         self.work_dir = Path(work_dir or make_upload_dir("work"))
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self._example_dataset: tuple[str, str] | None = None
-        self._session_owners: OrderedDict[str, str | None] = OrderedDict()
-        self._sessions_lock = threading.Lock()
 
     # --- who is asking -------------------------------------------------------------------
     @staticmethod
@@ -79,22 +74,13 @@ class App:
             raise ValueError("no owner token: reload the page, or pass the owner_token /start_finetune returned")
         return owner_id(token)
 
-    def remember_session(self, session: str | None, owner: str | None) -> None:
-        """Which owner a page session belongs to, decided on the server at page load from the
-        page's owner token (ui/__init__.py); tabs whose handlers take only the request (Evaluate,
-        Compare) look the owner up here. Bounded: the oldest sessions are forgotten."""
-        if not session:
-            return
-        with self._sessions_lock:
-            self._session_owners[session] = owner
-            self._session_owners.move_to_end(session)
-            while len(self._session_owners) > SESSION_OWNERS:
-                self._session_owners.popitem(last=False)
-
-    def session_owner(self, session: str | None) -> str | None:
-        """The owner remembered for a page session (None: shipped checkpoints only)."""
-        with self._sessions_lock:
-            return self._session_owners.get(session) if session else None
+    def visitor(self, token: str | None, hf_username: str | None = None) -> str:
+        """Whose evaluation, stop button and ratings a request acts on: its owner, except in
+        shared mode, where visitors share checkpoints but each browser's token keeps its own
+        evaluation (and ratings) apart. Like ``owner``, never a session hash."""
+        if self.shared and token:
+            return owner_id(token)
+        return self.owner(token, hf_username)
 
     def checkpoint_names(self, owner: str | None) -> list[str]:
         return self.registry.names(owner)

@@ -1,11 +1,13 @@
-"""Ratings in SQLite: schema version and migrations, CSV export, persistence, and concurrent
-writers (threads and processes) losing nothing."""
+"""Ratings in SQLite: schema version and migrations, CSV export (one rater's or all), persistence,
+concurrent writers (threads and processes) losing nothing, and a locked or corrupt file that turns
+the ratings off quickly, naming the file, without raising sqlite's error."""
 
 import csv
 import io
 import multiprocessing
 import sqlite3
 import threading
+import time
 
 import pytest
 
@@ -64,8 +66,12 @@ def test_schema_version_and_migration(tmp_path):
     newer.mkdir()
     with sqlite3.connect(newer / "ratings.sqlite") as conn:
         conn.execute("PRAGMA user_version = 7")
-    with pytest.raises(ValueError, match="schema version 7, newer than this release's 1"):
-        RatingStore(newer)
+    store = RatingStore(newer)
+    assert store.check() == "Ratings are off: ratings.sqlite has schema version 7, newer than this release's 1."
+    with pytest.raises(ratings.RatingsUnavailable, match="schema version 7, newer than this release's 1"):
+        store.add(_rating())
+    with sqlite3.connect(newer / "ratings.sqlite") as conn:  # left as it was
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 7
 
 
 def test_data_dir_from_the_environment(tmp_path, monkeypatch):
@@ -118,3 +124,68 @@ def test_concurrent_processes_lose_nothing(tmp_path):
     assert {(r["rater"], r["question"]) for r in rows} == {
         (f"p{w}", f"question {i}?") for w in range(4) for i in range(20)
     }
+
+
+def test_export_and_summary_of_one_rater(tmp_path):
+    store = RatingStore(tmp_path)
+    store.add(_rating(1, rater="a-alice", comment="alice's note"))
+    store.add(_rating(2, rater="a-bob", comment="bob's note", rating="wrong"))
+    mine = list(csv.DictReader(io.StringIO(store.export_csv(rater="a-alice"))))
+    assert [(r["rater"], r["comment"]) for r in mine] == [("a-alice", "alice's note")]
+    assert store.summary(rater="a-bob") == {"sort-of-clevr": {"right": 0, "partly": 0, "wrong": 1, "total": 1}}
+    assert store.summary()["sort-of-clevr"]["total"] == 2 and len(store.all()) == 2
+    assert store.all(checkpoint="sort-of-clevr", rater="a-nobody") == []
+
+
+def test_export_all_is_a_host_setting(monkeypatch):
+    monkeypatch.delenv("MMDEMO_RATINGS_EXPORT_ALL", raising=False)
+    assert not ratings.export_all()
+    monkeypatch.setenv("MMDEMO_RATINGS_EXPORT_ALL", "1")
+    assert ratings.export_all()
+
+
+def _lock(path):
+    """Another program holding the file: an exclusive lock that blocks readers too."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA locking_mode = EXCLUSIVE")
+    conn.execute("BEGIN EXCLUSIVE")
+    conn.execute("UPDATE ratings SET comment = comment")
+    return conn
+
+
+def test_a_locked_file_turns_ratings_off_quickly_and_back_on_when_free(tmp_path, caplog):
+    RatingStore(tmp_path).add(_rating(1))
+    holder = _lock(tmp_path / "ratings.sqlite")
+    started = time.monotonic()
+    store = RatingStore(tmp_path, timeout_s=0.2)
+    problem = store.check()  # as the app's start-up does
+    assert time.monotonic() - started < 3
+    assert problem.startswith("Ratings are off for now: ratings.sqlite is locked by another program")
+    assert str(tmp_path) not in problem
+    with pytest.raises(ratings.RatingsUnavailable, match="ratings.sqlite is locked"):
+        store.add(_rating(2))
+    with pytest.raises(ratings.RatingsUnavailable, match="ratings.sqlite is locked"):
+        store.summary()
+    logged = [r.getMessage() for r in caplog.records if r.name == "mmdemo.ratings"]
+    assert len(logged) == 1 and str(tmp_path / "ratings.sqlite") in logged[0]  # the path, once
+    holder.rollback() if holder.in_transaction else None
+    holder.close()
+    assert store.add(_rating(2)) == 2 and store.problem is None
+    assert len(store.all()) == 2
+
+
+def test_a_corrupt_file_is_moved_aside_and_ratings_stay_off(tmp_path):
+    (tmp_path / "ratings.sqlite").write_bytes(b"this is not a database, just bytes" * 100)
+    store = RatingStore(tmp_path)
+    problem = store.check()
+    aside = [p.name for p in tmp_path.iterdir() if p.name.startswith("ratings.sqlite.corrupt-")]
+    assert len(aside) == 1 and not (tmp_path / "ratings.sqlite").exists()
+    assert (tmp_path / aside[0]).read_bytes().startswith(b"this is not a database")
+    assert problem.startswith("Ratings are off: ratings.sqlite is not a readable ratings database")
+    assert aside[0] in problem and str(tmp_path) not in problem
+    with pytest.raises(ratings.RatingsUnavailable, match="moved aside"):
+        store.add(_rating(1))
+    with pytest.raises(ratings.RatingsUnavailable, match="moved aside"):
+        store.export_csv()
+    assert not (tmp_path / "ratings.sqlite").exists()  # off until a restart: nothing written meanwhile
+    assert RatingStore(tmp_path).add(_rating(1)) == 1  # the next start begins a new file

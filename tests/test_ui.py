@@ -156,13 +156,15 @@ def test_live_server_predict_and_fine_tune(server, app, fixture_path, tmp_path):
     deadline = time.time() + 180
     while status["state"] in ("queued", "preparing", "running") and time.time() < deadline:
         time.sleep(0.5)
-        status = client.predict(api_name="/finetune_status")  # the same Client keeps its token
+        status = client.predict(token, api_name="/finetune_status")  # the token is passed, never kept
     assert status["state"] == "done", status["message"]
     assert "tuned-by-api" in app.registry.names(app.owner(token))
     # the explicit values of the README's call are the CLI's explicit flags: they win over the recipe
     assert "epochs = 1  (set explicitly)" in status["plan"] and not status["resumable"]
     with pytest.raises(Exception, match="cannot be resumed"):  # it ran to its end
-        client.predict(api_name="/resume_finetune")
+        client.predict(None, None, token, api_name="/resume_finetune")
+    # the same Client without the token is nobody: its session holds no identity
+    assert client.predict(api_name="/finetune_status")["state"] == "idle"
     # a new client controls it with the token; without it the checkpoint does not exist for it
     other = Client(server.local_url, verbose=False)
     image = handle_file(str(tmp_path / "upload" / "img" / "1.png"))

@@ -20,7 +20,7 @@ from ..webapp import App  # noqa: E402
 from .compare import compare_tab  # noqa: E402
 from .evaluate import PredictLink, evaluate_tab  # noqa: E402
 from .finetune import csv_columns, finetune_tab
-from .identity import browser_secret, owner_of, token_components
+from .identity import browser_state, token_component
 from .predict import predict, predict_tab, redraw
 
 __all__ = ["App", "CSS", "create_demo", "csv_columns", "predict", "redraw"]
@@ -50,33 +50,25 @@ def create_demo(app: App) -> gr.Blocks:
         )
         if os.environ.get("MMDEMO_HF_SIGNIN", "").strip() in ("1", "true", "yes"):
             gr.LoginButton()  # the signed-in Hugging Face user owns what they fine-tune
-        tokens = token_components()
-        saved = gr.BrowserState({}, storage_key="mmdemo-finetune", secret=browser_secret())  # the fine-tune form
-        saved_tab = gr.BrowserState("predict", storage_key="mmdemo-tab", secret=browser_secret())  # the open tab
+        token = token_component()
+        saved = browser_state({}, "mmdemo-finetune")  # the fine-tune form
+        saved_tab = browser_state("predict", "mmdemo-tab")  # the open tab
         with gr.Tabs(elem_id="tabs") as tabs:
-            inputs = predict_tab(app, tokens, saved_tab)
+            inputs = predict_tab(app, token, saved_tab)
             poll, poll_inputs, poll_outputs, (restore, restore_inputs, restored) = finetune_tab(
-                app, inputs.checkpoint, tokens, tabs, saved, saved_tab
+                app, inputs.checkpoint, token, tabs, saved, saved_tab
             )
-            evaluate_tab(app, PredictLink(tabs, inputs.image, inputs.text, inputs.checkpoint))
-            compare_tab(app)
+            evaluate_tab(app, PredictLink(tabs, inputs.image, inputs.text, inputs.checkpoint), token)
+            compare_tab(app, token)
 
-        def on_load(
-            known,
-            owner_token=None,
-            session_token=None,
-            request: gr.Request = None,
-            profile: gr.OAuthProfile | None = None,
-        ):
-            """A new browser gets its secret owner token here, made on the server; the page's
-            session is remembered as that owner's (for the tabs whose handlers get only the request)."""
+        def on_load(known, owner_token=None, profile: gr.OAuthProfile | None = None):
+            """A new browser gets its secret owner token here, made on the server and kept in
+            the browser; every later event sends it (ui/identity.py)."""
             if not (isinstance(owner_token, str) and TOKEN_PATTERN.match(owner_token)):
                 owner_token = app.new_token()  # none yet, or not one of ours
-            session = getattr(request, "session_hash", None)
-            app.remember_session(session, owner_of(app, owner_token, session_token, profile))
-            return (*poll(known, owner_token, session_token, profile), owner_token)
+            return (*poll(known, owner_token, profile), owner_token)
 
-        demo.load(on_load, poll_inputs, [*poll_outputs, tokens[0]], api_visibility="private", queue=False)
+        demo.load(on_load, poll_inputs, [*poll_outputs, token], api_visibility="private", queue=False)
         demo.load(restore, restore_inputs, restored, api_visibility="private", queue=False)
     _fill_left_out_inputs(demo)
     return demo

@@ -12,14 +12,10 @@ from ..counterfactual import blank_squares
 from ..explain import DEFAULT_METHOD, METHODS
 from ..imaging import decode_image
 from ..webapp import App
+from .identity import owner_of
 
 OPACITY = 0.55
 MAX_BLANKS = 50
-
-
-def _owner(app: App, request: gr.Request | None) -> str | None:
-    """The page's owner, decided on the server at page load (App.session_owner)."""
-    return app.session_owner(getattr(request, "session_hash", None))
 
 
 def _predict(app: App, image, text: str, checkpoint: str | None, method: str | None, owner: str | None = None):
@@ -132,7 +128,9 @@ def what_if(app: App, state, text, edited_text, checkpoint, method, owner: str |
     return scores_before, overlay_before, scores_after, overlay_after, summary
 
 
-def compare_tab(app: App) -> None:
+def compare_tab(app: App, owner_token: gr.BrowserState) -> None:
+    """The tab's components and events; ``owner_token``: the visitor's owner token (their own
+    checkpoints can be compared besides the shipped ones; ui/identity.py). Nothing is stored."""
     names, default = app.registry.names(), app.default_checkpoint()
     with gr.Tab("Compare & What-if", id="compare"):
         gr.Markdown("### Side by side\nOne image and question through two checkpoints, or raw vs gradient.")
@@ -158,12 +156,15 @@ def compare_tab(app: App) -> None:
                 label_b = gr.Label(num_top_classes=3, label="B", elem_id="cmp-label-b")
                 overlay_b = gr.Image(label="B: where it looked", interactive=False, elem_id="cmp-overlay-b")
 
-        def on_compare(image, text, checkpoint_a, method_a, checkpoint_b, method_b, request: gr.Request):
-            return compare(app, image, text, checkpoint_a, method_a, checkpoint_b, method_b, _owner(app, request))
+        def on_compare(
+            image, text, checkpoint_a, method_a, checkpoint_b, method_b, token, profile: gr.OAuthProfile | None = None
+        ):
+            owner = owner_of(app, token, profile)
+            return compare(app, image, text, checkpoint_a, method_a, checkpoint_b, method_b, owner)
 
         run.click(
             on_compare,
-            [image, text, checkpoint_a, method_a, checkpoint_b, method_b],
+            [image, text, checkpoint_a, method_a, checkpoint_b, method_b, owner_token],
             [label_a, overlay_a, label_b, overlay_b, summary],
             api_name=False,
             concurrency_limit=2,
@@ -204,22 +205,22 @@ def compare_tab(app: App) -> None:
                 label_after = gr.Label(num_top_classes=3, label="After", elem_id="wi-label-after")
                 overlay_after = gr.Image(label="After", interactive=False, elem_id="wi-overlay-after")
 
-        def names(request: gr.Request):
-            return gr.update(choices=app.registry.names(_owner(app, request)))
+        def names(token, profile: gr.OAuthProfile | None = None):
+            return gr.update(choices=app.registry.names(owner_of(app, token, profile)))
 
         for dropdown in (checkpoint_a, checkpoint_b, wi_checkpoint):  # fine-tuned ones appear when a list opens
-            dropdown.focus(names, None, dropdown, api_name=False, queue=False)
+            dropdown.focus(names, owner_token, dropdown, api_name=False, queue=False)
         wi_image.change(new_image, wi_image, [state, edited], api_name=False)
         wi_text.change(lambda t: t, wi_text, wi_edit_text, api_name=False, queue=False)
         edited.select(blank_at, [state, side], [state, edited, edits], api_name=False)
         undo.click(reset, state, [state, edited, edits], api_name=False)
 
-        def on_what_if(state, text, edited_text, checkpoint, method, request: gr.Request):
-            return what_if(app, state, text, edited_text, checkpoint, method, _owner(app, request))
+        def on_what_if(state, text, edited_text, checkpoint, method, token, profile: gr.OAuthProfile | None = None):
+            return what_if(app, state, text, edited_text, checkpoint, method, owner_of(app, token, profile))
 
         wi_run.click(
             on_what_if,
-            [state, wi_text, wi_edit_text, wi_checkpoint, wi_method],
+            [state, wi_text, wi_edit_text, wi_checkpoint, wi_method, owner_token],
             [label_before, overlay_before, label_after, overlay_after, wi_summary],
             api_name=False,
             concurrency_limit=2,

@@ -4,8 +4,13 @@ cells list their rows, a filterable table of examples with their heatmaps (one c
 one in Predict & Explain), ratings of the explanations, a data-set comparison with a second
 checkpoint or method, and the downloadable HTML report.
 
-Results are kept on the server per visitor (``visitor_id``); the handlers only call the
-service layer (mmdemo.evalset, mmdemo.ratings, mmdemo.report).
+Every handler takes the visitor's owner token (ui/identity.py) and acts for the visitor the
+server resolves from it: results are kept per visitor (``evalset.ResultStore``: only a finished
+run enters it, bounded per visitor and in all), a rating's rater is that visitor, and the ratings
+export and summary hold only their own ratings (everyone's with ``MMDEMO_RATINGS_EXPORT_ALL=1``
+or in shared mode). A ratings file that is locked or broken turns the ratings off with a note
+naming it; evaluating goes on. The handlers only call the service layer (mmdemo.evalset,
+mmdemo.ratings, mmdemo.report).
 """
 
 from __future__ import annotations
@@ -22,21 +27,15 @@ from .. import evalset, report
 from ..checkpoint import CARD_FILE
 from ..explain import DEFAULT_METHOD, METHODS
 from ..imaging import decode_image
-from ..ratings import RATING_TEXT, Rating, RatingStore, data_dir
+from ..ratings import RATING_TEXT, Rating, RatingStore, RatingsUnavailable, data_dir, export_all
 from ..webapp import App
+from .identity import owner_of, refuse, unexpected, visitor_of
 
 BENCHMARK = "Built-in Sort-of-CLEVR benchmark"
 UPLOAD = "My labelled CSV"
 ALL = "(all)"
 MAX_TABLE_ROWS = 500  # rows shown in the examples table at once (filters narrow them down)
 RATING_CHOICES = [(text, key) for key, text in RATING_TEXT.items()]
-
-
-def visitor_id(request: gr.Request | None) -> str:
-    """Who a request comes from: the one place results, ratings and stops are keyed by visitor.
-
-    Today the Gradio session (a browser tab); the app's owner mechanism can replace it here."""
-    return (getattr(request, "session_hash", None) if request is not None else None) or "anonymous"
 
 
 class PredictLink(NamedTuple):
@@ -53,15 +52,25 @@ class Evaluation:
 
     def __init__(self, app: App, ratings: RatingStore | None = None):
         self.app = app
-        self.results = evalset.ResultStore()
+        self.results = evalset.ResultStore(ttl_s=app.limits.session_ttl_min * 60)
         self.ratings = ratings or RatingStore(data_dir())
+        self.ratings.check()  # a short look at start-up: a locked or broken file turns ratings off, not the app
         self._stops: dict[str, threading.Event] = {}
+
+    # -- who is asking ---------------------------------------------------------------------
+    def visitor(self, token, profile=None) -> str:
+        """Whose results, stop and ratings these are (App.visitor, from the owner token)."""
+        return visitor_of(self.app, token, profile)
+
+    def owner(self, token, profile=None) -> str | None:
+        """Whose checkpoints can be evaluated besides the shipped ones (App.owner)."""
+        return owner_of(self.app, token, profile)
 
     # -- running ---------------------------------------------------------------------------
     def _dataset(self, source, scenes, csv_file, zip_file) -> evalset.EvalSet:
         if source == UPLOAD:
             if not csv_file:
-                raise gr.Error("Upload a labelled CSV (image,text,label), or choose the built-in benchmark.")
+                raise ValueError("Upload a labelled CSV (image,text,label), or choose the built-in benchmark.")
             return evalset.load_csv_set(csv_file, zip_file or None, self.app.work_dir)
         return evalset.benchmark_set(self.app.work_dir / "benchmark", int(scenes or 5))
 
@@ -73,65 +82,70 @@ class Evaluation:
         scenes,
         csv_file,
         zip_file,
-        request: gr.Request,
+        token=None,
+        profile: gr.OAuthProfile | None = None,
         progress=gr.Progress(),  # noqa: B008 (how Gradio injects a progress bar)
     ):
-        visitor = visitor_id(request)
+        visitor, owner = self.visitor(token, profile), self.owner(token, profile)
         stop = self._stops[visitor] = threading.Event()
         checkpoint = checkpoint or self.app.default_checkpoint()
         method = method or DEFAULT_METHOD
         try:
             data = self._dataset(source, scenes, csv_file, zip_file)
-            predictor = self.app.registry.predictor(checkpoint, self.owner(request))
-            progress(0, desc=f"evaluating {len(data.examples)} rows")
-            result = evalset.evaluate(
-                predictor,
-                data,
-                checkpoint,
-                method,
-                progress=lambda done, total: progress(done / total, desc=f"{done} / {total} rows"),
-                should_stop=stop.is_set,
-                max_rows=evalset.MAX_ROWS,
-            )
-        except ValueError as e:
-            raise gr.Error(str(e)) from None
+            try:  # nothing is kept of a refused or failed run: its files go with it
+                self.results.room(visitor, min(len(data.examples), evalset.MAX_ROWS))
+                predictor = self.app.registry.predictor(checkpoint, owner)
+                progress(0, desc=f"evaluating {len(data.examples)} rows")
+                result = evalset.evaluate(
+                    predictor,
+                    data,
+                    checkpoint,
+                    method,
+                    progress=lambda done, total: progress(done / total, desc=f"{done} / {total} rows"),
+                    should_stop=stop.is_set,
+                    max_rows=evalset.MAX_ROWS,
+                )
+                first_slice = result.slice_columns[0] if result.slice_columns else None
+                self.results.put(visitor, result=result, data=data, slice=first_slice)
+            except BaseException:
+                data.delete()
+                raise
+        except (ValueError, TypeError) as e:
+            raise refuse(str(e)) from None
+        except gr.Error:
+            raise
+        except Exception as e:  # noqa: BLE001 - the server keeps serving
+            raise unexpected("the evaluation", e) from None
         finally:
             self._stops.pop(visitor, None)
-        state = self.results.get(visitor)
-        if state.get("data") is not None and state["data"].folder != data.folder:
-            state["data"].delete()  # the previous upload's files: only the latest run is kept
-        state.clear()
-        state.update(result=result, data=data, slice=result.slice_columns[0] if result.slice_columns else None)
         return self.views(visitor)
 
-    def owner(self, request: gr.Request | None) -> str | None:
-        """The page's owner, decided on the server at page load (App.session_owner): their own
-        checkpoints can be evaluated besides the shipped ones."""
-        return self.app.session_owner(getattr(request, "session_hash", None))
+    def names(self, token=None, profile: gr.OAuthProfile | None = None):
+        return gr.update(choices=self.app.registry.names(self.owner(token, profile)))
 
-    def names(self, request: gr.Request):
-        return gr.update(choices=self.app.registry.names(self.owner(request)))
-
-    def stop(self, request: gr.Request) -> None:
+    def stop(self, token=None, profile: gr.OAuthProfile | None = None) -> None:
         """Ask this visitor's run to stop after its current batch (a toast says so; the run's
         own output, which may come first, then shows what was done)."""
-        event = self._stops.get(visitor_id(request))
+        event = self._stops.get(self.visitor(token, profile))
         if event is None or event.is_set():
             gr.Info("Nothing to stop.")
             return
         event.set()
         gr.Info("Stopping after the current batch ...")
 
+    def _state(self, visitor: str) -> dict:
+        state = self.results.get(visitor)
+        if state is None:
+            raise refuse("Run an evaluation first.")
+        return state
+
     # -- views -----------------------------------------------------------------------------
     def _result(self, visitor: str) -> evalset.EvalResult:
-        result = self.results.get(visitor).get("result")
-        if result is None:
-            raise gr.Error("Run an evaluation first.")
-        return result
+        return self._state(visitor)["result"]
 
     def views(self, visitor: str):
         """Every result view: status, summary, reliability, slices, confusion, filters, rows."""
-        state = self.results.get(visitor)
+        state = self._state(visitor)
         result: evalset.EvalResult = state["result"]
         column = state.get("slice")
         summary = evalset.summarize(result, column)
@@ -207,8 +221,8 @@ class Evaluation:
         return fig
 
     def _rows_view(self, visitor, wrong_only, true_label, predicted, slice_value, out_of_scope):
-        state = self.results.get(visitor)
-        result = self._result(visitor)
+        state = self._state(visitor)
+        result = state["result"]
         column = state.get("slice")
         rows = evalset.filter_rows(
             result,
@@ -243,19 +257,22 @@ class Evaluation:
         )
         return gr.update(value=value, headers=headers), count
 
-    def filter(self, wrong_only, true_label, predicted, slice_value, out_of_scope, request: gr.Request):
-        return self._rows_view(visitor_id(request), wrong_only, true_label, predicted, slice_value, out_of_scope)
+    def filter(
+        self, wrong_only, true_label, predicted, slice_value, out_of_scope, token=None,
+        profile: gr.OAuthProfile | None = None,
+    ):  # fmt: skip
+        visitor = self.visitor(token, profile)
+        return self._rows_view(visitor, wrong_only, true_label, predicted, slice_value, out_of_scope)
 
-    def choose_slice(self, column, request: gr.Request):
-        visitor = visitor_id(request)
-        self._result(visitor)
-        self.results.get(visitor)["slice"] = column or None
+    def choose_slice(self, column, token=None, profile: gr.OAuthProfile | None = None):
+        visitor = self.visitor(token, profile)
+        self._state(visitor)["slice"] = column or None
         return self.views(visitor)
 
-    def confusion_cell(self, evt: gr.SelectData, request: gr.Request):
+    def confusion_cell(self, evt: gr.SelectData, token=None, profile: gr.OAuthProfile | None = None):
         """A click on a confusion-matrix count: the filters set to that cell, its rows listed."""
-        visitor = visitor_id(request)
-        labels = self.results.get(visitor).get("confusion_labels") or []
+        visitor = self.visitor(token, profile)
+        labels = self._state(visitor).get("confusion_labels") or []
         row, col = evt.index if isinstance(evt.index, (list, tuple)) else (None, None)
         if row is None or col is None or col < 1 or row >= len(labels) or col - 1 >= len(labels):
             return [gr.skip()] * 7
@@ -264,16 +281,16 @@ class Evaluation:
         return False, true_label, predicted, ALL, False, table, count
 
     # -- one example -----------------------------------------------------------------------
-    def select_row(self, evt: gr.SelectData, request: gr.Request):
+    def select_row(self, evt: gr.SelectData, token=None, profile: gr.OAuthProfile | None = None):
         """A click on a row of the examples table: its heatmap and details."""
-        visitor = visitor_id(request)
+        visitor = self.visitor(token, profile)
         result = self._result(visitor)
         try:
             index = int((evt.row_value or [])[0])
             r = result.rows[index]
         except (TypeError, ValueError, IndexError):
             return gr.skip(), gr.skip()
-        self.results.get(visitor)["selected"] = index
+        self._state(visitor)["selected"] = index
         top = sorted(r.scores.items(), key=lambda kv: -kv[1])[:3]
         detail = (
             f"**Row {r.row}** · `{r.image_name}` · *{r.text}*  \n"
@@ -284,26 +301,26 @@ class Evaluation:
 
     def _selected(self, visitor: str) -> evalset.RowResult:
         result = self._result(visitor)
-        index = self.results.get(visitor).get("selected")
+        index = self._state(visitor).get("selected")
         if index is None or index >= len(result.rows):
-            raise gr.Error("Click a row of the examples table first.")
+            raise refuse("Click a row of the examples table first.")
         return result.rows[index]
 
-    def open_in_predict(self, request: gr.Request):
-        visitor = visitor_id(request)
+    def open_in_predict(self, token=None, profile: gr.OAuthProfile | None = None):
+        visitor = self.visitor(token, profile)
         r = self._selected(visitor)
         return gr.Tabs(selected="predict"), r.image, r.text, self._result(visitor).checkpoint
 
-    def export_selected(self, request: gr.Request):
+    def export_selected(self, token=None, profile: gr.OAuthProfile | None = None):
         """The selected example's prediction (recomputed with its word maps) as overlay PNG + JSON."""
-        visitor = visitor_id(request)
+        visitor = self.visitor(token, profile)
         r, result = self._selected(visitor), self._result(visitor)
         try:
-            predictor = self.app.registry.predictor(result.checkpoint, self.owner(request))
+            predictor = self.app.registry.predictor(result.checkpoint, self.owner(token, profile))
             image = decode_image(r.image, name=r.image_name)
             prediction = predictor.predict_batch([image], [r.text], result.method)[0]
         except ValueError as e:
-            raise gr.Error(str(e)) from None
+            raise refuse(str(e)) from None
         settings = {
             "checkpoint": result.checkpoint,
             "method": result.method,
@@ -321,11 +338,16 @@ class Evaluation:
         )
 
     # -- ratings ---------------------------------------------------------------------------
-    def rate(self, rating, comment, request: gr.Request):
-        visitor = visitor_id(request)
+    def _shown_rater(self, visitor: str) -> str | None:
+        """Whose ratings the summary and the export hold: the visitor's own, or everyone's where
+        the host says so (MMDEMO_RATINGS_EXPORT_ALL) or everything is shared."""
+        return None if (self.app.shared or export_all()) else visitor
+
+    def rate(self, rating, comment, token=None, profile: gr.OAuthProfile | None = None):
+        visitor = self.visitor(token, profile)
         r, result = self._selected(visitor), self._result(visitor)
         if not rating:
-            raise gr.Error("Choose a rating: points at the right thing, partly, or wrong.")
+            raise refuse("Choose a rating: points at the right thing, partly, or wrong.")
         try:
             rating_id = self.ratings.add(
                 Rating(
@@ -340,24 +362,48 @@ class Evaluation:
                     comment=comment or "",
                 )
             )
-        except ValueError as e:
-            raise gr.Error(str(e)) from None
-        return f"Saved rating #{rating_id} ({RATING_TEXT[rating]}) for row {r.row}.", self.ratings_table(), ""
+        except (ValueError, RatingsUnavailable) as e:
+            raise refuse(str(e)) from None
+        saved = f"Saved rating #{rating_id} ({RATING_TEXT[rating]}) for row {r.row}."
+        return saved, self._summary_rows(visitor), ""
 
-    def ratings_table(self) -> list[list]:
-        return [[name, s["right"], s["partly"], s["wrong"], s["total"]] for name, s in self.ratings.summary().items()]
+    def _summary_rows(self, visitor: str) -> list[list]:
+        try:
+            summary = self.ratings.summary(rater=self._shown_rater(visitor))
+        except RatingsUnavailable:
+            return []
+        return [[name, s["right"], s["partly"], s["wrong"], s["total"]] for name, s in summary.items()]
 
-    def export_ratings(self) -> str:
+    def ratings_note(self) -> str:
+        """What the page says about the ratings: whose it shows, or why they are off."""
+        if self.ratings.problem:
+            return f"**{self.ratings.problem}**"
+        if self.app.shared or export_all():
+            return "Everyone's ratings on this server."
+        return "Your own ratings (kept with your owner token in this browser)."
+
+    def ratings_table(self, token=None, profile: gr.OAuthProfile | None = None):
+        """The ratings summary the visitor may see, and the note about them."""
+        rows = self._summary_rows(self.visitor(token, profile)) if token or self.app.shared else []
+        return rows, self.ratings_note()
+
+    def export_ratings(self, token=None, profile: gr.OAuthProfile | None = None) -> str:
+        visitor = self.visitor(token, profile)
         out = Path(tempfile.mkdtemp(prefix="ratings-", dir=self.app.work_dir)) / "ratings.csv"
-        self.ratings.export_csv(out)
+        try:
+            self.ratings.export_csv(out, rater=self._shown_rater(visitor))
+        except RatingsUnavailable as e:
+            out.parent.rmdir()
+            raise refuse(str(e)) from None
         return str(out)
 
     # -- report and comparison -------------------------------------------------------------
-    def download_report(self, request: gr.Request) -> str:
-        result = self._result(visitor_id(request))
+    def download_report(self, token=None, profile: gr.OAuthProfile | None = None) -> str:
+        visitor = self.visitor(token, profile)
+        result = self._result(visitor)
         card, faithfulness, recorded = "", None, None
         try:
-            owner = self.owner(request)
+            owner = self.owner(token, profile)
             path = self.app.registry.path(result.checkpoint, owner)
             card = (path / CARD_FILE).read_text() if (path / CARD_FILE).is_file() else ""
             recorded = report.recorded_faithfulness(path)
@@ -366,7 +412,11 @@ class Evaluation:
             faithfulness = evalset.faithfulness(path, self.app.registry.predictor(result.checkpoint, owner), pairs)
         except ValueError:
             pass  # the checkpoint (or an image) is gone since the run: report without them
-        html = report.build_report(result, card, self.ratings.summary(), faithfulness, recorded=recorded)
+        try:
+            ratings = self.ratings.summary(rater=self._shown_rater(visitor))
+        except RatingsUnavailable:
+            ratings = None  # the report says there are none
+        html = report.build_report(result, card, ratings, faithfulness, recorded=recorded)
         out = Path(tempfile.mkdtemp(prefix="report-", dir=self.app.work_dir)) / f"report-{result.checkpoint}.html"
         out.write_text(html, encoding="utf-8")
         return str(out)
@@ -375,13 +425,15 @@ class Evaluation:
         self,
         checkpoint_b,
         method_b,
-        request: gr.Request,
+        token=None,
+        profile: gr.OAuthProfile | None = None,
         progress=gr.Progress(),  # noqa: B008 (how Gradio injects a progress bar)
     ):
-        """The same rows through a second checkpoint (or method); the rows where they disagree."""
-        visitor = visitor_id(request)
-        state = self.results.get(visitor)
-        result = self._result(visitor)
+        """The same rows through a second checkpoint (or method); the rows where they disagree.
+        Nothing is stored: the visitor's evaluation stays as it was."""
+        visitor = self.visitor(token, profile)
+        state = self._state(visitor)
+        result = state["result"]
         checkpoint_b = checkpoint_b or result.checkpoint
         method_b = method_b or DEFAULT_METHOD
         stop = self._stops[visitor] = threading.Event()
@@ -390,15 +442,17 @@ class Evaluation:
         data = evalset.EvalSet(**{**data.__dict__, "examples": [e for e in data.examples if e.row in done_rows]})
         try:
             other = evalset.evaluate(
-                self.app.registry.predictor(checkpoint_b, self.owner(request)),
+                self.app.registry.predictor(checkpoint_b, self.owner(token, profile)),
                 data,
                 checkpoint_b,
                 method_b,
                 progress=lambda done, total: progress(done / total, desc=f"{done} / {total} rows"),
                 should_stop=stop.is_set,
             )
-        except ValueError as e:
-            raise gr.Error(str(e)) from None
+        except (ValueError, TypeError) as e:
+            raise refuse(str(e)) from None
+        except Exception as e:  # noqa: BLE001 - the server keeps serving
+            raise unexpected("the comparison", e) from None
         finally:
             self._stops.pop(visitor, None)
         pairs = evalset.disagreements(result, other)
@@ -416,9 +470,12 @@ class Evaluation:
         return text, table
 
 
-def evaluate_tab(app: App, link: PredictLink, ratings: RatingStore | None = None) -> Evaluation:
-    """The tab's components and events."""
+def evaluate_tab(
+    app: App, link: PredictLink, owner_token: gr.BrowserState, ratings: RatingStore | None = None
+) -> Evaluation:
+    """The tab's components and events; every event sends ``owner_token`` (ui/identity.py)."""
     ev = Evaluation(app, ratings)
+    token = owner_token
     names = app.registry.names()
     with gr.Tab("Evaluate", id="evaluate") as tab:
         gr.Markdown(
@@ -478,9 +535,10 @@ def evaluate_tab(app: App, link: PredictLink, ratings: RatingStore | None = None
                 comment = gr.Textbox(label="Comment (optional)", max_length=2000, elem_id="eval-comment")
                 save_rating = gr.Button("Save rating", elem_id="eval-save-rating")
                 rating_status = gr.Markdown(elem_id="eval-rating-status")
+        ratings_note = gr.Markdown(ev.ratings_note(), elem_id="eval-ratings-note")
         with gr.Row():
             ratings_table = gr.Dataframe(
-                ev.ratings_table(),  # refreshed whenever the tab is opened (below)
+                [],  # the visitor's own, filled whenever the tab is opened (below)
                 headers=["checkpoint", RATING_TEXT["right"], RATING_TEXT["partly"], RATING_TEXT["wrong"], "total"],
                 interactive=False,
                 label="Ratings per checkpoint",
@@ -516,34 +574,36 @@ def evaluate_tab(app: App, link: PredictLink, ratings: RatingStore | None = None
         )
 
         for dropdown in (checkpoint, checkpoint_b):  # fine-tuned checkpoints appear when the list opens
-            dropdown.focus(ev.names, None, dropdown, api_name=False, queue=False)
+            dropdown.focus(ev.names, token, dropdown, api_name=False, queue=False)
         filters = [wrong_only, true_label, predicted, slice_value, out_of_scope]
         result_views = [status, summary, reliability, slice_column, slice_table, confusion, *filters, rows, count]
         run.click(
             ev.run,
-            [checkpoint, method, source, scenes, csv_file, zip_file],
+            [checkpoint, method, source, scenes, csv_file, zip_file, token],
             result_views,
             api_name=False,
             concurrency_limit=1,
             concurrency_id="evaluate",
         )
-        stop.click(ev.stop, None, None, api_name=False, queue=False)
+        stop.click(ev.stop, token, None, api_name=False, queue=False)
         for f in filters:
-            f.input(ev.filter, filters, [rows, count], api_name=False)
-        slice_column.input(ev.choose_slice, slice_column, result_views, api_name=False)
-        confusion.select(ev.confusion_cell, None, [*filters, rows, count], api_name=False)
-        rows.select(ev.select_row, None, [overlay, detail], api_name=False)
+            f.input(ev.filter, [*filters, token], [rows, count], api_name=False)
+        slice_column.input(ev.choose_slice, [slice_column, token], result_views, api_name=False)
+        confusion.select(ev.confusion_cell, token, [*filters, rows, count], api_name=False)
+        rows.select(ev.select_row, token, [overlay, detail], api_name=False)
         open_predict.click(
-            ev.open_in_predict, None, [link.tabs, link.image, link.text, link.checkpoint], api_name=False
+            ev.open_in_predict, token, [link.tabs, link.image, link.text, link.checkpoint], api_name=False
         )
-        export.click(ev.export_selected, None, export_file, api_name=False)
-        tab.select(ev.ratings_table, None, ratings_table, api_visibility="private", queue=False)
-        save_rating.click(ev.rate, [rating, comment], [rating_status, ratings_table, comment], api_name=False)
-        export_ratings.click(ev.export_ratings, None, ratings_file, api_name=False)
-        make_report.click(ev.download_report, None, report_file, api_name=False)
+        export.click(ev.export_selected, token, export_file, api_name=False)
+        tab.select(ev.ratings_table, token, [ratings_table, ratings_note], api_visibility="private", queue=False)
+        save_rating.click(
+            ev.rate, [rating, comment, token], [rating_status, ratings_table, comment], api_name=False
+        )
+        export_ratings.click(ev.export_ratings, token, ratings_file, api_name=False)
+        make_report.click(ev.download_report, token, report_file, api_name=False)
         compare.click(
             ev.compare_dataset,
-            [checkpoint_b, method_b],
+            [checkpoint_b, method_b, token],
             [compare_text, compare_rows],
             api_name=False,
             concurrency_limit=1,

@@ -305,16 +305,15 @@ SETTINGS = (
 def finetune_tab(
     app: App,
     checkpoint: gr.Dropdown,
-    tokens: tuple[gr.BrowserState, gr.State],
+    owner_token: gr.BrowserState,
     tabs: gr.Tabs,
     saved: gr.BrowserState,
     saved_tab: gr.BrowserState,
 ):
-    """The tab's components and events; ``tokens``: the visitor's owner token components
+    """The tab's components and events; ``owner_token``: the visitor's owner token
     (ui/identity.py); ``saved`` and ``saved_tab`` keep the form and the open tab in the browser
     (created outside the tabs: a hidden tab's components load nothing).
     Returns (poll, its inputs, its outputs) and (restore, its inputs, its outputs) for page load."""
-    owner_token, session_token = tokens
     names = app.registry.names()
     limit_min = app.limits.job_time_limit_min
     default_minutes = round(app.jobs.time_limit_s(None) / 60, 1)
@@ -465,7 +464,6 @@ def finetune_tab(
             class_weights: bool | None = None,
             time_budget_minutes: float | None = None,
             owner_token: str | None = None,
-            session_token: str | None = None,
             profile: gr.OAuthProfile | None = None,
         ) -> str:
             """Pre-flight report of a training CSV (and the zip of its images): rows accepted and
@@ -476,7 +474,7 @@ def finetune_tab(
                 overrides = overrides_of(epochs, learning_rate, batch_size, freeze, class_weights)
             except (ValueError, TypeError) as e:
                 raise refuse(str(e)) from None
-            owner = owner_of(app, owner_token, session_token, profile)
+            owner = owner_of(app, owner_token, profile)
             return preflight(
                 app, csv_file, zip_file, image_column, text_column, label_column, start_from, overrides,
                 time_budget_minutes, owner,
@@ -484,28 +482,28 @@ def finetune_tab(
 
         def check_form(
             csv_file, zip_file, image_column, text_column, label_column, start_from, time_budget_minutes, automatic,
-            epochs, learning_rate, batch_size, freeze, class_weights, owner_token=None, session_token=None,
+            epochs, learning_rate, batch_size, freeze, class_weights, owner_token=None,
             profile: gr.OAuthProfile | None = None,
         ) -> str:  # fmt: skip
             if automatic:  # the recipe chooses every setting
                 epochs = learning_rate = batch_size = freeze = class_weights = None
             return check_data(
                 csv_file, zip_file, image_column, text_column, label_column, start_from, epochs, learning_rate,
-                batch_size, freeze, class_weights, time_budget_minutes, owner_token, session_token, profile,
+                batch_size, freeze, class_weights, time_budget_minutes, owner_token, profile,
             )  # fmt: skip
 
         columns_in = [csv_file, zip_file, image_col, text_col, label_col]
         custom = [epochs, lr, batch_size, freeze, class_weights]
         check.click(
             check_form,
-            [*columns_in, base, time_budget, automatic, *custom, owner_token, session_token],
+            [*columns_in, base, time_budget, automatic, *custom, owner_token],
             report,
             api_visibility="private",
         )
         gr.Button("preflight", visible=False).click(
             check_data,
             [*columns_in, base, api_epochs, api_lr, api_batch_size, api_freeze, api_class_weights, api_time_budget,
-             owner_token, session_token],
+             owner_token],
             report,
             api_name="preflight",
         )  # fmt: skip
@@ -528,7 +526,6 @@ def finetune_tab(
             overwrite: bool = False,
             class_weights: bool | None = None,
             owner_token: str | None = None,
-            session_token: str | None = None,
             time_budget_minutes: float | None = None,
             profile: gr.OAuthProfile | None = None,
         ):
@@ -539,7 +536,7 @@ def finetune_tab(
             CLI's `train` does for flags not given. A caller without an owner token gets one back
             as ``owner_token``: pass it to later calls to see, stop, resume, use or download what
             it trains."""
-            owner = owner_of(app, owner_token, session_token, profile)
+            owner = owner_of(app, owner_token, profile)
             new_token = None
             if owner is None:
                 new_token = app.new_token()
@@ -565,26 +562,28 @@ def finetune_tab(
             )
             if new_token:
                 status = {**status, "owner_token": new_token}
-            return status, new_token or session_token
+            return status
 
         def start_form(
             csv_file, zip_file, image_column, text_column, label_column, start_from, epochs, learning_rate,
-            batch_size, freeze, validation_split, name, overwrite, class_weights, owner_token, session_token,
+            batch_size, freeze, validation_split, name, overwrite, class_weights, owner_token,
             time_budget_minutes, automatic, profile: gr.OAuthProfile | None = None,
         ):  # fmt: skip
             if automatic:  # the recipe chooses every setting
                 epochs = learning_rate = batch_size = freeze = class_weights = None
-            return start_fine_tune(
+            status = start_fine_tune(
                 csv_file, zip_file, image_column, text_column, label_column, start_from, epochs, learning_rate,
-                batch_size, freeze, validation_split, name, overwrite, class_weights, owner_token, session_token,
+                batch_size, freeze, validation_split, name, overwrite, class_weights, owner_token,
                 time_budget_minutes, profile,
             )  # fmt: skip
+            # a page whose token had not arrived yet keeps the one made for this job
+            return status, status.get("owner_token") or owner_token
 
         start.click(
             start_form,
             [*columns_in, base, epochs, lr, batch_size, freeze, val_split, name, overwrite, class_weights,
-             owner_token, session_token, time_budget, automatic],
-            [job, session_token],
+             owner_token, time_budget, automatic],
+            [job, owner_token],
             api_visibility="private",
             concurrency_limit=1,
             concurrency_id="train",
@@ -592,8 +591,8 @@ def finetune_tab(
         gr.Button("start", visible=False).click(
             start_fine_tune,
             [*columns_in, base, api_epochs, api_lr, api_batch_size, api_freeze, val_split, name, overwrite,
-             api_class_weights, owner_token, session_token, api_time_budget],
-            [job, session_token],
+             api_class_weights, owner_token, api_time_budget],
+            job,
             api_name="start_finetune",
             concurrency_limit=1,
             concurrency_id="train",
@@ -603,17 +602,16 @@ def finetune_tab(
             job: str | None = None,
             time_budget_minutes: float | None = None,
             owner_token: str | None = None,
-            session_token: str | None = None,
             profile: gr.OAuthProfile | None = None,
         ) -> dict:
             """Resume your fine-tune job that was stopped, interrupted (the server restarted) or cut
             by its time limit: it continues from its last saved epoch, for ``time_budget_minutes``
             more (default 10). ``job``: its id or checkpoint name (default: your latest job)."""
-            return resume_finetune(app, owner_of(app, owner_token, session_token, profile), job, time_budget_minutes)
+            return resume_finetune(app, owner_of(app, owner_token, profile), job, time_budget_minutes)
 
         resume.click(
             resume_fine_tune,
-            [api_job, time_budget, owner_token, session_token],
+            [api_job, time_budget, owner_token],
             job,
             api_name="resume_finetune",
             concurrency_limit=1,
@@ -621,26 +619,25 @@ def finetune_tab(
         ).then(lambda s: status_views(app, s), job, status_outputs, api_visibility="private")
 
         def stop_fine_tune(
-            owner_token: str | None = None, session_token: str | None = None, profile: gr.OAuthProfile | None = None
+            owner_token: str | None = None, profile: gr.OAuthProfile | None = None
         ) -> dict:
             """Stop your fine-tune job, at any phase; the best epoch saved so far is kept."""
-            return stop_finetune(app, owner_of(app, owner_token, session_token, profile))
+            return stop_finetune(app, owner_of(app, owner_token, profile))
 
         def fine_tune_status(
-            owner_token: str | None = None, session_token: str | None = None, profile: gr.OAuthProfile | None = None
+            owner_token: str | None = None, profile: gr.OAuthProfile | None = None
         ) -> dict:
             """Your latest fine-tune job's status: state (queued with its position, preparing, running, done,
             failed, stopped, interrupted), message, progress, epoch, history, report, checkpoint."""
-            return finetune_status(app, owner_of(app, owner_token, session_token, profile))
+            return finetune_status(app, owner_of(app, owner_token, profile))
 
         def delete_checkpoint(
             name: str,
             owner_token: str | None = None,
-            session_token: str | None = None,
             profile: gr.OAuthProfile | None = None,
         ) -> list[str]:
             """Delete one of your own checkpoints; returns the checkpoints you can use."""
-            owner = owner_of(app, owner_token, session_token, profile)
+            owner = owner_of(app, owner_token, profile)
             try:
                 if owner is None:
                     raise ValueError("no owner token: pass the owner_token /start_finetune returned")
@@ -649,13 +646,13 @@ def finetune_tab(
                 raise refuse(str(e)) from None
             return app.registry.names(owner)
 
-        stop.click(stop_fine_tune, [owner_token, session_token], job, api_name="stop_finetune")
+        stop.click(stop_fine_tune, [owner_token], job, api_name="stop_finetune")
         gr.Button("status", visible=False).click(
-            fine_tune_status, [owner_token, session_token], job, api_name="finetune_status"
+            fine_tune_status, [owner_token], job, api_name="finetune_status"
         )
         deleted = gr.JSON(visible=False, label="your checkpoints")
         gr.Button("delete", visible=False).click(
-            delete_checkpoint, [name, owner_token, session_token], deleted, api_name="delete_checkpoint"
+            delete_checkpoint, [name, owner_token], deleted, api_name="delete_checkpoint"
         )
 
         # settings survive a reload: saved in the browser on every change, restored on load
@@ -672,7 +669,6 @@ def finetune_tab(
             values: dict | None,
             tab_id: str | None,
             owner_token=None,
-            session_token=None,
             profile: gr.OAuthProfile | None = None,
         ):
             values = values or {}
@@ -690,7 +686,7 @@ def finetune_tab(
                 else:
                     updates.append(value if value is not None else gr.skip())
             # a reload mid-training (or after leaving this tab open) comes back to this tab
-            owner = owner_of(app, owner_token, session_token, profile)
+            owner = owner_of(app, owner_token, profile)
             back = (owner is not None and app.jobs.running(owner)) or tab_id == "finetune"
             return (*updates, gr.update(selected="finetune") if back else gr.skip())
 
@@ -698,11 +694,11 @@ def finetune_tab(
 
         known_names = gr.State(None, time_to_live=app.limits.session_ttl_min * 60)
 
-        def poll(known, owner_token=None, session_token=None, profile: gr.OAuthProfile | None = None):
+        def poll(known, owner_token=None, profile: gr.OAuthProfile | None = None):
             """The visitor's job status; checkpoint lists only when they changed (a list
             refreshed every second would close a dropdown the user has open). When a job has
             saved its checkpoint, the download list offers it."""
-            owner = owner_of(app, owner_token, session_token, profile)
+            owner = owner_of(app, owner_token, profile)
             names = app.registry.names(owner)
             status = finetune_status(app, owner)
             finished = status["checkpoint"] if status["state"] in ("done", "stopped") else None
@@ -717,21 +713,21 @@ def finetune_tab(
                 ]
             return (*status_views(app, status), *lists, seen)
 
-        poll_inputs = [known_names, owner_token, session_token]
+        poll_inputs = [known_names, owner_token]
         poll_outputs = [*status_outputs, checkpoint, base, download_name, known_names]
         timer = gr.Timer(1.0)
         timer.tick(poll, poll_inputs, poll_outputs, api_visibility="private", queue=False, show_progress="hidden")
 
-        def on_download(name, owner_token=None, session_token=None, profile: gr.OAuthProfile | None = None):
+        def on_download(name, owner_token=None, profile: gr.OAuthProfile | None = None):
             if not name:
                 raise refuse("Pick a checkpoint to download.")
             try:
-                return app.download(str(name), owner_of(app, owner_token, session_token, profile))
+                return app.download(str(name), owner_of(app, owner_token, profile))
             except ValueError as e:
                 raise refuse(str(e)) from None
 
         download.click(
-            on_download, [download_name, owner_token, session_token], download_file, api_visibility="private"
+            on_download, [download_name, owner_token], download_file, api_visibility="private"
         )
-    restore_inputs = [saved, saved_tab, owner_token, session_token]
+    restore_inputs = [saved, saved_tab, owner_token]
     return poll, poll_inputs, poll_outputs, (restore, restore_inputs, [*settings, tabs])

@@ -319,14 +319,11 @@ class PredictInputs(NamedTuple):
     text: gr.Textbox
 
 
-def predict_tab(
-    app: App, tokens: tuple[gr.BrowserState, gr.State], saved_tab: gr.BrowserState | None = None
-) -> PredictInputs:
+def predict_tab(app: App, owner_token: gr.BrowserState, saved_tab: gr.BrowserState | None = None) -> PredictInputs:
     """The tab's components and events; returns what other tabs need of it (PredictInputs).
-    ``tokens``: the visitor's owner token components (ui/identity.py); ``saved_tab`` remembers
-    in the browser that this tab was the open one."""
+    ``owner_token``: the visitor's owner token (ui/identity.py); ``saved_tab`` remembers in the
+    browser that this tab was the open one."""
     default = app.default_checkpoint()
-    owner_token, session_token = tokens
     with gr.Tab("Predict & Explain", id="predict") as tab:
         if saved_tab is not None:
             tab.select(lambda: "predict", None, saved_tab, api_visibility="private", queue=False)
@@ -446,7 +443,7 @@ def predict_tab(
             api_example(image, file_example(examples[0][0]))
             api_example(text, examples[0][1])
         outputs = [label, explanation, overlay, words, grid, matrix, regions, modality, details, banner, state]
-        inputs = [image, text, checkpoint, method, opacity, owner_token, session_token]
+        inputs = [image, text, checkpoint, method, opacity, owner_token]
 
         def predict_image(
             image: str,
@@ -455,7 +452,6 @@ def predict_tab(
             method: str = DEFAULT_METHOD,
             opacity: float = DEFAULT_OPACITY,
             owner_token: str | None = None,
-            session_token: str | None = None,
             profile: gr.OAuthProfile | None = None,
         ):
             """Answer a question about an image and explain the answer.
@@ -467,15 +463,14 @@ def predict_tab(
             opacity: heatmap opacity in the overlay, 0 to 1
             owner_token: the owner token /start_finetune returned, to use your own checkpoints (optional)
             """
-            owner = owner_of(app, owner_token, session_token, profile)
+            owner = owner_of(app, owner_token, profile)
             return predict(app, image, question, checkpoint, method, opacity, owner)
 
-        def check_inputs(image, question, checkpoint, method, opacity, owner_token=None, session_token=None):
+        def check_inputs(image, question, checkpoint, method, opacity, owner_token=None):
             """Marks a missing image or question on its own input, before any model work."""
             return (
                 gr.validate(bool(image), "Upload an image or pick an example."),
                 gr.validate(bool(question and str(question).strip()), "Type a question, or build one above."),
-                gr.validate(True, ""),
                 gr.validate(True, ""),
                 gr.validate(True, ""),
                 gr.validate(True, ""),
@@ -489,13 +484,12 @@ def predict_tab(
             method: str,
             opacity: float,
             owner_token: str | None = None,
-            session_token: str | None = None,
             profile: gr.OAuthProfile | None = None,
         ):
             """A new checkpoint or method answers again, so no stale result stays on screen."""
             if not image or not question or not str(question).strip():
                 return (gr.skip(),) * (len(outputs) - 1) + (None,)
-            owner = owner_of(app, owner_token, session_token, profile)
+            owner = owner_of(app, owner_token, profile)
             return predict(app, image, question, checkpoint, method, opacity, owner)
 
         # several requests at once (MMDEMO_PREDICT_CONCURRENCY): those that meet in
@@ -529,15 +523,15 @@ def predict_tab(
         for event in answered:
             event.success(None, None, None, js=SHOW_ANSWER_JS, api_visibility="private", queue=False)
 
-        def describe(name: str | None, owner_token=None, session_token=None, profile: gr.OAuthProfile | None = None):
+        def describe(name: str | None, owner_token=None, profile: gr.OAuthProfile | None = None):
             """What the newly chosen checkpoint can answer, its question builder and its card."""
-            owner = owner_of(app, owner_token, session_token, profile)
+            owner = owner_of(app, owner_token, profile)
             builder = (gr.update(**c) for c in question_builder(app, name, owner))
             return capabilities_markdown(app, name, owner), *builder, app.model_card(name, owner)
 
         checkpoint.input(
             describe,
-            [checkpoint, owner_token, session_token],
+            [checkpoint, owner_token],
             [capabilities, kind, slot, card],
             api_visibility="private",
             queue=False,
@@ -548,15 +542,14 @@ def predict_tab(
             kind: str | None,
             value: str | None,
             owner_token=None,
-            session_token=None,
             profile: gr.OAuthProfile | None = None,
         ):
-            return build_question(app, checkpoint, kind, value, owner_of(app, owner_token, session_token, profile))
+            return build_question(app, checkpoint, kind, value, owner_of(app, owner_token, profile))
 
         for control in (kind, slot):
             control.input(
                 fill_question,
-                [checkpoint, kind, slot, owner_token, session_token],
+                [checkpoint, kind, slot, owner_token],
                 text,
                 api_visibility="private",
                 queue=False,
@@ -572,9 +565,9 @@ def predict_tab(
         words.select(select_word, [state, opacity], views, api_visibility="private", queue=False)
         opacity.release(change_opacity, [state, opacity], views, api_visibility="private", queue=False)
 
-        def refresh_list(owner_token=None, session_token=None, profile: gr.OAuthProfile | None = None):
-            return gr.update(choices=app.registry.names(owner_of(app, owner_token, session_token, profile)))
+        def refresh_list(owner_token=None, profile: gr.OAuthProfile | None = None):
+            return gr.update(choices=app.registry.names(owner_of(app, owner_token, profile)))
 
-        refresh.click(refresh_list, [owner_token, session_token], checkpoint, api_visibility="private", queue=False)
+        refresh.click(refresh_list, [owner_token], checkpoint, api_visibility="private", queue=False)
 
     return PredictInputs(checkpoint, image, text)
