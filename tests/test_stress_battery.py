@@ -153,28 +153,40 @@ def test_visitors_are_isolated_and_a_token_keeps_control(server, tmp_path):
     assert bob.predict(api_name="/finetune_status")["state"] == "idle"  # bob sees nothing of it
     with pytest.raises(Exception, match="no owner token"):
         bob.predict(api_name="/stop_finetune")
+    # alice's own client without her token is nobody either: a session holds no identity
+    assert alice.predict(api_name="/finetune_status")["state"] == "idle"
+    # ... and bob replaying alice's session hash reads and stops nothing of hers
+    replay = Client(url, verbose=False)
+    replay.session_hash = alice.session_hash
+    assert replay.predict(api_name="/finetune_status")["state"] == "idle"
+    with pytest.raises(Exception, match="no owner token"):
+        replay.predict(api_name="/stop_finetune")
     bob_token = _start(bob, data, "bob-model", epochs=1)["owner_token"]
-    assert bob.predict(bob_token, api_name="/stop_finetune")["checkpoint"] == "bob-model"  # stops only his own
-    assert alice.predict(api_name="/finetune_status")["state"] in ("preparing", "running")
+    replay.session_hash = alice.session_hash
+    assert replay.predict(bob_token, api_name="/stop_finetune")["checkpoint"] == "bob-model"  # stops only his own
+    assert alice.predict(token, api_name="/finetune_status")["state"] in ("preparing", "running")
     # a new client with alice's token controls her job: stop mid-epoch
     deadline = time.time() + 120
-    while alice.predict(api_name="/finetune_status")["state"] != "running" and time.time() < deadline:
+    while alice.predict(token, api_name="/finetune_status")["state"] != "running" and time.time() < deadline:
         time.sleep(0.3)
     stopped = Client(url, verbose=False).predict(token, api_name="/stop_finetune")
     assert stopped["checkpoint"] == "alice-model"
-    while alice.predict(api_name="/finetune_status")["state"] in ("preparing", "running") and time.time() < deadline:
+    while (
+        alice.predict(token, api_name="/finetune_status")["state"] in ("preparing", "running")
+        and time.time() < deadline
+    ):
         time.sleep(0.3)
-    assert alice.predict(api_name="/finetune_status")["state"] == "stopped"
+    assert alice.predict(token, api_name="/finetune_status")["state"] == "stopped"
     owner = app.owner(token)
     folders = [r["data"]["folder"] for r in app.jobs.records() if r["owner"] == owner]
-    kept = alice.predict(api_name="/finetune_status")["resumable"]  # stopped after an epoch: kept for Resume
+    kept = alice.predict(token, api_name="/finetune_status")["resumable"]  # stopped after an epoch: kept for Resume
     assert folders and all(os.path.exists(f) == kept for f in folders)  # else its upload folder went with it
     if "alice-model" in app.registry.names(owner):  # stopped after its first epoch: saved, hers only
         with pytest.raises(Exception, match="unknown checkpoint 'alice-model'"):
             bob.predict(handle_file(str(data[0].parent / "img" / "1.png")), "q", "alice-model", api_name="/predict")
         with pytest.raises(Exception, match="you have no checkpoint named 'alice-model'"):
             bob.predict("alice-model", bob_token, api_name="/delete_checkpoint")
-        assert "alice-model" not in alice.predict("alice-model", api_name="/delete_checkpoint")
+        assert "alice-model" not in alice.predict("alice-model", token, api_name="/delete_checkpoint")
 
 
 def test_queue_overflow_is_refused_as_queue_full_and_nothing_fails(server, tmp_path):
