@@ -29,6 +29,7 @@ log = logging.getLogger("mmdemo.app")
 
 DEFAULT_CHECKPOINT = "sort-of-clevr"
 EXAMPLE_DATASET_IMAGES = 150
+COMPRESSED_MAGIC = {"gzip": b"\x1f\x8b", "zip": b"PK\x03\x04", "bzip2": b"BZh", "xz": b"\xfd7zX"}
 
 
 class App:
@@ -192,6 +193,11 @@ class App:
             raise ValueError(
                 f"the CSV is {size / 1e6:,.1f} MB, over the limit of {limits.max_csv_mb:,} MB (MMDEMO_MAX_CSV_MB)"
             )
+        with open(csv_file, "rb") as f:
+            magic = f.read(4)
+        packed = next((kind for kind, start in COMPRESSED_MAGIC.items() if magic.startswith(start)), None)
+        if packed:  # a renamed data.csv.gz: its bytes would be read as a broken UTF-8 text
+            raise ValueError(f"the CSV is compressed ({packed}): upload the .csv itself, uncompressed")
         upload = UploadFolder()
         try:
             if zip_file:

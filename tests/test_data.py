@@ -146,3 +146,43 @@ def test_missing_images_get_one_hint_about_the_zip(tmp_path):
     assert len(dataset.rejected) == 26
     assert "add the zip of the images" in missing_images_hint(dataset, zip_uploaded=False)
     assert "not in the zip" in missing_images_hint(dataset, zip_uploaded=True)
+
+
+@pytest.mark.parametrize("separator, named", [(";", "';' (semicolon)"), ("\t", "tab"), ("|", "'|' (bar)")])
+def test_a_csv_separated_otherwise_is_read_and_the_report_names_the_separator(images, separator, named):
+    path = images / "d.csv"
+    with open(path, "w", newline="") as f:
+        csv.writer(f, delimiter=separator).writerows(
+            [["image", "text", "label"], ["img/a.png", "a red cat; small", "cat"], ["img/b.png", "a dog, big", "dog"]]
+        )
+    dataset = read_csv(path)
+    assert [(e.text, e.label) for e in dataset.examples] == [("a red cat; small", "cat"), ("a dog, big", "dog")]
+    assert f"columns separated by {named}" in dataset.report()
+
+
+def test_the_separator_comes_from_the_header_line_and_a_comma_is_not_named(images):
+    from mmdemo.data import sniff_separator
+
+    assert sniff_separator("image,text,label\r\n") == ","
+    assert sniff_separator("image;text;label\n") == ";"
+    assert sniff_separator("image\n") == ","  # one column: nothing to tell
+    assert sniff_separator('"a;b",c\n') == ","  # a quoted separator is a value
+    path = write_csv(images / "d.csv", [["img/a.png", "x; y", "cat"]])
+    assert read_csv(path).separator == "," and "separated" not in read_csv(path).report()
+
+
+def test_a_text_of_invisible_characters_only_is_empty(images):
+    path = write_csv(images / "d.csv", [["img/a.png", "\u200b\u200d", "cat"], ["img/b.png", "\u200bhi", "dog"]])
+    dataset = read_csv(path)
+    assert dataset.rejected == [(2, "empty text")]
+    assert [e.text for e in dataset.examples] == ["\u200bhi"]
+
+
+def test_missing_images_are_named_by_spreadsheet_row_and_file(tmp_path):
+    from mmdemo.data import missing_images_hint
+
+    (tmp_path / "d.csv").write_text("image,text,label\n" + "".join(f"img/{i}.png,hi,a\n" for i in range(8)))
+    hint = missing_images_hint(read_csv(tmp_path / "d.csv"), zip_uploaded=True)
+    assert "8 rows name images that are not in the zip" in hint
+    # the header is row 1: img/0.png is on row 2
+    assert "(row 2 (img/0.png), row 3 (img/1.png), row 4 (img/2.png), row 5 (img/3.png), row 6 (img/4.png) and 3 more)" in hint

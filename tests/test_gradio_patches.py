@@ -98,3 +98,46 @@ def test_readers_never_see_a_picture_half_written(tmp_path):
     for t in readers:
         t.join()
     assert short == []
+
+
+def test_a_file_handed_to_a_handler_leaves_nothing_at_the_cache_root(tmp_path):
+    """Gradio 6.31's File made an empty NamedTemporaryFile in the cache for every file it handed
+    over, and never deleted it."""
+    from gradio.data_classes import FileData
+
+    serve.file_uploads_without_strays()
+    upload = tmp_path / "0123abcd" / "data.csv"
+    upload.parent.mkdir()
+    upload.write_text("image,text,label\n")
+    for component in (gr.File(type="filepath", file_types=[".csv"]), gr.File(type="filepath")):
+        component.GRADIO_CACHE = str(tmp_path)
+        assert component.preprocess(FileData(path=str(upload), orig_name="data.csv")) == str(upload)
+    assert [p.name for p in tmp_path.iterdir()] == ["0123abcd"]  # no tmp* beside the upload's folder
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("data.csv.gz", "'data.csv.gz' is compressed (.gz): upload the .csv itself, uncompressed"),
+        ("data.CSV.zip", "'data.CSV.zip' is compressed (.zip): upload the .csv itself, uncompressed"),
+        ("notes.txt", "'notes.txt' is not a .csv file: upload a .csv"),
+    ],
+)
+def test_a_file_of_another_type_is_refused_in_the_visitors_words(tmp_path, name, message, caplog):
+    from gradio.data_classes import FileData
+
+    serve.file_uploads_without_strays()
+    upload = tmp_path / name
+    upload.write_bytes(b"\x1f\x8b")
+    with pytest.raises(gr.Error) as refused:
+        gr.File(type="filepath", file_types=[".csv"]).preprocess(FileData(path=str(upload), orig_name=name))
+    assert refused.value.message == message
+    assert refused.value.print_exception is False  # one log line, not a traceback
+    assert [r.getMessage() for r in caplog.records] == [f"upload: rejected input: {message}"]
+
+
+def test_the_patches_refuse_a_gradio_they_were_not_written_for(monkeypatch):
+    serve.check_patched_gradio()  # the installed one
+    monkeypatch.setattr(gr, "__version__", "7.0.0")
+    with pytest.raises(RuntimeError, match="written for Gradio 6.31.x; installed: 7.0.0"):
+        serve.check_patched_gradio()

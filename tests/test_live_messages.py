@@ -157,6 +157,8 @@ def test_a_gzipped_csv_is_named_as_compressed(space, tmp_path):
     assert message == "'data.csv.gz' is compressed (.gz): upload the .csv itself, uncompressed", message
     event, message = _preflight(space.url, _upload(space.url, "notes.txt", b"image,text,label\n"), None)
     assert event == "error" and message == "'notes.txt' is not a .csv file: upload a .csv", message
+    event, message = _preflight(space.url, _upload(space.url, "data.csv", packed), None)  # renamed
+    assert event == "error" and message == "the CSV is compressed (gzip): upload the .csv itself, uncompressed"
     _no_traceback(space, since)
 
 

@@ -42,3 +42,12 @@ def test_image_is_squashed_and_normalised():
     x = image_to_tensor(image, config)
     assert x.shape == (3, 32, 32)
     torch.testing.assert_close(x[:, 5, 5], torch.tensor([1.0, -1.0, -1.0]))
+
+
+def test_invisible_or_broken_text_is_an_error():
+    tokenizer = load_tokenizer("minilm")
+    with pytest.raises(ValueError, match=r"the text is empty \(it holds only invisible characters\)"):
+        tokenize(tokenizer, ["\u200b\ufeff\u2060"], 8)
+    with pytest.raises(ValueError, match="text 2 holds a broken character at character 3"):
+        tokenize(tokenizer, ["fine", "ab\udc00c"], 8)
+    assert tokenize(tokenizer, ["\u200bred"], 8).words == [["red"]]  # visible text with one in it is text

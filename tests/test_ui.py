@@ -292,3 +292,32 @@ def test_raw_http_callers_may_leave_out_trailing_parameters(server, fixture_path
             event = client.post(f"{base}/gradio_api/call/predict", json={"data": data}).json()["event_id"]
             outputs = read_result(client, base, event)
             assert outputs[1]["method"] == "raw" and set(outputs[1]["scores"]) == {"circle", "square", "left", "right"}
+
+
+def test_csv_columns_of_a_semicolon_csv_are_its_own(tmp_path):
+    (tmp_path / "d.csv").write_text(
+        "filename;caption;category\n" + "".join(f"img_{i}.jpg;a photo, number {i};{'cat' if i % 2 else 'dog'}\n" for i in range(26))
+    )
+    updates = ui.csv_columns(str(tmp_path / "d.csv"))
+    assert updates[0]["choices"] == ["filename", "caption", "category"]
+    assert [u["value"] for u in updates] == ["filename", "caption", "category"]
+
+
+def test_a_csv_header_reaches_the_column_roles_as_text(app, tmp_path):
+    from mmdemo.ui.finetune import column_report
+
+    header = "x`<img src=x onerror=alert(1)>*_[a](b)"
+    with open(tmp_path / "d.csv", "w", newline="") as f:
+        csv.writer(f).writerows([[header, "text", "label"], *([f"{i}.png", "a b c", "ab"[i % 2]] for i in range(6))])
+    note, _ = column_report(app, str(tmp_path / "d.csv"))
+    line = next(line for line in note.splitlines() if line.startswith("- image:"))
+    assert line == r"- image: 'x\`&lt;img src=x onerror=alert(1)&gt;\*\_\[a\](b)' (100% of its values are image files)"
+
+
+def test_a_report_quoting_backticks_stays_one_code_block():
+    from mmdemo.ui.common import code_block
+
+    block = code_block("row 2: image path '```\n<img src=x>' must be relative")
+    fence = block.splitlines()[0]
+    assert fence == "````" and block.endswith("\n````")  # longer than any run inside: nothing closes it early
+    assert block.count(fence) == 2
