@@ -6,8 +6,12 @@
 - Errors name the checkpoint folder, never its server path.
 - Strict load: the stored keys must be exactly the ones the config's model expects, with the
   same shapes; otherwise a ValueError says which keys and shapes differ.
-- Atomic save: everything is written to a temporary sibling folder which is then renamed, so
-  a crash mid-save leaves no half-written checkpoint and never damages an existing one.
+- Atomic save: everything is written to a hidden sibling folder, flushed to disk, then swapped
+  with the old checkpoint in one step (folders.replace_folder), so readers never see a half
+  folder under the name, and a kill at any point leaves the old or the new checkpoint complete
+  under the name or under a leftover that start-up brings back (folders.recover).
+- Complete = ``is_complete``: config and weights present, the weights' header readable and the
+  file as long as it says; ``config.json`` is written last, so its presence marks a whole copy.
 """
 
 from __future__ import annotations
@@ -15,14 +19,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .encoders import LITE0_PACKAGE, MINILM_PACKAGE
+from .folders import new_folder, replace_folder
 from .metrics import reliability_rows
 from .model import ModelConfig, MultimodalClassifier, build_model
 
@@ -35,8 +39,23 @@ CONFIG_FILE, WEIGHTS_FILE, CARD_FILE = "config.json", "model.safetensors", "READ
 
 
 def is_checkpoint(path: str | os.PathLike) -> bool:
+    """Config and weights present: what a listing shows (a save swaps in only complete folders)."""
     path = Path(path)
     return (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()
+
+
+def is_complete(path: str | os.PathLike) -> bool:
+    """A whole copy, one a crash cannot have cut short: ``is_checkpoint`` and the weights file's
+    header readable, with every tensor it lists inside the file (a truncated file fails)."""
+    path = Path(path)
+    if not is_checkpoint(path):
+        return False
+    try:
+        with safe_open(path / WEIGHTS_FILE, framework="pt") as weights:
+            weights.keys()
+    except (SafetensorError, OSError):
+        return False
+    return True
 
 
 def read_config(path: str | os.PathLike) -> ModelConfig:
@@ -133,19 +152,13 @@ def save_checkpoint(
         "training": training or {},
     }
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.stored_state_dict().items()}
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = new_folder(path)
     try:
         save_file(state, tmp / WEIGHTS_FILE, metadata={"format": FORMAT})
-        (tmp / CONFIG_FILE).write_text(json.dumps(data, indent=2) + "\n")
         (tmp / CARD_FILE).write_text(model_card(path.name, data))
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            path.rename(old)
-            tmp.rename(path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(path)
+        (tmp / CONFIG_FILE).write_text(json.dumps(data, indent=2) + "\n")  # last: the copy is whole
+        # the old folder's other files (scope.safetensors) describe the old weights: not carried
+        replace_folder(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -37,6 +37,7 @@ from . import recipe as recipes
 from .calibration import calibration_report, fit_temperature
 from .checkpoint import load_checkpoint, read_config, save_checkpoint
 from .data import Dataset, Example, check_trainable
+from .folders import new_folder, replace_folder
 from .model import ModelConfig
 from .scope import fit_and_save
 from .train import Progress, TrainSettings, TrainState, train
@@ -67,10 +68,19 @@ class FinetuneResult:
     stopped_by: str | None  # None (ran to the end), "time limit", "stop" or "early stopping"
 
 
+RESUME_SUFFIX, RESUME_STATE_FILE = ".resume", "state.json"
+
+
 def resume_dir(out: Path) -> Path:
-    """Where a run's resume state lives: a hidden sibling of its checkpoint folder."""
+    """Where a run's resume state lives: a hidden sibling of its checkpoint folder, so an
+    overwrite of the checkpoint (a new best epoch) neither drops nor carries it."""
     out = Path(out)
-    return out.parent / f".{out.name}.resume"
+    return out.parent / f".{out.name}{RESUME_SUFFIX}"
+
+
+def is_resume_state(folder: Path) -> bool:
+    """Whether a resume folder is whole: its JSON is written last, after the tensors."""
+    return (Path(folder) / RESUME_STATE_FILE).is_file()
 
 
 def plan(request: FinetuneRequest) -> recipes.Recipe:
@@ -284,20 +294,21 @@ def save_resume_state(folder: Path, request: FinetuneRequest, recipe: recipes.Re
         "recipe": {"settings": asdict(recipe.settings), "config": recipe.config, "choices": recipe.choices,
                    "estimate_s": recipe.estimate_s},
     }  # fmt: skip
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(tensors, tmp / "state.safetensors")
-    (tmp / "state.json").write_text(json.dumps(meta, default=_jsonable))
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
+    tmp = new_folder(folder)
+    try:
+        save_file(tensors, tmp / "state.safetensors")
+        (tmp / RESUME_STATE_FILE).write_text(json.dumps(meta, default=_jsonable))
+        replace_folder(tmp, folder)  # a kill mid-save keeps the previous epoch's state
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def load_resume_state(folder: Path) -> tuple[FinetuneRequest, recipes.Recipe, TrainState]:
     folder = Path(folder)
-    if not (folder / "state.json").is_file():
+    if not is_resume_state(folder):
         raise ValueError(f"nothing to resume: {folder} holds no saved training state")
-    meta = json.loads((folder / "state.json").read_text())
+    meta = json.loads((folder / RESUME_STATE_FILE).read_text())
     tensors = load_file(folder / "state.safetensors")
     prefixed = lambda p: {k[len(p) :]: v for k, v in tensors.items() if k.startswith(p)}  # noqa: E731
     optimizer = {

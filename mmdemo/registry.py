@@ -14,6 +14,7 @@ name can never be taken. Anonymous owners' checkpoints expire (``Limits.anonymou
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -22,7 +23,9 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
-from .checkpoint import CONFIG_FILE, WEIGHTS_FILE, is_checkpoint
+from .checkpoint import CONFIG_FILE, WEIGHTS_FILE, is_checkpoint, is_complete
+from .finetune import RESUME_STATE_FILE, RESUME_SUFFIX, is_resume_state
+from .folders import recover
 from .limits import Limits, checkpoint_dir
 from .service import Predictor
 
@@ -31,6 +34,8 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 OWNER_PATTERN = re.compile(r"^(shared|a-[0-9a-f]{32}|hf-[A-Za-z0-9._-]{1,96})$")
 TOKEN_PATTERN = re.compile(r"^[A-Za-z0-9_-]{32,128}$")
 SHARED = "shared"
+
+log = logging.getLogger(__name__)
 
 
 def validate_name(name: str) -> str:
@@ -173,9 +178,11 @@ class CheckpointRegistry:
 
     # --- housekeeping --------------------------------------------------------------------
     def clean(self, now: float | None = None) -> list[str]:
-        """At start-up: remove half-written folders (``.<name>.*.tmp`` and ``.<name>.old`` left by
-        a crash during a save) and anonymous visitors' checkpoints older than their time to
-        live. Returns what was removed (names relative to the writable folder)."""
+        """At start-up: tidy what interrupted saves left (folders.recover: a live process's
+        copies stay, a missing checkpoint or resume state gets back its newest complete copy,
+        the rest of an ended process's copies go) and remove anonymous visitors' checkpoints
+        older than their time to live. Returns what was removed (relative to the writable
+        folder); what was brought back is logged."""
         removed: list[str] = []
         if not self.writable_dir.is_dir():
             return removed
@@ -184,17 +191,36 @@ class CheckpointRegistry:
         for owner in self.writable_dir.iterdir():
             if not owner.is_dir() or not OWNER_PATTERN.match(owner.name):
                 continue
+            gone, back = recover(owner, _complete_copy, _copy_time)
+            removed += [f"{owner.name}/{name}" for name in gone]
+            for name in back:
+                log.warning("start-up: %s/%s brought back from the copy an interrupted save left", owner.name, name)
             for entry in owner.iterdir():
-                half_written = entry.name.startswith(".") and entry.name.endswith((".tmp", ".old"))
                 expired = (
                     owner.name.startswith("a-")
                     and is_checkpoint(entry)
                     and now - (entry / CONFIG_FILE).stat().st_mtime > ttl
                 )
-                if entry.is_dir() and (half_written or expired):
+                if entry.is_dir() and expired:
                     shutil.rmtree(entry, ignore_errors=True)
                     removed.append(f"{owner.name}/{entry.name}")
         return removed
+
+
+def _complete_copy(target: str, copy: Path) -> bool:
+    """Whether a leftover is a whole copy of ``target``: a run's resume state (``.<name>.resume``,
+    its state.json written last) or a checkpoint."""
+    if target.startswith(".") and target.endswith(RESUME_SUFFIX):
+        return is_resume_state(copy)
+    return is_complete(copy)
+
+
+def _copy_time(copy: Path) -> float:
+    """When a copy's content was made: its weights' (or resume state's) modification time."""
+    for name in (WEIGHTS_FILE, RESUME_STATE_FILE):
+        if (copy / name).is_file():
+            return (copy / name).stat().st_mtime
+    return copy.stat().st_mtime
 
 
 def _checkpoints_in(folder: Path) -> dict[str, Path]:

@@ -24,6 +24,7 @@ import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
 
+from .folders import alive, process_tag
 from .limits import UPLOAD_PREFIX, upload_root
 
 MAX_ZIP_ENTRIES = 20_000
@@ -112,33 +113,6 @@ def _reason(err: BaseException) -> str:
     return text[:120] or type(err).__name__
 
 
-def process_tag(pid: int | None = None) -> str:
-    """``<pid>.<start time>`` of a process (this one by default): with the start time a reused
-    pid (a restarted container's server is often pid 1 again) does not pass for the old process."""
-    pid = os.getpid() if pid is None else pid
-    return f"{pid}.{_start_time(pid)}"
-
-
-def _start_time(pid: int) -> int:
-    """The process's start time in clock ticks since boot (Linux), 0 where /proc is missing."""
-    try:
-        stat_line = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0
-    return int(stat_line.rsplit(")", 1)[1].split()[19])  # field 22; the name may hold spaces or ')'
-
-
-def _alive(tag: str) -> bool:
-    pid, start = (int(x) for x in tag.split("."))
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: alive
-        pass
-    return _start_time(pid) == start
-
-
 def make_upload_dir(kind: str = "", root: str | os.PathLike | None = None) -> Path:
     """A new folder under the upload root, named after this process (see ``sweep_uploads``)."""
     prefix = f"{UPLOAD_PREFIX}{process_tag()}-{kind + '-' if kind else ''}"
@@ -184,7 +158,7 @@ def sweep_uploads(
     for entry in root.glob(UPLOAD_PREFIX + "*"):
         tagged = _TAGGED.match(entry.name[len(UPLOAD_PREFIX) :])
         try:
-            if tagged and _alive(tagged.group(1)):
+            if tagged and alive(tagged.group(1)):
                 continue
             old = tagged or now - entry.stat().st_mtime >= older_than_s
             if entry.is_dir() and entry.resolve() not in keep and old:
