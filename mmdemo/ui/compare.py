@@ -12,7 +12,7 @@ from ..counterfactual import blank_squares
 from ..explain import DEFAULT_METHOD, METHODS
 from ..imaging import decode_image
 from ..webapp import App
-from .identity import owner_of
+from .identity import owner_of, refuse
 
 OPACITY = 0.55
 MAX_BLANKS = 50
@@ -21,23 +21,23 @@ MAX_BLANKS = 50
 def _predict(app: App, image, text: str, checkpoint: str | None, method: str | None, owner: str | None = None):
     """(probabilities, overlay, prediction) of one input; a gr.Error a user can act on."""
     if not text or not str(text).strip():
-        raise gr.Error("Please type a question.")
+        raise refuse("Please type a question.")
     try:
         predictor = app.registry.predictor(checkpoint or app.default_checkpoint(), owner)
         prediction = predictor.predict_batch([image], [text], method or DEFAULT_METHOD)[0]
     except ValueError as e:
-        raise gr.Error(str(e)) from None
+        raise refuse(str(e)) from None
     e = prediction.explanation
     return prediction.scores, render.overlay(image, e.heatmap, OPACITY, e.peak_xy), prediction
 
 
 def _image(path, what: str = "the image"):
     if not path:
-        raise gr.Error("Please upload an image.")
+        raise refuse("Please upload an image.")
     try:
         return decode_image(path, name=what)
     except ValueError as e:
-        raise gr.Error(str(e)) from None
+        raise refuse(str(e)) from None
 
 
 def compare(app: App, image_path, text, checkpoint_a, method_a, checkpoint_b, method_b, owner: str | None = None):
@@ -88,9 +88,9 @@ def new_image(image_path):
 def blank_at(state, side_pct, evt: gr.SelectData):
     """A click on the edited image blanks a square around the clicked pixel."""
     if not state or not state.get("image"):
-        raise gr.Error("Upload an image first.")
+        raise refuse("Upload an image first.")
     if len(state["blanks"]) >= MAX_BLANKS:
-        raise gr.Error(f"At most {MAX_BLANKS} blanked squares; press 'Undo all edits' to start again.")
+        raise refuse(f"At most {MAX_BLANKS} blanked squares; press 'Undo all edits' to start again.")
     k = _zoom(_image(state["image"]))
     x, y = (float(v) / k for v in evt.index)  # displayed pixels -> the image's own pixels
     state = {**state, "blanks": [*state["blanks"], [x, y]], "side_pct": float(side_pct or 16)}
@@ -105,7 +105,7 @@ def reset(state):
 def what_if(app: App, state, text, edited_text, checkpoint, method, owner: str | None = None):
     """Prediction and heatmap of the original input and of the edited one."""
     if not state or not state.get("image"):
-        raise gr.Error("Please upload an image.")
+        raise refuse("Please upload an image.")
     original = _image(state["image"])
     edited = _edited(state)
     edited_text = edited_text if edited_text and str(edited_text).strip() else text
@@ -130,7 +130,9 @@ def what_if(app: App, state, text, edited_text, checkpoint, method, owner: str |
 
 def compare_tab(app: App, owner_token: gr.BrowserState) -> None:
     """The tab's components and events; ``owner_token``: the visitor's owner token (their own
-    checkpoints can be compared besides the shipped ones; ui/identity.py). Nothing is stored."""
+    checkpoints can be compared besides the shipped ones; ui/identity.py). Nothing is stored.
+    A checkpoint name not in a list reaches the handlers (allow_custom_value), which answer
+    "unknown checkpoint" for another visitor's, instead of Gradio's choice check."""
     names, default = app.registry.names(), app.default_checkpoint()
     with gr.Tab("Compare & What-if", id="compare"):
         gr.Markdown("### Side by side\nOne image and question through two checkpoints, or raw vs gradient.")
@@ -139,12 +141,16 @@ def compare_tab(app: App, owner_token: gr.BrowserState) -> None:
             with gr.Column():
                 text = gr.Textbox(label="Question", elem_id="cmp-text")
                 with gr.Row():
-                    checkpoint_a = gr.Dropdown(names, value=default, label="A: checkpoint", elem_id="cmp-checkpoint-a")
+                    checkpoint_a = gr.Dropdown(
+                        names, value=default, label="A: checkpoint", elem_id="cmp-checkpoint-a", allow_custom_value=True
+                    )
                     method_a = gr.Radio(
                         list(METHODS), value=DEFAULT_METHOD, label="A: explanation", elem_id="cmp-method-a"
                     )
                 with gr.Row():
-                    checkpoint_b = gr.Dropdown(names, value=default, label="B: checkpoint", elem_id="cmp-checkpoint-b")
+                    checkpoint_b = gr.Dropdown(
+                        names, value=default, label="B: checkpoint", elem_id="cmp-checkpoint-b", allow_custom_value=True
+                    )
                     method_b = gr.Radio(list(METHODS), value="gradient", label="B: explanation", elem_id="cmp-method-b")
                 run = gr.Button("Compare", variant="primary", elem_id="cmp-run")
         summary = gr.Markdown(elem_id="cmp-summary")
@@ -190,7 +196,9 @@ def compare_tab(app: App, owner_token: gr.BrowserState) -> None:
                 wi_edit_text = gr.Textbox(label="Edited question (empty: the same)", elem_id="wi-edit-text")
                 side = gr.Slider(4, 50, value=16, step=1, label="Blanked square (% of the image side)")
                 with gr.Row():
-                    wi_checkpoint = gr.Dropdown(names, value=default, label="Checkpoint", elem_id="wi-checkpoint")
+                    wi_checkpoint = gr.Dropdown(
+                        names, value=default, label="Checkpoint", elem_id="wi-checkpoint", allow_custom_value=True
+                    )
                     wi_method = gr.Radio(list(METHODS), value=DEFAULT_METHOD, label="Explanation")
                 edits = gr.Markdown("No edits.", elem_id="wi-edits")
                 with gr.Row():

@@ -484,9 +484,12 @@ def evaluate_tab(
             "to list its rows, a row to see its heatmap, rate it, or open it in Predict & Explain."
         )
         with gr.Row():
+            # a name not in the list (another visitor's, or not yet listed) reaches the handler, which
+            # answers "unknown checkpoint" for it, instead of Gradio's choice check and its traceback
             checkpoint = gr.Dropdown(
-                names, value=app.default_checkpoint(), label="Checkpoint", elem_id="eval-checkpoint"
-            )
+                names, value=app.default_checkpoint(), label="Checkpoint", elem_id="eval-checkpoint",
+                allow_custom_value=True,
+            )  # fmt: skip
             method = gr.Radio(list(METHODS), value=DEFAULT_METHOD, label="Explanation", elem_id="eval-method")
             source = gr.Radio([BENCHMARK, UPLOAD], value=BENCHMARK, label="Data", elem_id="eval-source")
             scenes = gr.Number(
@@ -552,8 +555,9 @@ def evaluate_tab(
         gr.Markdown("**Compare on this data set** with a second checkpoint or the other explanation method.")
         with gr.Row():
             checkpoint_b = gr.Dropdown(
-                names, value=app.default_checkpoint(), label="Second checkpoint", elem_id="eval-checkpoint-b"
-            )
+                names, value=app.default_checkpoint(), label="Second checkpoint", elem_id="eval-checkpoint-b",
+                allow_custom_value=True,
+            )  # fmt: skip
             method_b = gr.Radio(list(METHODS), value=DEFAULT_METHOD, label="Its explanation", elem_id="eval-method-b")
             compare = gr.Button("Compare", elem_id="eval-compare")
         compare_text = gr.Markdown(elem_id="eval-compare-summary")
