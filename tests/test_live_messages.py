@@ -155,6 +155,8 @@ def test_a_gzipped_csv_is_named_as_compressed(space, tmp_path):
     )
     assert event == "error"
     assert message == "'data.csv.gz' is compressed (.gz): upload the .csv itself, uncompressed", message
+    event, message = call(space.url, "start_finetune", [_upload(space.url, "data.csv.gz", packed)])
+    assert event == "error" and message.startswith("'data.csv.gz' is compressed (.gz)"), message
     event, message = _preflight(space.url, _upload(space.url, "notes.txt", b"image,text,label\n"), None)
     assert event == "error" and message == "'notes.txt' is not a .csv file: upload a .csv", message
     event, message = _preflight(space.url, _upload(space.url, "data.csv", packed), None)  # renamed
