@@ -165,3 +165,51 @@ def test_faithfulness_on_a_bounded_sample_leaves_the_predictor_alone(tiny_checkp
         assert 0 <= figures[method]["deletion_auc"] <= 1 and 0 <= figures[method]["insertion_auc"] <= 1
     assert all(torch.equal(weights[n], p) for n, p in predictor.model.fusion.named_parameters())
     assert evalset.faithfulness(tiny_checkpoint, predictor, pairs, n=0) is None
+
+
+def _held(tmp_path, name, rows):
+    """A finished run of ``rows`` rows whose upload lives in its own folder."""
+    folder = tmp_path / name
+    folder.mkdir()
+    result = evalset.EvalResult("c", "raw", name, ["a"], [None] * rows, [])  # only the row count matters here
+    return {"result": result, "data": evalset.EvalSet(name, [], {}, [], [], "", folder=folder)}
+
+
+def test_result_store_holds_one_run_per_visitor_and_reading_creates_nothing(tmp_path):
+    store = evalset.ResultStore(max_visitors=2, max_rows=100)
+    assert store.get("a-alice") is None and len(store) == 0  # a look (a refused request) stores nothing
+    first = _held(tmp_path, "first", 10)
+    store.put("a-alice", **first)
+    second = _held(tmp_path, "second", 10)
+    store.put("a-alice", **second)  # her next run replaces hers, and its upload goes
+    assert store.get("a-alice")["result"].dataset == "second" and len(store) == 1
+    assert not first["data"].folder.exists() and second["data"].folder.exists()
+
+
+def test_a_full_result_store_refuses_a_newcomer_instead_of_evicting_anybody(tmp_path):
+    store = evalset.ResultStore(max_visitors=2, max_rows=30)
+    store.put("a-alice", **_held(tmp_path, "alice", 10))
+    store.put("a-bob", **_held(tmp_path, "bob", 10))
+    with pytest.raises(evalset.StoreFull, match=r"2 visitors, 20 rows; at most 2 and 30"):
+        store.room("a-carol", 5)
+    with pytest.raises(evalset.StoreFull):
+        store.put("a-carol", **_held(tmp_path, "carol", 5))
+    store.put("a-bob", **_held(tmp_path, "bob-again", 20))  # a visitor's own entry is theirs to replace
+    with pytest.raises(evalset.StoreFull, match="evaluate fewer rows"):
+        store.put("a-alice", **_held(tmp_path, "alice-big", 11))  # 11 + bob's 20 > 30
+    assert store.get("a-alice")["result"].dataset == "alice" and store.get("a-bob")["result"].dataset == "bob-again"
+
+
+def test_result_store_drops_what_was_not_used_for_its_time_to_live(tmp_path):
+    now = [0.0]
+    store = evalset.ResultStore(max_visitors=1, max_rows=100, ttl_s=60, clock=lambda: now[0])
+    old = _held(tmp_path, "old", 10)
+    store.put("a-alice", **old)
+    now[0] = 50
+    assert store.get("a-alice") is not None  # a use keeps it
+    now[0] = 100
+    with pytest.raises(evalset.StoreFull, match="dropped 1 min after its last use"):
+        store.put("a-bob", **_held(tmp_path, "bob", 10))  # alice used hers 50 s ago
+    now[0] = 111
+    store.put("a-bob", **_held(tmp_path, "bob2", 10))  # 61 s unused: alice's went, with its files
+    assert store.get("a-alice") is None and not old["data"].folder.exists()
