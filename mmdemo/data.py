@@ -45,7 +45,7 @@ def read_separator(csv_path: str | os.PathLike) -> str:
 
 
 def named_rows(rows: list[tuple[int, str]], limit: int = NAMED_ROWS) -> str:
-    """"row 3 (img/1.png), row 6 (img/4.png) and 4 more": the first few (row, name) pairs."""
+    """The first few (row, name) pairs, and how many more: "row 3 (img/1.png), row 6 (img/4.png) and 4 more"."""
     shown = ", ".join(f"row {row} ({name})" for row, name in rows[:limit])
     return shown + (f" and {len(rows) - limit} more" if len(rows) > limit else "")
 

@@ -238,9 +238,7 @@ class App:
         try:
             hint = missing_images_hint(dataset, bool(zip_file))
             if hint:  # one hint instead of a line per row
-                return (
-                    f"{hint}\n\n{len(dataset.examples)} rows usable, {len(dataset.rejected)} without their image."
-                )
+                return f"{hint}\n\n{len(dataset.examples)} rows usable, {len(dataset.rejected)} without their image."
             check_trainable(dataset)
             init = self.registry.path(base, owner) if base else None
             # the recipe reads the images' headers (their sizes): before the upload folder goes

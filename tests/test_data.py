@@ -185,4 +185,7 @@ def test_missing_images_are_named_by_spreadsheet_row_and_file(tmp_path):
     hint = missing_images_hint(read_csv(tmp_path / "d.csv"), zip_uploaded=True)
     assert "8 rows name images that are not in the zip" in hint
     # the header is row 1: img/0.png is on row 2
-    assert "(row 2 (img/0.png), row 3 (img/1.png), row 4 (img/2.png), row 5 (img/3.png), row 6 (img/4.png) and 3 more)" in hint
+    assert (
+        "(row 2 (img/0.png), row 3 (img/1.png), row 4 (img/2.png), row 5 (img/3.png), row 6 (img/4.png) and 3 more)"
+        in hint
+    )

@@ -296,7 +296,8 @@ def test_raw_http_callers_may_leave_out_trailing_parameters(server, fixture_path
 
 def test_csv_columns_of_a_semicolon_csv_are_its_own(tmp_path):
     (tmp_path / "d.csv").write_text(
-        "filename;caption;category\n" + "".join(f"img_{i}.jpg;a photo, number {i};{'cat' if i % 2 else 'dog'}\n" for i in range(26))
+        "filename;caption;category\n"
+        + "".join(f"img_{i}.jpg;a photo, number {i};{'cat' if i % 2 else 'dog'}\n" for i in range(26))
     )
     updates = ui.csv_columns(str(tmp_path / "d.csv"))
     assert updates[0]["choices"] == ["filename", "caption", "category"]

@@ -429,7 +429,11 @@ def finetune_tab(
             # (Gradio's choice check would answer "not in the list of choices" with a traceback)
             download_name = api_type(
                 gr.Dropdown(
-                    names, label="Checkpoint to download", elem_id="download-name", min_width=200, allow_custom_value=True
+                    names,
+                    label="Checkpoint to download",
+                    elem_id="download-name",
+                    min_width=200,
+                    allow_custom_value=True,
                 ),
                 OPTIONAL_STRING,
             )
