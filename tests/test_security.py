@@ -134,6 +134,40 @@ def test_quota_and_time_to_live_of_anonymous_checkpoints(tmp_path):
     assert registry.names(A) == ["base"] and registry.names("hf-alice") == ["base", "kept"]
 
 
+def test_the_visitor_of_a_request_comes_from_its_token_in_shared_mode_too(app):
+    token, other = app.new_token(), app.new_token()
+    assert app.visitor(token) == app.owner(token) != app.visitor(other)
+    with pytest.raises(ValueError, match="no owner token"):
+        app.visitor(None)
+    shared = App(app.registry, str(app.work_dir), str(app.jobs.dir), shared=True)
+    # everyone shares the checkpoints, but each browser keeps its own evaluation and stop button
+    assert shared.owner(token) == shared.owner(other) == "shared"
+    assert shared.visitor(token) != shared.visitor(other) and shared.visitor(None) == "shared"
+    shared.jobs.close()
+
+
+def test_an_evaluation_is_stopped_only_with_its_visitors_token(app, tmp_path):
+    import threading
+
+    import gradio as gr
+
+    from mmdemo.ratings import RatingStore
+    from mmdemo.ui.evaluate import Evaluation
+
+    evaluation = Evaluation(app, RatingStore(tmp_path / "ratings"))
+    alice, bob = app.new_token(), app.new_token()
+    running = evaluation._stops[app.visitor(alice)] = threading.Event()  # alice's run, between two batches
+    evaluation.stop(bob)  # "Nothing to stop." for bob
+    with pytest.raises(gr.Error, match="no owner token"):
+        evaluation.stop(None)
+    assert not running.is_set()
+    evaluation.stop(alice)
+    assert running.is_set()
+    with pytest.raises(gr.Error, match="Run an evaluation first"):  # bob's look stores nothing
+        evaluation.filter(False, "(all)", "(all)", "(all)", False, bob)
+    assert len(evaluation.results) == 0
+
+
 # --- 3. bounded work per request -----------------------------------------------------------
 
 
