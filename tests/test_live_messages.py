@@ -146,6 +146,17 @@ def test_a_question_of_invisible_characters_only_is_an_empty_question(space):
     _no_traceback(space, since)
 
 
+def test_a_method_or_an_opacity_out_of_bounds_is_named(space):
+    since = len(space.output())
+    image = _upload(space.url, "scene.png", _png())
+    event, message = call(space.url, "predict", [image, "which colour?", "sort-of-clevr", "nope"])
+    assert (event, message) == ("error", "explanation method: 'nope' is not one of raw, gradient")
+    event, message = call(space.url, "predict", [image, "which colour?", "sort-of-clevr", "raw", "abc"])
+    assert (event, message) == ("error", "heatmap opacity must be a number from 0 to 1, got 'abc'")
+    assert call(space.url, "predict", [image, "which colour?", "sort-of-clevr", "raw", 7])[0] == "complete"
+    _no_traceback(space, since)
+
+
 def test_a_gzipped_csv_is_named_as_compressed(space, tmp_path):
     since = len(space.output())
     csv_path, archive = _dataset(tmp_path)

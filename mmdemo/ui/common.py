@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import logging
+import math
 import re
 from pathlib import Path
 
@@ -53,6 +54,45 @@ def upload_type_error(name: str, file_types: list[str]) -> str:
     if path.suffix.lower() in COMPRESSED and inner in [t.lower() for t in file_types]:
         return f"{name!r} is compressed ({path.suffix.lower()}): upload the {inner} itself, uncompressed"
     return f"{name!r} is not a {wanted} file: upload a {wanted}"
+
+
+class ChoiceRadio(gr.Radio):
+    """gr.Radio that refuses a value outside its choices in the visitor's words, naming the input
+    ("explanation method: 'x' is not one of raw, gradient"). Gradio 6.31's own check answers an
+    API caller "Value: 'x' (type: <class 'str'>) is not in the list of choices" and logs a
+    traceback."""
+
+    is_template = True  # the browser side is gr.Radio's
+
+    def preprocess(self, payload):
+        if payload is None:
+            return None
+        values = [value for _, value in self.choices]
+        if payload not in values:
+            what = str(self.label or "the choice").lower()
+            shown = ", ".join(str(v) for v in values)
+            raise input_error(what, f"{what}: {str(payload)[:40]!r} is not one of {shown}")
+        return payload
+
+
+class BoundedSlider(gr.Slider):
+    """gr.Slider whose value, from a page or an API caller, is a number within its bounds: one
+    outside them is brought to the nearest bound, one that is no number is refused naming the
+    input. Gradio 6.31's own check fails on a string with a TypeError and a traceback."""
+
+    is_template = True  # the browser side is gr.Slider's
+
+    def preprocess(self, payload) -> float:
+        try:
+            value = float(payload)
+        except (TypeError, ValueError):
+            value = math.nan
+        if not math.isfinite(value):
+            what = str(self.label or "the value").lower()
+            raise input_error(
+                what, f"{what} must be a number from {self.minimum:g} to {self.maximum:g}, got {str(payload)[:40]!r}"
+            )
+        return min(max(value, self.minimum), self.maximum)
 
 
 # a string parameter; with a default of None the API page shows it as "str | None", optional

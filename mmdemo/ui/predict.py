@@ -25,7 +25,7 @@ from ..explain import DEFAULT_METHOD, METHODS, peak_xy
 from ..imaging import decode_image
 from ..relations import relation_objects
 from ..webapp import App
-from .common import api_example, api_type, file_example, input_error, markdown_text
+from .common import BoundedSlider, ChoiceRadio, api_example, api_type, file_example, input_error, markdown_text
 from .identity import owner_of, unexpected
 from .zerogpu import gpu
 
@@ -383,7 +383,7 @@ def predict_tab(app: App, owner_token: gr.BrowserState, saved_tab: gr.BrowserSta
                         },
                     )
                     refresh = gr.Button("Refresh list", size="sm", scale=1, min_width=90)
-                method = gr.Radio(
+                method = ChoiceRadio(
                     list(METHODS),
                     value=DEFAULT_METHOD,
                     label="Explanation method",
@@ -391,7 +391,7 @@ def predict_tab(app: App, owner_token: gr.BrowserState, saved_tab: gr.BrowserSta
                     "gradient: attention x gradient of the answer",
                     elem_id="method",
                 )
-                opacity = gr.Slider(0, 1, value=DEFAULT_OPACITY, step=0.05, label="Heatmap opacity")
+                opacity = BoundedSlider(0, 1, value=DEFAULT_OPACITY, step=0.05, label="Heatmap opacity")
             with gr.Column(scale=7, min_width=300):
                 label = gr.Label(num_top_classes=3, label="Answer", elem_id="prediction")
                 banner = gr.Markdown(label="Out of scope", elem_id="scope-banner")
