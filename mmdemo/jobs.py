@@ -1,9 +1,21 @@
 """Fine-tune jobs for the app: a fair queue, one job running at a time, each in its own
-worker process (mmdemo/worker.py), each with a record on disk.
+worker program (``python -m mmdemo.worker``, a child of the serving process), each with a record
+on disk.
 
 States: ``queued`` (position shown), ``preparing`` (reading and encoding the data), ``running``
 (training), then ``done``, ``failed``, ``stopped``, or ``interrupted`` (the server stopped while
 the job was unfinished).
+
+Workers are tied to their server: the server holds the write end of each worker's stdin, writes
+``stop`` there for a Stop, and closes it when it shuts down; a worker whose stdin ends (the server
+got SIGTERM, crashed or was killed) stops at its next step and records its job as
+``interrupted``, resumable from its last saved epoch. The record names the server and the worker
+(``folders.process_tag``: pid and start time, so a reused pid does not pass). A new server
+adopts what it finds: a queued job whose data is there stays queued and runs; a job whose worker
+is still alive (it is ending: its pipe closed) is waited for before anything else runs, killed
+after ``ORPHAN_GRACE_S``, and then shown interrupted if it left its record unfinished; a job of
+another live server sharing the folder is left alone. Nothing a queued, running or resumable job
+needs is deleted (``kept_data``).
 
 Settings come from the adaptive recipe (``finetune.plan``): a job holds only the values the
 visitor set (``overrides``) and a time budget, and its record keeps the plan (what was chosen,
@@ -24,12 +36,15 @@ unfinished jobs per visitor and ``max_queued_jobs`` in all.
 from __future__ import annotations
 
 import logging
-import multiprocessing
+import os
 import secrets
 import shutil
+import signal
+import subprocess
+import sys
 import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -38,13 +53,17 @@ from .finetune import FinetuneRequest, plan, resume_dir
 from .limits import Limits, data_dir
 from .recipe import DEFAULT_BUDGET_S
 from .registry import CheckpointRegistry
-from .worker import read_record, run_job, saved_history, write_record
+from .folders import alive, process_tag
+from .worker import STOP_LINE, read_record, saved_history, write_record
 
 log = logging.getLogger("mmdemo.jobs")
 
 UNFINISHED = ("queued", "preparing", "running")
 FINISHED = ("done", "failed", "stopped", "interrupted")
-STOP_GRACE_S = {"queued": 0.0, "preparing": 10.0, "running": 30.0}  # then the worker is terminated
+STOP_GRACE_S = {"queued": 0.0, "preparing": 10.0, "running": 30.0}  # then the worker is killed
+CLOSE_WAIT_S = 10.0  # at shutdown, the time a told worker gets to save and end (then it ends on its own)
+ORPHAN_GRACE_S = 40.0  # a previous server's live worker: then SIGTERM, and SIGKILL 10 s later
+PACKAGE_PARENT = Path(__file__).resolve().parent.parent  # put first on the worker's import path
 IDLE = {"state": "idle", "message": "No fine-tune job has run yet."}
 
 
@@ -68,16 +87,16 @@ class JobManager:
         self.limits = limits or registry.limits
         self.dir = Path(jobs_dir) if jobs_dir else data_dir() / "jobs"
         self.dir.mkdir(parents=True, exist_ok=True)
-        self._context = multiprocessing.get_context("spawn")
         self._lock = threading.RLock()
         self._wake = threading.Event()
-        self._process = None  # the running worker
+        self._process: subprocess.Popen | None = None  # the running worker; its stdin is the link
         self._running_id: str | None = None
         self._running_owner: str | None = None
-        self._stop = None  # its stop Event
         self._stop_requested_at: float | None = None
         self._closed = False
-        self._mark_interrupted()
+        self._tag = process_tag()
+        self._orphans: dict[str, Orphan] = {}  # job id -> a previous server's worker, still alive
+        self._adopt()
         self._scheduler = threading.Thread(target=self._schedule, name="mmdemo-jobs", daemon=True)
         self._scheduler.start()
 
@@ -94,26 +113,56 @@ class JobManager:
                 continue
         return sorted(out, key=lambda r: r["created"])
 
-    def _mark_interrupted(self) -> None:
-        """At start-up: jobs that were unfinished when the server stopped are interrupted;
-        records (and an interrupted job's data) older than the anonymous time to live go."""
+    def _adopt(self) -> None:
+        """At start-up, what the previous server left: queued jobs with their data stay queued
+        (they run here); a job whose worker still lives is waited for (``_watch_orphans``); one
+        of another live server is left alone; any other unfinished job is interrupted. Records
+        (and an interrupted job's data) older than the anonymous time to live go."""
         ttl_h = self.limits.anonymous_ttl_hours
         for record in self.records():
-            if record["state"] in UNFINISHED:
-                was = record["state"]
-                record.update(
-                    state="interrupted",
-                    finished=time.time(),
-                    message=f"the server restarted while this job was {was}; its data is kept for {ttl_h} h",
-                )
-                write_record(self._path(record["id"]), record)
-            elif record["state"] in FINISHED and time.time() - record["finished"] > ttl_h * 3600:
+            state = record["state"]
+            if state in UNFINISHED:
+                server = record.get("server")
+                if server and server != self._tag and alive(server):
+                    continue  # another server on this data folder runs it
+                worker = record.get("worker")
+                if state != "queued" and worker and _running(worker):
+                    self._orphans[record["id"]] = Orphan(worker, time.monotonic())
+                elif state == "queued" or not worker:  # never started: runs here if its data is there
+                    if Path(record["data"]["folder"]).is_dir():
+                        if state != "queued":
+                            record.update(state="queued", message="waiting for its turn", started=0.0)
+                            write_record(self._path(record["id"]), record)
+                    else:
+                        self._interrupt(record, f"{state} (and its data is gone)")
+                else:
+                    self._interrupt(record, state)
+            elif state in FINISHED and time.time() - record["finished"] > ttl_h * 3600:
                 _drop_resume(record)  # a resumable job's data and state
                 self._path(record["id"]).unlink(missing_ok=True)
+        if self._orphans:
+            log.info("start-up: waiting for %d fine-tune worker(s) of the previous server to end", len(self._orphans))
+
+    def _interrupt(self, record: dict, was: str) -> None:
+        """An unfinished job whose worker is gone: interrupted, resumable if an epoch was saved."""
+        if (resume_dir(Path(record["target"])) / "state.json").is_file():
+            then = f"Resume continues after epoch {len(saved_history(Path(record['target'])))}"
+        else:
+            then = f"its data is kept for {self.limits.anonymous_ttl_hours} h"
+        record.update(
+            state="interrupted", finished=time.time(), message=f"the server restarted while this job was {was}; {then}"
+        )
+        write_record(self._path(record["id"]), record)
+        log.warning("job %s: %s", record["id"], record["message"])
 
     def kept_data(self) -> set[Path]:
-        """Upload folders of jobs that can still be resumed (not swept at start-up)."""
-        return {Path(r["data"]["folder"]) for r in self.records() if r["state"] == "interrupted" or resumable(r)}
+        """Upload folders that jobs still need (never swept): those of queued, running and
+        interrupted jobs, and of finished jobs that can be resumed."""
+        return {
+            Path(r["data"]["folder"])
+            for r in self.records()
+            if r["state"] in UNFINISHED or r["state"] == "interrupted" or resumable(r)
+        }
 
     # --- what a visitor sees -------------------------------------------------------------
     def status(self, owner: str) -> dict:
@@ -129,7 +178,9 @@ class JobManager:
                 )  # fmt: skip
             record = mine[-1]
             queued = [r["id"] for r in records if r["state"] == "queued"]
-            stopping = record["id"] == self._running_id and self._stop_requested_at is not None
+            stopping = (record["id"] == self._running_id and self._stop_requested_at is not None) or (
+                record["id"] in self._orphans and self._orphans[record["id"]].stop
+            )
         return _public(record, queued, stopping, resumable(record))
 
     def running(self, owner: str | None = None) -> bool:
@@ -284,9 +335,13 @@ class JobManager:
             mine = [r for r in self.records() if r["owner"] == owner and r["state"] in UNFINISHED]
             for record in mine:
                 if record["id"] == self._running_id:
-                    self._stop.set()
-                    self._stop_requested_at = time.monotonic()
-                else:  # still queued: never started
+                    self._tell_worker(STOP_LINE)
+                    self._stop_requested_at = self._stop_requested_at or time.monotonic()
+                elif record["id"] in self._orphans:  # a previous server's worker, ending: hurry it
+                    orphan = self._orphans[record["id"]]
+                    orphan.stop = True
+                    _signal(orphan.tag, signal.SIGTERM)
+                elif record["state"] == "queued":  # never started
                     record.update(state="stopped", message="stopped before it started", finished=time.time())
                     self._finish(record)
         self._wake.set()
@@ -298,14 +353,26 @@ class JobManager:
             time.sleep(0.2)
         return self.status(owner)
 
-    def close(self) -> None:
-        """Stop the scheduler and terminate a running worker (its job shows as interrupted)."""
+    def close(self, wait_s: float = CLOSE_WAIT_S) -> None:
+        """Stop scheduling and tell the running worker the server is going (its stdin closes):
+        it ends at its next step and records its job as interrupted, resumable. Waits up to
+        ``wait_s`` for it; a worker still saving then finishes on its own (the next server waits
+        for it before running anything)."""
         with self._lock:
             self._closed = True
             self._wake.set()
-            if self._process is not None and self._process.is_alive():
-                self._process.terminate()
-                self._process.join(5)
+            process = self._process
+            if process is not None and process.stdin is not None:
+                try:
+                    process.stdin.close()
+                except OSError:
+                    pass
+        if process is not None:
+            try:
+                process.wait(wait_s)
+            except subprocess.TimeoutExpired:
+                log.warning("fine-tune worker %d still saving at shutdown; it ends on its own", process.pid)
+        self._scheduler.join(2)
 
     # --- the scheduler -------------------------------------------------------------------
     def _schedule(self) -> None:
@@ -319,18 +386,22 @@ class JobManager:
 
     def _tick(self) -> None:
         with self._lock:
-            if self._closed:  # a worker terminated by close() stays unfinished: interrupted at the next start
+            if self._closed:  # a worker told by close() records its own end
                 return
+            if self._orphans:
+                self._watch_orphans()
+                if self._orphans:  # no second job runs while one lives
+                    return
             if self._process is not None:
                 grace = STOP_GRACE_S.get(self._current_state(), 0.0)
                 if (
                     self._stop_requested_at is not None
-                    and self._process.is_alive()
+                    and self._process.poll() is None
                     and time.monotonic() - self._stop_requested_at > grace
                 ):
-                    self._process.terminate()  # did not stop by itself (e.g. while encoding data)
-                    self._process.join(5)
-                if self._process.is_alive():
+                    self._process.kill()  # did not stop by itself (e.g. inside one long operation)
+                    self._process.wait(5)
+                if self._process.poll() is None:
                     return
                 self._reap()
             if self._closed:
@@ -345,17 +416,55 @@ class JobManager:
         except (OSError, ValueError):
             return "running"
 
+    def _watch_orphans(self) -> None:
+        """A previous server's workers: ended ones are made final; live ones are hurried after
+        ``ORPHAN_GRACE_S`` (SIGTERM: they stop at their next step) and killed 10 s later."""
+        for job_id, orphan in list(self._orphans.items()):
+            if _running(orphan.tag):
+                waited = time.monotonic() - orphan.since
+                if waited > ORPHAN_GRACE_S + 10:
+                    _signal(orphan.tag, signal.SIGKILL)
+                elif waited > ORPHAN_GRACE_S or orphan.stop:
+                    _signal(orphan.tag, signal.SIGTERM)
+                continue
+            del self._orphans[job_id]
+            try:
+                record = read_record(self._path(job_id))
+            except (OSError, ValueError):
+                continue
+            if orphan.stop and record["state"] in UNFINISHED + ("interrupted",):
+                record.update(state="stopped", message=f"stopped during {record['state']}", finished=time.time())
+                self._finish(record)
+            elif record["state"] in UNFINISHED:
+                self._interrupt(record, record["state"])
+            elif not resumable(record) and record["state"] != "interrupted":
+                self._finish(record)  # it ran to its end: its upload folder goes
+
     def _launch(self, record: dict) -> None:
-        record.update(state="preparing", message="preparing: starting the worker", started=time.time())
-        write_record(self._path(record["id"]), record)
-        self._stop = self._context.Event()
+        path = self._path(record["id"]).resolve()
+        record.update(
+            state="preparing", message="preparing: starting the worker", started=time.time(), server=self._tag
+        )
+        write_record(path, record)
         self._stop_requested_at = None
         self._running_id = record["id"]
         self._running_owner = record["owner"]
-        self._process = self._context.Process(
-            target=run_job, args=(str(self._path(record["id"])), self._stop), name=f"mmdemo-job-{record['id']}"
+        env = dict(os.environ)  # the worker imports this package, wherever the server was started
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_PARENT), env.get("PYTHONPATH")) if p)
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "mmdemo.worker", str(path)], stdin=subprocess.PIPE, env=env, close_fds=True
         )
-        self._process.start()
+        # named at once, before the worker (still importing) first writes the record: a server
+        # that dies now leaves a record whose worker the next server recognises
+        record.update(pid=self._process.pid, worker=process_tag(self._process.pid))
+        write_record(path, record)
+
+    def _tell_worker(self, line: bytes) -> None:
+        try:
+            self._process.stdin.write(line)
+            self._process.stdin.flush()
+        except (OSError, ValueError):  # it has ended already: the scheduler reaps it
+            pass
 
     def _reap_if_ended(self) -> None:
         """A worker that wrote its final state is ending: reap it now (under the lock), so a job
@@ -367,14 +476,16 @@ class JobManager:
         except (OSError, ValueError):
             return
         if finished:
-            self._process.join(10)
-            if not self._process.is_alive():
-                self._reap()
+            try:
+                self._process.wait(10)
+            except subprocess.TimeoutExpired:
+                return
+            self._reap()
 
     def _reap(self) -> None:
         """The worker ended: make its record final and delete its upload folder."""
         record = read_record(self._path(self._running_id))
-        code = self._process.exitcode
+        code = self._process.returncode
         if record["state"] in UNFINISHED:  # it did not finish its own record: stopped or crashed
             if self._stop_requested_at is not None:
                 kept = " (the best epoch so far is kept)" if Path(record["target"]).exists() else ""
@@ -385,17 +496,49 @@ class JobManager:
             record["finished"] = time.time()
             log.warning("job %s: %s", record["id"], record["message"])
         self._finish(record)
-        self._process.close()
+        if self._process.stdin is not None:
+            self._process.stdin.close()
         self._process = None
         self._running_id = None
         self._running_owner = None
         self._stop_requested_at = None
 
     def _finish(self, record: dict) -> None:
-        """Make the record final; its upload folder goes unless the run can be resumed."""
+        """Make the record final; its upload folder goes unless the run can be resumed (or it
+        was interrupted: kept for the time to live, as its message says)."""
         write_record(self._path(record["id"]), record)
-        if not resumable(record):
+        if not resumable(record) and record["state"] != "interrupted":
             shutil.rmtree(record["data"]["folder"], ignore_errors=True)
+
+
+@dataclass
+class Orphan:
+    """A worker of a previous server, still alive at start-up: its ``process_tag``, since when
+    this server waits for it (monotonic), and whether its visitor asked to stop it."""
+
+    tag: str
+    since: float
+    stop: bool = False
+
+
+def _running(tag: str) -> bool:
+    """Whether the process of ``tag`` still runs: alive and not a zombie (an ended worker of a
+    server in this very process, not yet waited for, is one)."""
+    if not alive(tag):
+        return False
+    try:
+        return Path(f"/proc/{tag.split('.')[0]}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:  # no /proc here: alive is all there is to know
+        return True
+
+
+def _signal(tag: str, sig: int) -> None:
+    """Send ``sig`` to the process of ``tag`` if it is still that process."""
+    if _running(tag):
+        try:
+            os.kill(int(tag.split(".")[0]), sig)
+        except OSError:
+            pass
 
 
 def resumable(record: dict) -> bool:

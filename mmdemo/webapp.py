@@ -46,14 +46,18 @@ class App:
         self.limits = limits or (registry.limits if registry else Limits.from_env())
         self.registry = registry or CheckpointRegistry(limits=self.limits)
         self.shared = shared_mode() if shared is None else shared
+        # the start-up routine: once, in the serving process (fine-tune workers are programs of
+        # their own, mmdemo/worker.py, and never build an App)
         removed = self.registry.clean()
         self.jobs = JobManager(self.registry, jobs_dir, self.limits)
-        # upload folders of processes that have ended (a live server's in this TMPDIR stay)
+        # upload folders of processes that have ended (a live server's in this TMPDIR stay), but
+        # never the data of a queued, running or resumable job
         swept = sweep_uploads(keep=self.jobs.kept_data(), older_than_s=60)
         if removed or swept:
             log.info(
                 "start-up: removed %d half-written/expired checkpoint(s), %d upload folder(s)", len(removed), len(swept)
             )
+        self._own_work_dir = not work_dir  # made here: removed by close()
         self.work_dir = Path(work_dir or make_upload_dir("work"))
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self._example_dataset: tuple[str, str] | None = None
@@ -289,7 +293,11 @@ class App:
         return str(self.registry.zip(name, folder, owner))
 
     def close(self) -> None:
+        """At shutdown: the jobs closed (a running worker told, its job left resumable) and the
+        work folder this App made removed."""
         self.jobs.close()
+        if self._own_work_dir:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
 
 
 def read_task(path: Path) -> tuple[list[str], dict, dict]:

@@ -202,10 +202,10 @@ def test_a_restart_shows_an_unfinished_job_as_interrupted_and_keeps_its_data(tmp
     settings = dict(epochs=50, batch_size=2, freeze=[])
     jobs.start(OWNER, *_dataset(tmp_path / "up"), settings, "long", base="base")
     _wait_for(jobs, OWNER, ("running",))
-    jobs.close()  # the server goes away mid-job
+    jobs.close()  # the server goes away mid-job: its worker is told and ends at its next step
     restarted = JobManager(registry, tmp_path / "jobs")
     status = restarted.status(OWNER)
-    assert status["state"] == "interrupted" and "server restarted while this job was running" in status["message"]
+    assert status["state"] == "interrupted" and "server stopped while this job was running" in status["message"]
     assert (tmp_path / "up" / "data.csv").is_file() and restarted.kept_data() == {tmp_path / "up"}
     record = restarted.records()[0]  # what a resume needs
     assert record["owner"] == OWNER and record["settings"]["epochs"] == 50 and record["target"].endswith("long")
@@ -225,7 +225,7 @@ def test_an_interrupted_job_resumes_from_its_last_saved_epoch_after_a_restart(tm
     deadline = time.monotonic() + 120
     while not state.is_file() and time.monotonic() < deadline:
         time.sleep(0.02)
-    jobs.close()  # the server goes away after the first saved epoch (its worker is terminated)
+    jobs.close()  # the server goes away after the first saved epoch (its worker ends at its next step)
     saved = len(saved_history(registry.writable_dir / OWNER / "long"))
     assert 1 <= saved < 20
 
@@ -270,3 +270,48 @@ def test_a_stopped_job_can_resume_and_a_new_job_drops_the_old_ones_data(tmp_path
     assert not (tmp_path / "up").exists() and not state.exists()  # only the latest job can resume
     assert jobs.wait(OWNER, 120)["state"] == "done"
     jobs.close()
+
+
+def _held_worker(jobs, owner, timeout=60) -> int:
+    """The pid of ``owner``'s worker, held (SIGSTOP) as soon as the server names it: it stays at
+    its first step until the test sends SIGCONT."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        record = next((r for r in jobs.records() if r["owner"] == owner and r.get("worker")), None)
+        if record:
+            os.kill(record["pid"], signal.SIGSTOP)
+            return record["pid"]
+        time.sleep(0.01)
+    raise AssertionError(f"no worker started for {owner}")
+
+
+def _parent(pid: int) -> int:
+    return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+
+
+def test_a_new_server_waits_for_the_old_ones_worker_and_adopts_its_queue(tmp_path):
+    registry, jobs = _manager(tmp_path)
+    overrides = dict(epochs=1, batch_size=4, freeze=[])
+    jobs.start(OWNER, *_dataset(tmp_path / "up"), overrides, "first", base="base")
+    pid = _held_worker(jobs, OWNER)
+    assert _parent(pid) == os.getpid()  # a child of the server, a program of its own
+    assert "mmdemo.worker" in open(f"/proc/{pid}/cmdline").read()
+    jobs.start(OTHER, *_dataset(tmp_path / "up2"), overrides, "second", base="base")
+    try:
+        jobs.close(wait_s=0)  # the server goes; its worker (held) cannot end yet
+        restarted = JobManager(registry, tmp_path / "jobs")
+        time.sleep(2)  # four scheduler ticks
+        # the live worker's job is not marked interrupted, nothing runs beside it, nothing is deleted
+        assert restarted.status(OWNER)["state"] == "preparing"
+        assert restarted.status(OTHER)["message"] == "queued: position 1 of 1"
+        assert restarted._process is None and (tmp_path / "up").is_dir() and (tmp_path / "up2").is_dir()
+        assert restarted.kept_data() == {tmp_path / "up", tmp_path / "up2"}
+        assert restarted.stop(OWNER)["message"] == "stopping ..."  # a Stop in that window waits for it
+        assert (tmp_path / "up" / "data.csv").is_file()
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    status = _wait_for(restarted, OWNER, ("stopped", "interrupted", "done", "failed"), 60)
+    assert status["state"] == "stopped", status
+    assert restarted.wait(OTHER, 180)["state"] == "done"  # the adopted queue runs on the new server
+    assert not (tmp_path / "up").exists() and not (tmp_path / "up2").exists()
+    restarted.close()

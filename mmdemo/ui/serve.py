@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import threading
 import time
 from contextlib import asynccontextmanager
@@ -503,16 +504,37 @@ def launch(demo: gr.Blocks, app: App, server_name: str, server_port: int, queue_
     )
 
 
+def serve(demo: gr.Blocks, app: App) -> None:
+    """Serve on GRADIO_SERVER_NAME:GRADIO_SERVER_PORT until Ctrl-C or SIGTERM (what a container
+    or a Space sends to stop), then close the app: a running fine-tune worker is told, ends at
+    its next step and leaves its job resumable."""
+    default = app.default_checkpoint()
+    if default:  # load the default model while the server starts
+        threading.Thread(target=app.registry.predictor, args=(default,), daemon=True).start()
+
+    def stop(*_):  # Gradio's blocking loop ends on KeyboardInterrupt and closes the server
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, stop)
+    try:
+        launch(
+            demo,
+            app,
+            os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+            int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
+        )
+    except KeyboardInterrupt:  # a signal before Gradio's loop took over
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+        app.close()
+
+
 def main() -> None:
-    """Serve the app on GRADIO_SERVER_NAME:GRADIO_SERVER_PORT (what app.py does)."""
+    """Serve the app (what app.py does)."""
     from . import create_demo
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = App()
-    demo = create_demo(app)
-    default = app.default_checkpoint()
-    if default:  # load the default model while the server starts
-        threading.Thread(target=app.registry.predictor, args=(default,), daemon=True).start()
-    launch(
-        demo, app, os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), int(os.environ.get("GRADIO_SERVER_PORT", "7860"))
-    )
+    serve(create_demo(app), app)
