@@ -244,9 +244,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "evaluate":
             return _evaluate(args)
         if args.command == "bench-scope":
-            from .evaluation import scope_benchmark
+            from .evaluation import scope_benchmark, scope_table
 
-            print(json.dumps(scope_benchmark(args.checkpoint, args.images, args.seed, args.device)))
+            result = scope_benchmark(args.checkpoint, args.images, args.seed, args.device)
+            print(scope_table(result), file=sys.stderr)
+            print(json.dumps(result))
             return 0
         if args.command == "fit-scope":
             return _fit_scope(args)
@@ -662,6 +664,7 @@ def _fit_scope(args) -> int:
                 "command": "python -m mmdemo " + " ".join(sys.argv[1:]),
             },
         )
+    stats.fitted_on["command"] = "python -m mmdemo " + " ".join(sys.argv[1:])
     save_scope(args.checkpoint, stats)
     load_scope(args.checkpoint)  # what was written reads back
     summary["reliance_floor"] = stats.reliance_floor

@@ -259,6 +259,45 @@ RENDER_VARIANTS = {
 }
 
 
+def _jpeg(image, quality: int):
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=quality)
+    return Image.open(buffer).convert("RGB")
+
+
+def _screenshot(image):
+    """A scene as a screenshot shows it: upscaled 2x, a display's colour shift, a thin frame."""
+    import numpy as np
+    from PIL import Image
+
+    big = np.asarray(image.resize((image.width * 2, image.height * 2), Image.BICUBIC), dtype=np.float32)
+    shifted = Image.fromarray(np.clip(big * 0.96 + 6, 0, 255).astype(np.uint8))
+    framed = Image.new("RGB", (shifted.width + 6, shifted.height + 6), (200, 200, 200))
+    framed.paste(shifted, (3, 3))
+    return framed
+
+
+def reencodings() -> dict:
+    """Benign re-encodings of an in-scope image, each a fixed transform (the fitting draws its
+    own at random, scope.reencode): what bench-scope reports one flag rate for each of."""
+    from PIL import Image, ImageFilter
+
+    out = {f"JPEG q{q}": (lambda im, q=q: _jpeg(im, q)) for q in (50, 60, 70, 80, 90, 95)}
+    for size in (50, 100, 150, 224, 300):
+        for name, method in (("bilinear", Image.BILINEAR), ("bicubic", Image.BICUBIC)):
+            out[f"resized to {size} px, {name}"] = lambda im, s=size, m=method: im.resize((s, s), m)
+    out["resized to 150 px, then JPEG q80"] = lambda im: _jpeg(im.resize((150, 150), Image.BICUBIC), 80)
+    for radius in (0.5, 0.7, 1.0):
+        out[f"blur radius {radius}"] = lambda im, r=radius: im.filter(ImageFilter.GaussianBlur(r))
+    out["screenshot (2x, colour shift, frame)"] = _screenshot
+    out["screenshot, then JPEG q75"] = lambda im: _jpeg(_screenshot(im), 75)
+    return out
+
+
 def non_scene_images(fixtures: Path | None = None) -> dict[str, object]:
     """Photos (scikit-image's sample data where installed, plus the repository's test photos)
     and drawn images that are not scenes."""
@@ -296,9 +335,11 @@ def non_scene_images(fixtures: Path | None = None) -> dict[str, object]:
 
 def scope_benchmark(checkpoint: Path, n_images: int, seed: int, device: str | None = None) -> dict:
     """Flag rates of out-of-scope detection: in-scope sets (fresh scenes with canonical,
-    held-out and paraphrased questions; scenes from other renderers) should be flagged rarely,
-    out-of-scope sets (photos, non-scene images, unanswerable questions) nearly always."""
+    held-out and paraphrased questions; scenes from other renderers; the scenes re-encoded as
+    JPEG, resized, blurred, screenshot) should be flagged rarely, out-of-scope sets (photos,
+    photo thumbnails, non-scene images, unanswerable questions) nearly always."""
     import numpy as np
+    from PIL import Image
 
     from .sortofclevr import COLORS, HELD_OUT, PHRASINGS, answer, random_scene, render
 
@@ -334,13 +375,24 @@ def scope_benchmark(checkpoint: Path, n_images: int, seed: int, device: str | No
     }
     for name, variant in RENDER_VARIANTS.items():
         sets[f"in: renderer {name}"] = in_scope_rows(PARAPHRASES, [render_variant(s, **variant) for s in scenes])
-    photos = non_scene_images()
     canonical = {q: p[:1] for q, p in PHRASINGS.items()}
-    sets["out: photos and non-scene images, scene questions"] = [
-        (image, question(canonical, q, colors[i % 6]), None, "oos")
-        for name, image in photos.items()
-        for i, q in enumerate(QUESTION_TYPES)
-    ] + [(image, "What animal is in this picture?", None, "oos") for image in photos.values()]
+    for name, transform in reencodings().items():
+        sets[f"in: re-encoded, {name}"] = in_scope_rows(canonical, [transform(image) for image in rendered])
+    images = non_scene_images()
+    photos = {name: image for name, image in images.items() if name.startswith("photo:")}
+    thumbnails = {name: _jpeg(image.resize((75, 75), Image.BICUBIC), 60) for name, image in photos.items()}
+    others = {name: image for name, image in images.items() if name not in photos}
+
+    def scene_questions(group: dict) -> list[tuple]:
+        return [
+            (image, question(canonical, q, colors[i % 6]), None, "oos")
+            for image in group.values()
+            for i, q in enumerate(QUESTION_TYPES)
+        ] + [(image, "What animal is in this picture?", None, "oos") for image in group.values()]
+
+    sets["out: photos, scene questions"] = scene_questions(photos)
+    sets["out: photos as 75 px JPEG q60 thumbnails, scene questions"] = scene_questions(thumbnails)
+    sets["out: non-scene images, scene questions"] = scene_questions(others)
 
     def unanswerable(template: str) -> str:
         c, d = rng.choice(colors, 2, replace=False)
@@ -381,7 +433,24 @@ def scope_benchmark(checkpoint: Path, n_images: int, seed: int, device: str | No
     ins = [e for n, e in result["sets"].items() if n.startswith("in")]
     outs = [e for n, e in result["sets"].items() if n.startswith("out")]
     result["in_scope_flagged"] = sum(e["flagged"] * e["n"] for e in ins) / sum(e["n"] for e in ins)
+    reencoded = [e for n, e in result["sets"].items() if n.startswith("in: re-encoded")]
+    result["reencoded_flagged"] = sum(e["flagged"] * e["n"] for e in reencoded) / sum(e["n"] for e in reencoded)
     result["out_of_scope_flagged"] = sum(e["flagged"] * e["n"] for e in outs) / sum(e["n"] for e in outs)
     result["examples_missed"] = {k: sorted(set(v))[:10] for k, v in missed.items()}
     result["seconds"] = round(time.perf_counter() - start, 1)
     return _rounded(result)
+
+
+def scope_table(result: dict) -> str:
+    """bench-scope's figures as a table: each set's rows, flag rate, rows flagged for their
+    image, and accuracy (all rows / rows not flagged)."""
+    lines = [f"{'set':74} {'rows':>5} {'flagged':>8} {'image':>6} {'accuracy':>9} {'unflagged':>9}"]
+    for name, e in result["sets"].items():
+        image = e["reasons"].get("image", 0) / e["n"]
+        accuracy = f"{e['accuracy']:9.1%} {e['accuracy_unflagged']:9.1%}" if "accuracy" in e else ""
+        lines.append(f"{name:74} {e['n']:5} {e['flagged']:8.1%} {image:6.1%} {accuracy}")
+    lines.append(
+        f"in scope flagged {result['in_scope_flagged']:.1%} (re-encoded {result['reencoded_flagged']:.1%}),"
+        f" out of scope flagged {result['out_of_scope_flagged']:.1%}"
+    )
+    return "\n".join(lines)

@@ -4,10 +4,15 @@ A checkpoint may carry ``scope.safetensors`` (tensors) and a ``scope`` block in 
 (words, thresholds, what the statistics were fitted on). Every prediction is assessed with
 three checks; it is ``in_scope`` only when all pass:
 
-- image: Mahalanobis distance of the mean-pooled image-encoder features to a Gaussian fitted
-  on the training images (shared covariance shrunk towards its mean eigenvalue, so that a
-  small data set and a slightly different renderer do not blow it up). Threshold:
-  ``IMAGE_MARGIN`` x the 99.5th percentile of the validation images' distances.
+- image: Mahalanobis distance of the image-encoder features pooled over regions (their mean
+  and standard deviation: how the regions differ tells a scene of objects from a blank page)
+  to a Gaussian fitted on the training images and on benign re-encodings of them (``reencode``:
+  JPEG, resizing, light blur, a screenshot's upscaling, border and colour shift), so that a
+  phone photo or a screenshot of an in-scope image stays in scope while a real photo does not.
+  Shared covariance shrunk towards its mean eigenvalue, so that a small data set and a slightly
+  different renderer do not blow it up. Threshold: ``IMAGE_MARGIN`` x the 99.5th percentile of
+  the distances of the validation images and their re-encodings
+  (``python -m mmdemo bench-scope`` prints the flag rate of each re-encoding).
 - text: evidence at word level, because a sentence embedding places "What shape is the
   purple object?" as close to the training questions as a new wording of them:
   * slot words, found from the training texts alone: words that replace each other in
@@ -33,6 +38,7 @@ expected calibration error (15 equal-width bins).
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -42,10 +48,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image, ImageFilter
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .device import autocast
+from .imaging import decode_image
+from .preprocess import image_to_uint8, normalize_pixels
+
 SCOPE_FILE = "scope.safetensors"
-SCOPE_VERSION = 1
+SCOPE_VERSION = 2
+# what each version's image statistics were fitted on: 1 the mean over regions of the original
+# images only (older fine-tunes, still read), 2 the mean and standard deviation over regions
+# of the original images and their re-encodings
+IMAGE_POOLING = {1: "mean", 2: "mean+std"}
+REENCODINGS_PER_IMAGE = 3  # benign re-encodings of each image fitted beside it
+MAX_REENCODED_IMAGES = 500  # images re-encoded per split: bounds the fitting time of a large set
 SHRINK = 0.1  # covariance shrinkage towards the mean eigenvalue
 IMAGE_MARGIN = 1.5  # image threshold = margin x validation 99.5th percentile
 SYNONYM_COS = 0.75  # input-embedding cosine at which an unseen word stands for a known one
@@ -86,11 +104,12 @@ class ScopeStats:
     unseen_fraction_limit: float
     reliance_floor: float
     fitted_on: dict = field(default_factory=dict)
+    version: int = SCOPE_VERSION  # which image statistic (IMAGE_POOLING)
 
     def block(self) -> dict:
         """The JSON part, stored as ``scope`` in config.json."""
         return {
-            "version": SCOPE_VERSION,
+            "version": self.version,
             "file": SCOPE_FILE,
             "vocabulary": self.vocabulary,
             "label_words": self.label_words,
@@ -119,7 +138,7 @@ def save_scope(path: str | os.PathLike, stats: ScopeStats) -> None:
     data = json.loads(config_path.read_text())
     data["scope"] = stats.block()
     tmp = path / f".{SCOPE_FILE}.tmp"
-    save_file(stats.tensors(), tmp, metadata={"format": "mmdemo-scope", "version": str(SCOPE_VERSION)})
+    save_file(stats.tensors(), tmp, metadata={"format": "mmdemo-scope", "version": str(stats.version)})
     os.chmod(tmp, 0o644)
     os.replace(tmp, path / SCOPE_FILE)
     write_config(path, data)
@@ -131,39 +150,97 @@ def write_config(path: Path, data: dict) -> None:
     os.replace(tmp, path / "config.json")
 
 
+BLOCK_FIELDS = (
+    "vocabulary", "label_words", "slots", "image_threshold", "text_similarity_floor", "unseen_fraction_limit",
+    "reliance_floor",
+)  # fmt: skip
+
+
 def load_scope(path: str | os.PathLike) -> ScopeStats | None:
     """The checkpoint's statistics, or None when it has none. A ``scope`` block without its
-    tensors (or the reverse) is an error, not a silent "in scope"."""
+    tensors (or the reverse) is an error, not a silent "in scope". Every error names the file
+    by its name within the checkpoint (a visitor sees it; a server path is not theirs to see)."""
     path = Path(path)
     block = json.loads((path / "config.json").read_text()).get("scope")
     if not block:
         return None
-    if block.get("version") != SCOPE_VERSION:
-        raise ValueError(f"{path}: scope statistics version {block.get('version')}, expected {SCOPE_VERSION}")
-    file = path / block.get("file", SCOPE_FILE)
+    where = f"checkpoint {path.name!r}"
+    if not isinstance(block, dict):
+        raise ValueError(f"config.json in {where} has a scope block that is not a JSON object")
+    version = block.get("version")
+    if version not in IMAGE_POOLING:
+        readable = " and ".join(str(v) for v in IMAGE_POOLING)
+        raise ValueError(
+            f"config.json in {where} has scope statistics of version {version!r}, which this mmdemo cannot read"
+            f" (it reads versions {readable}); fit them again with python -m mmdemo fit-scope"
+        )
+    if block.get("file", SCOPE_FILE) != SCOPE_FILE:  # a name, never a path out of the folder
+        raise ValueError(f"config.json in {where} names {block.get('file')!r} as its scope file, not {SCOPE_FILE}")
+    file = path / SCOPE_FILE
     if not file.is_file():
-        raise ValueError(f"{path}: config.json has a scope block but {file.name} is missing")
-    t = load_file(file)
-    return ScopeStats(
-        image_mean=t["image_mean"].float(),
-        image_precision=t["image_precision"].float(),
-        text_bank=t["text_bank"].float(),
-        vocab_vectors=t["vocab_vectors"].float(),
-        vocabulary=list(block["vocabulary"]),
-        label_words=list(block["label_words"]),
-        slots=list(block["slots"]),
-        image_threshold=float(block["image_threshold"]),
-        text_similarity_floor=float(block["text_similarity_floor"]),
-        unseen_fraction_limit=float(block["unseen_fraction_limit"]),
-        reliance_floor=float(block["reliance_floor"]),
-        fitted_on=dict(block.get("fitted_on", {})),
-    )
+        raise ValueError(f"{where} is not complete: config.json has a scope block but {SCOPE_FILE} is missing")
+    missing = [k for k in BLOCK_FIELDS if k not in block]
+    if missing:
+        raise ValueError(f"config.json in {where} has an incomplete scope block: no {', '.join(missing)}")
+    try:
+        t = load_file(file)
+    except (SafetensorError, OSError) as e:
+        reason = str(e).replace(str(file), SCOPE_FILE)
+        raise ValueError(f"{SCOPE_FILE} in {where} is not a safetensors file ({reason})") from None
+    problem = _tensor_problem(t, len(block["vocabulary"]))
+    if problem:
+        raise ValueError(f"{SCOPE_FILE} in {where} does not hold scope statistics: {problem}")
+    try:
+        return ScopeStats(
+            image_mean=t["image_mean"].float(),
+            image_precision=t["image_precision"].float(),
+            text_bank=t["text_bank"].float(),
+            vocab_vectors=t["vocab_vectors"].float(),
+            vocabulary=list(block["vocabulary"]),
+            label_words=list(block["label_words"]),
+            slots=list(block["slots"]),
+            image_threshold=float(block["image_threshold"]),
+            text_similarity_floor=float(block["text_similarity_floor"]),
+            unseen_fraction_limit=float(block["unseen_fraction_limit"]),
+            reliance_floor=float(block["reliance_floor"]),
+            fitted_on=dict(block.get("fitted_on", {})),
+            version=version,
+        )
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"config.json in {where} has a scope block with a value of the wrong type ({e})") from None
+
+
+def _tensor_problem(t: dict[str, torch.Tensor], vocabulary: int) -> str | None:
+    """What is wrong with the tensors of a scope file (None: nothing)."""
+    expected = ("image_mean", "image_precision", "text_bank", "vocab_vectors")
+    missing = [k for k in expected if k not in t]
+    if missing:
+        return f"no {', '.join(missing)}"
+    c = t["image_mean"].shape
+    if len(c) != 1 or tuple(t["image_precision"].shape) != (c[0], c[0]):
+        return f"image_mean {tuple(c)} and image_precision {tuple(t['image_precision'].shape)} do not match"
+    if t["text_bank"].ndim != 2 or t["vocab_vectors"].ndim != 2 or len(t["vocab_vectors"]) > vocabulary:
+        return f"text_bank {tuple(t['text_bank'].shape)} or vocab_vectors {tuple(t['vocab_vectors'].shape)} malformed"
+    return None
 
 
 # -- pure maths ------------------------------------------------------------------------------
 def pooled_image(feature_map: torch.Tensor) -> torch.Tensor:
-    """(B, C, h, w) -> (B, C) mean over regions."""
-    return feature_map.float().mean((2, 3))
+    """(B, C, h, w) -> (B, 2C): the mean over regions, then the standard deviation over regions.
+    The spread is what tells six objects on white from a blank page or a line of text, which
+    have much the same mean; both move little when a scene is re-encoded."""
+    fm = feature_map.float()
+    mean = fm.mean((2, 3))  # (B, C)
+    spread = (fm - mean[:, :, None, None]).square().mean((2, 3)).sqrt()  # (B, C)
+    return torch.cat([mean, spread], 1)
+
+
+def image_statistic(stats: ScopeStats, pooled: torch.Tensor) -> torch.Tensor:
+    """(..., 2C) pooled features -> what ``stats``' image Gaussian was fitted on (version 1:
+    the mean over regions alone)."""
+    if IMAGE_POOLING[stats.version] == "mean":
+        return pooled[..., : pooled.shape[-1] // 2]
+    return pooled
 
 
 def pooled_text(text_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -266,7 +343,7 @@ def assess(
     """One prediction's scope: ``in_scope``, the reasons and the scores behind them."""
     if stats is None:
         return {"in_scope": True, "fitted": False, "reasons": [], "note": "this checkpoint has no scope statistics"}
-    distance = float(mahalanobis(image_vec[None], stats.image_mean, stats.image_precision)[0])
+    distance = float(mahalanobis(image_statistic(stats, image_vec)[None], stats.image_mean, stats.image_precision)[0])
     similarity = float(nearest_similarity(text_vec[None], stats.text_bank)[0])
     unseen, slot_problems, unseen_fraction = text_problems(ws, stats, synonyms)
     reasons = []
@@ -323,6 +400,76 @@ def synonyms_for(ws: list[str], stats: ScopeStats, table: torch.Tensor | None, t
     return {w: stats.vocabulary[int(i)] for w, b, i in zip(unseen, best.tolist(), index.tolist()) if b >= SYNONYM_COS}
 
 
+# -- benign re-encodings ---------------------------------------------------------------------
+RESAMPLING = (Image.BILINEAR, Image.BICUBIC, Image.LANCZOS, Image.BOX, Image.HAMMING)
+
+
+def reencode(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """One random benign re-encoding of an RGB image, the way a copy of an in-scope image
+    reaches the app: resized to 0.6-4x its side (one of PIL's smooth filters), lightly blurred
+    (Gaussian radius 0.3-1.2), shot from a screen (gamma 0.85-1.15, gain 0.92-1, lift up to 4 %,
+    maybe a thin grey border), saved as JPEG (quality 40-95). Each step is drawn on its own;
+    at least one is applied."""
+    image = image.convert("RGB")
+    changed = False
+    if rng.random() < 0.7:
+        scale = float(np.exp(rng.uniform(np.log(0.6), np.log(4.0))))
+        size = (max(8, round(image.width * scale)), max(8, round(image.height * scale)))
+        image, changed = image.resize(size, RESAMPLING[int(rng.integers(len(RESAMPLING)))]), True
+    if rng.random() < 0.3:
+        image, changed = image.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.3, 1.2)))), True
+    if rng.random() < 0.25:
+        a = np.asarray(image, dtype=np.float32) / 255
+        a = np.clip(a ** rng.uniform(0.85, 1.15) * rng.uniform(0.92, 1.0) + rng.uniform(0, 0.04), 0, 1)
+        image, changed = Image.fromarray((a * 255).round().astype(np.uint8)), True
+        if rng.random() < 0.5:
+            width, grey = int(rng.integers(1, 5)), int(rng.integers(150, 256))
+            framed = Image.new("RGB", (image.width + 2 * width, image.height + 2 * width), (grey,) * 3)
+            framed.paste(image, (width, width))
+            image = framed
+    if rng.random() < 0.75 or not changed:
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=int(rng.integers(40, 96)))
+        image = Image.open(buffer).convert("RGB")
+    return image
+
+
+@torch.no_grad()
+def reencoded_image_vecs(
+    model,
+    images: list,
+    seed: int,
+    device: torch.device | str = "cpu",
+    per_image: int = REENCODINGS_PER_IMAGE,
+    max_images: int = MAX_REENCODED_IMAGES,
+    batch_size: int = 64,
+) -> torch.Tensor:
+    """(n * per_image, 2C) pooled image-encoder features of ``per_image`` re-encodings
+    (``reencode``) of each of ``images`` (files), at most ``max_images`` of them."""
+    rng = np.random.default_rng(seed)
+    if len(images) > max_images:
+        images = [images[i] for i in sorted(rng.choice(len(images), max_images, replace=False))]
+    device = torch.device(device)
+    model = model.to(device).eval()
+    config = model.config
+    vecs, pending = [], []
+
+    def encode() -> None:
+        pixels = normalize_pixels(torch.stack(pending), config).to(device)
+        with autocast(device):
+            vecs.append(pooled_image(model.encode_image(pixels)).cpu())
+        pending.clear()
+
+    for path in images:
+        image = decode_image(path)
+        pending.extend(image_to_uint8(reencode(image, rng), config) for _ in range(per_image))
+        if len(pending) >= batch_size:
+            encode()
+    if pending:
+        encode()
+    return torch.cat(vecs) if vecs else torch.zeros(0, 0)
+
+
 # -- fitting -----------------------------------------------------------------------------------
 @dataclass
 class Encodings:
@@ -354,10 +501,11 @@ def encode_rows(
     for chunk in order.split(batch_size):
         fm, px, ts, mask, index = encoded.batch(model, chunk, device)
         img_ids = torch.unique(encoded.rows_image[chunk])
+        pooled = pooled_image(fm).cpu()
         if image_vecs.shape[1] == 0:
-            image_vecs = torch.zeros(len(encoded.image_index), fm.shape[1])
+            image_vecs = torch.zeros(len(encoded.image_index), pooled.shape[1])
             text_vecs = torch.zeros(len(encoded.text_index), ts.shape[-1])
-        image_vecs[img_ids] = pooled_image(fm).cpu()
+        image_vecs[img_ids] = pooled
         text_vecs[encoded.rows_text[chunk]] = pooled_text(ts, mask).cpu()
         if not with_logits:
             continue
@@ -402,10 +550,17 @@ def fit_scope(
     from .encoders import load_tokenizer
 
     tokenizer = tokenizer or load_tokenizer(model.config.text_model)
-    train = encode_rows(model, sample_rows(train_examples, max_rows, seed), device, with_logits=False)
-    val = encode_rows(model, sample_rows(val_examples, max_rows, seed + 1), device)
-    mean, precision = fit_gaussian(train.image_vecs)
-    val_distance = mahalanobis(val.image_vecs, mean, precision)
+    train_rows, val_rows = sample_rows(train_examples, max_rows, seed), sample_rows(val_examples, max_rows, seed + 1)
+    train = encode_rows(model, train_rows, device, with_logits=False)
+    val = encode_rows(model, val_rows, device)
+    # the images as given and re-encoded: a JPEG, resized or screenshot copy of a training
+    # image is in scope, and the threshold allows what the validation images' copies need
+    train_images = list(dict.fromkeys(e.image for e in train_rows))
+    val_images = list(dict.fromkeys(e.image for e in val_rows))
+    train_reencoded = reencoded_image_vecs(model, train_images, seed, device)
+    val_reencoded = reencoded_image_vecs(model, val_images, seed + 1, device)
+    mean, precision = fit_gaussian(torch.cat([train.image_vecs, train_reencoded]))
+    val_distance = mahalanobis(torch.cat([val.image_vecs, val_reencoded]), mean, precision)
 
     bank = train.text_vecs
     if len(bank) > MAX_FIT_TEXTS:
@@ -450,6 +605,8 @@ def fit_scope(
             "texts": len(train.text_vecs),
             "val_images": len(val.image_vecs),
             "val_texts": len(val.texts),
+            "reencoded_images": len(train_reencoded),
+            "val_reencoded_images": len(val_reencoded),
             "val_image_distance_p995": round(float(torch.quantile(val_distance, 0.995)), 4),
         }
     )

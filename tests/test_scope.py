@@ -162,3 +162,117 @@ def test_finetune_stores_scope_statistics(scenes_csv, tmp_path):
         scenes_csv.parent / "img" / "0.png", "is the pink square on the left?"
     )
     assert p.scope["fitted"] and "text" in p.scope["reasons"]
+
+
+def test_pooled_image_is_the_mean_then_the_spread_over_regions():
+    fm = torch.tensor([[[[0.0, 2.0], [4.0, 6.0]], [[1.0, 1.0], [1.0, 1.0]]]])  # (1, 2, 2, 2)
+    pooled = scope.pooled_image(fm)
+    assert pooled.shape == (1, 4)
+    assert pooled[0].tolist() == pytest.approx([3.0, 1.0, math.sqrt(5.0), 0.0])
+    # version 1 statistics were fitted on the mean alone: they read the first half
+    assert scope.image_statistic(_stats(version=1), pooled)[0].tolist() == pytest.approx([3.0, 1.0])
+    assert scope.image_statistic(_stats(), pooled) is pooled
+
+
+def test_reencode_changes_an_image_the_same_way_for_a_seed(fixture_path):
+    from PIL import Image
+
+    image = Image.open(fixture_path("chelsea.jpg")).convert("RGB").resize((75, 75))
+    first = [scope.reencode(image, np.random.default_rng(3)) for _ in range(2)]
+    assert np.array_equal(np.asarray(first[0]), np.asarray(first[1]))
+    rng = np.random.default_rng(4)
+    for copy in (scope.reencode(image, rng) for _ in range(20)):
+        assert copy.mode == "RGB" and 40 <= copy.width <= 310
+        assert copy.size != image.size or not np.array_equal(np.asarray(copy), np.asarray(image))
+
+
+@pytest.fixture(scope="module")
+def scoped_checkpoint(tmp_path_factory):
+    """A tiny checkpoint with fitted statistics, and one of its scene images."""
+    root = tmp_path_factory.mktemp("scoped")
+    torch.manual_seed(0)
+    model = build_model(tiny_config())
+    path = save_checkpoint(model, root / "tiny-scoped")
+    examples = read_csv(write_colour_scenes(root / "data")).examples
+    scope.save_scope(path, scope.fit_scope(model, examples[:64], examples[64:])[0])
+    return path, root / "data" / "img" / "3.png"
+
+
+def test_fitting_covers_reencoded_copies_of_each_image(scoped_checkpoint):
+    stats = scope.load_scope(scoped_checkpoint[0])
+    assert stats.version == scope.SCOPE_VERSION == 2
+    fitted = stats.fitted_on
+    assert fitted["reencoded_images"] == scope.REENCODINGS_PER_IMAGE * fitted["images"]
+    assert fitted["val_reencoded_images"] == scope.REENCODINGS_PER_IMAGE * fitted["val_images"]
+    assert stats.image_mean.shape == (2 * build_model(tiny_config()).image_encoder.out_channels,)
+
+
+def _broken_copy(scoped_checkpoint, tmp_path, name="visitor-model"):
+    import shutil
+
+    path = tmp_path / "shipped" / name
+    shutil.copytree(scoped_checkpoint[0], path)
+    return path
+
+
+def _cli_error(capsys, path: Path, image: Path) -> tuple[int, str]:
+    from mmdemo.cli import main
+
+    capsys.readouterr()
+    code = main(["predict", "--checkpoint", str(path), "--image", str(image), "--text", "is the red square on the left?"])
+    return code, capsys.readouterr().err
+
+
+def test_a_pickle_in_place_of_the_scope_file_is_one_line_naming_the_file(scoped_checkpoint, tmp_path, capsys):
+    import pickle
+
+    from mmdemo.registry import CheckpointRegistry
+
+    path = _broken_copy(scoped_checkpoint, tmp_path)
+    (path / scope.SCOPE_FILE).write_bytes(pickle.dumps({"image_mean": [0.0]}))
+    code, err = _cli_error(capsys, path, scoped_checkpoint[1])
+    assert code == 2
+    assert err.startswith("error: scope.safetensors in checkpoint 'visitor-model' is not a safetensors file")
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err and str(tmp_path) not in err
+    # the app's Predict tab shows the registry's ValueError as the visitor's message
+    with pytest.raises(ValueError) as refused:
+        CheckpointRegistry(tmp_path / "mine", tmp_path / "shipped").predictor("visitor-model")
+    assert f"error: {refused.value}\n" == err
+
+
+def test_an_unknown_scope_version_is_one_line_without_the_folder(scoped_checkpoint, tmp_path, capsys):
+    path = _broken_copy(scoped_checkpoint, tmp_path)
+    data = json.loads((path / "config.json").read_text())
+    data["scope"]["version"] = 7
+    (path / "config.json").write_text(json.dumps(data))
+    code, err = _cli_error(capsys, path, scoped_checkpoint[1])
+    assert code == 2 and len(err.strip().splitlines()) == 1 and str(tmp_path) not in err
+    assert err.startswith("error: config.json in checkpoint 'visitor-model' has scope statistics of version 7,")
+    assert "reads versions 1 and 2" in err
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda block: block.update(file="../model.safetensors"), "names '../model.safetensors' as its scope file"),
+        (lambda block: block.pop("image_threshold"), "incomplete scope block: no image_threshold"),
+        (lambda block: block.update(image_threshold="far"), "a value of the wrong type"),
+    ],
+)
+def test_a_damaged_scope_block_is_named(scoped_checkpoint, tmp_path, change, message):
+    path = _broken_copy(scoped_checkpoint, tmp_path)
+    data = json.loads((path / "config.json").read_text())
+    change(data["scope"])
+    (path / "config.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=message) as refused:
+        scope.load_scope(path)
+    assert str(tmp_path) not in str(refused.value)
+
+
+def test_scope_tensors_that_do_not_fit_are_named(scoped_checkpoint, tmp_path):
+    from safetensors.torch import save_file
+
+    path = _broken_copy(scoped_checkpoint, tmp_path)
+    save_file({"image_mean": torch.zeros(4), "image_precision": torch.eye(3)}, path / scope.SCOPE_FILE)
+    with pytest.raises(ValueError, match="scope.safetensors in checkpoint 'visitor-model' does not hold scope"):
+        scope.load_scope(path)
