@@ -157,6 +157,31 @@ def test_a_method_or_an_opacity_out_of_bounds_is_named(space):
     _no_traceback(space, since)
 
 
+def test_numbers_of_the_fine_tune_api_are_checked_naming_the_parameter(space, tmp_path):
+    since = len(space.output())
+    csv_path, archive = _dataset(tmp_path)
+    files = [
+        _upload(space.url, "data.csv", csv_path.read_bytes()),
+        _upload(space.url, "images.zip", archive.read_bytes()),
+    ]
+    columns = [*files, "image", "text", "label", "(new model)"]
+    cases = {
+        "start_finetune": (
+            (columns + ["abc"], "epochs must be a number, got 'abc'"),
+            (columns + [None, None, None, None, "abc"], "validation_split must be a number, got 'abc'"),
+            (columns + [None, None, None, None, 0.9], "validation_split must be at most 0.5, got 0.9"),
+        ),
+        "preflight": (
+            (columns + [None, None, None, None, None, float("nan")], "time_budget_minutes must be a number"),
+        ),
+    }
+    for api, calls in cases.items():
+        for data, message in calls:
+            event, answer = call(space.url, api, data)
+            assert event == "error" and answer.startswith(message), (api, data[6:], answer)
+    _no_traceback(space, since)
+
+
 def test_a_gzipped_csv_is_named_as_compressed(space, tmp_path):
     since = len(space.output())
     csv_path, archive = _dataset(tmp_path)

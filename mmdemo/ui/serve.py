@@ -10,8 +10,10 @@ MMDEMO_MAX_UPLOAD_MB get HTTP 413, and Gradio's file cache is kept under its bou
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
+import math
 import os
 import signal
 import threading
@@ -28,7 +30,7 @@ from ..device import resolve_device
 from ..inference import torch_threads_for_serving
 from ..limits import CacheLimits
 from ..webapp import App
-from .common import input_error, upload_type_error
+from .common import BoundedSlider, input_error, upload_type_error
 
 SESSION_CAPACITY = int(os.environ.get("MMDEMO_SESSION_CAPACITY", "150"))
 QUEUE_SIZE = int(os.environ.get("MMDEMO_QUEUE_SIZE", "64"))
@@ -458,6 +460,50 @@ def file_uploads_without_strays() -> None:
     File._process_single_file = _process_single_file
 
 
+def number_problem(name: str, value, minimum: float | None, maximum: float | None) -> str | None:
+    """Why ``value`` sent for the number input ``name`` is refused (None: it is fine)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return f"{name} must be a number, got {str(value)[:40]!r}"
+    if minimum is not None and value < minimum:
+        return f"{name} must be at least {minimum:g}, got {value:g}"
+    if maximum is not None and value > maximum:
+        return f"{name} must be at most {maximum:g}, got {value:g}"
+    return None
+
+
+def _numbers_checked_in_words(demo: gr.Blocks) -> None:
+    """Gradio 6.31's Number and Slider preprocessing (gradio/components/number.py,
+    ``raise_if_out_of_bounds`` and ``round_to_precision``) compares and rounds whatever a client
+    sends: a string fails with a TypeError (a traceback in the log, no message for the caller),
+    a number out of bounds gets "Value 0.9 is greater than maximum value 0.5." and a traceback.
+    Every event's inputs pass through ``validate_inputs`` first: numbers are checked there and
+    refused naming the input as its caller knows it: an API endpoint's parameter as the API page
+    names it, a page's field by its label (a BoundedSlider checks its own)."""
+    validate = demo.validate_inputs
+
+    def validate_numbers(block_fn, inputs: list) -> None:
+        validate(block_fn, inputs)
+        names = None
+        for i, block in enumerate(block_fn.inputs):
+            if i >= len(inputs) or isinstance(block, BoundedSlider) or not isinstance(block, (gr.Number, gr.Slider)):
+                continue
+            if names is None:
+                names = []
+                if getattr(block_fn, "api_visibility", "public") != "private" or not block.label:
+                    try:
+                        names = list(inspect.signature(block_fn.fn).parameters)
+                    except (TypeError, ValueError):
+                        pass
+            name = names[i] if i < len(names) else str(block.label or f"input {i + 1}")
+            problem = number_problem(name, inputs[i], block.minimum, block.maximum)
+            if problem:
+                raise input_error("number", problem)
+
+    demo.validate_inputs = validate_numbers
+
+
 def _touch_inputs_when_used(demo: gr.Blocks, sweeper: CacheSweeper) -> None:
     """Every event's inputs pass through ``validate_inputs`` before preprocessing: mark their
     files used there, so a visitor asking again about their image keeps it."""
@@ -486,6 +532,7 @@ def launch(demo: gr.Blocks, app: App, server_name: str, server_port: int, queue_
     demo.delete_cache = None  # Gradio's sweep dies under load (CacheSweeper): ours replaces it
     sweeper = demo.cache_sweeper = CacheSweeper(demo)  # on the demo: tests and tools read it
     _touch_inputs_when_used(demo, sweeper)
+    _numbers_checked_in_words(demo)
     sweeper.start()
     return demo.queue(max_size=queue_size, default_concurrency_limit=1).launch(
         server_name=server_name,
