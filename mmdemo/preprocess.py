@@ -65,7 +65,8 @@ def broken_character(text: str) -> int | None:
 def text_problem(text: object, what: str = "the text") -> str | None:
     """Why ``text`` cannot be read as text (in the words of whoever typed it), or None."""
     if not isinstance(text, str) or is_blank(text):
-        return f"{what} is empty" + (" (it holds only invisible characters)" if text else "")
+        invisible = isinstance(text, str) and text.strip()  # more than spaces, none of it shown
+        return f"{what} is empty" + (" (it holds only invisible characters)" if invisible else "")
     position = broken_character(text)
     if position is not None:
         return (
