@@ -54,7 +54,8 @@ class ServerLink:
         self._fd = fd
 
     def listen(self) -> ServerLink:
-        threading.Thread(target=self._read, name="mmdemo-worker-stdin", daemon=True).start()
+        self.reader = threading.Thread(target=self._read, name="mmdemo-worker-stdin", daemon=True)
+        self.reader.start()
         return self
 
     def _read(self) -> None:

@@ -315,3 +315,25 @@ def test_a_new_server_waits_for_the_old_ones_worker_and_adopts_its_queue(tmp_pat
     assert restarted.wait(OTHER, 180)["state"] == "done"  # the adopted queue runs on the new server
     assert not (tmp_path / "up").exists() and not (tmp_path / "up2").exists()
     restarted.close()
+
+
+def test_the_worker_hears_a_stop_line_and_the_end_of_its_input_apart():
+    from mmdemo.worker import STOP_LINE, ServerLink
+
+    read, write = os.pipe()
+    link = ServerLink(read).listen()
+    os.write(write, STOP_LINE[:2])  # a line may arrive in pieces
+    os.write(write, STOP_LINE[2:])
+    assert link.stop.wait(5) and link.is_set()
+    os.close(write)  # the server closes the pipe after a stop: still a stop, not a lost server
+    link.reader.join(5)
+    assert not link.reader.is_alive() and not link.gone.is_set()
+    os.close(read)
+
+    read, write = os.pipe()
+    link = ServerLink(read).listen()
+    assert not link.is_set()
+    os.close(write)  # the server went away without a word
+    link.reader.join(5)
+    assert link.gone.is_set() and not link.stop.is_set() and link.is_set()
+    os.close(read)
