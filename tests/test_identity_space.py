@@ -166,3 +166,26 @@ def test_a_corrupt_ratings_file_is_moved_aside_and_the_rest_serves(tmp_path):
         assert "ratings.sqlite is not a readable ratings database" in note and aside[0] in note
         _predict_answers(space)
         assert "Traceback" not in space.output()
+
+
+def test_a_replayed_session_hash_does_not_redraw_its_visitors_prediction(space):
+    import httpx
+
+    example = next((space.checkout / "checkpoints" / "sort-of-clevr" / "examples").glob("scene_*.png"))
+    with open(example, "rb") as f:
+        uploaded = httpx.post(f"{space.url}/gradio_api/upload", files={"files": (example.name, f, "image/png")})
+    image = {"path": uploaded.json()[0], "meta": {"_type": "gradio.FileData"}, "orig_name": example.name}
+    token = secrets.token_urlsafe(32)
+    alice = Page(space.url)
+    answered = alice.call("api-predict", "click", [image, "What shape is the red object?", None, "raw", 0.5, token])
+    assert "data" in answered  # the prediction, kept in alice's session for her word clicks
+    word = {"index": 0, "value": ["What", 0.5], "selected": True}
+    bob = Page(space.url, session_hash=alice.session_hash)
+    for sent in (None, {**image, "path": image["path"] + "x"}):  # no image, or not the one she sent
+        redrawn = bob.call("words", "select", [None, 0.5, sent], word)
+        assert "error" in redrawn or all(
+            isinstance(v, dict) and v.get("__type__") == "update" and "value" not in v for v in redrawn["data"][:3]
+        ), redrawn  # nothing of hers is drawn (a gr.State output never reaches the client)
+    # her state is left as it was: her own word click still redraws
+    overlay = alice.call("words", "select", [None, 0.5, image], word)["data"][0]
+    assert isinstance(overlay, dict) and (overlay.get("path") or (overlay.get("value") or {}).get("path")), overlay

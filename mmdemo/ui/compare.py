@@ -218,17 +218,33 @@ def compare_tab(app: App, owner_token: gr.BrowserState) -> None:
 
         for dropdown in (checkpoint_a, checkpoint_b, wi_checkpoint):  # fine-tuned ones appear when a list opens
             dropdown.focus(names, owner_token, dropdown, api_name=False, queue=False)
+        # the edit state is a gr.State, which Gradio keys by the session hash (anyone can send
+        # another's): it is used only by the page that shows its image (the cached path the page
+        # sends names an upload's content)
+        def mine(state, image) -> dict | None:
+            return state if state and image and state.get("image") == image else None
+
+        def on_blank(state, side_pct, evt: gr.SelectData, image):
+            return blank_at(mine(state, image), side_pct, evt)
+
+        def on_reset(state, image):
+            state = mine(state, image)
+            return reset(state) if state else (gr.skip(),) * 3
+
         wi_image.change(new_image, wi_image, [state, edited], api_name=False)
         wi_text.change(lambda t: t, wi_text, wi_edit_text, api_name=False, queue=False)
-        edited.select(blank_at, [state, side], [state, edited, edits], api_name=False)
-        undo.click(reset, state, [state, edited, edits], api_name=False)
+        edited.select(on_blank, [state, side, wi_image], [state, edited, edits], api_name=False)
+        undo.click(on_reset, [state, wi_image], [state, edited, edits], api_name=False)
 
-        def on_what_if(state, text, edited_text, checkpoint, method, token, profile: gr.OAuthProfile | None = None):
-            return what_if(app, state, text, edited_text, checkpoint, method, owner_of(app, token, profile))
+        def on_what_if(
+            state, text, edited_text, checkpoint, method, image, token, profile: gr.OAuthProfile | None = None
+        ):
+            owner = owner_of(app, token, profile)
+            return what_if(app, mine(state, image), text, edited_text, checkpoint, method, owner)
 
         wi_run.click(
             on_what_if,
-            [state, wi_text, wi_edit_text, wi_checkpoint, wi_method, owner_token],
+            [state, wi_text, wi_edit_text, wi_checkpoint, wi_method, wi_image, owner_token],
             [label_before, overlay_before, label_after, overlay_after, wi_summary],
             api_name=False,
             concurrency_limit=2,

@@ -427,9 +427,18 @@ def predict_tab(app: App, owner_token: gr.BrowserState, saved_tab: gr.BrowserSta
             )
         deletion_summary = gr.Markdown(elem_id="deletion-summary")
         deletion_plot = gr.Plot(label="Deletion curve", elem_id="deletion-plot")
+        def own_state(state: dict | None, image: str | None) -> dict | None:
+            """The page's last prediction, only for the page that shows its image: Gradio keys a
+            gr.State by the session hash, which anyone can send, while the image's cached path
+            comes from the page itself (an upload's path names its content)."""
+            return state if state and image and state.get("image") == image else None
+
+        def deletion_curve(state: dict | None, image: str | None = None):
+            return deletion(app, own_state(state, image))
+
         deletion_button.click(
-            lambda s: deletion(app, s),
-            state,
+            deletion_curve,
+            [state, image],
             [deletion_plot, deletion_summary],
             api_visibility="private",
             concurrency_id="predict",
@@ -555,15 +564,17 @@ def predict_tab(app: App, owner_token: gr.BrowserState, saved_tab: gr.BrowserSta
                 queue=False,
             )
 
-        def select_word(state: dict | None, opacity: float, selection: gr.SelectData):
-            return redraw(state, opacity, selection)
+        def select_word(state: dict | None, opacity: float, selection: gr.SelectData, image: str | None = None):
+            state = own_state(state, image)
+            return redraw(state, opacity, selection) if state else (gr.skip(),) * 4  # another's: left alone
 
-        def change_opacity(state: dict | None, opacity: float):
-            return redraw(state, opacity)
+        def change_opacity(state: dict | None, opacity: float, image: str | None = None):
+            state = own_state(state, image)
+            return redraw(state, opacity) if state else (gr.skip(),) * 4
 
         views = [overlay, words, grid, state]
-        words.select(select_word, [state, opacity], views, api_visibility="private", queue=False)
-        opacity.release(change_opacity, [state, opacity], views, api_visibility="private", queue=False)
+        words.select(select_word, [state, opacity, image], views, api_visibility="private", queue=False)
+        opacity.release(change_opacity, [state, opacity, image], views, api_visibility="private", queue=False)
 
         def refresh_list(owner_token=None, profile: gr.OAuthProfile | None = None):
             return gr.update(choices=app.registry.names(owner_of(app, owner_token, profile)))
