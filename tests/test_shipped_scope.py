@@ -1,5 +1,7 @@
 """The shipped checkpoint's out-of-scope statistics (real weights): a photo and an unknown colour
-are flagged; a fresh scene with the held-out wording, a paraphrase and "grey" are not."""
+are flagged; a fresh scene with the held-out wording, a paraphrase and "grey" are not; fresh
+scenes re-encoded as JPEG, resized or blurred stay in scope while photos, their thumbnails and
+non-scene images stay out (``python -m mmdemo bench-scope`` measures the same on more scenes)."""
 
 from pathlib import Path
 
@@ -37,3 +39,32 @@ def test_fresh_scenes_with_new_wordings_are_in_scope(predictor):
     images = [scenes[i % 6] for i in range(len(questions))]
     for q, p in zip(questions, predictor.predict_batch(images, questions)):
         assert p.in_scope, (q, p.scope)
+
+
+def test_reencoded_fresh_scenes_stay_in_scope(predictor):
+    from mmdemo.evaluation import reencodings
+    from mmdemo.sortofclevr import PHRASINGS, QUESTION_TYPES
+
+    transforms = reencodings()
+    chosen = ("JPEG q60", "JPEG q80", "resized to 150 px, bicubic", "blur radius 0.7")
+    rng = np.random.default_rng(97)  # a seed neither the training, the scope fit nor bench-scope uses
+    scenes = [render(random_scene(rng)) for _ in range(13)]
+    images = [transforms[name](scene) for name in chosen for scene in scenes]
+    questions = [PHRASINGS[QUESTION_TYPES[i % 6]][0].format(c="red") for i in range(len(images))]
+    flagged = [(q, p.scope) for q, p in zip(questions, predictor.predict_batch(images, questions)) if not p.in_scope]
+    assert len(flagged) <= 0.02 * len(images), flagged  # at most 1 of 52
+
+
+def test_photos_thumbnails_and_non_scene_images_stay_flagged(predictor):
+    from PIL import Image
+
+    from mmdemo.evaluation import _jpeg, non_scene_images
+
+    images = non_scene_images()
+    images.update(
+        {f"{name} as a 75 px JPEG": _jpeg(im.resize((75, 75), Image.BICUBIC), 60) for name, im in list(images.items())}
+    )
+    question = "What shape is the red object?"
+    results = predictor.predict_batch(list(images.values()), [question] * len(images))
+    missed = [name for name, p in zip(images, results) if "image" not in p.scope["reasons"]]
+    assert not missed
