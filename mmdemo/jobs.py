@@ -301,7 +301,8 @@ class JobManager:
                     " with no saved epoch to continue from (or its data has expired)"
                 )
             self._check_room(owner, records)
-            epoch = len(saved_history(Path(record["target"])))
+            history = saved_history(Path(record["target"]))
+            epoch = len(history)
             record.update(
                 state="queued",
                 message=f"to resume after epoch {epoch}",
@@ -311,6 +312,8 @@ class JobManager:
                 finished=0.0,
                 time_limit_s=time_limit_s,
                 resumed=record.get("resumed", 0) + 1,
+                history=history,  # epochs after the last saved one are trained again: not shown twice
+                epoch=epoch,
             )
             write_record(self._path(record["id"]), record)
         self._wake.set()

@@ -66,8 +66,7 @@ def _status(client: Client, token: str) -> dict:
 
 def _jobs_dir(space: Space) -> Path:
     """The server's job records (in its data folder, under the Space's HOME)."""
-    found = [p for p in (space.data_dir / "jobs", space.home / ".cache" / "mmdemo" / "jobs") if p.is_dir()]
-    return found[0] if found else next(space.home.rglob("jobs"))
+    return space.data_dir / "jobs"
 
 
 def _record(space: Space, checkpoint: str) -> dict | None:
