@@ -693,7 +693,8 @@ def _evaluate_set(args, data) -> int:
     from tqdm import tqdm
 
     from . import evalset, report
-    from .ratings import RatingStore, data_dir
+    from .limits import data_dir
+    from .ratings import RatingStore
 
     print(data.report, file=sys.stderr)
     predictor = _predictor(args)

@@ -50,10 +50,10 @@ from typing import NamedTuple
 
 from .data import Dataset, check_trainable
 from .finetune import FinetuneRequest, plan, resume_dir
+from .folders import alive, process_tag
 from .limits import Limits, data_dir
 from .recipe import DEFAULT_BUDGET_S
 from .registry import CheckpointRegistry
-from .folders import alive, process_tag
 from .worker import STOP_LINE, read_record, saved_history, write_record
 
 log = logging.getLogger("mmdemo.jobs")

@@ -2,9 +2,10 @@
 each overridable by an environment variable (listed in the README, "Security and limits").
 
 - The data folder (``MMDEMO_DATA_DIR``): ``/data/mmdemo`` when ``/data`` is writable (a Space
-  with persistent storage), else ``$XDG_CACHE_HOME/mmdemo`` or ``~/.cache/mmdemo``; never the
-  repository. Fine-tuned checkpoints go to ``<data>/checkpoints`` (``MMDEMO_CHECKPOINT_DIR``),
-  job records to ``<data>/jobs``.
+  with persistent storage), else the user's data folder, ``$XDG_DATA_HOME/mmdemo`` or
+  ``~/.local/share/mmdemo`` (not a cache folder: what is kept there must survive a restart);
+  never the repository. Fine-tuned checkpoints go to ``<data>/checkpoints``
+  (``MMDEMO_CHECKPOINT_DIR``), job records to ``<data>/jobs``, ratings to ``<data>/ratings.sqlite``.
 - Upload folders live under the system temporary folder (``TMPDIR``), one per check or job.
 - The CLI passes no limits: a local user's own files are not capped.
 """
@@ -89,8 +90,8 @@ def data_dir() -> Path:
     elif os.path.isdir("/data") and os.access("/data", os.W_OK):
         folder = Path("/data/mmdemo")
     else:
-        cache = os.environ.get("XDG_CACHE_HOME", "").strip() or str(Path.home() / ".cache")
-        folder = Path(cache) / "mmdemo"
+        user_data = os.environ.get("XDG_DATA_HOME", "").strip() or str(Path.home() / ".local" / "share")
+        folder = Path(user_data) / "mmdemo"
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 

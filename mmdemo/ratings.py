@@ -91,18 +91,6 @@ def export_all() -> bool:
     return os.environ.get("MMDEMO_RATINGS_EXPORT_ALL", "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def data_dir() -> Path:
-    """The app's persistent data folder, the one place this is decided: $MMDEMO_DATA_DIR when
-    set; else /data/mmdemo where /data is writable (a Hugging Face Space's persistent storage);
-    else the user's data folder ($XDG_DATA_HOME or ~/.local/share, /mmdemo). Never a temporary
-    folder: what is kept here (ratings) must survive a restart."""
-    if os.environ.get("MMDEMO_DATA_DIR"):
-        return Path(os.environ["MMDEMO_DATA_DIR"])
-    if os.path.isdir("/data") and os.access("/data", os.W_OK):
-        return Path("/data/mmdemo")
-    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "mmdemo"
-
-
 @dataclass
 class Rating:
     rater: str
@@ -180,7 +168,9 @@ class RatingStore:
             raise RatingsUnavailable(self._off("newer", f"Ratings are off: {e}.")) from None
         except OSError as e:
             reason = e.strerror or type(e).__name__
-            raise RatingsUnavailable(self._off("os", f"Ratings are off: {FILE_NAME} cannot be used ({reason}).")) from None
+            raise RatingsUnavailable(
+                self._off("os", f"Ratings are off: {FILE_NAME} cannot be used ({reason}).")
+            ) from None
         self.problem = None
         return result
 

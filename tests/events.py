@@ -51,7 +51,9 @@ class Page:
             r = client.post(f"{self.url}/gradio_api/queue/join", json=body)
             r.raise_for_status()
             event_id = r.json()["event_id"]
-            with client.stream("GET", f"{self.url}/gradio_api/queue/data", params={"session_hash": self.session_hash}) as s:
+            with client.stream(
+                "GET", f"{self.url}/gradio_api/queue/data", params={"session_hash": self.session_hash}
+            ) as s:
                 for line in s.iter_lines():
                     if not line.startswith("data:"):
                         continue

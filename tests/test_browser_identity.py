@@ -58,7 +58,7 @@ def test_a_reload_keeps_the_token_and_the_visitors_checkpoints(tmp_path):
         owner = rating["rater"]
         assert owner.startswith("a-")
         torch.manual_seed(5)
-        folder = space.home / ".cache" / "mmdemo" / "checkpoints" / owner / "kept-model"
+        folder = space.data_dir / "checkpoints" / owner / "kept-model"
         save_checkpoint(build_model(tiny_config(labels=LABELS)), folder)
 
         page.reload()

@@ -34,7 +34,7 @@ pytest.importorskip("gradio_client")
 def _own_checkpoint(space: Space, token: str, name: str) -> None:
     """A checkpoint of the token's owner, where the Space keeps visitors' checkpoints."""
     torch.manual_seed(3)
-    folder = space.home / ".cache" / "mmdemo" / "checkpoints" / owner_id(token) / name
+    folder = space.data_dir / "checkpoints" / owner_id(token) / name
     save_checkpoint(build_model(tiny_config(labels=LABELS)), folder)
 
 
@@ -119,7 +119,9 @@ def _predict_answers(space: Space) -> None:
     from gradio_client import Client, handle_file
 
     example = next((space.checkout / "checkpoints" / "sort-of-clevr" / "examples").glob("scene_*.png"))
-    label = Client(space.url, verbose=False).predict(handle_file(str(example)), "What shape is it?", api_name="/predict")
+    label = Client(space.url, verbose=False).predict(
+        handle_file(str(example)), "What shape is it?", api_name="/predict"
+    )
     assert label[0]["label"] in LABELS or label[0].get("confidences")
 
 

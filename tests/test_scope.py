@@ -219,7 +219,9 @@ def _cli_error(capsys, path: Path, image: Path) -> tuple[int, str]:
     from mmdemo.cli import main
 
     capsys.readouterr()
-    code = main(["predict", "--checkpoint", str(path), "--image", str(image), "--text", "is the red square on the left?"])
+    code = main(
+        ["predict", "--checkpoint", str(path), "--image", str(image), "--text", "is the red square on the left?"]
+    )
     return code, capsys.readouterr().err
 
 

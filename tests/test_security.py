@@ -56,11 +56,11 @@ def app(tmp_path):
 def test_default_writable_folder_is_outside_the_repository(monkeypatch, tmp_path):
     monkeypatch.delenv("MMDEMO_CHECKPOINT_DIR", raising=False)
     monkeypatch.delenv("MMDEMO_DATA_DIR", raising=False)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "user-data"))
     folder = checkpoint_dir()
     assert not folder.resolve().is_relative_to(REPO_CHECKPOINTS.parent)
     if not (os.path.isdir("/data") and os.access("/data", os.W_OK)):
-        assert folder == tmp_path / "cache" / "mmdemo" / "checkpoints"
+        assert folder == tmp_path / "user-data" / "mmdemo" / "checkpoints"
     with pytest.raises(ValueError, match="outside the shipped checkpoints"):
         CheckpointRegistry(REPO_CHECKPOINTS)
     with pytest.raises(ValueError, match="outside the shipped checkpoints"):

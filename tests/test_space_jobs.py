@@ -144,9 +144,9 @@ def test_two_visitors_jobs_run_one_at_a_time_each_in_a_child_of_the_server(tmp_p
             assert _parent(alice_worker) == server and _workers(space) == [alice_worker]  # one at a time
             bob_data = Path(_record(space, "bob-model")["data"]["folder"])
             assert (bob_data / "data.csv").is_file()
-            assert _client(space).predict(owner_token=alice_token, api_name="/stop_finetune")[
-                "message"
-            ] == "stopping ..."
+            assert (
+                _client(space).predict(owner_token=alice_token, api_name="/stop_finetune")["message"] == "stopping ..."
+            )
         finally:
             os.kill(alice_worker, signal.SIGCONT)
 

@@ -218,6 +218,7 @@ def compare_tab(app: App, owner_token: gr.BrowserState) -> None:
 
         for dropdown in (checkpoint_a, checkpoint_b, wi_checkpoint):  # fine-tuned ones appear when a list opens
             dropdown.focus(names, owner_token, dropdown, api_name=False, queue=False)
+
         # the edit state is a gr.State, which Gradio keys by the session hash (anyone can send
         # another's): it is used only by the page that shows its image (the cached path the page
         # sends names an upload's content)

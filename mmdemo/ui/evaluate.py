@@ -27,7 +27,8 @@ from .. import evalset, report
 from ..checkpoint import CARD_FILE
 from ..explain import DEFAULT_METHOD, METHODS
 from ..imaging import decode_image
-from ..ratings import RATING_TEXT, Rating, RatingStore, RatingsUnavailable, data_dir, export_all
+from ..limits import data_dir
+from ..ratings import RATING_TEXT, Rating, RatingStore, RatingsUnavailable, export_all
 from ..webapp import App
 from .identity import owner_of, refuse, unexpected, visitor_of
 
@@ -600,9 +601,7 @@ def evaluate_tab(
         )
         export.click(ev.export_selected, token, export_file, api_name=False)
         tab.select(ev.ratings_table, token, [ratings_table, ratings_note], api_visibility="private", queue=False)
-        save_rating.click(
-            ev.rate, [rating, comment, token], [rating_status, ratings_table, comment], api_name=False
-        )
+        save_rating.click(ev.rate, [rating, comment, token], [rating_status, ratings_table, comment], api_name=False)
         export_ratings.click(ev.export_ratings, token, ratings_file, api_name=False)
         make_report.click(ev.download_report, token, report_file, api_name=False)
         compare.click(

@@ -622,15 +622,11 @@ def finetune_tab(
             concurrency_id="train",
         ).then(lambda s: status_views(app, s), job, status_outputs, api_visibility="private")
 
-        def stop_fine_tune(
-            owner_token: str | None = None, profile: gr.OAuthProfile | None = None
-        ) -> dict:
+        def stop_fine_tune(owner_token: str | None = None, profile: gr.OAuthProfile | None = None) -> dict:
             """Stop your fine-tune job, at any phase; the best epoch saved so far is kept."""
             return stop_finetune(app, owner_of(app, owner_token, profile))
 
-        def fine_tune_status(
-            owner_token: str | None = None, profile: gr.OAuthProfile | None = None
-        ) -> dict:
+        def fine_tune_status(owner_token: str | None = None, profile: gr.OAuthProfile | None = None) -> dict:
             """Your latest fine-tune job's status: state (queued with its position, preparing, running, done,
             failed, stopped, interrupted), message, progress, epoch, history, report, checkpoint."""
             return finetune_status(app, owner_of(app, owner_token, profile))
@@ -651,9 +647,7 @@ def finetune_tab(
             return app.registry.names(owner)
 
         stop.click(stop_fine_tune, [owner_token], job, api_name="stop_finetune")
-        gr.Button("status", visible=False).click(
-            fine_tune_status, [owner_token], job, api_name="finetune_status"
-        )
+        gr.Button("status", visible=False).click(fine_tune_status, [owner_token], job, api_name="finetune_status")
         deleted = gr.JSON(visible=False, label="your checkpoints")
         gr.Button("delete", visible=False).click(
             delete_checkpoint, [name, owner_token], deleted, api_name="delete_checkpoint"
@@ -730,8 +724,6 @@ def finetune_tab(
             except ValueError as e:
                 raise refuse(str(e)) from None
 
-        download.click(
-            on_download, [download_name, owner_token], download_file, api_visibility="private"
-        )
+        download.click(on_download, [download_name, owner_token], download_file, api_visibility="private")
     restore_inputs = [saved, saved_tab, owner_token]
     return poll, poll_inputs, poll_outputs, (restore, restore_inputs, [*settings, tabs])

@@ -427,6 +427,7 @@ def predict_tab(app: App, owner_token: gr.BrowserState, saved_tab: gr.BrowserSta
             )
         deletion_summary = gr.Markdown(elem_id="deletion-summary")
         deletion_plot = gr.Plot(label="Deletion curve", elem_id="deletion-plot")
+
         def own_state(state: dict | None, image: str | None) -> dict | None:
             """The page's last prediction, only for the page that shows its image: Gradio keys a
             gr.State by the session hash, which anyone can send, while the image's cached path
