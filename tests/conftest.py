@@ -17,6 +17,38 @@ from mmdemo.model import ModelConfig, build_model  # noqa: E402
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 
 
+# modules whose tests start a server, a browser, a fine-tune worker or several processes: the
+# fast subset (`pytest -m "not live"`) leaves them out
+LIVE_MODULES = {
+    "test_browser",
+    "test_browser_finetune",
+    "test_browser_identity",
+    "test_browser_messages",
+    "test_browser_predict",
+    "test_browser_scope",
+    "test_browser_security",
+    "test_checkpoint_swap",
+    "test_cli_deletion_check",
+    "test_distributed",
+    "test_evaluate_browser",
+    "test_identity_space",
+    "test_jobs",
+    "test_live_messages",
+    "test_predict_shards",
+    "test_prepare_stop",
+    "test_resume",
+    "test_space_jobs",
+    "test_stress_battery",
+    "test_ui",
+}
+
+
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        if item.module.__name__.rsplit(".", 1)[-1] in LIVE_MODULES:
+            item.add_marker(pytest.mark.live)
+
+
 def tiny_config(**overrides) -> ModelConfig:
     values = dict(
         labels=["cat", "dog", "bird"],
