@@ -362,3 +362,30 @@ def test_empty_gradio_cache_folders_are_removed_once_old(tmp_path):
         os.utime(folder, (time.time() - 600, time.time() - 600))
     assert sweep_empty_cache_folders(tmp_path) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "c"]
+
+
+def test_an_evaluations_names_and_texts_show_as_text_and_a_crafted_filter_finds_nothing(app, tmp_path):
+    import gradio as gr
+    from PIL import Image
+
+    from mmdemo.evalset import EvalResult, RowResult
+    from mmdemo.ratings import RatingStore
+    from mmdemo.ui.evaluate import Evaluation
+
+    evaluation = Evaluation(app, RatingStore(tmp_path / "ratings"))
+    token = app.new_token()
+    image = tmp_path / "x.png"
+    Image.new("RGB", (24, 24), (255, 0, 0)).save(image)
+    hostile = "x`<img src=x onerror=alert(1)>"
+    row = RowResult(
+        0, 2, str(image), hostile, f"what is {hostile}?", "red", "red", 0.9, True, {"red": 0.9, "blue": 0.1},
+        (12.0, 12.0), [[0.5] * 4] * 4, {},
+    )  # fmt: skip
+    result = EvalResult("sort-of-clevr", "raw", hostile, ["red", "blue"], [row], [], n_total=1)
+    evaluation.results.put(app.visitor(token), result=result, data=None, slice=None)
+    status = evaluation.views(app.visitor(token))[0]
+    _, detail = evaluation.select_row(gr.SelectData(None, {"index": [0, 0], "value": 0, "row_value": [0]}), token)
+    for shown in (status, detail):
+        assert "<img" not in shown and "&lt;img" in shown and "\\`" in shown  # the backtick cannot close a span
+    table, count = evaluation.filter(False, "(all)", "not-a-label", "(all)", False, token)
+    assert table["value"] == [] and "0" in count

@@ -30,6 +30,7 @@ from ..imaging import decode_image
 from ..limits import data_dir
 from ..ratings import RATING_TEXT, Rating, RatingStore, RatingsUnavailable, export_all
 from ..webapp import App
+from .common import markdown_text
 from .identity import owner_of, refuse, unexpected, visitor_of
 
 BENCHMARK = "Built-in Sort-of-CLEVR benchmark"
@@ -154,10 +155,14 @@ class Evaluation:
             f"**stopped** after {len(result.rows)} of {result.n_total} rows"
             if result.stopped
             else f"**done**: {len(result.rows)} rows"
-        ) + f" of *{result.dataset}* with `{result.checkpoint}` ({result.method}) in {result.seconds:.1f} s"
+        ) + (
+            f" of *{markdown_text(result.dataset)}* with {markdown_text(result.checkpoint)} ({result.method})"
+            f" in {result.seconds:.1f} s"
+        )
         if result.rejected:
             status += (
-                f"; {len(result.rejected)} rows rejected (first: row {result.rejected[0][0]}: {result.rejected[0][1]})"
+                f"; {len(result.rejected)} rows rejected"
+                f" (first: row {result.rejected[0][0]}: {markdown_text(result.rejected[0][1])})"
             )
         lines = [
             f"**Accuracy** {100 * summary['accuracy']:.2f} % · **macro-F1** {summary['macro_f1']:.4f} · "
@@ -294,8 +299,8 @@ class Evaluation:
         self._state(visitor)["selected"] = index
         top = sorted(r.scores.items(), key=lambda kv: -kv[1])[:3]
         detail = (
-            f"**Row {r.row}** · `{r.image_name}` · *{r.text}*  \n"
-            f"true **{r.label}**, predicted **{r.prediction}** ({100 * r.confidence:.1f} %) "
+            f"**Row {r.row}** · {markdown_text(r.image_name)} · *{markdown_text(r.text)}*  \n"
+            f"true **{markdown_text(r.label)}**, predicted **{markdown_text(r.prediction)}** ({100 * r.confidence:.1f} %) "
             f"{'✓ right' if r.correct else '✗ wrong'} · top 3: " + ", ".join(f"{k} {100 * v:.1f} %" for k, v in top)
         )
         return report.row_overlay(r), detail
@@ -512,7 +517,9 @@ def evaluate_tab(
         with gr.Row():
             reliability = gr.Plot(label="Calibration (reliability diagram)")
             with gr.Column():
-                slice_column = gr.Dropdown([], label="Accuracy per value of", elem_id="eval-slice-column")
+                slice_column = gr.Dropdown(
+                    [], label="Accuracy per value of", elem_id="eval-slice-column", allow_custom_value=True
+                )
                 slice_table = gr.Dataframe(
                     headers=["value", "rows", "accuracy %"], interactive=False, elem_id="eval-slices"
                 )
@@ -520,9 +527,13 @@ def evaluate_tab(
         confusion = gr.Dataframe(interactive=False, elem_id="eval-confusion")
         with gr.Row():
             wrong_only = gr.Checkbox(False, label="Wrong only", elem_id="eval-wrong-only")
-            true_label = gr.Dropdown([ALL], value=ALL, label="True label", elem_id="eval-true")
-            predicted = gr.Dropdown([ALL], value=ALL, label="Predicted", elem_id="eval-predicted")
-            slice_value = gr.Dropdown([ALL], value=ALL, label="Slice value", elem_id="eval-slice-value")
+            true_label = gr.Dropdown([ALL], value=ALL, label="True label", elem_id="eval-true", allow_custom_value=True)
+            predicted = gr.Dropdown(
+                [ALL], value=ALL, label="Predicted", elem_id="eval-predicted", allow_custom_value=True
+            )
+            slice_value = gr.Dropdown(
+                [ALL], value=ALL, label="Slice value", elem_id="eval-slice-value", allow_custom_value=True
+            )
             out_of_scope = gr.Checkbox(False, label="Out of scope only", elem_id="eval-oos")
         count = gr.Markdown(elem_id="eval-count")
         rows = gr.Dataframe(interactive=False, max_height=420, elem_id="eval-rows")
