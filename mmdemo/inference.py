@@ -66,13 +66,13 @@ class Served(NamedTuple):
     inputs (what the out-of-scope check reads, scope.py)."""
 
     output: ModelOutput
-    image_features: torch.Tensor  # (U, C) per distinct image
+    image_features: torch.Tensor  # (U, 2C) per distinct image: mean and spread over regions (scope.pooled_image)
     text_features: torch.Tensor  # (V, E) per distinct text
 
 
 class ServingGraph(nn.Module):
     """Rows -> logits (B, L), cross attention and text attention per layer (as ``ModelOutput``),
-    then the pooled image (U, C) and text (V, E) features.
+    then the pooled image (U, 2C) and text (V, E) features.
 
     Inference only: the "missing image" regions do not depend on the input, so they are
     computed once here and stored as a constant.

@@ -4,7 +4,7 @@ duration, in a process forked for it; outside such calls there is no GPU.
 - Answering (/predict, the deletion curve) is one short call: its handler is decorated with
   ``spaces.GPU(duration=...)`` when the ``spaces`` package is installed (Spaces installs it; the
   decorator does nothing off ZeroGPU). It is not a dependency of mmdemo.
-- Fine-tuning runs for minutes, past any call's cap, in the job worker (a spawned process that
+- Fine-tuning runs for minutes, past any call's cap, in the job worker (a program of its own that
   never holds the lent GPU), so on ZeroGPU it runs on the CPU there: ``finetune_device``.
 """
 
