@@ -38,13 +38,19 @@ def process_tag(pid: int | None = None) -> str:
     return f"{pid}.{start_time(pid)}"
 
 
-def start_time(pid: int) -> int:
-    """The process's start time in clock ticks since boot (Linux), 0 where /proc is missing."""
+def _stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the name (state first), None where it is missing."""
     try:
         stat_line = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return 0
-    return int(stat_line.rsplit(")", 1)[1].split()[19])  # field 22; the name may hold spaces or ')'
+        return None
+    return stat_line.rsplit(")", 1)[1].split()  # the name may hold spaces or ')'
+
+
+def start_time(pid: int) -> int:
+    """The process's start time in clock ticks since boot (Linux), 0 where /proc is missing."""
+    fields = _stat(pid)
+    return int(fields[19]) if fields else 0  # field 22
 
 
 def alive(tag: str) -> bool:
@@ -57,6 +63,15 @@ def alive(tag: str) -> bool:
     except PermissionError:  # another user's process: alive
         pass
     return start_time(pid) == start
+
+
+def still_running(tag: str) -> bool:
+    """Whether the process of ``tag`` still runs: alive and not a zombie (an ended child not yet
+    waited for is one). Where /proc is missing, alive is all there is to know."""
+    if not alive(tag):
+        return False
+    fields = _stat(int(tag.split(".")[0]))
+    return fields is None or fields[0] != "Z"
 
 
 def _load_renameat2() -> Callable | None:

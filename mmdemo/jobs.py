@@ -50,7 +50,7 @@ from typing import NamedTuple
 
 from .data import Dataset, check_trainable
 from .finetune import FinetuneRequest, plan, resume_dir
-from .folders import alive, process_tag
+from .folders import alive, process_tag, still_running
 from .limits import Limits, data_dir
 from .recipe import DEFAULT_BUDGET_S
 from .registry import CheckpointRegistry
@@ -126,7 +126,7 @@ class JobManager:
                 if server and server != self._tag and alive(server):
                     continue  # another server on this data folder runs it
                 worker = record.get("worker")
-                if state != "queued" and worker and _running(worker):
+                if state != "queued" and worker and still_running(worker):
                     self._orphans[record["id"]] = Orphan(worker, time.monotonic())
                 elif state == "queued" or not worker:  # never started: runs here if its data is there
                     if Path(record["data"]["folder"]).is_dir():
@@ -423,7 +423,7 @@ class JobManager:
         """A previous server's workers: ended ones are made final; live ones are hurried after
         ``ORPHAN_GRACE_S`` (SIGTERM: they stop at their next step) and killed 10 s later."""
         for job_id, orphan in list(self._orphans.items()):
-            if _running(orphan.tag):
+            if still_running(orphan.tag):
                 waited = time.monotonic() - orphan.since
                 if waited > ORPHAN_GRACE_S + 10:
                     _signal(orphan.tag, signal.SIGKILL)
@@ -524,20 +524,9 @@ class Orphan:
     stop: bool = False
 
 
-def _running(tag: str) -> bool:
-    """Whether the process of ``tag`` still runs: alive and not a zombie (an ended worker of a
-    server in this very process, not yet waited for, is one)."""
-    if not alive(tag):
-        return False
-    try:
-        return Path(f"/proc/{tag.split('.')[0]}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:  # no /proc here: alive is all there is to know
-        return True
-
-
 def _signal(tag: str, sig: int) -> None:
     """Send ``sig`` to the process of ``tag`` if it is still that process."""
-    if _running(tag):
+    if still_running(tag):
         try:
             os.kill(int(tag.split(".")[0]), sig)
         except OSError:

@@ -45,6 +45,11 @@ def tiny_shipped(folder: Path, labels: list[str] | None = None) -> Path:
     return path
 
 
+def parent_pid(pid: int) -> int:
+    """The parent of process ``pid`` (Linux's /proc; the name may hold spaces or ')')."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

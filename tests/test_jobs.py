@@ -19,6 +19,7 @@ from mmdemo.registry import CheckpointRegistry, owner_id, validate_name
 from mmdemo.uploads import extract_zip
 
 from .conftest import tiny_config
+from .space import parent_pid
 
 
 def _zip(path, entries):
@@ -285,16 +286,12 @@ def _held_worker(jobs, owner, timeout=60) -> int:
     raise AssertionError(f"no worker started for {owner}")
 
 
-def _parent(pid: int) -> int:
-    return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
-
-
 def test_a_new_server_waits_for_the_old_ones_worker_and_adopts_its_queue(tmp_path):
     registry, jobs = _manager(tmp_path)
     overrides = dict(epochs=1, batch_size=4, freeze=[])
     jobs.start(OWNER, *_dataset(tmp_path / "up"), overrides, "first", base="base")
     pid = _held_worker(jobs, OWNER)
-    assert _parent(pid) == os.getpid()  # a child of the server, a program of its own
+    assert parent_pid(pid) == os.getpid()  # a child of the server, a program of its own
     assert "mmdemo.worker" in open(f"/proc/{pid}/cmdline").read()
     jobs.start(OTHER, *_dataset(tmp_path / "up2"), overrides, "second", base="base")
     try:

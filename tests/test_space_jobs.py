@@ -26,7 +26,7 @@ from PIL import Image
 pytest.importorskip("gradio")
 from gradio_client import Client, handle_file  # noqa: E402
 
-from .space import Space  # noqa: E402
+from .space import Space, parent_pid  # noqa: E402
 
 
 def _png(colour) -> bytes:
@@ -92,10 +92,6 @@ def _held_worker(space: Space, checkpoint: str, timeout: float = 60) -> int:
     raise AssertionError(f"no worker started for {checkpoint!r}:\n{space.output()[-3000:]}")
 
 
-def _parent(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-
-
 def _workers(space: Space) -> list[int]:
     """The Space's processes other than the server (its process group): fine-tune workers,
     each started as ``python -m mmdemo.worker``, never a spawned re-run of app.py."""
@@ -141,7 +137,7 @@ def test_two_visitors_jobs_run_one_at_a_time_each_in_a_child_of_the_server(tmp_p
             assert queued["queue_position"] == 1
             assert _status(alice, alice_token)["state"] == "preparing"  # each sees their own
             assert _status(bob, bob_token)["queue_position"] == 1
-            assert _parent(alice_worker) == server and _workers(space) == [alice_worker]  # one at a time
+            assert parent_pid(alice_worker) == server and _workers(space) == [alice_worker]  # one at a time
             bob_data = Path(_record(space, "bob-model")["data"]["folder"])
             assert (bob_data / "data.csv").is_file()
             assert (
@@ -152,7 +148,7 @@ def test_two_visitors_jobs_run_one_at_a_time_each_in_a_child_of_the_server(tmp_p
 
         bob_worker = _held_worker(space, "bob-model")  # alice's ended: bob's runs, as the server's child
         try:
-            assert _parent(bob_worker) == server and _gone(alice_worker) and _workers(space) == [bob_worker]
+            assert parent_pid(bob_worker) == server and _gone(alice_worker) and _workers(space) == [bob_worker]
             assert _status(alice, alice_token)["state"] == "stopped"  # stopping alice did not end bob
             assert _status(bob, bob_token)["state"] == "preparing" and (bob_data / "data.csv").is_file()
         finally:
