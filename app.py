@@ -2,8 +2,8 @@
 
 `demo` is built at import (Spaces looks for it); weights load on the first request, or in a
 background warm-up when launched from here. Fine-tune jobs run in worker programs of their own
-(mmdemo/worker.py), which never import this script. SIGTERM stops the server cleanly: a running
-job's worker is told and leaves the job resumable. Limits and folders: mmdemo/limits.py,
+(mmdemo/app/worker.py), which never import this script. SIGTERM stops the server cleanly: a running
+job's worker is told and leaves the job resumable. Limits and folders: mmdemo/app/settings.py,
 mmdemo/ui/serve.py and the README's "Security and limits".
 """
 

@@ -14,7 +14,7 @@ sys.path.insert(0, str(ROOT))
 
 import tempfile  # noqa: E402
 
-from mmdemo.registry import CheckpointRegistry  # noqa: E402
+from mmdemo.app.registry import CheckpointRegistry  # noqa: E402
 from mmdemo.ui import App, create_demo  # noqa: E402
 
 

@@ -1,7 +1,7 @@
-"""``python -m mmdemo``: see mmdemo/cli.py."""
+"""``python -m mmdemo``: see mmdemo/cli/main.py."""
 
 import sys
 
-from .cli import main
+from .cli.main import main
 
 sys.exit(main())

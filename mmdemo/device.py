@@ -1,8 +1,10 @@
-"""Device choice: CUDA when there is one (with bf16/fp16 autocast), the CPU otherwise."""
+"""Device choice: CUDA when there is one (with bf16/fp16 autocast), the CPU otherwise; and how
+many processes torchrun started here (its environment variables), to share the cores among them."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 
@@ -33,3 +35,22 @@ def autocast(device: torch.device, dtype: str | None = None):
         return torch.autocast("cuda", dtype=DTYPES[dtype])
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.autocast("cuda", dtype=dtype)
+
+
+def env_world_size() -> int:
+    """The number of processes torchrun started (1 without torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def env_rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def env_local_world_size() -> int:
+    """The number of processes torchrun started on this machine (1 without torchrun)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+
+
+def cores_per_process(local_world_size: int) -> int:
+    """This machine's cores divided among its ``local_world_size`` processes (at least one)."""
+    return max(1, (os.cpu_count() or 1) // local_world_size)

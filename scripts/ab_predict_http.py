@@ -19,7 +19,7 @@ import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from mmdemo.bench_app import _free_port, http_predict, varied_inputs  # noqa: E402
+from mmdemo.benchmarks.app_speed import _free_port, http_predict, varied_inputs  # noqa: E402
 
 configs = json.loads(sys.argv[1])
 rounds, per_round = int(sys.argv[2]), int(sys.argv[3])

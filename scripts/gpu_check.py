@@ -52,7 +52,7 @@ def part(results: dict, name: str, fn) -> None:
 def cuda_tests(timeout: int) -> dict:
     report = Path(tempfile.mkdtemp()) / "cuda.xml"
     command = [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider"]
-    command += ["tests/test_cuda.py", f"--junitxml={report}"]
+    command += ["tests/inference/test_cuda.py", f"--junitxml={report}"]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     suite = ET.parse(report).getroot()
     suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
@@ -67,8 +67,8 @@ def cuda_tests(timeout: int) -> dict:
 
 def build_model(image_size: int = 224):
     """The default architecture (224 px); which weights it got."""
-    from mmdemo.model import ModelConfig, build_model
-    from mmdemo.sortofclevr import LABELS
+    from mmdemo.datasets.sortofclevr import LABELS
+    from mmdemo.model.classifier import ModelConfig, build_model
 
     # frozen=[]: nothing is loaded from packages by the builder
     config = ModelConfig(labels=list(LABELS), image_size=image_size, frozen=[])
@@ -84,7 +84,7 @@ def build_model(image_size: int = 224):
         try:
             from transformers import AutoModel
 
-            from mmdemo.encoders import minilm_folder
+            from mmdemo.model.encoders import minilm_folder
 
             pretrained = AutoModel.from_pretrained(minilm_folder(), add_pooling_layer=False)
             model.text_encoder.model.load_state_dict(pretrained.state_dict())
@@ -96,7 +96,7 @@ def build_model(image_size: int = 224):
 
 def bench(model, device: str, dtype: str, repeats: int) -> dict:
     from mmdemo import bench as bench_module
-    from mmdemo.service import Predictor
+    from mmdemo.inference.predictor import Predictor
 
     predictor = Predictor(copy.deepcopy(model), device, dtype=dtype)
     return bench_module.run(predictor, repeats)
@@ -105,11 +105,11 @@ def bench(model, device: str, dtype: str, repeats: int) -> dict:
 def train_throughput(model, device: str, steps: int, batch: int = 32) -> dict:
     """Samples per second of forward + backward + AdamW at batch ``batch`` (224 px, 15-token
     questions), all parts trained and with the encoders frozen; autocast as the trainer uses."""
-    from mmdemo.bench import QUESTION
+    from mmdemo.benchmarks.speed import QUESTION
     from mmdemo.device import autocast
-    from mmdemo.encoders import load_tokenizer
-    from mmdemo.model import PARTS
-    from mmdemo.preprocess import tokenize
+    from mmdemo.model.classifier import PARTS
+    from mmdemo.model.encoders import load_tokenizer
+    from mmdemo.model.preprocess import tokenize
 
     dev = torch.device(device)
     tokens = tokenize(load_tokenizer(model.config.text_model), [QUESTION] * batch, model.config.max_tokens)
@@ -151,7 +151,7 @@ def torchrun_train(device: str, processes: int, images: int = 60) -> dict:
     path) on generated Sort-of-CLEVR scenes, with 1 process and with N: world size, optimizer
     steps, samples/s of all processes. Architecture: EfficientNet-Lite0 at 128 px (frozen,
     cached) and a GRU text encoder, whose weights need no package (MiniLM's do not travel)."""
-    from mmdemo.sortofclevr import generate
+    from mmdemo.datasets.sortofclevr import generate
 
     folder = Path(tempfile.mkdtemp(prefix="mmdemo-torchrun-"))
     csv_path = generate(folder / "data", images, seed=0)
@@ -173,9 +173,9 @@ def torchrun_train(device: str, processes: int, images: int = 60) -> dict:
 
 def predict_path(model, device: str, repeats: int) -> dict:
     """What /predict's handler does, on varied scenes and questions, without the HTTP server."""
-    from mmdemo.service import Predictor
-    from mmdemo.sortofclevr import PHRASINGS, questions, random_scene
-    from mmdemo.sortofclevr import render as draw
+    from mmdemo.datasets.sortofclevr import PHRASINGS, questions, random_scene
+    from mmdemo.datasets.sortofclevr import render as draw
+    from mmdemo.inference.predictor import Predictor
 
     try:
         from mmdemo import render  # imports plotly

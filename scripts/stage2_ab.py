@@ -11,9 +11,9 @@ import json
 import sys
 import time
 
-from mmdemo.data import read_csv
-from mmdemo.model import ModelConfig
-from mmdemo.train import TrainSettings, evaluate_model, train
+from mmdemo.datasets.csv_table import read_csv
+from mmdemo.model.classifier import ModelConfig
+from mmdemo.training.loop import TrainSettings, evaluate_model, train
 
 data, s1_epochs, blocks = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 extra = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}

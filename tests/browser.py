@@ -12,10 +12,10 @@ from pathlib import Path
 import torch
 
 from mmdemo import ui
-from mmdemo.checkpoint import save_checkpoint
-from mmdemo.model import build_model
-from mmdemo.registry import CheckpointRegistry
-from mmdemo.sortofclevr import LABELS, task_spec, write_examples
+from mmdemo.app.registry import CheckpointRegistry
+from mmdemo.datasets.sortofclevr import LABELS, task_spec, write_examples
+from mmdemo.model.checkpoint import save_checkpoint
+from mmdemo.model.classifier import build_model
 
 from .conftest import tiny_config
 
@@ -28,7 +28,7 @@ PHONE = {"width": 390, "height": 844}
 def make_app(root: Path, other: list[str] | None = None) -> ui.App:
     """Shipped 'sort-of-clevr' (tiny, the 12 Sort-of-CLEVR labels, with examples and its task) and,
     with ``other``, a second shipped checkpoint 'other' with those labels (every visitor sees it;
-    a visitor's own checkpoints live in their owner folder, tests/test_browser_security.py)."""
+    a visitor's own checkpoints live in their owner folder, tests/ui/test_browser_security.py)."""
     torch.manual_seed(0)
     path = save_checkpoint(build_model(tiny_config(labels=LABELS)), root / "shipped" / "sort-of-clevr")
     write_examples(path / "examples")

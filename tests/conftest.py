@@ -11,8 +11,8 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from mmdemo.checkpoint import save_checkpoint  # noqa: E402
-from mmdemo.model import ModelConfig, build_model  # noqa: E402
+from mmdemo.model.checkpoint import save_checkpoint  # noqa: E402
+from mmdemo.model.classifier import ModelConfig, build_model  # noqa: E402
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import torch
 
-from mmdemo.checkpoint import save_checkpoint
-from mmdemo.model import build_model
-from mmdemo.sortofclevr import LABELS, task_spec, write_examples
+from mmdemo.datasets.sortofclevr import LABELS, task_spec, write_examples
+from mmdemo.model.checkpoint import save_checkpoint
+from mmdemo.model.classifier import build_model
 
 from .conftest import tiny_config
 

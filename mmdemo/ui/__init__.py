@@ -1,5 +1,5 @@
 """The Gradio UI: ``create_demo(app) -> gr.Blocks``, one module per tab. Handlers only wire
-components to the service layer (``mmdemo.webapp.App``) and the pure renderers.
+components to the service layer (``mmdemo.app.backend.App``) and the pure renderers.
 
 This package is the only place that imports gradio.
 """
@@ -15,8 +15,8 @@ os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", "200")
 
 import gradio as gr  # noqa: E402
 
-from ..registry import TOKEN_PATTERN  # noqa: E402
-from ..webapp import App  # noqa: E402
+from ..app.backend import App  # noqa: E402
+from ..app.registry import TOKEN_PATTERN  # noqa: E402
 from .compare import compare_tab  # noqa: E402
 from .evaluate import PredictLink, evaluate_tab  # noqa: E402
 from .finetune import csv_columns, finetune_tab

@@ -8,10 +8,10 @@ import gradio as gr
 from PIL import Image
 
 from .. import render
-from ..counterfactual import blank_squares
-from ..explain import DEFAULT_METHOD, METHODS
+from ..app.backend import App
+from ..explain.counterfactual import blank_squares
+from ..explain.methods import DEFAULT_METHOD, METHODS
 from ..imaging import decode_image
-from ..webapp import App
 from .identity import owner_of, refuse
 
 OPACITY = 0.55

@@ -9,8 +9,8 @@ server resolves from it: results are kept per visitor (``evalset.ResultStore``: 
 run enters it, bounded per visitor and in all), a rating's rater is that visitor, and the ratings
 export and summary hold only their own ratings (everyone's with ``MMDEMO_RATINGS_EXPORT_ALL=1``
 or in shared mode). A ratings file that is locked or broken turns the ratings off with a note
-naming it; evaluating goes on. The handlers only call the service layer (mmdemo.evalset,
-mmdemo.ratings, mmdemo.report).
+naming it; evaluating goes on. The handlers only call the service layer (mmdemo.evaluation.engine,
+mmdemo.evaluation.ratings, mmdemo.evaluation.report).
 """
 
 from __future__ import annotations
@@ -23,13 +23,14 @@ from typing import NamedTuple
 import gradio as gr
 import plotly.graph_objects as go
 
-from .. import evalset, report
-from ..checkpoint import CARD_FILE
-from ..explain import DEFAULT_METHOD, METHODS
+from ..app.backend import App
+from ..app.settings import data_dir
+from ..evaluation import engine as evalset
+from ..evaluation import report
+from ..evaluation.ratings import RATING_TEXT, Rating, RatingStore, RatingsUnavailable, export_all
+from ..explain.methods import DEFAULT_METHOD, METHODS
 from ..imaging import decode_image
-from ..limits import data_dir
-from ..ratings import RATING_TEXT, Rating, RatingStore, RatingsUnavailable, export_all
-from ..webapp import App
+from ..model.checkpoint import CARD_FILE
 from .common import markdown_text
 from .identity import owner_of, refuse, unexpected, visitor_of
 

@@ -4,7 +4,7 @@ content, pre-flight report with the recipe's plan and time estimate, a time budg
 each phase and live curves, then the report and a new checkpoint; Resume for a job that was
 stopped, interrupted or cut by its time limit.
 
-Settings are the CLI's: the recipe (mmdemo/recipe.py) chooses every value the user did not set.
+Settings are the CLI's: the recipe (mmdemo/training/recipe.py) chooses every value the user did not set.
 In the tab, "Automatic settings" leaves all of them to it; a custom value the user edits turns
 it off, and then the custom values win. Through the API a value left out (None) is the recipe's.
 
@@ -21,10 +21,10 @@ from pathlib import Path
 import gradio as gr
 
 from .. import render
-from ..data import guess_columns, sniff_separator
-from ..recipe import format_seconds
-from ..registry import validate_name
-from ..webapp import App
+from ..app.backend import App
+from ..app.registry import validate_name
+from ..datasets.csv_table import guess_columns, sniff_separator
+from ..training.recipe import format_seconds
 from .common import OPTIONAL_STRING, api_type, code_block, input_error, markdown_text
 from .identity import owner_of, refuse, unexpected
 from .zerogpu import finetune_device

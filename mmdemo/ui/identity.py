@@ -30,7 +30,7 @@ from typing import Any
 
 import gradio as gr
 
-from ..webapp import App
+from ..app.backend import App
 from .common import input_error
 
 log = logging.getLogger("mmdemo.ui")

@@ -21,10 +21,10 @@ from gradio import processing_utils
 from gradio.components.plot import PlotData
 
 from .. import render
-from ..explain import DEFAULT_METHOD, METHODS, peak_xy
+from ..app.backend import App
+from ..explain.methods import DEFAULT_METHOD, METHODS, peak_xy
+from ..explain.relations import relation_objects
 from ..imaging import decode_image
-from ..relations import relation_objects
-from ..webapp import App
 from .common import BoundedSlider, ChoiceRadio, api_example, api_type, file_example, input_error, markdown_text
 from .identity import owner_of, unexpected
 from .zerogpu import gpu

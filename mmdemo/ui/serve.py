@@ -1,6 +1,6 @@
 """Launching the app with its bounds (used by app.py and by ``python -m mmdemo stress``).
 
-Besides the per-request limits (mmdemo/limits.py): at most MMDEMO_QUEUE_SIZE events wait in
+Besides the per-request limits (mmdemo/app/settings.py): at most MMDEMO_QUEUE_SIZE events wait in
 Gradio's queue (more get "queue full"), at most MMDEMO_SESSION_CAPACITY sessions are held in
 memory (each holds a copy of the page's config; the oldest go first), uploads over
 MMDEMO_MAX_UPLOAD_MB get HTTP 413, and Gradio's file cache is kept under its bounds
@@ -26,10 +26,10 @@ import torch
 from gradio.utils import get_upload_folder
 from starlette.middleware import Middleware
 
+from ..app.backend import App
+from ..app.settings import CacheLimits
 from ..device import resolve_device
-from ..inference import torch_threads_for_serving
-from ..limits import CacheLimits
-from ..webapp import App
+from ..inference.engines import torch_threads_for_serving
 from .common import BoundedSlider, input_error, upload_type_error
 
 SESSION_CAPACITY = int(os.environ.get("MMDEMO_SESSION_CAPACITY", "150"))

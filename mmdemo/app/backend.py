@@ -1,0 +1,323 @@
+"""What the web UI needs from the service layer, in one object: the checkpoint registry, the
+fine-tune jobs, the visitor's identity, upload handling under the limits, the example gallery
+and the example dataset.
+
+Imports no gradio: the UI (mmdemo/ui/) wires components to this object's methods. Every
+method that reads or writes a visitor's things takes the ``owner`` the UI resolved on the
+server (``App.owner``), never a name sent by the client.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import secrets
+import shutil
+from pathlib import Path
+
+from ..datasets.archives import extract_zip
+from ..datasets.csv_table import Dataset, check_trainable, missing_images_hint, read_csv
+from ..datasets.sortofclevr import generate
+from ..model.card import app_model_card
+from ..model.preprocess import broken_character, is_blank
+from .jobs import DataSource, JobManager
+from .registry import SHARED, CheckpointRegistry, hf_owner, owner_id
+from .settings import Limits, shared_mode
+from .uploads import UploadFolder, make_upload_dir, sweep_uploads
+
+log = logging.getLogger("mmdemo.app")
+
+DEFAULT_CHECKPOINT = "sort-of-clevr"
+EXAMPLE_DATASET_IMAGES = 150
+COMPRESSED_MAGIC = {"gzip": b"\x1f\x8b", "zip": b"PK\x03\x04", "bzip2": b"BZh", "xz": b"\xfd7zX"}
+
+
+class App:
+    """What the UI needs from the service layer, in one object."""
+
+    def __init__(
+        self,
+        registry: CheckpointRegistry | None = None,
+        work_dir: str | None = None,
+        jobs_dir: str | None = None,
+        limits: Limits | None = None,
+        shared: bool | None = None,
+    ):
+        self.limits = limits or (registry.limits if registry else Limits.from_env())
+        self.registry = registry or CheckpointRegistry(limits=self.limits)
+        self.shared = shared_mode() if shared is None else shared
+        # the start-up routine: once, in the serving process (fine-tune workers are programs of
+        # their own, mmdemo/app/worker.py, and never build an App)
+        removed = self.registry.clean()
+        self.jobs = JobManager(self.registry, jobs_dir, self.limits)
+        # upload folders of processes that have ended (a live server's in this TMPDIR stay), but
+        # never the data of a queued, running or resumable job
+        swept = sweep_uploads(keep=self.jobs.kept_data(), older_than_s=60)
+        if removed or swept:
+            log.info(
+                "start-up: removed %d half-written/expired checkpoint(s), %d upload folder(s)", len(removed), len(swept)
+            )
+        self._own_work_dir = not work_dir  # made here: removed by close()
+        self.work_dir = Path(work_dir or make_upload_dir("work"))
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self._example_dataset: tuple[str, str] | None = None
+
+    # --- who is asking -------------------------------------------------------------------
+    @staticmethod
+    def new_token() -> str:
+        """A secret owner token (256 bits): whoever holds it controls that visitor's things."""
+        return secrets.token_urlsafe(32)
+
+    def owner(self, token: str | None, hf_username: str | None = None) -> str:
+        """The owner a request acts for, decided on the server: everyone in shared mode, else the
+        signed-in Hugging Face user, else the holder of the secret token."""
+        if self.shared:
+            return SHARED
+        if hf_username:
+            return hf_owner(hf_username)
+        if not token:
+            raise ValueError("no owner token: reload the page, or pass the owner_token /start_finetune returned")
+        return owner_id(token)
+
+    def visitor(self, token: str | None, hf_username: str | None = None) -> str:
+        """Whose evaluation, stop button and ratings a request acts on: its owner, except in
+        shared mode, where visitors share checkpoints but each browser's token keeps its own
+        evaluation (and ratings) apart. Like ``owner``, never a session hash."""
+        if self.shared and token:
+            return owner_id(token)
+        return self.owner(token, hf_username)
+
+    def checkpoint_names(self, owner: str | None) -> list[str]:
+        return self.registry.names(owner)
+
+    # --- examples ------------------------------------------------------------------------
+    def default_checkpoint(self) -> str | None:
+        names = self.registry.names()
+        return DEFAULT_CHECKPOINT if DEFAULT_CHECKPOINT in names else (names[0] if names else None)
+
+    def model_card(self, name: str | None, owner: str | None = None) -> str:
+        """The checkpoint's model card as Markdown (from its config.json; no model is loaded)."""
+        if not name:
+            return "No checkpoint selected."
+        try:
+            path = self.registry.path(name, owner)
+        except ValueError as e:
+            return str(e)
+        return app_model_card(name, json.loads((path / "config.json").read_text()))
+
+    def deletion_curves(
+        self, checkpoint: str, image_path: str, text: str, heatmap: list, label: str, owner: str | None = None
+    ) -> dict:
+        """Faithfulness of one prediction's heatmap: deletion (hottest first, random order) and
+        insertion curves of the answer's probability (faithfulness.curves)."""
+        import torch
+
+        from ..explain.faithfulness import curves
+        from ..imaging import decode_image
+
+        predictor = self.registry.predictor(checkpoint, owner)
+        image = decode_image(image_path, name="the image", max_pixels=self.limits.max_image_pixels)
+        return curves(predictor.probabilities, image, text, torch.tensor(heatmap), predictor.labels.index(label))
+
+    def examples(self) -> list[list[str]]:
+        """(image, question) pairs shipped with the default checkpoint, for the gallery."""
+        name = self.default_checkpoint()
+        if not name:
+            return []
+        listing = self.registry.path(name) / "examples" / "examples.csv"
+        if not listing.is_file():
+            return []
+        rows = list(csv.DictReader(open(listing, newline="")))
+        return [[str(listing.parent / r["image"]), r["text"]] for r in rows]
+
+    def capabilities(self, name: str, owner: str | None = None) -> tuple[list[str], dict, dict]:
+        """What a checkpoint can answer: (labels, task, benchmark); see ``read_task``."""
+        return read_task(self.registry.path(name, owner))
+
+    def suggest_base(self, labels: list[str]) -> str | None:
+        """The shipped checkpoint to fine-tune from for a dataset with these labels, or None
+        (a new model) when no shipped checkpoint knows at least half of them."""
+        shipped = {name: read_task(path)[0] for name, path in self.registry.shipped().items()}
+        return label_overlap(labels, shipped)
+
+    def example_dataset(self) -> tuple[str, str]:
+        """A small generated Sort-of-CLEVR set: the CSV (image,text,label) and a zip of its images.
+        Generated once per server (the same seed gives the same set)."""
+        if self._example_dataset and all(Path(p).is_file() for p in self._example_dataset):
+            return self._example_dataset
+        folder = self.work_dir / "example-dataset"
+        shutil.rmtree(folder, ignore_errors=True)
+        csv_path = generate(folder / "sort-of-clevr", EXAMPLE_DATASET_IMAGES, seed=7)
+        archive = shutil.make_archive(str(folder / "images"), "zip", root_dir=csv_path.parent, base_dir="images")
+        rows = list(csv.DictReader(open(csv_path, newline="")))
+        slim = folder / "sort-of-clevr.csv"
+        with open(slim, "w", newline="") as f:  # the standard three columns
+            writer = csv.DictWriter(f, fieldnames=["image", "text", "label"])
+            writer.writeheader()
+            writer.writerows({k: r[k] for k in ("image", "text", "label")} for r in rows)
+        shutil.rmtree(folder / "sort-of-clevr", ignore_errors=True)
+        self._example_dataset = (str(slim), archive)
+        return self._example_dataset
+
+    # --- bounded input -------------------------------------------------------------------
+    def check_text(self, text: str) -> str:
+        """The question as typed, or a ValueError saying what is wrong with it: empty (invisible
+        characters such as zero-width spaces do not count), too long, or holding a broken
+        character (a lone surrogate a JSON client can send, which no tokenizer takes)."""
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError("Please type a question or a description of the image.")
+        if len(text) > self.limits.max_text_chars:
+            raise ValueError(
+                f"the text has {len(text):,} characters, over the limit of {self.limits.max_text_chars:,}"
+                " (MMDEMO_MAX_TEXT_CHARS)"
+            )
+        if is_blank(text):
+            raise ValueError(
+                "Please type a question or a description of the image: the text holds only invisible characters"
+                " (zero-width or formatting characters do not count)."
+            )
+        position = broken_character(text)
+        if position is not None:
+            raise ValueError(
+                f"the question holds a broken character at character {position} (U+{ord(text[position - 1]):04X},"
+                " half of a UTF-16 pair, not a character by itself): type or paste the question again"
+            )
+        return text
+
+    def prepare_upload(
+        self, csv_file: str, zip_file: str | None, columns: tuple[str, str, str]
+    ) -> tuple[Dataset, DataSource, UploadFolder]:
+        """Uploads -> a validated Dataset in a fresh upload folder (under the limits). The caller
+        removes the folder (or hands it to a job); on error it is already removed."""
+        if not csv_file:
+            raise ValueError("Upload a CSV file, or press 'Use example dataset'.")
+        limits = self.limits
+        size = Path(csv_file).stat().st_size
+        if size > limits.max_csv_mb * 1e6:
+            raise ValueError(
+                f"the CSV is {size / 1e6:,.1f} MB, over the limit of {limits.max_csv_mb:,} MB (MMDEMO_MAX_CSV_MB)"
+            )
+        with open(csv_file, "rb") as f:
+            magic = f.read(4)
+        packed = next((kind for kind, start in COMPRESSED_MAGIC.items() if magic.startswith(start)), None)
+        if packed:  # a renamed data.csv.gz: its bytes would be read as a broken UTF-8 text
+            raise ValueError(f"the CSV is compressed ({packed}): upload the .csv itself, uncompressed")
+        upload = UploadFolder()
+        try:
+            if zip_file:
+                extract_zip(zip_file, upload.path, limits.max_zip_entries, limits.max_zip_mb * 1_000_000)
+            csv_path = upload.path / "data.csv"
+            shutil.copyfile(csv_file, csv_path)
+            image_col, text_col, label_col = (c or d for c, d in zip(columns, ("image", "text", "label")))
+            dataset = read_csv(
+                csv_path,
+                image_col,
+                text_col,
+                label_col,
+                image_root=upload.path,
+                confine=True,
+                max_rows=limits.max_csv_rows,
+                max_text_chars=limits.max_text_chars,
+                max_pixels=limits.max_image_pixels,
+            )
+            source = DataSource(upload.path, csv_path, image_col, text_col, label_col, Path(csv_file).name)
+            return dataset, source, upload
+        except BaseException:
+            upload.remove()
+            raise
+
+    def preflight(
+        self,
+        csv_file: str,
+        zip_file: str | None,
+        columns: tuple[str, str, str],
+        base: str | None = None,
+        overrides: dict | None = None,
+        time_limit_s: float | None = None,
+        owner: str | None = None,
+    ) -> str:
+        """Check data: the pre-flight report and the recipe's plan for it (each setting, why, and
+        the estimated time on this machine); ValueError when the data cannot train."""
+        dataset, _, upload = self.prepare_upload(csv_file, zip_file, columns)
+        try:
+            hint = missing_images_hint(dataset, bool(zip_file))
+            if hint:  # one hint instead of a line per row
+                return f"{hint}\n\n{len(dataset.examples)} rows usable, {len(dataset.rejected)} without their image."
+            check_trainable(dataset)
+            init = self.registry.path(base, owner) if base else None
+            # the recipe reads the images' headers (their sizes): before the upload folder goes
+            recipe = self.jobs.plan(dataset, overrides, time_limit_s or self.jobs.time_limit_s(None), init)
+        finally:
+            upload.remove()
+        return f"{dataset.report()}\n\nTraining plan (what Start will use; set values win):\n{recipe.describe()}"
+
+    def start_job(
+        self,
+        owner: str,
+        csv_file: str,
+        zip_file: str | None,
+        columns: tuple[str, str, str],
+        overrides: dict | None,
+        name: str,
+        base: str | None,
+        overwrite: bool,
+        val_fraction: float,
+        time_limit_s: float | None = None,
+    ) -> dict:
+        """Queue a fine-tune job: the recipe chooses every setting not in ``overrides``, within
+        ``time_limit_s`` (default: the recipe's budget, capped by the server's job time limit)."""
+        self.registry.target(name, owner, overwrite)  # refuse before the data is read
+        dataset, source, upload = self.prepare_upload(csv_file, zip_file, columns)
+        try:
+            hint = missing_images_hint(dataset, bool(zip_file))
+            if hint and not dataset.examples:
+                raise ValueError(hint)
+            status = self.jobs.start(
+                owner, dataset, source, overrides, name, base, overwrite, val_fraction, time_limit_s
+            )
+        except BaseException:
+            upload.remove()
+            raise
+        upload.keep()  # the job deletes it when it ends (or, when it can resume, when it expires)
+        return status
+
+    def resume_job(self, owner: str, job: str | None = None, time_limit_s: float | None = None) -> dict:
+        """Continue the owner's stopped, interrupted or time-limited job from its last saved epoch."""
+        return self.jobs.resume(owner, job or None, time_limit_s)
+
+    def download(self, name: str, owner: str | None) -> str:
+        """A zip of a shipped checkpoint or one of the owner's (one file per owner, replaced)."""
+        folder = self.work_dir / "downloads" / (owner or "public")
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        return str(self.registry.zip(name, folder, owner))
+
+    def close(self) -> None:
+        """At shutdown: the jobs closed (a running worker told, its job left resumable) and the
+        work folder this App made removed."""
+        self.jobs.close()
+        if self._own_work_dir:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+
+
+def read_task(path: Path) -> tuple[list[str], dict, dict]:
+    """(labels, task, benchmark) from a checkpoint's config.json: ``task`` says what it can be
+    asked (kinds of question, slot values; {} when the checkpoint does not say), ``benchmark``
+    is its stored ``bench-sort-of-clevr`` figures ({} when none)."""
+    data = json.loads((path / "config.json").read_text())
+    return list(data["model"]["labels"]), data.get("task") or {}, data.get("training", {}).get("benchmark") or {}
+
+
+def label_overlap(labels: list[str], candidates: dict[str, list[str]]) -> str | None:
+    """The candidate whose labels cover most of ``labels`` (at least half of them), or None:
+    a dataset whose answers a shipped model already knows should start from that model."""
+    wanted = set(labels)
+    if not wanted:
+        return None
+    best, best_share = None, 0.0
+    for name, known in candidates.items():
+        share = len(wanted & set(known)) / len(wanted)
+        if share > best_share:
+            best, best_share = name, share
+    return best if best_share >= 0.5 else None

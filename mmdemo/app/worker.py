@@ -1,0 +1,223 @@
+"""The fine-tune worker: one job in its own program, ``python -m mmdemo.app.worker <record>``.
+
+The server (``jobs.JobManager``) starts it as a child process, so a crash or an out-of-memory in
+training cannot take the server down, Stop can end it at any phase (the server kills it when it
+does not stop by itself), and its memory is returned when it ends. It is a program of its own,
+not a multiprocessing child, because spawning re-imports the server's main script (``app.py``)
+in the child: here nothing runs but this module and what training needs (no UI, no ``App``, no
+start-up clean-up, no scheduler).
+
+Channels: the job record (JSON, written atomically) carries the worker's progress to the server;
+the worker's stdin carries the server's word to the worker. A ``stop`` line is a Stop: the run
+ends at its next step and the record says ``stopped``. End of input without a stop means the
+server is gone (SIGTERM, crash, kill): the run ends at its next step as after a Stop, keeps its
+resume state, and the record says ``interrupted``, resumable. SIGTERM to the worker itself does
+the same; Ctrl-C in a terminal (SIGINT to the whole group) is left to the server, which closes
+the pipe. Training is the one fine-tune path, ``finetune()``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+log = logging.getLogger("mmdemo.app.worker")
+
+PROGRESS_WRITE_INTERVAL_S = 0.5
+STOP_LINE = b"stop\n"
+
+
+def write_record(path: Path, record: dict) -> None:
+    """Replace the record atomically (a reader never sees half a file)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(record))
+    os.replace(tmp, path)
+
+
+def read_record(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+class ServerLink:
+    """What the server says through the worker's stdin: ``stop`` (a Stop was asked for) and
+    ``gone`` (end of input with no stop: the server stopped or died; or SIGTERM to the worker)."""
+
+    def __init__(self, fd: int = 0):
+        self.stop = threading.Event()
+        self.gone = threading.Event()
+        self._fd = fd
+
+    def listen(self) -> ServerLink:
+        self.reader = threading.Thread(target=self._read, name="mmdemo-worker-stdin", daemon=True)
+        self.reader.start()
+        return self
+
+    def _read(self) -> None:
+        # os.read on the descriptor, not sys.stdin: a daemon thread blocked inside a buffered
+        # reader holds its lock, and the interpreter aborts on it at exit
+        pending = b""
+        try:
+            while chunk := os.read(self._fd, 256):
+                pending += chunk
+                if STOP_LINE in pending:
+                    self.stop.set()
+                pending = pending[-len(STOP_LINE) :]
+        except OSError:  # a closed or broken pipe is the same as its end
+            pass
+        if not self.stop.is_set():
+            self.gone.set()
+
+    def is_set(self) -> bool:
+        """Whether the run should end at its next step."""
+        return self.stop.is_set() or self.gone.is_set()
+
+
+def run_job(record_path: str, link: ServerLink) -> None:
+    """Run the job of the record at ``record_path`` to its end, writing its progress there;
+    ``link.is_set()`` ends it at its next step."""
+    from ..datasets.csv_table import read_csv
+    from ..folders import process_tag
+    from ..training.finetune import FinetuneRequest, finetune, resume, resume_dir
+
+    path = Path(record_path)
+    record = read_record(path)
+    last_write = [0.0]
+
+    def update(force: bool = False, **changes) -> None:
+        record.update(changes)
+        now = time.monotonic()
+        if force or now - last_write[0] >= PROGRESS_WRITE_INTERVAL_S:
+            write_record(path, record)
+            last_write[0] = now
+
+    def progress(event: dict) -> None:
+        stage = event["stage"]
+        if stage == "train":
+            epochs = max(1, event["epochs"])
+            update(
+                force=record["state"] != "running",
+                state="running",
+                epoch=event["epoch"],
+                progress=((event["epoch"] - 1) + event["step"] / event["steps"]) / epochs,
+                message=f"epoch {event['epoch']}/{event['epochs']}, step {event['step']}/{event['steps']}, loss {event['loss']:.4f}",
+            )
+        elif stage == "plan":  # the recipe's choices and time estimate, shown in the job status
+            update(force=True, plan=event["message"], estimate_s=round(event["estimate_s"], 1))
+        elif stage == "epoch":
+            update(force=True, history=record["history"] + [{k: v for k, v in event.items() if k != "stage"}])
+        elif "total" in event:
+            update(message=f"preparing: {stage} {event['done']}/{event['total']}")
+        elif "message" in event:
+            update(message=f"preparing: {event['message']}")
+
+    def interrupted(was: str) -> dict:
+        """The final state when the server went away: resumable when an epoch was saved."""
+        target = Path(record["target"])
+        if (resume_dir(target) / "state.json").is_file():
+            then = f"Resume continues after epoch {len(saved_history(target))}"
+        else:
+            then = "no epoch was saved to resume from"
+        return dict(state="interrupted", message=f"the server stopped while this job was {was}; {then}")
+
+    update(
+        force=True,
+        state="preparing",
+        message="preparing: reading the data",
+        started=time.time(),
+        pid=os.getpid(),
+        worker=process_tag(),
+    )
+    try:
+        source = record["data"]
+        if record.get("resume"):  # continue from the last saved epoch (finetune.resume)
+            update(force=True, history=saved_history(Path(record["target"])))
+            result = resume(Path(record["target"]), record.get("time_limit_s"), progress, link.is_set)
+        else:
+            dataset = read_csv(
+                source["csv"],
+                source["image_column"],
+                source["text_column"],
+                source["label_column"],
+                image_root=source["folder"],
+                confine=True,
+            )
+            request = FinetuneRequest(
+                dataset=dataset,
+                out=Path(record["target"]),
+                overrides=record.get("overrides") or {},  # the recipe chooses everything else
+                val_fraction=record["val_fraction"],
+                init=Path(record["base"]) if record.get("base") else None,
+                overwrite=record["overwrite"],
+                description=f"Fine-tuned in the mmdemo app on {source.get('name', 'an uploaded CSV')}.",
+                time_limit_s=record.get("time_limit_s"),
+            )
+            result = finetune(request, progress, link.is_set)
+    except (ValueError, RuntimeError) as e:  # the data or the stop: a one-line reason
+        ended = link.is_set() and isinstance(e, RuntimeError)
+        if ended and not link.stop.is_set():
+            log.warning("job %s interrupted: the server stopped", record["id"])
+            update(force=True, **interrupted(record["state"]), finished=time.time())
+            return
+        log.warning("job %s %s: %s", record["id"], "stopped" if ended else "failed", e)
+        update(force=True, state="stopped" if ended else "failed", message=str(e), finished=time.time())
+        return
+    except Exception as e:  # a bug: the traceback goes to the log, the user gets its type and text
+        log.exception("job %s failed", record["id"])
+        update(force=True, state="failed", message=f"training failed: {type(e).__name__}: {e}", finished=time.time())
+        return
+    metrics = result.record["metrics"]
+    if result.stopped_by == "stop" and not link.stop.is_set():  # the server went away, not a Stop
+        log.warning("job %s interrupted: the server stopped", record["id"])
+        update(force=True, **interrupted("running"), finished=time.time(), stopped_by="server stopped")
+        return
+    state = "stopped" if result.stopped_by == "stop" else "done"
+    update(
+        force=True,
+        state=state,
+        progress=1.0 if state == "done" else record["progress"],
+        report={**result.report, "calibration": result.record.get("calibration")},  # the tab's diagram
+        finished=time.time(),
+        stopped_by=result.stopped_by,
+        message=(
+            f"{'stopped early; ' if state == 'stopped' else ''}"
+            f"{'stopped by the time limit; ' if result.stopped_by == 'time limit' else ''}"
+            f"saved checkpoint {result.checkpoint.name!r} (best epoch {result.record['best_epoch']}, "
+            f"validation accuracy {metrics.get('val_accuracy', float('nan')):.3f})"
+        ),
+    )
+
+
+def saved_history(target: Path) -> list[dict]:
+    """The epochs a resumed run starts after: the history in its resume state's JSON half
+    (finetune.save_resume_state), so epochs cut off after the last save are not shown twice;
+    [] when there is none."""
+    from ..training.finetune import resume_dir
+
+    try:
+        return json.loads((resume_dir(target) / "state.json").read_text())["history"]
+    except (OSError, ValueError, KeyError):
+        return []
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m mmdemo.app.worker <record>``: run that job, listening to the server on stdin."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m mmdemo.app.worker <job record .json>", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the server, which closes the pipe
+    link = ServerLink(sys.stdin.fileno()).listen()
+    signal.signal(signal.SIGTERM, lambda *_: link.gone.set())
+    run_job(args[0], link)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Data sets: reading a CSV of image, text and label, safe archive extraction, and the generated (Sort-of-CLEVR) and real (digits, photo patches) sets."""

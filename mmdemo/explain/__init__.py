@@ -1,0 +1,1 @@
+"""Explanations: attention maps and word relevance, their faithfulness checks, relation objects and counterfactual edits."""

@@ -1,0 +1,101 @@
+"""The model card shown inside the app: Markdown rendered from a checkpoint's config.json.
+
+A pure function of the stored config (labels, scope block, training record with its
+benchmark, calibration and faithfulness figures); it reads no weights and runs no model.
+"""
+
+from __future__ import annotations
+
+from ..metrics import reliability_rows
+
+
+def _pct(value) -> str:
+    return f"{100 * value:.1f} %" if isinstance(value, (int, float)) else "–"
+
+
+def app_model_card(name: str, data: dict) -> str:
+    """Markdown: what the model answers, what it can be asked, how it was trained and measured."""
+    model, training, scope = data.get("model", {}), data.get("training", {}), data.get("scope") or {}
+    lines = [f"### {name}", "", training.get("description", "An mmdemo image + text classifier."), ""]
+    labels = model.get("labels", [])
+    lines.append(f"**Answers ({len(labels)})**: {', '.join(labels)}")
+    lines.append("")
+    lines.append(f"**Image input**: resized to {model.get('image_size', '?')} px squares for the image encoder.")
+    if scope:
+        for slot in scope.get("slots", []):
+            lines.append(
+                f"**Words a question must use {' or '.join(map(str, slot['counts']))} of**: {', '.join(slot['words'])}"
+            )
+        lines.append("")
+        lines.append(
+            f"**Out-of-scope check**: fitted on {scope.get('fitted_on', {}).get('images', '?')} training images and "
+            f"{scope.get('fitted_on', {}).get('texts', '?')} distinct training texts; an answer is flagged when "
+            "the image is far from the training images, the question uses words or word orders the training "
+            "questions never had, or the answer ignores the image."
+        )
+    else:
+        lines.append("**Out-of-scope check**: not fitted for this checkpoint (every input counts as in scope).")
+    lines.append("")
+    if training.get("data"):
+        lines.append(f"**Training data**: {training['data']}")
+    for command in training.get("data_commands", []):
+        lines.append(f"- `{command}`")
+    lines.append("")
+
+    bench = training.get("benchmark") or {}
+    if bench.get("canonical"):
+        sets = [("canonical wording", bench["canonical"]), ("held-out wording", bench.get("held_out_phrasing", {}))]
+        kinds = list(bench["canonical"].get("per_type", {}))
+        lines += ["#### Accuracy per question kind (fresh scenes)", ""]
+        lines.append("| question kind | " + " | ".join(n for n, _ in sets) + " |")
+        lines.append("|---|" + "---|" * len(sets))
+        for kind in kinds:
+            lines.append(f"| {kind} | " + " | ".join(_pct(s.get("per_type", {}).get(kind)) for _, s in sets) + " |")
+        lines.append("| **all** | " + " | ".join(_pct(s.get("accuracy")) for _, s in sets) + " |")
+        lines.append("")
+    pointing = bench.get("pointing") or {}
+    if pointing:
+        lines += ["#### Pointing (heatmap peak on the asked object, non-relational questions)", ""]
+        lines += ["| method | peak in box |", "|---|---|"]
+        for method, p in pointing.items():
+            lines.append(f"| {method} | {_pct(p.get('non_relational_peak_in_box'))} |")
+        lines.append("")
+    calibration = training.get("calibration") or {}
+    if calibration:
+        lines += ["#### Calibration", ""]
+        lines.append(
+            f"Temperature {calibration.get('temperature', model.get('temperature', 1.0))}; expected calibration "
+            f"error (15 bins) {calibration.get('ece_before', float('nan')):.4f} before, "
+            f"{calibration.get('ece_after', float('nan')):.4f} after, on {calibration.get('data', 'validation data')}."
+        )
+        bins = calibration.get("bins") or reliability_rows(calibration.get("reliability_after"))
+        if bins:
+            lines += ["", "| confidence bin | rows | mean confidence | accuracy |", "|---|---|---|---|"]
+            for b in bins:
+                lines.append(
+                    f"| {b['low']:.2f}–{b['high']:.2f} | {b['n']} | {b['confidence']:.3f} | {b['accuracy']:.3f} |"
+                )
+        lines.append("")
+    faithfulness = bench.get("faithfulness") or training.get("faithfulness") or {}
+    methods = {m: f for m, f in faithfulness.get("methods", faithfulness).items() if isinstance(f, dict)}
+    if methods:
+        lines += ["#### Faithfulness of the heatmaps", ""]
+        lines.append(
+            f"On {faithfulness.get('rows', '?')} questions about fresh scenes. Deletion: the answer's probability "
+            "as the heatmap's cells are blanked, hottest first (area under the curve; lower is more faithful), "
+            "against a random order. Insertion: cells put back onto a blank image, hottest first (higher is more "
+            "faithful). Model randomisation (Adebayo et al. 2018): rank correlation between each heatmap and the "
+            "heatmap of the same model with its fusion weights re-initialised (near 0: the heatmap depends on "
+            "what the model learned, as it should; near 1: it would look the same untrained)."
+        )
+        lines += [
+            "",
+            "| method | deletion area | random-order deletion area | insertion area | randomisation rank corr. |",
+        ]
+        lines.append("|---|---|---|---|---|")
+        for method, f in methods.items():
+            cells = [f.get(k, "–") for k in ("deletion_auc", "random_deletion_auc", "insertion_auc")]
+            cells.append(f.get("randomisation_rank_correlation", "–"))
+            lines.append(f"| {method} | " + " | ".join(str(c) for c in cells) + " |")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"

@@ -1,0 +1,353 @@
+"""The default training recipe: settings chosen from the data and a time budget.
+
+A user who runs ``python -m mmdemo train --csv data.csv --out m`` with no other flag gets the
+settings below; every explicit flag (``--epochs``, ``--image-size``, ``--lr`` ...) overrides
+the recipe's choice for that value. ``choose()`` is pure (a data profile, a budget and the
+overrides in, settings + architecture + the reason for each choice out), so it is tested
+without training anything.
+
+What the choices rest on (measured on scikit-learn's 8x8 digit scans turned into 3 questions
+per scan, ``python -m mmdemo make-real-benchmark --kind digits``; see the README):
+- image size: 8x8 scans blown up to 224 px cost 12x the encoder work of 64 px (by area) and
+  the old default (224 px, lr 3e-4) scored 87 % after 10 epochs; at 64 px (a 4x4 grid of stride-16 regions, each with the patch
+  embedding of its own pixels) and lr 1e-3 validation accuracy passed 98 % by epoch 6.
+  Photos (shorter side over 112 px) keep 224 px, the size the encoder was trained at.
+- encoders frozen and cached: an epoch then costs only the fusion (about 2 ms a row at
+  16 regions on 2 CPU cores), so early stopping and the time budget can act every few seconds.
+- epochs from the budget, early stopping on validation (patience), the best epoch kept.
+- class weights when the largest class is 5x the smallest (data.IMBALANCE_RATIO).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import statistics
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field, fields
+
+from PIL import Image
+
+from ..datasets.csv_table import IMBALANCE_RATIO, Dataset
+from ..model.classifier import ModelConfig
+from .loop import TrainSettings
+
+DEFAULT_BUDGET_S = 600.0  # 10 minutes on the machine at hand
+SETTING_NAMES = {f.name for f in fields(TrainSettings)}
+CONFIG_NAMES = {f.name for f in fields(ModelConfig)} - {"labels"}
+
+# Costs on this machine (2 CPU cores, torch fp32 eager), the basis of the time estimate:
+ENCODE_MS_224 = 27.0  # EfficientNet-Lite0 features of one 224-px image (scales with the area)
+TEXT_MS = 1.6  # MiniLM states of one question in a batch
+FUSION_MS_ROW = 1.5  # one training row through fusion + head, forward and backward ...
+FUSION_MS_ROW_REGION = 0.03  # ... plus this per image region (16 at 64 px, 196 at 224 px)
+VALIDATION_SHARE = 0.3  # an evaluation pass costs about this share of a training pass per row
+# each block's share of the stride-16 EfficientNet-Lite0's multiply-adds (stem first; counted
+# over its convolutions at 224 px): what training its top blocks adds to an epoch
+LITE0_BLOCK_SHARE = (0.045, 0.041, 0.12, 0.106, 0.075, 0.081, 0.048, 0.065, 0.065, 0.084, 0.135, 0.135)
+STAGE2_BLOCKS = 3  # the last stage of the stride-16 encoder (blocks 8-10: 80 -> 112 channels)
+# questions with these words are about brightness or colour: no colour jitter then
+COLOUR_WORDS = frozenset(
+    "bright brighter brightest brightness dark darker darkest light lighter colour color colours colors coloured"
+    " colored red green blue yellow orange purple pink brown black white grey gray shade shaded".split()
+)
+
+
+@dataclass
+class DataProfile:
+    rows: int
+    images: int
+    texts: int
+    class_counts: dict[str, int]
+    image_side: int  # median shorter side of (a sample of) the images, in pixels
+    imbalance: float = 1.0  # largest / smallest count among answers that compete (see profile)
+    words: frozenset[str] = frozenset()  # the words of the questions, lower case
+
+
+@dataclass
+class Recipe:
+    settings: TrainSettings
+    config: dict  # ModelConfig fields for a new model (empty when fine-tuning a checkpoint)
+    choices: dict[str, dict] = field(default_factory=dict)  # name -> {"value", "why"}
+    estimate_s: float = 0.0  # expected wall time on this machine
+
+    def describe(self) -> str:
+        lines = [f"{name} = {c['value']}  ({c['why']})" for name, c in self.choices.items()]
+        return "\n".join(lines + [f"estimated time on this machine: {format_seconds(self.estimate_s)}"])
+
+
+def profile(dataset: Dataset, sample: int = 200) -> DataProfile:
+    """What the recipe looks at; reads only the headers of up to ``sample`` images."""
+    images = sorted({e.image for e in dataset.examples})
+    step = max(1, len(images) // sample)
+    sides = []
+    for path in images[::step][:sample]:
+        with Image.open(path) as im:
+            sides.append(min(im.size))
+    return DataProfile(
+        rows=len(dataset.examples),
+        images=len(images),
+        texts=len({e.text for e in dataset.examples}),
+        class_counts=dict(dataset.class_counts),
+        image_side=int(statistics.median(sides)) if sides else 224,
+        imbalance=imbalance(dataset),
+        words=frozenset(w for text in {e.text for e in dataset.examples} for w in re.findall(r"[a-z]+", text.lower())),
+    )
+
+
+def imbalance(dataset: Dataset, min_rows: int = 20) -> float:
+    """Largest / smallest class count among answers that compete for the same question.
+
+    Answers of different questions do not compete ("7" never answers "even or odd?"), so a
+    digit being rarer than "odd" is not imbalance. Questions asked at least ``min_rows`` times
+    are measured one by one; with free-form questions (none repeated that often) all rows are."""
+    by_text: dict[str, Counter] = defaultdict(Counter)
+    for e in dataset.examples:
+        by_text[e.text][e.label] += 1
+    groups = [c for c in by_text.values() if sum(c.values()) >= min_rows]
+    if not groups:
+        groups = [Counter(e.label for e in dataset.examples)]
+    return max(max(c.values()) / min(c.values()) for c in groups)
+
+
+def image_size_for(side: int) -> tuple[int, str]:
+    if side <= 48:
+        return 64, f"small images ({side} px): 64 px gives a 4x4 grid of regions without blowing them up to 224"
+    if side <= 112:
+        return 128, f"medium images ({side} px): 128 px gives an 8x8 grid"
+    return 224, f"photos ({side} px): the size the image encoder was trained at"
+
+
+def choose(
+    data: DataProfile,
+    budget_s: float | None = None,
+    overrides: dict | None = None,
+    init_config: ModelConfig | None = None,
+) -> Recipe:
+    """The settings for ``data`` within ``budget_s`` seconds; ``overrides`` (explicit flags,
+    names of TrainSettings or ModelConfig fields) win over every choice."""
+    overrides = dict(overrides or {})
+    unknown = set(overrides) - SETTING_NAMES - CONFIG_NAMES
+    if unknown:
+        raise ValueError(f"unknown training options: {sorted(unknown)}")
+    budget_s = budget_s or DEFAULT_BUDGET_S
+    choices: dict[str, dict] = {}
+
+    def pick(name: str, value, why: str):
+        if name in overrides:
+            value, why = overrides[name], "set explicitly"
+        choices[name] = {"value": value, "why": why}
+        return value
+
+    config: dict = {}
+    if init_config is None:
+        size, why = image_size_for(data.image_side)
+        config["image_size"] = pick("image_size", size, why)
+        config["image_stride"] = pick("image_stride", 16, "stride-16 regions: the finest grid the encoder offers")
+        for name in sorted(CONFIG_NAMES & set(overrides) - set(config)):
+            config[name] = pick(name, overrides[name], "")
+        image_size, stride = config["image_size"], config["image_stride"]
+    else:
+        image_size, stride = init_config.image_size, init_config.image_stride
+        choices["image_size"] = {"value": image_size, "why": "kept from the checkpoint fine-tuned"}
+
+    freeze = pick(
+        "freeze",
+        ["image_encoder", "text_encoder"],
+        "encoders frozen and their outputs cached: an epoch costs only the fusion, so early stopping"
+        " and the time budget act every few seconds",
+    )
+    lr = pick(
+        "lr",
+        3e-4 if init_config is not None else 1e-3,
+        "fine-tuning a trained fusion: a gentle rate"
+        if init_config is not None
+        else "a new fusion on cached features: at 64 px, 1e-3 passed 98 % validation accuracy on digit scans"
+        " by epoch 6 (the old default, 224 px at 3e-4, scored 87 % after 10 epochs)",
+    )
+    batch_size = pick("batch_size", 64, "64 rows a step")
+    regions = math.ceil(image_size / stride) ** 2
+    estimate = estimate_seconds(data, image_size, regions, 1, freeze)
+    per_epoch = estimate_seconds(data, image_size, regions, 2, freeze) - estimate
+    fixed = estimate - per_epoch
+    room = max(1, int((0.8 * budget_s - fixed) / max(per_epoch, 1e-6)))
+    epochs = pick(
+        "epochs",
+        max(3, min(40, room)),
+        f"as many as fit in 80 % of the {format_seconds(budget_s)} budget (about"
+        f" {format_seconds(per_epoch)} an epoch here), at most 40",
+    )
+    patience = pick("patience", 6, "stop after 6 epochs without a better validation score; the best epoch is kept")
+    class_weights = pick(
+        "class_weights",
+        data.imbalance >= IMBALANCE_RATIO,
+        f"largest / smallest count among the answers of one question = {data.imbalance:.1f}"
+        f" (weights from {IMBALANCE_RATIO:g})",
+    )
+    threads = pick("cpu_threads", *cpu_threads())
+    settings = TrainSettings(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        freeze=list(freeze),
+        patience=patience,
+        class_weights=class_weights,
+        cpu_threads=threads,
+    )
+    _choose_stage2(settings, pick, data, overrides, init_config or config, image_size, regions)
+    for name in sorted(SETTING_NAMES & set(overrides) - set(choices)):
+        setattr(settings, name, pick(name, overrides[name], ""))
+    estimate = estimate_seconds(data, image_size, regions, settings.epochs, settings.freeze)
+    if settings.stage2_blocks:
+        estimate += stage2_seconds(data, image_size, regions, settings)
+    return Recipe(settings, config, choices, min(estimate, budget_s))
+
+
+def _choose_stage2(settings: TrainSettings, pick, data: DataProfile, overrides: dict, arch, image_size, regions):
+    """Stage 2: after stage 1 converges, the top blocks of the frozen image encoder train too,
+    when the time left allows (train.py decides that at run time, from this machine's speed)."""
+    get = arch.get if isinstance(arch, dict) else lambda name, default: getattr(arch, name)
+    lite0 = get("image_encoder", "efficientnet_lite0") == "efficientnet_lite0" and get("image_pretrained", True)
+    if "freeze" in overrides:
+        blocks, why = 0, "freeze set explicitly: the encoders train as it says, in one stage"
+    elif "epochs" in overrides:
+        blocks, why = 0, "epochs set explicitly: one stage of that many epochs"
+    elif not lite0 or "image_encoder" not in settings.freeze:
+        blocks, why = (
+            0,
+            "a second stage tunes the top blocks of a pretrained EfficientNet-Lite0, which this model lacks",
+        )
+    else:
+        blocks, why = (
+            STAGE2_BLOCKS,
+            (
+                f"stage 2: after stage 1 stops early, the last {STAGE2_BLOCKS} blocks of the image encoder (its"
+                " last stage, 0.45 M weights, stored in the checkpoint; the rest stays referenced) train too, if"
+                " the time left fits it"
+            ),
+        )
+    settings.stage2_blocks = pick("stage2_blocks", blocks, why)
+    if settings.stage2_blocks and "image_encoder" not in settings.freeze:
+        raise ValueError("stage2_blocks tunes the top blocks of a frozen image encoder: keep image_encoder in freeze")
+    if not settings.stage2_blocks:
+        return
+    settings.stage2_lr = pick(
+        "stage2_lr", float(f"{settings.lr / 10:.3g}"), "stage 2 refines a converged model: a tenth of stage 1's rate"
+    )
+    settings.layer_decay = pick(
+        "layer_decay", 0.5, "each block further down the encoder learns at half the rate of the one above it"
+    )
+    settings.stage2_epochs = pick("stage2_epochs", 10, "at most 10, fewer when the time left is shorter")
+    settings.stage2_patience = pick(
+        "stage2_patience", 3, "stop stage 2 after 3 epochs that do not beat the best so far"
+    )
+    views = 4 if image_size <= 128 else 2
+    settings.augment_views = pick(
+        "augment_views",
+        views,
+        f"{views} copies of each training image (the first as it is), encoded once below the trained blocks",
+    )
+    settings.augment_shift = pick(
+        "augment_shift", 0.06, "shifted by up to 6 % of the side; never flipped (flips swap left and right, and digits)"
+    )
+    touched = sorted(data.words & COLOUR_WORDS)
+    settings.augment_colour = pick(
+        "augment_colour",
+        0.0 if touched else 0.2,
+        f"no colour jitter: the questions ask about {', '.join(touched[:4])}"
+        if touched
+        else "brightness and contrast jittered by up to 20 %: no question is about brightness or colour",
+    )
+    stage1 = estimate_seconds(data, image_size, regions, 2, settings.freeze) - estimate_seconds(
+        data, image_size, regions, 1, settings.freeze
+    )
+    settings.stage2_cost = round(stage2_epoch_seconds(data, image_size, regions, settings.stage2_blocks) / stage1, 2)
+
+
+def cpu_threads(cores: int | None = None, load: float | None = None, busy: float | None = None) -> tuple[int, str]:
+    """Torch threads for training on a CPU: all cores, unless other processes keep them busy.
+
+    Measured on this 2-core machine at a load average of 16: one training step of the fusion
+    took 0.9-1.7 s on 1 thread and 10.4 s on 2 (threads that wait for each other spin while
+    the scheduler runs someone else). How busy the cores are: the cores busy right now
+    (``busy_cores``, over a quarter of a second), or the 1-minute load average where that
+    cannot be read. The load average still counts the command that ran just before (making
+    the data, a first training run) for a minute after it ended, and picking 1 thread for that
+    cost a third of the speed (digits, frozen encoders: 420 samples/s on 1 thread, 633 on 2)."""
+    cores = cores or _cores()
+    measure = load is None
+    load = os.getloadavg()[0] if measure and hasattr(os, "getloadavg") else (load or 0.0)
+    busy = busy_cores() if busy is None and measure else busy
+    taken = load if busy is None else busy
+    free = max(1, min(cores, round(cores - taken)))
+    now = "" if busy is None else f", {busy:.1f} busy now"
+    return (
+        free,
+        f"{cores} cores, load average {load:.1f}{now}: threads that would contend for busy cores slow training down",
+    )
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def busy_cores(seconds: float = 0.25) -> float | None:
+    """How many of this process's cores other work keeps busy, over ``seconds`` (from
+    /proc/stat; None where there is none)."""
+    mine = {f"cpu{i}" for i in os.sched_getaffinity(0)} if hasattr(os, "sched_getaffinity") else None
+
+    def sample() -> tuple[int, int]:
+        total = idle = 0
+        with open("/proc/stat") as f:
+            for line in f:
+                name, *values = line.split()
+                if not name.startswith("cpu") or name == "cpu" or (mine is not None and name not in mine):
+                    continue
+                ticks = [int(v) for v in values[:8]]  # user nice system idle iowait irq softirq steal
+                total, idle = total + sum(ticks), idle + ticks[3] + ticks[4]
+        return total, idle
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(seconds)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    if total1 <= total0:
+        return None
+    cores = len(mine) if mine else _cores()
+    return round(cores * (1 - (idle1 - idle0) / (total1 - total0)), 2)
+
+
+def estimate_seconds(data: DataProfile, image_size: int, regions: int, epochs: int, freeze: list[str]) -> float:
+    """Expected wall time on this machine (2 CPU cores): encoding once, then ``epochs`` passes."""
+    encode_image = ENCODE_MS_224 * (image_size / 224) ** 2 * data.images / 1000
+    encode_text = TEXT_MS * data.texts / 1000
+    fusion = (FUSION_MS_ROW + FUSION_MS_ROW_REGION * regions) * data.rows / 1000
+    per_epoch = fusion * (1 + VALIDATION_SHARE)
+    if "image_encoder" not in freeze:  # the encoder runs forward and backward every epoch
+        per_epoch += 3 * encode_image
+    if "text_encoder" not in freeze:
+        per_epoch += 3 * TEXT_MS * data.rows / 1000
+    return encode_image + encode_text + epochs * per_epoch
+
+
+def stage2_epoch_seconds(data: DataProfile, image_size: int, regions: int, blocks: int) -> float:
+    """One stage-2 epoch: stage 1's fusion work plus the top ``blocks`` blocks of the image
+    encoder, forward and backward for every training image, forward for the validation ones."""
+    fusion = (FUSION_MS_ROW + FUSION_MS_ROW_REGION * regions) * data.rows / 1000
+    top = ENCODE_MS_224 * (image_size / 224) ** 2 * sum(LITE0_BLOCK_SHARE[-blocks:]) * data.images / 1000
+    return (fusion + 3 * top) * (1 + VALIDATION_SHARE)
+
+
+def stage2_seconds(data: DataProfile, image_size: int, regions: int, settings: TrainSettings) -> float:
+    """Stage 2 in all: encoding each copy below the trained blocks once, then its epochs."""
+    below = 1 - sum(LITE0_BLOCK_SHARE[-settings.stage2_blocks :])
+    setup = ENCODE_MS_224 * (image_size / 224) ** 2 * below * data.images * settings.augment_views / 1000
+    return setup + settings.stage2_epochs * stage2_epoch_seconds(data, image_size, regions, settings.stage2_blocks)
+
+
+def format_seconds(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s"

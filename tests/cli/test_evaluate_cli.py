@@ -1,0 +1,78 @@
+"""``python -m mmdemo evaluate --report``: its accuracy is batch predict's accuracy on the same
+CSV, its last line is one JSON object, and the report file is written."""
+
+import csv
+import json
+
+from ..evaluation.test_evalset import _write_set
+from .test_cli import _run
+
+
+def test_evaluate_report_matches_batch_predict(tiny_checkpoint, tmp_path):
+    csv_path = _write_set(tmp_path / "set", n=40)
+    out = _run(
+        "predict", "--checkpoint", str(tiny_checkpoint), "--csv", str(csv_path), "--out", str(tmp_path / "p.csv")
+    )
+    assert json.loads(out.stdout.strip().splitlines()[-1])["errors"] == 0
+    rows = list(csv.DictReader(open(tmp_path / "p.csv")))
+    predict_accuracy = sum(r["prediction"] == r["label"] for r in rows) / len(rows)
+    assert 0 < predict_accuracy < 1  # labels cycle over 3 classes: a figure that can differ
+
+    result = _run(
+        "evaluate", "--checkpoint", str(tiny_checkpoint), "--csv", str(csv_path), "--report", str(tmp_path / "r.html")
+    )
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["accuracy"] == predict_accuracy and summary["n"] == 40
+    assert summary["report"] == str(tmp_path / "r.html")
+    html = (tmp_path / "r.html").read_text()
+    assert f"{100 * predict_accuracy:.1f} %" in html and "https://" not in html
+
+
+def test_evaluate_needs_one_data_source(tiny_checkpoint, tmp_path):
+    result = _run("evaluate", "--checkpoint", str(tiny_checkpoint), check=False)
+    assert result.returncode == 2 and "needs --csv FILE" in result.stderr
+    result = _run(
+        "evaluate", "--checkpoint", str(tiny_checkpoint), "--csv", "x.csv", "--benchmark", "2", "--report", "r.html",
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 2 and "either --csv FILE or --benchmark N" in result.stderr
+
+
+def test_evaluate_on_the_built_in_benchmark(tiny_checkpoint):
+    result = _run("evaluate", "--checkpoint", str(tiny_checkpoint), "--benchmark", "1")
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["n"] == 20 and set(summary["confusion"]["labels"]) >= {"cat", "dog", "bird", "circle"}
+    assert summary["accuracy"] == 0  # the tiny model's labels are not Sort-of-CLEVR's answers
+
+
+def test_evaluate_measures_faithfulness_of_both_methods_on_a_bounded_sample(tiny_checkpoint, tmp_path):
+    csv_path = _write_set(tmp_path / "set", n=12)
+    report = tmp_path / "r.html"
+    result = _run("evaluate", "--checkpoint", str(tiny_checkpoint), "--csv", str(csv_path), "--faithfulness-rows", "3",
+                  "--report", str(report))  # fmt: skip
+    faithfulness = json.loads(result.stdout.strip().splitlines()[-1])["faithfulness"]
+    assert faithfulness["rows"] == 3 and faithfulness["sampled_from"] == 12
+    for method in ("raw", "gradient"):
+        assert set(faithfulness[method]) == {
+            "deletion_auc", "random_deletion_auc", "insertion_auc", "randomisation_rank_correlation"
+        }  # fmt: skip
+        assert f"faithfulness ({method}, 3 rows)" in result.stderr
+    html = report.read_text()
+    assert "On this data set (3 rows spread over 12)" in html
+    assert f"<td>{faithfulness['gradient']['insertion_auc']:.4f}</td>" in html
+
+    # without --report (evaluate_model's path) the same figures, and 0 rows skips them
+    plain = _run("evaluate", "--checkpoint", str(tiny_checkpoint), "--csv", str(csv_path), "--faithfulness-rows", "3")
+    assert json.loads(plain.stdout.strip().splitlines()[-1])["faithfulness"] == faithfulness
+    skipped = _run("evaluate", "--checkpoint", str(tiny_checkpoint), "--csv", str(csv_path), "--faithfulness-rows", "0")
+    summary = json.loads(skipped.stdout.strip().splitlines()[-1])
+    assert summary["faithfulness"] is None and "ece" in summary and "faithfulness (" not in skipped.stderr
+
+
+def test_bench_sort_of_clevr_faithfulness_part(tiny_checkpoint, tmp_path):
+    result = _run("bench-sort-of-clevr", "--checkpoint", str(tiny_checkpoint), "--images", "1", "--workdir",
+                  str(tmp_path), "--parts", "faithfulness", "--faithfulness-rows", "2")  # fmt: skip
+    bench = json.loads(result.stdout.strip().splitlines()[-1])
+    assert "canonical" not in bench and "pointing" not in bench  # only the part asked for
+    assert bench["faithfulness"]["rows"] == 2 and bench["faithfulness"]["sampled_from"] == 20
+    assert {"raw", "gradient"} <= set(bench["faithfulness"])

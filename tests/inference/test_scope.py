@@ -1,0 +1,280 @@
+"""Out-of-scope detection (scope.py): the maths on hand-made inputs, fitting on a tiny model,
+statistics saved and loaded with a checkpoint, and every prediction path carrying the result."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mmdemo.datasets.csv_table import read_csv
+from mmdemo.inference import scope
+from mmdemo.inference.predictor import Predictor
+from mmdemo.model.checkpoint import save_checkpoint
+from mmdemo.model.classifier import build_model
+
+from ..conftest import tiny_config, write_colour_scenes
+
+TEXTS = [f"what shape is the {c} object" for c in ("red", "green", "blue", "gray")] + [
+    f"is the {c} thing on the left" for c in ("red", "green", "blue", "gray")
+]
+
+
+def _stats(**overrides) -> scope.ScopeStats:
+    ws = [scope.words(t) for t in TEXTS]
+    values = dict(
+        image_mean=torch.zeros(3),
+        image_precision=torch.eye(3),
+        text_bank=torch.nn.functional.normalize(torch.eye(4), dim=-1),
+        vocab_vectors=torch.zeros(0, 1),
+        vocabulary=sorted({w for t in ws for w in t}),
+        label_words=["circle", "square", "left", "right"],
+        slots=scope.find_slots(ws),
+        image_threshold=2.0,
+        text_similarity_floor=0.5,
+        unseen_fraction_limit=0.4,
+        reliance_floor=0.02,
+    )
+    values.update(overrides)
+    return scope.ScopeStats(**values)
+
+
+def test_slots_are_the_words_that_replace_each_other():
+    slots = scope.find_slots([scope.words(t) for t in TEXTS])
+    assert len(slots) == 1
+    assert slots[0]["words"] == ["blue", "gray", "green", "red"]
+    assert slots[0]["counts"] == [1]  # every training text names exactly one colour
+    assert slots[0]["left"] == ["the"] and slots[0]["right"] == ["object", "thing"]
+
+
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("what shape is the red object", False),
+        ("What shape is the RED item?", False),  # case, punctuation, an unseen harmless word
+        ("what shape is the purple object", True),  # unknown colour: no slot word
+        ("is the red object left of the blue object", True),  # two slot words
+        ("is the red shape on the left", True),  # a known word next to a slot word, never seen there
+        ("is the red square on the left", False),  # an unseen neighbour gets the benefit of the doubt
+    ],
+)
+def test_text_problems(text, problem):
+    stats = _stats()
+    _, problems, _ = scope.text_problems(scope.words(text), stats, {})
+    assert bool(problems) == problem, problems
+
+
+def test_a_synonym_counts_as_the_known_word():
+    stats = _stats()
+    ws = scope.words("what shape is the grey object")
+    assert scope.text_problems(ws, stats, {})[1]
+    assert not scope.text_problems(ws, stats, {"grey": "gray"})[1]
+
+
+def test_mahalanobis_matches_the_definition():
+    x = torch.randn(200, 4, generator=torch.Generator().manual_seed(0)) * torch.tensor([1.0, 2.0, 0.5, 3.0])
+    mean, precision = scope.fit_gaussian(x, shrink=0.0)
+    cov = np.cov(x.numpy(), rowvar=False)
+    q = torch.tensor([[1.0, -2.0, 0.5, 4.0]])
+    d = q.numpy()[0] - x.numpy().mean(0)
+    expected = math.sqrt(d @ np.linalg.inv(cov) @ d)
+    assert scope.mahalanobis(q, mean, precision).item() == pytest.approx(expected, rel=1e-4)
+
+
+def test_assess_names_each_reason():
+    stats = _stats()
+    text_vec = torch.tensor([1.0, 0, 0, 0])
+    ws = scope.words("what shape is the red object")
+    ok = scope.assess(stats, torch.zeros(3), text_vec, ws, {}, 0.5)
+    assert ok["in_scope"] and ok["reasons"] == []
+    far = scope.assess(stats, torch.tensor([5.0, 0, 0]), text_vec, ws, {}, 0.5)
+    assert far["reasons"] == ["image"] and far["messages"] == ["this image does not look like the training data"]
+    ignored = scope.assess(stats, torch.zeros(3), text_vec, ws, {}, 0.001)
+    assert ignored["reasons"] == ["ignores_image"] and not ignored["in_scope"]
+    odd = scope.assess(stats, torch.zeros(3), text_vec, scope.words("tell me a joke"), {}, 0.5)
+    assert odd["reasons"] == ["text"] and odd["unseen_words"] == ["tell", "me", "a", "joke"]
+    assert scope.assess(None, None, None, [], {}, 0.0) == {
+        "in_scope": True,
+        "fitted": False,
+        "reasons": [],
+        "note": "this checkpoint has no scope statistics",
+    }
+
+
+@pytest.fixture
+def scenes_csv(tmp_path):
+    return Path(write_colour_scenes(tmp_path))
+
+
+def test_fit_save_load_and_predict_with_scope(scenes_csv, tmp_path, fixture_path):
+    torch.manual_seed(0)
+    model = build_model(tiny_config())
+    path = save_checkpoint(model, tmp_path / "ckpt")
+    examples = read_csv(scenes_csv).examples
+    stats, val = scope.fit_scope(model, examples[:64], examples[64:])
+    assert stats.slots[0]["words"] == ["blue", "gray", "green", "red"]
+    assert stats.image_threshold > 0 and len(val.logits) == len(examples) - 64
+    scope.save_scope(path, stats)
+    block = json.loads((path / "config.json").read_text())["scope"]
+    assert block["version"] == scope.SCOPE_VERSION and (path / scope.SCOPE_FILE).is_file()
+    loaded = scope.load_scope(path)
+    assert torch.allclose(loaded.image_precision, stats.image_precision)
+    predictor = Predictor.from_checkpoint(path, "cpu")
+    scene = scenes_csv.parent / "img" / "3.png"
+    inside = predictor.predict(scene, "is the gray square on the left?")
+    assert inside.in_scope, inside.scope
+    outside = predictor.predict(scene, "is the purple square on the left?")
+    assert not outside.in_scope and "text" in outside.scope["reasons"]
+    photo = predictor.predict(fixture_path("chelsea.jpg"), "is the red square on the left?")
+    assert "image" in photo.scope["reasons"], photo.scope
+    out = outside.to_json()
+    assert out["in_scope"] is False and out["confidence"] == pytest.approx(max(out["scores"].values()))
+    json.dumps(out)  # plain JSON types
+
+
+def test_a_scope_block_without_its_file_is_an_error(tiny_checkpoint, tmp_path):
+    import shutil
+
+    path = tmp_path / "copy"
+    shutil.copytree(tiny_checkpoint, path)
+    assert scope.load_scope(path) is None  # no statistics: predictions say so and count as in scope
+    data = json.loads((path / "config.json").read_text())
+    data["scope"] = {"version": scope.SCOPE_VERSION, "file": scope.SCOPE_FILE}
+    (path / "config.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="scope.safetensors is missing"):
+        scope.load_scope(path)
+
+
+def test_finetune_stores_scope_statistics(scenes_csv, tmp_path):
+    from mmdemo.training.finetune import FinetuneRequest, finetune
+    from mmdemo.training.loop import TrainSettings
+
+    settings = TrainSettings(epochs=1, batch_size=16, freeze=[], modality_dropout=0.0, seed=0)
+    request = FinetuneRequest(
+        dataset=read_csv(scenes_csv), out=tmp_path / "tuned", settings=settings, config=tiny_config(), val_fraction=0.25
+    )
+    result = finetune(request)
+    stats = scope.load_scope(result.checkpoint)
+    assert stats is not None and stats.slots[0]["words"] == ["blue", "gray", "green", "red"]
+    p = Predictor.from_checkpoint(result.checkpoint, "cpu").predict(
+        scenes_csv.parent / "img" / "0.png", "is the pink square on the left?"
+    )
+    assert p.scope["fitted"] and "text" in p.scope["reasons"]
+
+
+def test_pooled_image_is_the_mean_then_the_spread_over_regions():
+    fm = torch.tensor([[[[0.0, 2.0], [4.0, 6.0]], [[1.0, 1.0], [1.0, 1.0]]]])  # (1, 2, 2, 2)
+    pooled = scope.pooled_image(fm)
+    assert pooled.shape == (1, 4)
+    assert pooled[0].tolist() == pytest.approx([3.0, 1.0, math.sqrt(5.0), 0.0])
+    # version 1 statistics were fitted on the mean alone: they read the first half
+    assert scope.image_statistic(_stats(version=1), pooled)[0].tolist() == pytest.approx([3.0, 1.0])
+    assert scope.image_statistic(_stats(), pooled) is pooled
+
+
+def test_reencode_changes_an_image_the_same_way_for_a_seed(fixture_path):
+    from PIL import Image
+
+    image = Image.open(fixture_path("chelsea.jpg")).convert("RGB").resize((75, 75))
+    first = [scope.reencode(image, np.random.default_rng(3)) for _ in range(2)]
+    assert np.array_equal(np.asarray(first[0]), np.asarray(first[1]))
+    rng = np.random.default_rng(4)
+    for copy in (scope.reencode(image, rng) for _ in range(20)):
+        assert copy.mode == "RGB" and 40 <= copy.width <= 310
+        assert copy.size != image.size or not np.array_equal(np.asarray(copy), np.asarray(image))
+
+
+@pytest.fixture(scope="module")
+def scoped_checkpoint(tmp_path_factory):
+    """A tiny checkpoint with fitted statistics, and one of its scene images."""
+    root = tmp_path_factory.mktemp("scoped")
+    torch.manual_seed(0)
+    model = build_model(tiny_config())
+    path = save_checkpoint(model, root / "tiny-scoped")
+    examples = read_csv(write_colour_scenes(root / "data")).examples
+    scope.save_scope(path, scope.fit_scope(model, examples[:64], examples[64:])[0])
+    return path, root / "data" / "img" / "3.png"
+
+
+def test_fitting_covers_reencoded_copies_of_each_image(scoped_checkpoint):
+    stats = scope.load_scope(scoped_checkpoint[0])
+    assert stats.version == scope.SCOPE_VERSION == 2
+    fitted = stats.fitted_on
+    assert fitted["reencoded_images"] == scope.REENCODINGS_PER_IMAGE * fitted["images"]
+    assert fitted["val_reencoded_images"] == scope.REENCODINGS_PER_IMAGE * fitted["val_images"]
+    assert stats.image_mean.shape == (2 * build_model(tiny_config()).image_encoder.out_channels,)
+
+
+def _broken_copy(scoped_checkpoint, tmp_path, name="visitor-model"):
+    import shutil
+
+    path = tmp_path / "shipped" / name
+    shutil.copytree(scoped_checkpoint[0], path)
+    return path
+
+
+def _cli_error(capsys, path: Path, image: Path) -> tuple[int, str]:
+    from mmdemo.cli.main import main
+
+    capsys.readouterr()
+    code = main(
+        ["predict", "--checkpoint", str(path), "--image", str(image), "--text", "is the red square on the left?"]
+    )
+    return code, capsys.readouterr().err
+
+
+def test_a_pickle_in_place_of_the_scope_file_is_one_line_naming_the_file(scoped_checkpoint, tmp_path, capsys):
+    import pickle
+
+    from mmdemo.app.registry import CheckpointRegistry
+
+    path = _broken_copy(scoped_checkpoint, tmp_path)
+    (path / scope.SCOPE_FILE).write_bytes(pickle.dumps({"image_mean": [0.0]}))
+    code, err = _cli_error(capsys, path, scoped_checkpoint[1])
+    assert code == 2
+    assert err.startswith("error: scope.safetensors in checkpoint 'visitor-model' is not a safetensors file")
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err and str(tmp_path) not in err
+    # the app's Predict tab shows the registry's ValueError as the visitor's message
+    with pytest.raises(ValueError) as refused:
+        CheckpointRegistry(tmp_path / "mine", tmp_path / "shipped").predictor("visitor-model")
+    assert f"error: {refused.value}\n" == err
+
+
+def test_an_unknown_scope_version_is_one_line_without_the_folder(scoped_checkpoint, tmp_path, capsys):
+    path = _broken_copy(scoped_checkpoint, tmp_path)
+    data = json.loads((path / "config.json").read_text())
+    data["scope"]["version"] = 7
+    (path / "config.json").write_text(json.dumps(data))
+    code, err = _cli_error(capsys, path, scoped_checkpoint[1])
+    assert code == 2 and len(err.strip().splitlines()) == 1 and str(tmp_path) not in err
+    assert err.startswith("error: config.json in checkpoint 'visitor-model' has scope statistics of version 7,")
+    assert "reads versions 1 and 2" in err
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda block: block.update(file="../model.safetensors"), "names '../model.safetensors' as its scope file"),
+        (lambda block: block.pop("image_threshold"), "incomplete scope block: no image_threshold"),
+        (lambda block: block.update(image_threshold="far"), "a value of the wrong type"),
+    ],
+)
+def test_a_damaged_scope_block_is_named(scoped_checkpoint, tmp_path, change, message):
+    path = _broken_copy(scoped_checkpoint, tmp_path)
+    data = json.loads((path / "config.json").read_text())
+    change(data["scope"])
+    (path / "config.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=message) as refused:
+        scope.load_scope(path)
+    assert str(tmp_path) not in str(refused.value)
+
+
+def test_scope_tensors_that_do_not_fit_are_named(scoped_checkpoint, tmp_path):
+    from safetensors.torch import save_file
+
+    path = _broken_copy(scoped_checkpoint, tmp_path)
+    save_file({"image_mean": torch.zeros(4), "image_precision": torch.eye(3)}, path / scope.SCOPE_FILE)
+    with pytest.raises(ValueError, match="scope.safetensors in checkpoint 'visitor-model' does not hold scope"):
+        scope.load_scope(path)

@@ -1,0 +1,169 @@
+"""The default recipe: image size from the data, explicit settings win, epochs from the budget,
+class weights for imbalanced data, early stopping, baselines and calibration in the record."""
+
+import json
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mmdemo.datasets.csv_table import read_csv
+from mmdemo.training.finetune import FinetuneRequest, finetune, plan
+from mmdemo.training.loop import TrainSettings, train
+from mmdemo.training.recipe import DataProfile, choose, estimate_seconds, profile
+
+from ..conftest import tiny_config
+from .test_train import sixteen_rows  # noqa: F401  (fixture)
+
+
+def _profile(side=8, rows=4000, images=1300, imbalance=1.2):
+    return DataProfile(rows, images, 3, {"a": 100, "b": 120}, side, imbalance)
+
+
+def test_small_scans_get_64_px_and_photos_keep_224():
+    assert choose(_profile(side=8)).config["image_size"] == 64
+    assert choose(_profile(side=80)).config["image_size"] == 128
+    assert choose(_profile(side=480)).config["image_size"] == 224
+
+
+def test_profile_reads_the_image_size(sixteen_rows):  # noqa: F811
+    data = profile(read_csv(sixteen_rows))
+    assert (data.image_side, data.rows, data.images, data.texts) == (32, 16, 8, 2)
+
+
+def test_explicit_settings_override_the_recipe_and_are_recorded_as_such():
+    recipe = choose(_profile(), overrides={"image_size": 96, "epochs": 2, "lr": 0.01, "weight_decay": 0.2})
+    assert recipe.config["image_size"] == 96 and recipe.settings.epochs == 2
+    assert recipe.settings.lr == 0.01 and recipe.settings.weight_decay == 0.2
+    assert recipe.choices["epochs"]["why"] == "set explicitly"
+    assert recipe.choices["freeze"]["value"] == ["image_encoder", "text_encoder"]
+
+
+def test_epochs_follow_the_budget_and_the_estimate_fits_it():
+    small = choose(_profile(), budget_s=60)
+    large = choose(_profile(), budget_s=600)
+    assert 3 <= small.settings.epochs < large.settings.epochs <= 40
+    assert large.estimate_s <= 600
+    assert estimate_seconds(_profile(), 224, 196, 10, []) > estimate_seconds(_profile(), 64, 16, 10, ["image_encoder"])
+
+
+def test_class_weights_only_for_imbalanced_data(tmp_path):
+    assert not choose(_profile()).settings.class_weights
+    assert choose(_profile(imbalance=50)).settings.class_weights
+    # answers of different questions do not compete: 10 digits vs even/odd is no imbalance
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    rows = [f"a.png,what digit?,{i % 10}" for i in range(100)] + [
+        f"a.png,even or odd?,{'eo'[i % 2]}" for i in range(100)
+    ]
+    (tmp_path / "d.csv").write_text("image,text,label\n" + "\n".join(rows) + "\n")
+    assert profile(read_csv(tmp_path / "d.csv")).imbalance == 1.0
+    rows += [f"a.png,is it odd?,{'yes' if i < 95 else 'no'}" for i in range(100)]
+    (tmp_path / "d.csv").write_text("image,text,label\n" + "\n".join(rows) + "\n")
+    assert profile(read_csv(tmp_path / "d.csv")).imbalance == 19.0
+
+
+def test_threads_leave_busy_cores_alone():
+    from mmdemo.training.recipe import cpu_threads
+
+    assert cpu_threads(2, 0.1)[0] == 2 and cpu_threads(2, 16.0)[0] == 1 and cpu_threads(16, 3.0)[0] == 13
+    # the cores busy now count, not the load average a command that just ended left behind
+    assert cpu_threads(2, 1.3, busy=0.1)[0] == 2 and cpu_threads(2, 0.2, busy=1.9)[0] == 1
+    assert "busy now" in cpu_threads(2, 1.3, busy=0.1)[1]
+
+
+def test_early_stopping_ends_training_on_a_plateau(sixteen_rows):  # noqa: F811
+    ds = read_csv(sixteen_rows)
+    settings = TrainSettings(epochs=30, batch_size=8, lr=0.0, modality_dropout=0.0, patience=2)
+    result = train(ds, ds, settings, config=tiny_config())
+    # lr 0: no epoch beats the first, so it stops after 1 + patience epochs and keeps epoch 1
+    assert len(result.history) == 3 and result.best_epoch == 1 and result.stopped_early
+
+
+def test_default_recipe_trains_calibrates_and_reports_baselines(sixteen_rows, tmp_path):  # noqa: F811
+    ds = read_csv(sixteen_rows)
+    overrides = {"epochs": 3, "batch_size": 8}
+    # image_size left at the default (224), so the recipe chooses it
+    config = tiny_config(image_size=224)
+    request = FinetuneRequest(ds, tmp_path / "m", config=config, overrides=overrides, val_dataset=ds)
+    recipe = plan(request)
+    assert recipe.config["image_size"] == 64  # the tiny 32-px images: the recipe's choice
+    assert recipe.settings.epochs == 3 and recipe.estimate_s > 0
+    result = finetune(request)
+    saved = json.loads((tmp_path / "m" / "config.json").read_text())
+    record = saved["training"]
+    assert saved["model"]["image_size"] == 64
+    assert record["recipe"]["epochs"]["why"] == "set explicitly"
+    assert "image_size" in record["recipe"] and record["estimated_seconds"] > 0
+    assert set(record["baselines"]) == {"majority", "image_only", "text_only"}
+    assert saved["model"]["temperature"] == record["calibration"]["temperature"] > 0
+    assert {"ece_before", "ece_after", "reliability_after"} <= set(record["calibration"])
+    assert record["throughput"]["first_epoch_samples_per_s"] > 0
+    # a small CNN has no pretrained blocks to tune: one stage, and the record and card say so
+    assert [s["stage"] for s in record["stages"]] == [1] and record["stages"][0]["samples_per_s"] > 0
+    assert "stage 1: epochs 1-3" in (tmp_path / "m" / "README.md").read_text()
+    assert result.record == record
+    # a run that ended on its own leaves no resume state behind
+    assert not (tmp_path / ".m.resume").exists()
+
+
+def test_tiny_images_in_the_fixture_are_real_files(sixteen_rows):  # noqa: F811
+    image = Image.open(sixteen_rows.parent / "img" / "0.png")
+    assert image.size == (32, 32) and np.asarray(image).std() > 0
+
+
+def test_recipe_plans_stage2_for_a_frozen_pretrained_lite0_only():
+    recipe = choose(_profile())
+    settings = recipe.settings
+    assert settings.stage2_blocks == 3 and "image_encoder" in settings.freeze
+    assert settings.stage2_lr < settings.lr and 0 < settings.layer_decay < 1 and settings.weight_decay > 0
+    assert settings.augment_views > 1 and 0 < settings.augment_shift <= 0.1 and settings.stage2_cost > 1
+    assert recipe.estimate_s <= 600 and "stage2_blocks" in recipe.choices
+    # explicit choices win: --freeze means one stage, as set; --stage2-blocks 0 too
+    assert choose(_profile(), overrides={"freeze": ["image_encoder", "text_encoder"]}).settings.stage2_blocks == 0
+    assert choose(_profile(), overrides={"stage2_blocks": 0}).settings.stage2_blocks == 0
+    # --epochs N means N epochs in all (one stage), unless stage 2 is asked for as well
+    assert choose(_profile(), overrides={"epochs": 1}).settings.stage2_blocks == 0
+    assert choose(_profile(), overrides={"epochs": 1, "stage2_blocks": 2}).settings.stage2_blocks == 2
+    assert choose(_profile(), overrides={"image_encoder": "small_cnn"}).settings.stage2_blocks == 0
+    assert choose(_profile(), overrides={"stage2_blocks": 2, "stage2_lr": 1e-5}).settings.stage2_lr == 1e-5
+
+
+def test_augmentation_keeps_the_meaning_of_the_questions():
+    digits = DataProfile(4000, 1300, 3, {"a": 1, "b": 1}, 8, 1.0, frozenset({"what", "digit", "is", "this"}))
+    patches = DataProfile(4000, 1300, 4, {"a": 1, "b": 1}, 32, 1.0, frozenset({"which", "half", "is", "brighter"}))
+    assert choose(digits).settings.augment_colour > 0
+    assert choose(patches).settings.augment_colour == 0  # brightness jitter would change the answer
+    assert "brighter" in choose(patches).choices["augment_colour"]["why"]
+
+
+def test_augmented_copies_shift_and_jitter_but_never_flip():
+    import torch
+
+    from mmdemo.training.loop import IDENTITY, TrainSettings, augment, augment_views
+
+    pixels = torch.zeros(1, 3, 16, 16, dtype=torch.uint8)
+    pixels[..., :, :8] = 200  # bright left half
+    settings = TrainSettings(augment_views=6, augment_shift=0.1, augment_colour=0.2)
+    views = augment_views(1, settings, torch.Generator().manual_seed(0))
+    assert torch.equal(views[0, 0], IDENTITY) and torch.equal(augment(pixels, views[0]), pixels.float())
+    for params in views[1:]:
+        out = augment(pixels, params)
+        assert out[..., :6].mean() > out[..., 10:].mean()  # still brighter on the left
+        assert (params[:, :2].abs() <= 0.1).all() and (params[:, 2] - 1).abs().max() <= 0.2
+
+
+def test_busy_cores_sees_a_process_that_keeps_a_core_busy():
+    import subprocess
+    import sys
+
+    from mmdemo.training.recipe import busy_cores
+
+    if busy_cores(0.05) is None:
+        pytest.skip("no /proc/stat here")
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        assert busy_cores(0.5) >= 0.6
+    finally:
+        spinner.kill()

@@ -1,0 +1,95 @@
+"""In a real browser: the out-of-scope banner appears for an out-of-scope question and not for
+an in-scope one, and the model card opens. A tiny checkpoint with fitted scope statistics
+stands in for the shipped one (same pattern as test_browser.py)."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+if not os.path.exists("/usr/bin/chromium") and os.environ.get("MMDEMO_REQUIRE_BROWSER") != "1":
+    pytest.skip("Debian's chromium is not installed", allow_module_level=True)
+playwright = pytest.importorskip("playwright.sync_api")
+
+import torch  # noqa: E402
+
+from mmdemo import ui  # noqa: E402
+from mmdemo.app.registry import CheckpointRegistry  # noqa: E402
+from mmdemo.datasets.csv_table import read_csv  # noqa: E402
+from mmdemo.inference import scope  # noqa: E402
+from mmdemo.model.checkpoint import save_checkpoint  # noqa: E402
+from mmdemo.model.classifier import build_model  # noqa: E402
+
+from ..browser import browser, serve  # noqa: E402
+from ..conftest import tiny_config, write_colour_scenes  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    root = tmp_path_factory.mktemp("browser-scope")
+    torch.manual_seed(0)
+    model = build_model(tiny_config())
+    path = save_checkpoint(model, root / "shipped" / "sort-of-clevr")
+    examples = read_csv(write_colour_scenes(root / "data")).examples
+    stats = scope.fit_scope(model, examples[:64], examples[64:])[0]
+    scope.save_scope(path, stats)
+    # the same model, with a floor on image reliance that no answer reaches: every answer
+    # "ignores the image" (scope.assess's third check; its maths is tested in test_scope.py)
+    blind = save_checkpoint(model, root / "shipped" / "blind")
+    stats.reliance_floor = 1.01
+    scope.save_scope(blind, stats)
+    app = ui.App(CheckpointRegistry(root / "mine", root / "shipped"), work_dir=str(root / "work"))
+    with serve(app) as url, browser() as chromium:
+        page = chromium.new_page(viewport={"width": 1280, "height": 1000})
+        page.goto(url)
+        yield page, root / "data" / "img" / "3.png"
+
+
+def _ask(page, image: Path, question: str) -> None:
+    page.locator("#image-input input[type=file]").set_input_files(str(image))
+    page.locator("#text-input textarea").fill(question)
+    page.locator("#predict-button").click()
+
+
+def test_banner_for_out_of_scope_input_only(served):
+    page, image = served
+    _ask(page, image, "is the purple square on the left?")
+    banner = page.locator("#scope-banner")
+    playwright.expect(banner).to_contain_text("this question is unlike the training questions", timeout=60_000)
+    playwright.expect(page.locator("#prediction")).to_contain_text("no confident answer")
+
+    _ask(page, image, "is the gray square on the left?")
+    playwright.expect(page.locator("#prediction")).to_contain_text("%", timeout=60_000)
+    playwright.expect(banner).not_to_contain_text("Out of scope")
+
+
+def test_banner_when_the_answer_ignores_the_image(served):
+    page, image = served
+    page.locator("#checkpoint input").click()
+    page.get_by_role("option", name="blind").click()
+    _ask(page, image, "is the gray square on the left?")
+    banner = page.locator("#scope-banner")
+    playwright.expect(banner).to_contain_text("the answer ignores the image", timeout=60_000)
+    playwright.expect(banner).not_to_contain_text("unlike the training questions")
+    playwright.expect(page.locator("#prediction")).to_contain_text("no confident answer")
+    page.locator("#checkpoint input").click()
+    page.get_by_role("option", name="sort-of-clevr").click()
+    _ask(page, image, "is the gray square on the left?")
+    playwright.expect(banner).not_to_contain_text("Out of scope", timeout=60_000)
+
+
+def test_model_card_opens(served):
+    page, _ = served
+    page.get_by_text("Model card").click()
+    card = page.locator("#model-card")
+    playwright.expect(card).to_contain_text("Answers (3)", timeout=10_000)
+    playwright.expect(card).to_contain_text("blue, gray, green, red")
+
+
+def test_deletion_curve_on_demand(served):
+    page, image = served
+    _ask(page, image, "is the red square on the left?")
+    playwright.expect(page.locator("#prediction")).to_contain_text("%", timeout=60_000)
+    page.locator("#deletion-button").click()
+    playwright.expect(page.locator("#deletion-summary")).to_contain_text("Deletion area", timeout=60_000)
+    playwright.expect(page.locator("#deletion-plot .js-plotly-plot")).to_be_visible(timeout=30_000)
