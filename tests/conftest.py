@@ -18,8 +18,8 @@ FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 
 
 # modules whose tests start a server, a browser, a fine-tune worker or several processes: the
-# fast subset (`pytest -m "not live"`) leaves them out
-LIVE_MODULES = {
+# fast subset (`pytest -m "not slow"`) leaves them out, as it does single tests marked slow
+SLOW_MODULES = {
     "test_browser",
     "test_browser_finetune",
     "test_browser_identity",
@@ -45,8 +45,8 @@ LIVE_MODULES = {
 
 def pytest_collection_modifyitems(items) -> None:
     for item in items:
-        if item.module.__name__.rsplit(".", 1)[-1] in LIVE_MODULES:
-            item.add_marker(pytest.mark.live)
+        if item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
 
 
 def tiny_config(**overrides) -> ModelConfig:
