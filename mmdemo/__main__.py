@@ -1,7 +1,7 @@
-"""``python -m mmdemo``: see mmdemo/cli/main.py."""
+"""``python -m mmdemo``: see mmdemo/cli/__init__.py."""
 
 import sys
 
-from .cli.main import main
+from .cli import main
 
 sys.exit(main())

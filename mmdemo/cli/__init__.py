@@ -1,5 +1,45 @@
-"""The command line, `python -m mmdemo COMMAND`."""
+"""The command line, ``python -m mmdemo COMMAND``: the parser and ``main``; each command's flags and
+handler live in the module of its group (predict, train, evaluate, data, bench).
 
-from .main import main
+Results go to stdout as JSON (one object, on the last line); progress and messages to stderr.
+"""
 
-__all__ = ["main"]
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import bench, data, evaluate, predict, train
+
+# in the order ``python -m mmdemo --help`` lists them
+COMMANDS = (
+    predict.add_predict,
+    bench.add_bench,
+    predict.add_export,
+    train.add_train,
+    evaluate.add_evaluate,
+    train.add_fit_scope,
+    data.add_make_sort_of_clevr,
+    data.add_make_real_benchmark,
+    bench.add_bench_app,
+    bench.add_stress,
+    bench.add_bench_sort_of_clevr,
+    bench.add_bench_scope,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m mmdemo", description="Multimodal (image + text) classifier")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileExistsError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

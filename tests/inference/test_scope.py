@@ -216,7 +216,7 @@ def _broken_copy(scoped_checkpoint, tmp_path, name="visitor-model"):
 
 
 def _cli_error(capsys, path: Path, image: Path) -> tuple[int, str]:
-    from mmdemo.cli.main import main
+    from mmdemo.cli import main
 
     capsys.readouterr()
     code = main(

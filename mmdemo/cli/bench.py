@@ -1,0 +1,130 @@
+"""The developer benchmarks: ``bench`` (a checkpoint's speed), ``bench-app`` (the app over HTTP, or
+/predict's stages), ``stress`` (the shared-server load test), ``bench-sort-of-clevr`` and
+``bench-scope``. Each prints its figures as one JSON object on the last stdout line; the code that
+measures is in mmdemo/benchmarks/."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .common import DEFAULT_CHECKPOINT, add_common, add_engine, load_predictor
+
+
+def add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="speed figures of a checkpoint on this machine")
+    add_common(p)
+    add_engine(p)
+    p.add_argument("--repeats", type=int, default=100)
+    p.add_argument(
+        "--compare", action="store_true", help="also time the candidate fast paths (ONNX Runtime, int8, jit)"
+    )
+    p.add_argument("--compile", action="store_true", help="with --compare: also torch.compile (minutes on a CPU)")
+    p.set_defaults(func=_bench)
+
+
+def add_bench_app(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench-app", help="app start-up to first answer and /predict latency over HTTP")
+    p.add_argument("--image", type=Path, help="image of the start-up request (default: the first varied scene)")
+    p.add_argument("--text", help="question of the start-up request")
+    p.add_argument("--repeats", type=int, default=50)
+    p.add_argument("--clients", type=int, nargs="*", default=[1, 4, 16], help="concurrent clients for the table")
+    p.add_argument(
+        "--stages",
+        type=int,
+        metavar="N",
+        help="instead: where /predict's time goes, stage by stage, over N calls of its handler in this process",
+    )
+    p.set_defaults(func=_bench_app)
+
+
+def add_stress(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("stress", help="shared-server load test: burst, soak, a huge question (one JSON line)")
+    p.add_argument("--image", type=Path, default=DEFAULT_CHECKPOINT / "examples" / "scene_4.png")
+    p.add_argument("--burst", type=int, default=100, help="simultaneous /predict calls (0: skip)")
+    p.add_argument("--soak-minutes", type=float, default=1.0, help="steady load duration (the goal: 10; 0: skip)")
+    p.add_argument("--rate", type=float, default=4.0, help="requests per second during the soak")
+    p.add_argument("--question-mb", type=float, default=50.0, help="size of the huge question (0: skip)")
+    p.set_defaults(func=_stress)
+
+
+def add_bench_sort_of_clevr(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench-sort-of-clevr", help="accuracy per question type and heatmap pointing on fresh scenes")
+    add_common(p)
+    p.add_argument("--images", type=int, default=200)
+    p.add_argument("--seed", type=int, default=12345)
+    p.add_argument("--workdir", type=Path, default=Path("data/bench-sort-of-clevr"))
+    p.add_argument(
+        "--parts",
+        nargs="+",
+        choices=["accuracy", "calibration", "pointing", "faithfulness"],
+        default=["accuracy", "calibration", "pointing", "faithfulness"],
+        help="which figures to measure (default: all)",
+    )
+    p.add_argument(
+        "--faithfulness-rows", type=int, default=100, metavar="N", help="questions measured for faithfulness"
+    )
+    p.set_defaults(func=_bench_sort_of_clevr)
+
+
+def add_bench_scope(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench-scope", help="out-of-scope flag rates on in-scope and out-of-scope sets")
+    add_common(p)
+    p.add_argument("--images", type=int, default=100)
+    p.add_argument("--seed", type=int, default=4242)
+    p.set_defaults(func=_bench_scope)
+
+
+def _bench(args) -> int:
+    from ..benchmarks import speed as bench
+
+    predictor = load_predictor(args)
+    print(f"benchmarking {args.checkpoint} on {predictor.device} ...", file=sys.stderr)
+    print(json.dumps(bench.run(predictor, args.repeats, args.compare, args.compile)))
+    return 0
+
+
+def _bench_app(args) -> int:
+    if args.stages:
+        from ..benchmarks.stages import stages
+
+        print(json.dumps(stages(args.stages)))
+        return 0
+    from ..benchmarks.app_speed import run
+
+    print(json.dumps(run(args.image, args.text, args.repeats, args.clients)))
+    return 0
+
+
+def _stress(args) -> int:
+    from ..benchmarks.stress import run
+
+    print(json.dumps(run(args.image, args.burst, args.soak_minutes, args.rate, args.question_mb)))
+    return 0
+
+
+def _bench_sort_of_clevr(args) -> int:
+    from ..benchmarks.sort_of_clevr import sort_of_clevr_benchmark
+
+    result = sort_of_clevr_benchmark(
+        args.checkpoint,
+        args.images,
+        args.seed,
+        args.workdir,
+        args.device,
+        tuple(args.parts),
+        args.faithfulness_rows,
+    )
+    print(json.dumps(result))
+    return 0
+
+
+def _bench_scope(args) -> int:
+    from ..benchmarks.sort_of_clevr import scope_benchmark, scope_table
+
+    result = scope_benchmark(args.checkpoint, args.images, args.seed, args.device)
+    print(scope_table(result), file=sys.stderr)
+    print(json.dumps(result))
+    return 0

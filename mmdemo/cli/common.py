@@ -1,0 +1,63 @@
+"""What several commands share: the checkpoint, device, engine and column flags, loading the
+Predictor, and reading a CSV (rows with required columns, or a labelled data set)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "sort-of-clevr"
+
+
+def add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="checkpoint folder")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
+
+
+def add_engine(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--backend",
+        choices=["auto", "onnxruntime", "torch"],
+        default=None,
+        help="serving engine (default auto: ONNX Runtime on the CPU, PyTorch on a GPU; or $MMDEMO_BACKEND)",
+    )
+    parser.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None, help="autocast type on a GPU")
+
+
+def add_columns(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--image-column", default="image")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--label-column", default="label")
+
+
+def load_predictor(args):
+    from ..inference.predictor import Predictor
+
+    return Predictor.from_checkpoint(
+        args.checkpoint, args.device, getattr(args, "backend", None), getattr(args, "dtype", None)
+    )
+
+
+def read_rows(path: Path, required: list[str]) -> tuple[list[dict], list[str]]:
+    """A CSV's rows as dicts and its column names; a missing file or column is a ValueError."""
+    if not path.is_file():
+        raise ValueError(f"CSV file not found: {path}")
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        fields = list(reader.fieldnames or [])
+        missing = [c for c in required if c not in fields]
+        if missing:
+            raise ValueError(f"{path.name}: missing column(s) {missing}; expected {required}, found {fields}")
+        return list(reader), fields
+
+
+def read_dataset(path: Path, args, quiet: bool = False):
+    """The labelled data set in ``path`` read with the ``--*-column`` flags; its report on stderr."""
+    from ..datasets.csv_table import read_csv
+
+    dataset = read_csv(path, args.image_column, args.text_column, args.label_column)
+    if not quiet:
+        print(dataset.report(), file=sys.stderr)
+    return dataset
