@@ -100,7 +100,7 @@ def _workers(space: Space) -> list[int]:
         if entry.name.isdigit() and int(entry.name) != space.process.pid:
             try:
                 if os.getpgid(int(entry.name)) == space.process.pid and not _gone(int(entry.name)):
-                    assert b"-m\0mmdemo.worker\0" in (entry / "cmdline").read_bytes()
+                    assert b"-m\0mmdemo.app.worker\0" in (entry / "cmdline").read_bytes()
                     found.append(int(entry.name))
             except OSError:
                 continue
