@@ -28,7 +28,7 @@ _API = {
     "read_csv": "mmdemo.datasets.csv_table",
     "finetune": "mmdemo.training.finetune",
     "FinetuneRequest": "mmdemo.training.finetune",
-    "TrainSettings": "mmdemo.training.loop",
+    "TrainSettings": "mmdemo.training.settings",
     "decode_image": "mmdemo.imaging",
 }
 

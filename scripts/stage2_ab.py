@@ -13,7 +13,9 @@ import time
 
 from mmdemo.datasets.csv_table import read_csv
 from mmdemo.model.classifier import ModelConfig
-from mmdemo.training.loop import TrainSettings, evaluate_model, train
+from mmdemo.training.loop import train
+from mmdemo.training.scoring import evaluate_model
+from mmdemo.training.settings import TrainSettings
 
 data, s1_epochs, blocks = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 extra = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}

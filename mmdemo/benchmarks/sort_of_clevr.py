@@ -24,7 +24,7 @@ from ..explain.methods import METHODS
 from ..imaging import decode_image
 from ..inference.predictor import Predictor
 from ..model.checkpoint import load_checkpoint
-from ..training.loop import evaluate_model
+from ..training.scoring import evaluate_model
 
 
 def _inside(x: float, y: float, cx: str, cy: str) -> bool:
@@ -82,7 +82,8 @@ def calibration_report(model, examples: list, device: str | None = None) -> dict
 
     from ..device import resolve_device
     from ..metrics import reliability, reliability_rows
-    from ..training.loop import Encoded, predict_encoded
+    from ..training.features import Encoded
+    from ..training.scoring import predict_encoded
 
     device = resolve_device(device)
     labels = model.config.labels

@@ -37,7 +37,7 @@ def _evaluate(args) -> int:
     from collections import defaultdict
 
     from ..model.checkpoint import load_checkpoint
-    from ..training.loop import evaluate_model
+    from ..training.scoring import evaluate_model
 
     if args.report or args.benchmark:
         return _evaluate_report(args)

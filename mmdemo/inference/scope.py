@@ -489,7 +489,7 @@ def encode_rows(
 ) -> Encodings:
     """Encode labelled examples (data.Example) the way prediction does; ``with_logits=False``
     skips the fusion (only the pooled encoder outputs are needed of training rows)."""
-    from ..training.loop import Encoded  # the training engine's encoder cache, one pass per image / text
+    from ..training.features import Encoded  # the training engine's encoder cache, one pass per image / text
 
     device = torch.device(device)
     model = model.to(device).eval()
@@ -617,7 +617,7 @@ def fit_and_save(path, model, dataset, val_dataset, val_fraction: float, seed: i
     """After fine-tuning: fit the statistics on the run's own training / validation split and
     store them beside the weights (the one call finetune.py makes)."""
     from ..device import resolve_device
-    from ..training.loop import split_by_image
+    from ..datasets.splits import split_by_image
 
     if val_dataset is not None:
         train_examples, val_examples = dataset.examples, val_dataset.examples

@@ -40,7 +40,8 @@ from ..model.checkpoint import load_checkpoint, read_config, save_checkpoint
 from ..model.classifier import ModelConfig
 from . import recipe as recipes
 from .calibration import calibration_report, fit_temperature
-from .loop import Progress, TrainSettings, TrainState, train
+from .loop import train
+from .settings import Progress, TrainSettings, TrainState
 
 
 @dataclass

@@ -32,7 +32,7 @@ from PIL import Image
 
 from ..datasets.csv_table import IMBALANCE_RATIO, Dataset
 from ..model.classifier import ModelConfig
-from .loop import TrainSettings
+from .settings import TrainSettings
 
 DEFAULT_BUDGET_S = 600.0  # 10 minutes on the machine at hand
 SETTING_NAMES = {f.name for f in fields(TrainSettings)}

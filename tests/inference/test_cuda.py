@@ -59,7 +59,8 @@ def test_checkpoint_loads_onto_the_gpu_and_answers(tiny_checkpoint, fixture_path
 def test_training_runs_on_the_gpu(tmp_path):
     from mmdemo.datasets.csv_table import read_csv
     from mmdemo.datasets.sortofclevr import generate
-    from mmdemo.training.loop import TrainSettings, train
+    from mmdemo.training.loop import train
+    from mmdemo.training.settings import TrainSettings
 
     csv_path = generate(tmp_path / "data", 12, seed=0)
     dataset = read_csv(csv_path, "image", "text", "label")
@@ -105,7 +106,8 @@ def test_training_under_torchrun_uses_nccl_ddp(tmp_path, monkeypatch):
     from mmdemo.datasets.csv_table import read_csv
     from mmdemo.datasets.sortofclevr import generate
     from mmdemo.training import distributed
-    from mmdemo.training.loop import TrainSettings, train
+    from mmdemo.training.loop import train
+    from mmdemo.training.settings import TrainSettings
 
     dataset = read_csv(generate(tmp_path / "data", 12, seed=0), "image", "text", "label")
     with socket.socket() as s:

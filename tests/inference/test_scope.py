@@ -149,7 +149,7 @@ def test_a_scope_block_without_its_file_is_an_error(tiny_checkpoint, tmp_path):
 
 def test_finetune_stores_scope_statistics(scenes_csv, tmp_path):
     from mmdemo.training.finetune import FinetuneRequest, finetune
-    from mmdemo.training.loop import TrainSettings
+    from mmdemo.training.settings import TrainSettings
 
     settings = TrainSettings(epochs=1, batch_size=16, freeze=[], modality_dropout=0.0, seed=0)
     request = FinetuneRequest(

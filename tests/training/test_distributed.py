@@ -20,7 +20,8 @@ from safetensors.torch import load_file
 
 from mmdemo.datasets.csv_table import read_csv
 from mmdemo.training import distributed
-from mmdemo.training.loop import TrainSettings, train
+from mmdemo.training.loop import train
+from mmdemo.training.settings import TrainSettings
 
 from ..conftest import tiny_config, write_colour_scenes
 

@@ -17,7 +17,8 @@ from mmdemo.model.checkpoint import save_checkpoint
 from mmdemo.model.classifier import build_model
 from mmdemo.model.encoders import load_tokenizer
 from mmdemo.model.preprocess import tokenize
-from mmdemo.training.loop import TEXT_CHUNK, Encoded, Stopped
+from mmdemo.training.features import TEXT_CHUNK, Encoded
+from mmdemo.training.settings import Stopped
 
 from ..conftest import tiny_config
 

@@ -10,8 +10,9 @@ from PIL import Image
 
 from mmdemo.datasets.csv_table import read_csv
 from mmdemo.training.finetune import FinetuneRequest, finetune, plan
-from mmdemo.training.loop import TrainSettings, train
+from mmdemo.training.loop import train
 from mmdemo.training.recipe import DataProfile, choose, estimate_seconds, profile
+from mmdemo.training.settings import TrainSettings
 
 from ..conftest import tiny_config
 from .test_train import sixteen_rows  # noqa: F401  (fixture)
@@ -140,7 +141,8 @@ def test_augmentation_keeps_the_meaning_of_the_questions():
 def test_augmented_copies_shift_and_jitter_but_never_flip():
     import torch
 
-    from mmdemo.training.loop import IDENTITY, TrainSettings, augment, augment_views
+    from mmdemo.training.augment import IDENTITY, augment, augment_views
+    from mmdemo.training.settings import TrainSettings
 
     pixels = torch.zeros(1, 3, 16, 16, dtype=torch.uint8)
     pixels[..., :, :8] = 200  # bright left half

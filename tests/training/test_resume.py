@@ -9,7 +9,7 @@ import torch
 from mmdemo.datasets.csv_table import read_csv
 from mmdemo.model.checkpoint import load_checkpoint
 from mmdemo.training.finetune import FinetuneRequest, finetune, resume, resume_dir
-from mmdemo.training.loop import TrainSettings
+from mmdemo.training.settings import TrainSettings
 
 from ..conftest import tiny_config
 from .test_train import sixteen_rows  # noqa: F401  (fixture)

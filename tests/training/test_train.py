@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 from mmdemo.datasets.csv_table import read_csv
-from mmdemo.training.loop import TrainSettings, grouped_batches, train
+from mmdemo.training.loop import grouped_batches, train
+from mmdemo.training.settings import TrainSettings
 
 from ..conftest import tiny_config
 
