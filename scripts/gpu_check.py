@@ -95,7 +95,7 @@ def build_model(image_size: int = 224):
 
 
 def bench(model, device: str, dtype: str, repeats: int) -> dict:
-    from mmdemo import bench as bench_module
+    from mmdemo.benchmarks import speed as bench_module
     from mmdemo.inference.predictor import Predictor
 
     predictor = Predictor(copy.deepcopy(model), device, dtype=dtype)

@@ -9,23 +9,21 @@ the cores from the next ONNX Runtime call.
 analyse_ms_p50: what /predict asks of the model: preprocessing, the answer, its explanation and
 the modality contributions (one encoder pass). throughput_bs32: samples per second at batch 32.
 matmul_gflops: a 1024x1024 fp32 matmul here, to set the model's cost against the machine.
-model_gflops: floating-point operations of one batch-1 forward (2 per multiply-add), as run
-now: the "missing image" regions (1 more image through the region layers, 0.4 GFLOP at 224 px)
-are only computed for rows that drop the image, so the 224 px default counts 1.54, not 1.94.
-model_params_m: parameters (millions), the same as before for the same architecture.
+model_gflops: floating-point operations of one batch-1 forward (2 per multiply-add), as run:
+the "missing image" regions (one more image through the region layers) are only computed for
+rows that drop the image, so they are not counted.
+model_params_m: parameters (millions).
 load_average: the machine's 1-minute load when the figures were taken (others' work inflates them).
 
 ``--compare`` also times the candidate fast paths, round-robin in the same run: ONNX Runtime
 with 2 threads spinning briefly (served) or never, with 1 thread, ONNX Runtime with int8
 dynamic quantisation of its MatMuls, PyTorch with int8 dynamic quantisation of the linear
 layers, torch.jit trace + freeze (and torch.compile with ``--compile``: minutes of compilation
-here); each with its set-up time and its agreement with
-eager (max abs probability difference on the bench input). ONNX Runtime with its threads
-spinning between calls (its default) is timed alone after them: its spinning threads would slow
-the candidate timed next. The int8 candidate also gets the agreement test a path must pass to be
+on a CPU); each with its set-up time and its agreement with eager (max abs probability
+difference on the bench input). ONNX Runtime with its threads spinning between calls (its
+default) is timed alone after them: its spinning threads would slow the candidate timed next. The int8 candidate also gets the agreement test a path must pass to be
 served: the same answer as eager on ``AGREEMENT_INPUTS`` fixed inputs and a largest probability
-difference of at most ``MAX_PROB_DIFF`` (ONNX Runtime's int8; PyTorch's is slower than ONNX
-Runtime in fp32 already).
+difference of at most ``MAX_PROB_DIFF`` (ONNX Runtime's int8).
 """
 
 from __future__ import annotations
@@ -220,9 +218,9 @@ def compare_candidates(predictor: Predictor, repeats: int, compile: bool = False
         fn = torch.compile(graph, dynamic=False)
         return lambda r: fn(*r)
 
-    add("torch int8 dynamic (Linear)", int8_torch)  # slower than ONNX Runtime in fp32 already
+    add("torch int8 dynamic (Linear)", int8_torch)
     add("torch.jit trace + freeze", jit_freeze)
-    if compile:  # minutes of C++ compilation on 2 busy cores: only when asked
+    if compile:  # minutes of C++ compilation on a CPU: only when asked
         add("torch.compile (inductor)", compiled)
     fns = {name: (lambda run=run: run(rows)) for name, run in runs.items()}
     with torch.inference_mode():

@@ -21,7 +21,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import hashlib
 import io
-import json
 import os
 import shutil
 import subprocess
@@ -324,8 +323,3 @@ def judged(figures: dict) -> dict:
         out["big_question_s"] = q["seconds"]
         out["big_question_ok"] = q["outcome"] in ("admitted", "answered-error") and q["seconds"] <= 1
     return out
-
-
-def main(args) -> int:
-    print(json.dumps(run(args.image, args.burst, args.soak_minutes, args.rate, args.question_mb)))
-    return 0

@@ -122,7 +122,7 @@ def _bench_sort_of_clevr(args) -> int:
 
 
 def _bench_scope(args) -> int:
-    from ..benchmarks.sort_of_clevr import scope_benchmark, scope_table
+    from ..benchmarks.scope import scope_benchmark, scope_table
 
     result = scope_benchmark(args.checkpoint, args.images, args.seed, args.device)
     print(scope_table(result), file=sys.stderr)

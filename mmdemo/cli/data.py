@@ -41,6 +41,8 @@ def _make_real_benchmark(args) -> int:
     make = realbench.make_digits if args.kind == "digits" else realbench.make_photo_patches
     result = make(args.out, seed=args.seed)
     if args.baselines:
-        result["baselines"] = realbench.baselines(Path(result["train"]), Path(result["test"]))
+        from ..benchmarks.baselines import baselines
+
+        result["baselines"] = baselines(Path(result["train"]), Path(result["test"]))
     print(json.dumps(result))
     return 0

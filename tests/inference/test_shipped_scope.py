@@ -42,7 +42,7 @@ def test_fresh_scenes_with_new_wordings_are_in_scope(predictor):
 
 
 def test_reencoded_fresh_scenes_stay_in_scope(predictor):
-    from mmdemo.benchmarks.sort_of_clevr import reencodings
+    from mmdemo.benchmarks.scope import reencodings
     from mmdemo.datasets.sortofclevr import PHRASINGS, QUESTION_TYPES
 
     transforms = reencodings()
@@ -58,7 +58,7 @@ def test_reencoded_fresh_scenes_stay_in_scope(predictor):
 def test_photos_thumbnails_and_non_scene_images_stay_flagged(predictor):
     from PIL import Image
 
-    from mmdemo.benchmarks.sort_of_clevr import _jpeg, non_scene_images
+    from mmdemo.benchmarks.scope import _jpeg, non_scene_images
 
     images = non_scene_images()
     images.update(
