@@ -218,9 +218,10 @@ def _fit_scope(args) -> int:
     import torch
 
     from ..device import resolve_device
-    from ..inference.scope import fit_scope, load_scope, reliance_floor, sample_rows, save_scope, write_config
+    from ..inference.scope import load_scope
     from ..model.checkpoint import load_checkpoint, update_training_record
     from ..training.calibration import calibration_report, fit_temperature
+    from ..training.scope_fit import fit_scope, reliance_floor, sample_rows, save_scope, write_config
 
     train = read_dataset(args.csv, args)
     val = read_dataset(args.val_csv, args)

@@ -35,12 +35,12 @@ from safetensors.torch import load_file, save_file
 from ..datasets.csv_table import Dataset, Example, check_trainable
 from ..device import env_rank, env_world_size
 from ..folders import new_folder, replace_folder
-from ..inference.scope import fit_and_save
 from ..model.checkpoint import load_checkpoint, read_config, save_checkpoint
 from ..model.classifier import ModelConfig
 from . import recipe as recipes
 from .calibration import calibration_report, fit_temperature
 from .loop import train
+from .scope_fit import fit_and_save
 from .settings import Progress, TrainSettings, TrainState
 
 

@@ -1,5 +1,6 @@
-"""Out-of-scope detection (scope.py): the maths on hand-made inputs, fitting on a tiny model,
-statistics saved and loaded with a checkpoint, and every prediction path carrying the result."""
+"""Out-of-scope assessment (inference/scope.py): the maths on hand-made inputs, statistics read
+from a checkpoint (and every damaged file named), and predictions carrying the result. Fitting
+the statistics is tested in tests/training/test_scope_fit.py."""
 
 import json
 import math
@@ -14,12 +15,15 @@ from mmdemo.inference import scope
 from mmdemo.inference.predictor import Predictor
 from mmdemo.model.checkpoint import save_checkpoint
 from mmdemo.model.classifier import build_model
+from mmdemo.training.scope_fit import fit_scope, save_scope
 
 from ..conftest import tiny_config, write_colour_scenes
 
 TEXTS = [f"what shape is the {c} object" for c in ("red", "green", "blue", "gray")] + [
     f"is the {c} thing on the left" for c in ("red", "green", "blue", "gray")
 ]
+# the slot fitting finds in TEXTS: one colour word per text, between "the" and "object" / "thing"
+COLOUR_SLOT = {"words": ["blue", "gray", "green", "red"], "counts": [1], "left": ["the"], "right": ["object", "thing"]}
 
 
 def _stats(**overrides) -> scope.ScopeStats:
@@ -31,7 +35,7 @@ def _stats(**overrides) -> scope.ScopeStats:
         vocab_vectors=torch.zeros(0, 1),
         vocabulary=sorted({w for t in ws for w in t}),
         label_words=["circle", "square", "left", "right"],
-        slots=scope.find_slots(ws),
+        slots=[COLOUR_SLOT],
         image_threshold=2.0,
         text_similarity_floor=0.5,
         unseen_fraction_limit=0.4,
@@ -39,14 +43,6 @@ def _stats(**overrides) -> scope.ScopeStats:
     )
     values.update(overrides)
     return scope.ScopeStats(**values)
-
-
-def test_slots_are_the_words_that_replace_each_other():
-    slots = scope.find_slots([scope.words(t) for t in TEXTS])
-    assert len(slots) == 1
-    assert slots[0]["words"] == ["blue", "gray", "green", "red"]
-    assert slots[0]["counts"] == [1]  # every training text names exactly one colour
-    assert slots[0]["left"] == ["the"] and slots[0]["right"] == ["object", "thing"]
 
 
 @pytest.mark.parametrize(
@@ -75,8 +71,9 @@ def test_a_synonym_counts_as_the_known_word():
 
 def test_mahalanobis_matches_the_definition():
     x = torch.randn(200, 4, generator=torch.Generator().manual_seed(0)) * torch.tensor([1.0, 2.0, 0.5, 3.0])
-    mean, precision = scope.fit_gaussian(x, shrink=0.0)
+    mean = x.mean(0)
     cov = np.cov(x.numpy(), rowvar=False)
+    precision = torch.from_numpy(np.linalg.inv(cov)).float()
     q = torch.tensor([[1.0, -2.0, 0.5, 4.0]])
     d = q.numpy()[0] - x.numpy().mean(0)
     expected = math.sqrt(d @ np.linalg.inv(cov) @ d)
@@ -103,37 +100,6 @@ def test_assess_names_each_reason():
     }
 
 
-@pytest.fixture
-def scenes_csv(tmp_path):
-    return Path(write_colour_scenes(tmp_path))
-
-
-def test_fit_save_load_and_predict_with_scope(scenes_csv, tmp_path, fixture_path):
-    torch.manual_seed(0)
-    model = build_model(tiny_config())
-    path = save_checkpoint(model, tmp_path / "ckpt")
-    examples = read_csv(scenes_csv).examples
-    stats, val = scope.fit_scope(model, examples[:64], examples[64:])
-    assert stats.slots[0]["words"] == ["blue", "gray", "green", "red"]
-    assert stats.image_threshold > 0 and len(val.logits) == len(examples) - 64
-    scope.save_scope(path, stats)
-    block = json.loads((path / "config.json").read_text())["scope"]
-    assert block["version"] == scope.SCOPE_VERSION and (path / scope.SCOPE_FILE).is_file()
-    loaded = scope.load_scope(path)
-    assert torch.allclose(loaded.image_precision, stats.image_precision)
-    predictor = Predictor.from_checkpoint(path, "cpu")
-    scene = scenes_csv.parent / "img" / "3.png"
-    inside = predictor.predict(scene, "is the gray square on the left?")
-    assert inside.in_scope, inside.scope
-    outside = predictor.predict(scene, "is the purple square on the left?")
-    assert not outside.in_scope and "text" in outside.scope["reasons"]
-    photo = predictor.predict(fixture_path("chelsea.jpg"), "is the red square on the left?")
-    assert "image" in photo.scope["reasons"], photo.scope
-    out = outside.to_json()
-    assert out["in_scope"] is False and out["confidence"] == pytest.approx(max(out["scores"].values()))
-    json.dumps(out)  # plain JSON types
-
-
 def test_a_scope_block_without_its_file_is_an_error(tiny_checkpoint, tmp_path):
     import shutil
 
@@ -147,23 +113,6 @@ def test_a_scope_block_without_its_file_is_an_error(tiny_checkpoint, tmp_path):
         scope.load_scope(path)
 
 
-def test_finetune_stores_scope_statistics(scenes_csv, tmp_path):
-    from mmdemo.training.finetune import FinetuneRequest, finetune
-    from mmdemo.training.settings import TrainSettings
-
-    settings = TrainSettings(epochs=1, batch_size=16, freeze=[], modality_dropout=0.0, seed=0)
-    request = FinetuneRequest(
-        dataset=read_csv(scenes_csv), out=tmp_path / "tuned", settings=settings, config=tiny_config(), val_fraction=0.25
-    )
-    result = finetune(request)
-    stats = scope.load_scope(result.checkpoint)
-    assert stats is not None and stats.slots[0]["words"] == ["blue", "gray", "green", "red"]
-    p = Predictor.from_checkpoint(result.checkpoint, "cpu").predict(
-        scenes_csv.parent / "img" / "0.png", "is the pink square on the left?"
-    )
-    assert p.scope["fitted"] and "text" in p.scope["reasons"]
-
-
 def test_pooled_image_is_the_mean_then_the_spread_over_regions():
     fm = torch.tensor([[[[0.0, 2.0], [4.0, 6.0]], [[1.0, 1.0], [1.0, 1.0]]]])  # (1, 2, 2, 2)
     pooled = scope.pooled_image(fm)
@@ -174,18 +123,6 @@ def test_pooled_image_is_the_mean_then_the_spread_over_regions():
     assert scope.image_statistic(_stats(), pooled) is pooled
 
 
-def test_reencode_changes_an_image_the_same_way_for_a_seed(fixture_path):
-    from PIL import Image
-
-    image = Image.open(fixture_path("chelsea.jpg")).convert("RGB").resize((75, 75))
-    first = [scope.reencode(image, np.random.default_rng(3)) for _ in range(2)]
-    assert np.array_equal(np.asarray(first[0]), np.asarray(first[1]))
-    rng = np.random.default_rng(4)
-    for copy in (scope.reencode(image, rng) for _ in range(20)):
-        assert copy.mode == "RGB" and 40 <= copy.width <= 310
-        assert copy.size != image.size or not np.array_equal(np.asarray(copy), np.asarray(image))
-
-
 @pytest.fixture(scope="module")
 def scoped_checkpoint(tmp_path_factory):
     """A tiny checkpoint with fitted statistics, and one of its scene images."""
@@ -194,17 +131,22 @@ def scoped_checkpoint(tmp_path_factory):
     model = build_model(tiny_config())
     path = save_checkpoint(model, root / "tiny-scoped")
     examples = read_csv(write_colour_scenes(root / "data")).examples
-    scope.save_scope(path, scope.fit_scope(model, examples[:64], examples[64:])[0])
+    save_scope(path, fit_scope(model, examples[:64], examples[64:])[0])
     return path, root / "data" / "img" / "3.png"
 
 
-def test_fitting_covers_reencoded_copies_of_each_image(scoped_checkpoint):
-    stats = scope.load_scope(scoped_checkpoint[0])
-    assert stats.version == scope.SCOPE_VERSION == 2
-    fitted = stats.fitted_on
-    assert fitted["reencoded_images"] == scope.REENCODINGS_PER_IMAGE * fitted["images"]
-    assert fitted["val_reencoded_images"] == scope.REENCODINGS_PER_IMAGE * fitted["val_images"]
-    assert stats.image_mean.shape == (2 * build_model(tiny_config()).image_encoder.out_channels,)
+def test_every_prediction_carries_its_scope(scoped_checkpoint, fixture_path):
+    path, scene = scoped_checkpoint
+    predictor = Predictor.from_checkpoint(path, "cpu")
+    inside = predictor.predict(scene, "is the gray square on the left?")
+    assert inside.in_scope, inside.scope
+    outside = predictor.predict(scene, "is the purple square on the left?")
+    assert not outside.in_scope and "text" in outside.scope["reasons"]
+    photo = predictor.predict(fixture_path("chelsea.jpg"), "is the red square on the left?")
+    assert "image" in photo.scope["reasons"], photo.scope
+    out = outside.to_json()
+    assert out["in_scope"] is False and out["confidence"] == pytest.approx(max(out["scores"].values()))
+    json.dumps(out)  # plain JSON types
 
 
 def _broken_copy(scoped_checkpoint, tmp_path, name="visitor-model"):

@@ -16,9 +16,9 @@ import torch  # noqa: E402
 from mmdemo import ui  # noqa: E402
 from mmdemo.app.registry import CheckpointRegistry  # noqa: E402
 from mmdemo.datasets.csv_table import read_csv  # noqa: E402
-from mmdemo.inference import scope  # noqa: E402
 from mmdemo.model.checkpoint import save_checkpoint  # noqa: E402
 from mmdemo.model.classifier import build_model  # noqa: E402
+from mmdemo.training.scope_fit import fit_scope, save_scope  # noqa: E402
 
 from ..browser import browser, serve  # noqa: E402
 from ..conftest import tiny_config, write_colour_scenes  # noqa: E402
@@ -31,13 +31,13 @@ def served(tmp_path_factory):
     model = build_model(tiny_config())
     path = save_checkpoint(model, root / "shipped" / "sort-of-clevr")
     examples = read_csv(write_colour_scenes(root / "data")).examples
-    stats = scope.fit_scope(model, examples[:64], examples[64:])[0]
-    scope.save_scope(path, stats)
+    stats = fit_scope(model, examples[:64], examples[64:])[0]
+    save_scope(path, stats)
     # the same model, with a floor on image reliance that no answer reaches: every answer
     # "ignores the image" (scope.assess's third check; its maths is tested in test_scope.py)
     blind = save_checkpoint(model, root / "shipped" / "blind")
     stats.reliance_floor = 1.01
-    scope.save_scope(blind, stats)
+    save_scope(blind, stats)
     app = ui.App(CheckpointRegistry(root / "mine", root / "shipped"), work_dir=str(root / "work"))
     with serve(app) as url, browser() as chromium:
         page = chromium.new_page(viewport={"width": 1280, "height": 1000})
