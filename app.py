@@ -13,7 +13,7 @@ import os
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from mmdemo.ui import App, create_demo  # noqa: E402
-from mmdemo.ui.serve import serve  # noqa: E402
+from mmdemo.ui.launch import serve  # noqa: E402
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 

@@ -112,7 +112,7 @@ class Server:
         env.pop("MMDEMO_CHECKPOINT_DIR", None)
         self.log = open(root / "server.log", "w")
         self.process = subprocess.Popen(
-            [sys.executable, "-c", "from mmdemo.ui.serve import main; main()"],
+            [sys.executable, "-c", "from mmdemo.ui.launch import main; main()"],
             env=env,
             stdout=self.log,
             stderr=subprocess.STDOUT,

@@ -9,19 +9,18 @@ from __future__ import annotations
 import os
 import warnings
 
-# Gradio's queue keeps a record of its last N events for analytics (10,000 by default, a few
-# MB that grow for hours under load); read when the Blocks are made, so set before that.
-os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", "200")
+import gradio as gr
 
-import gradio as gr  # noqa: E402
-
-from ..app.backend import App  # noqa: E402
-from ..app.registry import TOKEN_PATTERN  # noqa: E402
-from .compare import compare_tab  # noqa: E402
-from .evaluate import PredictLink, evaluate_tab  # noqa: E402
+from ..app.backend import App
+from ..app.registry import TOKEN_PATTERN
+from . import gradio_patches
+from .compare import compare_tab
+from .evaluate import PredictLink, evaluate_tab
 from .finetune import csv_columns, finetune_tab
 from .identity import browser_state, token_component
 from .predict import predict, predict_tab, redraw
+
+gradio_patches.bound_queue_analytics()  # before any Blocks is made: its queue reads them
 
 __all__ = ["App", "CSS", "create_demo", "csv_columns", "predict", "redraw"]
 
@@ -70,22 +69,6 @@ def create_demo(app: App) -> gr.Blocks:
 
         demo.load(on_load, poll_inputs, [*poll_outputs, token], api_visibility="private", queue=False)
         demo.load(restore, restore_inputs, restored, api_visibility="private", queue=False)
-    _fill_left_out_inputs(demo)
+    gradio_patches.check(demo)  # the Gradio the patches were written for, or a RuntimeError naming what differs
+    gradio_patches.checked_inputs(demo)  # left-out trailing inputs filled, numbers checked in words
     return demo
-
-
-def _fill_left_out_inputs(demo: gr.Blocks) -> None:
-    """Let raw HTTP callers (``/gradio_api/call/<name>``) leave out trailing optional parameters,
-    as gradio_client callers can: Gradio 6.31 refuses a list shorter than the event's inputs, so
-    a client written for ``/predict``'s five inputs (image, question, checkpoint, method, opacity)
-    would fail once the owner token came last. A left-out value is its component's initial value
-    (the default the page shows)."""
-    validate = demo.validate_inputs
-
-    def validate_filled(block_fn, inputs: list) -> None:
-        if isinstance(inputs, list) and len(inputs) < len(block_fn.inputs):
-            # preprocessing reads this same list next
-            inputs.extend(getattr(block, "value", None) for block in block_fn.inputs[len(inputs) :])
-        validate(block_fn, inputs)
-
-    demo.validate_inputs = validate_filled

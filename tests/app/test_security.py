@@ -353,7 +353,7 @@ def test_example_dataset_is_made_once(app):
 
 
 def test_empty_gradio_cache_folders_are_removed_once_old(tmp_path):
-    from mmdemo.ui.serve import sweep_empty_cache_folders
+    from mmdemo.ui.cache import sweep_empty_cache_folders
 
     old_empty, old_full, new_empty = (tmp_path / n for n in ("a", "b", "c"))
     for folder in (old_empty, old_full, new_empty):

@@ -26,7 +26,7 @@ from mmdemo.app.settings import Limits  # noqa: E402
 from mmdemo.benchmarks.stress import folder_hash  # noqa: E402
 from mmdemo.model.checkpoint import save_checkpoint  # noqa: E402
 from mmdemo.model.classifier import build_model  # noqa: E402
-from mmdemo.ui.serve import launch  # noqa: E402
+from mmdemo.ui.launch import launch  # noqa: E402
 
 from ..conftest import tiny_config  # noqa: E402
 

@@ -1,5 +1,5 @@
 """Gradio's file cache and per-session records stay bounded against a live server (the app as
-``ui.serve.launch`` starts it, tiny model, a 0.5 MB cache cap): under concurrent load the
+``ui.launch.launch`` starts it, tiny model, a 0.5 MB cache cap): under concurrent load the
 cache stays under its cap, a file a queued request needs is kept, a swept upload gets a
 clear message, and finished sessions are forgotten."""
 
@@ -22,7 +22,8 @@ from mmdemo.app.settings import Limits  # noqa: E402
 from mmdemo.benchmarks.stress import _disk_mb  # noqa: E402
 from mmdemo.model.checkpoint import save_checkpoint  # noqa: E402
 from mmdemo.model.classifier import build_model  # noqa: E402
-from mmdemo.ui import serve  # noqa: E402
+from mmdemo.ui import gradio_patches, launch  # noqa: E402
+from mmdemo.ui.cache import CACHE_SWEEP_S  # noqa: E402
 
 from ..conftest import tiny_config  # noqa: E402
 
@@ -37,15 +38,15 @@ def server(tmp_path_factory):
         mp.setenv("GRADIO_TEMP_DIR", str(root / "gradio"))  # a cache of its own, measured whole
         mp.setenv("MMDEMO_CACHE_MAX_MB", str(CAP_MB))
         mp.setenv("MMDEMO_CACHE_MIN_AGE_S", "1")
-        mp.setattr(serve, "SESSION_SWEEP_S", 1)
-        mp.setattr(serve, "SESSION_CAPACITY", 2)  # what live pages hold is kept: few pages here
+        mp.setattr(gradio_patches, "SESSION_SWEEP_S", 1)
+        mp.setattr(launch, "SESSION_CAPACITY", 2)  # what live pages hold is kept: few pages here
         limits = Limits(predict_concurrency=1)
         app = ui.App(CheckpointRegistry(root / "mine", root / "shipped", limits=limits), str(root / "work"))
         demo = ui.create_demo(app)
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        serve.launch(demo, app, "127.0.0.1", port, prevent_thread_lock=True, quiet=True)
+        launch.launch(demo, app, "127.0.0.1", port, prevent_thread_lock=True, quiet=True)
         yield demo.local_url.rstrip("/"), demo, root / "gradio"
         demo.close()
         app.close()
@@ -91,7 +92,7 @@ def test_the_cache_stays_under_its_cap_under_concurrent_load(server):
         done = list(pool.map(lambda _: _predict(url, _png()), range(40)))
     assert all(outcome == "answered" for _, outcome in done), {o for _, o in done}
     # 40 uploads and their output images are well over the cap (each answer writes 4 images)
-    time.sleep(2 * serve.CACHE_SWEEP_S + 1.5)  # older than MMDEMO_CACHE_MIN_AGE_S, swept
+    time.sleep(2 * CACHE_SWEEP_S + 1.5)  # older than MMDEMO_CACHE_MIN_AGE_S, swept
     assert _disk_mb([cache]) <= CAP_MB, sorted(p.name for p in cache.rglob("*") if p.is_file())
     assert not os.path.exists(done[0][0])  # the first upload went (least recently used)
     tracked = set().union(*demo.temp_file_sets)  # Gradio's own records of cached files shrink too
@@ -125,7 +126,7 @@ def test_an_upload_no_request_has_sent_yet_outlives_the_cap(server):
     url, demo, _ = server
     with httpx.Client(timeout=120) as client:
         path = _upload(client, url, _png(600))  # ~1 MB of noise, over the 0.5 MB cap by itself
-        time.sleep(2 * serve.CACHE_SWEEP_S + 1.5)
+        time.sleep(2 * CACHE_SWEEP_S + 1.5)
         assert os.path.exists(path)
         assert _result(client, url, _call(client, url, path)) == "answered"
 
