@@ -1,5 +1,10 @@
 """Helpers shared by the tabs: input errors (shown to the visitor, logged as one line; a traceback
-only for real faults) and API typing of components whose choices change."""
+only for real faults) and API typing of components whose choices change.
+
+Only Gradio's public API here: components subclass Gradio's and override ``preprocess``, with
+``is_template`` (how Gradio's own templates, gradio/templates.py, reuse their parent's browser
+side); the API page's typing and examples override a component's public ``api_info_as_input``
+and ``example_payload``. What touches Gradio's internals is in ui/gradio_patches.py."""
 
 from __future__ import annotations
 
@@ -108,9 +113,10 @@ def api_type(component: gr.components.Component, schema: dict) -> gr.components.
 
 
 def api_example(component: gr.components.Component, value) -> gr.components.Component:
-    """The value the API page's sample code passes for this component (Blocks reads
-    ``example_inputs``): a shipped example instead of Gradio's stock image and "Hello!!"."""
-    component.example_inputs = lambda: value  # type: ignore[method-assign]
+    """The value the API page's sample code passes for this component (``example_payload``, which
+    Blocks reads through ``example_inputs``): a shipped example instead of Gradio's stock image
+    and "Hello!!"."""
+    component.example_payload = lambda: value  # type: ignore[method-assign]
     return component
 
 
