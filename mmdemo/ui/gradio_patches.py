@@ -1,15 +1,17 @@
 """Every touch of Gradio's private code, in one module, checked at start-up.
 
 mmdemo works around a few bugs and gaps of Gradio 6.31 by reading or replacing code that Gradio
-does not document: its queue's and sessions' records, its file cache's sets, three of its
-functions. Each patch below names what it works around (the Gradio file and function, what goes
-wrong) and why the app needs it. ``check`` refuses to start on a Gradio other than the one they
-were written against, or on one where anything they read or replace is missing or has changed
-shape, naming it: a patch of a function that is no longer called would otherwise do nothing,
-silently. The rest of mmdemo/ui uses Gradio's public API; ``ui/launch.py`` applies the patches
-and ``ui/cache.py`` bounds the file cache through ``GradioFiles``. Each patch is pinned by a
-behaviour test in tests/ui/test_gradio_patches.py; the costs they remove are measured by
-``python -m mmdemo bench-app`` and ``python -m mmdemo stress``.
+does not document: its queue's and sessions' records and its file cache's sets are read, three
+of its functions are replaced, and two methods of a running demo (``validate_inputs``, its
+queue's ``push``) are wrapped. Each patch below names what it works around (the Gradio file and
+function, what goes wrong) and why the app needs it. ``check`` (run by ``create_demo``) refuses
+to start on a Gradio other than the one they were written against, or on one where anything they
+read or replace is missing or has changed shape, naming it: a patch of a function that is no
+longer called would otherwise do nothing, silently. The rest of mmdemo/ui uses Gradio's public
+API; ``ui/launch.py`` applies the patches and ``ui/cache.py`` bounds the file cache through
+``GradioFiles``. Each patch is pinned by a behaviour test in tests/ui/test_gradio_patches.py or
+tests/ui/test_cache_bound.py; the costs they remove are measured by ``python -m mmdemo
+bench-app`` and ``python -m mmdemo stress``.
 """
 
 from __future__ import annotations
