@@ -602,7 +602,9 @@ def evaluate_tab(
             concurrency_limit=1,
             concurrency_id="evaluate",
         )
-        stop.click(ev.stop, token, None, api_name=False, queue=False)
+        # queued, so its toast reaches the page (Gradio drops gr.Info outside the queue); no limit:
+        # it only sets an event, and never waits for another visitor's Stop
+        stop.click(ev.stop, token, None, api_name=False, concurrency_limit=None)
         for f in filters:
             f.input(ev.filter, [*filters, token], [rows, count], api_name=False)
         slice_column.input(ev.choose_slice, [slice_column, token], result_views, api_name=False)

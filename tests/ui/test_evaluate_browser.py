@@ -1,7 +1,8 @@
 """The Evaluate and Compare & What-if tabs in a real browser (headless Chromium + Playwright):
 filters and confusion cells list exactly their rows, a row opens in Predict & Explain, ratings
 survive a restart and two raters at once, the report downloads and opens offline, two
-checkpoints show different heatmaps, and a counterfactual edit changes the answer.
+checkpoints show different heatmaps, a counterfactual edit changes the answer, and Stop ends a
+run that the test holds at a gate (no race between a click and a real run).
 
 Tiny offline checkpoints serve most tests; the counterfactual colour swap uses the shipped one.
 Skipped where Chromium is not installed, unless MMDEMO_REQUIRE_BROWSER=1.
@@ -13,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import threading
 import zipfile
 from pathlib import Path
 
@@ -40,6 +42,46 @@ from ..conftest import tiny_config  # noqa: E402
 
 SHIPPED = Path(__file__).resolve().parents[2] / "checkpoints" / "sort-of-clevr"
 COLUMNS = ["#", "row", "image", "question", "label", "prediction", "confidence", "correct", "qtype", "in scope"]
+
+
+class Gate:
+    """Lets ``batches`` calls of ``predict_batch`` through, then holds each next one until the
+    test releases it: a run is stopped at a point the test chooses, not when a click lands."""
+
+    def __init__(self, batches: int):
+        self.batches, self.calls = batches, 0
+        self.held, self.released = threading.Event(), threading.Event()
+
+    def predict_batch(self, predictor: Predictor, *args, **kwargs):
+        self.calls += 1
+        if self.calls > self.batches:
+            self.held.set()
+            if not self.released.wait(300):
+                raise TimeoutError("the test never opened the gate")
+        return predictor.predict_batch(*args, **kwargs)
+
+
+class _Gated:
+    """A real predictor whose ``predict_batch`` passes through a gate first."""
+
+    def __init__(self, predictor: Predictor, gate: Gate):
+        self._predictor, self._gate = predictor, gate
+
+    def __getattr__(self, name):
+        return getattr(self._predictor, name)
+
+    def predict_batch(self, *args, **kwargs):
+        return self._gate.predict_batch(self._predictor, *args, **kwargs)
+
+
+class GatedRegistry(CheckpointRegistry):
+    """The app's registry; while a test sets ``gate``, the predictors it hands out go through it."""
+
+    gate: Gate | None = None
+
+    def predictor(self, name, owner=None):
+        predictor = super().predictor(name, owner)
+        return predictor if self.gate is None else _Gated(predictor, self.gate)
 
 
 @pytest.fixture(scope="module")
@@ -73,10 +115,12 @@ def site(tmp_path_factory):
     wrong = sum(r["label"] != a for r, a in zip(rows, answers))
     assert 0 < wrong < len(rows)
 
-    app = ui.App(CheckpointRegistry(root / "mine", shipped), work_dir=str(root / "work"))
+    registry = GatedRegistry(root / "mine", shipped)
+    app = ui.App(registry, work_dir=str(root / "work"))
     with serve(app) as url:
         yield {
             "url": url,
+            "registry": registry,
             "root": root,
             "csv": str(root / "labelled.csv"),
             "zip": archive,
@@ -363,14 +407,25 @@ def test_compare_on_the_data_set_lists_disagreements(page, site):
 
 
 def test_a_long_run_shows_progress_and_stops(browser, site):
-    page = _new_page(browser, site["url"])
-    page.get_by_role("tab", name="Evaluate").click()
-    page.locator("#eval-scenes input").fill("200")
-    page.locator("#eval-run").click()
-    expect(page.locator("#eval-status")).to_contain_text("rows", timeout=60_000)  # the progress bar's text
-    page.locator("#eval-stop").click()
-    expect(page.locator("#eval-status")).to_contain_text("stopped after", timeout=300_000)
-    done = int(re.search(r"stopped after (\d+) of 4000 rows", page.locator("#eval-status").inner_text()).group(1))
-    assert 0 < done < 4000
-    expect(page.locator("#eval-count")).to_contain_text(f"{done} of {done} rows match")
-    page.context.close()
+    """Stop, clicked while the run is held in its third batch, ends the run after that batch: the
+    page shows the stopped status and exactly the rows done."""
+    gate = site["registry"].gate = Gate(batches=2)
+    try:
+        page = _new_page(browser, site["url"])
+        page.get_by_role("tab", name="Evaluate").click()
+        page.locator("#eval-scenes input").fill("5")  # 100 rows: 7 batches of 16
+        page.locator("#eval-run").click()
+        assert gate.held.wait(300), "the run never reached its third batch"
+        status = page.locator("#eval-status")
+        expect(status).to_contain_text("32 / 100 rows", timeout=60_000)  # the progress bar's text
+        page.locator("#eval-stop").click()
+        expect(page.get_by_text("Stopping after the current batch")).to_be_visible()
+        expect(status).not_to_contain_text("stopped")  # the run is still held in its batch
+        gate.released.set()
+        expect(status).to_contain_text("stopped after 48 of 100 rows", timeout=120_000)
+        expect(page.locator("#eval-count")).to_contain_text("48 of 48 rows match")
+        assert len(_rows(page, "eval-rows")) == 48 and gate.calls == 3  # no batch started after Stop
+        page.context.close()
+    finally:
+        gate.released.set()
+        site["registry"].gate = None
