@@ -1,6 +1,11 @@
 """The Compare & What-if tab: one input through two checkpoints (or raw vs gradient) side by
 side, and a counterfactual edit (another question, or squares of the image blanked by
-clicking them) with the prediction and heatmap before and after."""
+clicking them) with the prediction and heatmap before and after.
+
+``CompareTab`` holds the handlers (they call the checkpoint registry's predictors and draw the
+overlays with mmdemo.render); ``compare_tab`` lays out the components and wires them to those
+methods. Nothing is stored, and nothing here is a named API endpoint.
+"""
 
 from __future__ import annotations
 
@@ -18,19 +23,6 @@ OPACITY = 0.55
 MAX_BLANKS = 50
 
 
-def _predict(app: App, image, text: str, checkpoint: str | None, method: str | None, owner: str | None = None):
-    """(probabilities, overlay, prediction) of one input; a gr.Error a user can act on."""
-    if not text or not str(text).strip():
-        raise refuse("Please type a question.")
-    try:
-        predictor = app.registry.predictor(checkpoint or app.default_checkpoint(), owner)
-        prediction = predictor.predict_batch([image], [text], method or DEFAULT_METHOD)[0]
-    except ValueError as e:
-        raise refuse(str(e)) from None
-    e = prediction.explanation
-    return prediction.scores, render.overlay(image, e.heatmap, OPACITY, e.peak_xy), prediction
-
-
 def _image(path, what: str = "the image"):
     if not path:
         raise refuse("Please upload an image.")
@@ -38,21 +30,6 @@ def _image(path, what: str = "the image"):
         return decode_image(path, name=what)
     except ValueError as e:
         raise refuse(str(e)) from None
-
-
-def compare(app: App, image_path, text, checkpoint_a, method_a, checkpoint_b, method_b, owner: str | None = None):
-    image = _image(image_path)
-    scores_a, overlay_a, a = _predict(app, image, text, checkpoint_a, method_a, owner)
-    scores_b, overlay_b, b = _predict(app, image, text, checkpoint_b, method_b, owner)
-    name_a = f"`{checkpoint_a}` ({method_a})"
-    name_b = f"`{checkpoint_b}` ({method_b})"
-    pa, pb = a.explanation.peak_xy, b.explanation.peak_xy
-    summary = (
-        f"{name_a}: **{a.label}** ({100 * a.scores[a.label]:.1f} %), peak at ({pa[0]:.0f}, {pa[1]:.0f}) · "
-        f"{name_b}: **{b.label}** ({100 * b.scores[b.label]:.1f} %), peak at ({pb[0]:.0f}, {pb[1]:.0f}) · "
-        + ("they **agree**." if a.label == b.label else "they **disagree**.")
-    )
-    return scores_a, overlay_a, scores_b, overlay_b, summary
 
 
 def _edited(state: dict | None):
@@ -79,60 +56,128 @@ def _shown(state: dict | None):
     return edited.resize((edited.width * k, edited.height * k), Image.NEAREST) if k > 1 else edited
 
 
-def new_image(image_path):
-    """A new image to edit: no blanks yet."""
-    state = {"image": image_path, "blanks": [], "side_pct": 16}
-    return state, _shown(state) if image_path else None
+def mine(state: dict | None, image) -> dict | None:
+    """The edit state, only for the page that shows its image: Gradio keys a gr.State by the
+    session hash (anyone can send another's), while the cached path the page sends names an
+    upload's content."""
+    return state if state and image and state.get("image") == image else None
 
 
-def blank_at(state, side_pct, evt: gr.SelectData):
-    """A click on the edited image blanks a square around the clicked pixel."""
-    if not state or not state.get("image"):
-        raise refuse("Upload an image first.")
-    if len(state["blanks"]) >= MAX_BLANKS:
-        raise refuse(f"At most {MAX_BLANKS} blanked squares; press 'Undo all edits' to start again.")
-    k = _zoom(_image(state["image"]))
-    x, y = (float(v) / k for v in evt.index)  # displayed pixels -> the image's own pixels
-    state = {**state, "blanks": [*state["blanks"], [x, y]], "side_pct": float(side_pct or 16)}
-    return state, _shown(state), f"{len(state['blanks'])} square(s) blanked; last at ({x:.0f}, {y:.0f})."
+class CompareTab:
+    """The tab's handlers, bound to the app."""
+
+    def __init__(self, app: App):
+        self.app = app
+
+    def owner(self, token, profile=None) -> str | None:
+        """Whose checkpoints may be compared besides the shipped ones (App.owner, from the owner token)."""
+        return owner_of(self.app, token, profile)
+
+    def _predict(self, image, text: str, checkpoint: str | None, method: str | None, owner: str | None = None):
+        """(probabilities, overlay, prediction) of one input; a gr.Error a user can act on."""
+        if not text or not str(text).strip():
+            raise refuse("Please type a question.")
+        try:
+            predictor = self.app.registry.predictor(checkpoint or self.app.default_checkpoint(), owner)
+            prediction = predictor.predict_batch([image], [text], method or DEFAULT_METHOD)[0]
+        except ValueError as e:
+            raise refuse(str(e)) from None
+        e = prediction.explanation
+        return prediction.scores, render.overlay(image, e.heatmap, OPACITY, e.peak_xy), prediction
+
+    def names(self, token, profile: gr.OAuthProfile | None = None):
+        """The checkpoint list the visitor may use (fine-tuned ones appear when a list opens)."""
+        return gr.update(choices=self.app.registry.names(self.owner(token, profile)))
+
+    # -- side by side ----------------------------------------------------------------------
+    def compare(
+        self, image_path, text, checkpoint_a, method_a, checkpoint_b, method_b, token=None,
+        profile: gr.OAuthProfile | None = None,
+    ):  # fmt: skip
+        owner = self.owner(token, profile)
+        image = _image(image_path)
+        scores_a, overlay_a, a = self._predict(image, text, checkpoint_a, method_a, owner)
+        scores_b, overlay_b, b = self._predict(image, text, checkpoint_b, method_b, owner)
+        name_a = f"`{checkpoint_a}` ({method_a})"
+        name_b = f"`{checkpoint_b}` ({method_b})"
+        pa, pb = a.explanation.peak_xy, b.explanation.peak_xy
+        summary = (
+            f"{name_a}: **{a.label}** ({100 * a.scores[a.label]:.1f} %), peak at ({pa[0]:.0f}, {pa[1]:.0f}) · "
+            f"{name_b}: **{b.label}** ({100 * b.scores[b.label]:.1f} %), peak at ({pb[0]:.0f}, {pb[1]:.0f}) · "
+            + ("they **agree**." if a.label == b.label else "they **disagree**.")
+        )
+        return scores_a, overlay_a, scores_b, overlay_b, summary
+
+    # -- what if ---------------------------------------------------------------------------
+    @staticmethod
+    def new_image(image_path):
+        """A new image to edit: no blanks yet."""
+        state = {"image": image_path, "blanks": [], "side_pct": 16}
+        return state, _shown(state) if image_path else None
+
+    @staticmethod
+    def same_question(text):
+        """The edited question starts as the question."""
+        return text
+
+    @staticmethod
+    def blank_at(state, side_pct, evt: gr.SelectData, image=None):
+        """A click on the edited image blanks a square around the clicked pixel."""
+        state = mine(state, image)
+        if not state or not state.get("image"):
+            raise refuse("Upload an image first.")
+        if len(state["blanks"]) >= MAX_BLANKS:
+            raise refuse(f"At most {MAX_BLANKS} blanked squares; press 'Undo all edits' to start again.")
+        k = _zoom(_image(state["image"]))
+        x, y = (float(v) / k for v in evt.index)  # displayed pixels -> the image's own pixels
+        state = {**state, "blanks": [*state["blanks"], [x, y]], "side_pct": float(side_pct or 16)}
+        return state, _shown(state), f"{len(state['blanks'])} square(s) blanked; last at ({x:.0f}, {y:.0f})."
+
+    @staticmethod
+    def reset(state, image=None):
+        """Undo all edits (another page's state is left alone)."""
+        state = mine(state, image)
+        if not state:
+            return (gr.skip(),) * 3
+        state = {**state, "blanks": []}
+        return state, _shown(state), "No edits."
+
+    def what_if(
+        self, state, text, edited_text, checkpoint, method, image=None, token=None,
+        profile: gr.OAuthProfile | None = None,
+    ):  # fmt: skip
+        """Prediction and heatmap of the original input and of the edited one."""
+        owner = self.owner(token, profile)
+        state = mine(state, image)
+        if not state or not state.get("image"):
+            raise refuse("Please upload an image.")
+        original = _image(state["image"])
+        edited = _edited(state)
+        edited_text = edited_text if edited_text and str(edited_text).strip() else text
+        scores_before, overlay_before, before = self._predict(original, text, checkpoint, method, owner)
+        scores_after, overlay_after, after = self._predict(edited, edited_text, checkpoint, method, owner)
+        changes = []
+        if edited_text.strip() != str(text).strip():
+            changes.append(f"question *{text}* → *{edited_text}*")
+        if state.get("blanks"):
+            changes.append(f"{len(state['blanks'])} square(s) blanked")
+        verdict = (
+            f"the answer **changed**: {before.label} → **{after.label}**"
+            if before.label != after.label
+            else f"the answer is **unchanged** ({before.label})"
+        )
+        summary = (
+            f"Edit: {', '.join(changes) or 'none'}. Before: {before.label} ({100 * before.scores[before.label]:.1f} %); "
+            f"after: {after.label} ({100 * after.scores[after.label]:.1f} %); {verdict}."
+        )
+        return scores_before, overlay_before, scores_after, overlay_after, summary
 
 
-def reset(state):
-    state = {**(state or {}), "blanks": []}
-    return state, _shown(state), "No edits."
-
-
-def what_if(app: App, state, text, edited_text, checkpoint, method, owner: str | None = None):
-    """Prediction and heatmap of the original input and of the edited one."""
-    if not state or not state.get("image"):
-        raise refuse("Please upload an image.")
-    original = _image(state["image"])
-    edited = _edited(state)
-    edited_text = edited_text if edited_text and str(edited_text).strip() else text
-    scores_before, overlay_before, before = _predict(app, original, text, checkpoint, method, owner)
-    scores_after, overlay_after, after = _predict(app, edited, edited_text, checkpoint, method, owner)
-    changes = []
-    if edited_text.strip() != str(text).strip():
-        changes.append(f"question *{text}* → *{edited_text}*")
-    if state.get("blanks"):
-        changes.append(f"{len(state['blanks'])} square(s) blanked")
-    verdict = (
-        f"the answer **changed**: {before.label} → **{after.label}**"
-        if before.label != after.label
-        else f"the answer is **unchanged** ({before.label})"
-    )
-    summary = (
-        f"Edit: {', '.join(changes) or 'none'}. Before: {before.label} ({100 * before.scores[before.label]:.1f} %); "
-        f"after: {after.label} ({100 * after.scores[after.label]:.1f} %); {verdict}."
-    )
-    return scores_before, overlay_before, scores_after, overlay_after, summary
-
-
-def compare_tab(app: App, owner_token: gr.BrowserState) -> None:
-    """The tab's components and events; ``owner_token``: the visitor's owner token (their own
-    checkpoints can be compared besides the shipped ones; ui/identity.py). Nothing is stored.
+def compare_tab(app: App, owner_token: gr.BrowserState) -> CompareTab:
+    """The tab's components and events; every event sends ``owner_token`` (ui/identity.py).
     A checkpoint name not in a list reaches the handlers (allow_custom_value), which answer
     "unknown checkpoint" for another visitor's, instead of Gradio's choice check."""
+    ct = CompareTab(app)
     names, default = app.registry.names(), app.default_checkpoint()
     with gr.Tab("Compare & What-if", id="compare"):
         gr.Markdown("### Side by side\nOne image and question through two checkpoints, or raw vs gradient.")
@@ -161,21 +206,6 @@ def compare_tab(app: App, owner_token: gr.BrowserState) -> None:
             with gr.Column():
                 label_b = gr.Label(num_top_classes=3, label="B", elem_id="cmp-label-b")
                 overlay_b = gr.Image(label="B: where it looked", interactive=False, elem_id="cmp-overlay-b")
-
-        def on_compare(
-            image, text, checkpoint_a, method_a, checkpoint_b, method_b, token, profile: gr.OAuthProfile | None = None
-        ):
-            owner = owner_of(app, token, profile)
-            return compare(app, image, text, checkpoint_a, method_a, checkpoint_b, method_b, owner)
-
-        run.click(
-            on_compare,
-            [image, text, checkpoint_a, method_a, checkpoint_b, method_b, owner_token],
-            [label_a, overlay_a, label_b, overlay_b, summary],
-            api_name=False,
-            concurrency_limit=2,
-            concurrency_id="predict",
-        )
 
         gr.Markdown(
             "### What if\nEdit the question (e.g. swap the colour word) and/or click the image on the right to blank "
@@ -213,41 +243,23 @@ def compare_tab(app: App, owner_token: gr.BrowserState) -> None:
                 label_after = gr.Label(num_top_classes=3, label="After", elem_id="wi-label-after")
                 overlay_after = gr.Image(label="After", interactive=False, elem_id="wi-overlay-after")
 
-        def names(token, profile: gr.OAuthProfile | None = None):
-            return gr.update(choices=app.registry.names(owner_of(app, token, profile)))
-
-        for dropdown in (checkpoint_a, checkpoint_b, wi_checkpoint):  # fine-tuned ones appear when a list opens
-            dropdown.focus(names, owner_token, dropdown, api_name=False, queue=False)
-
-        # the edit state is a gr.State, which Gradio keys by the session hash (anyone can send
-        # another's): it is used only by the page that shows its image (the cached path the page
-        # sends names an upload's content)
-        def mine(state, image) -> dict | None:
-            return state if state and image and state.get("image") == image else None
-
-        def on_blank(state, side_pct, evt: gr.SelectData, image):
-            return blank_at(mine(state, image), side_pct, evt)
-
-        def on_reset(state, image):
-            state = mine(state, image)
-            return reset(state) if state else (gr.skip(),) * 3
-
-        wi_image.change(new_image, wi_image, [state, edited], api_name=False)
-        wi_text.change(lambda t: t, wi_text, wi_edit_text, api_name=False, queue=False)
-        edited.select(on_blank, [state, side, wi_image], [state, edited, edits], api_name=False)
-        undo.click(on_reset, [state, wi_image], [state, edited, edits], api_name=False)
-
-        def on_what_if(
-            state, text, edited_text, checkpoint, method, image, token, profile: gr.OAuthProfile | None = None
-        ):
-            owner = owner_of(app, token, profile)
-            return what_if(app, mine(state, image), text, edited_text, checkpoint, method, owner)
-
+        predicting = dict(api_name=False, concurrency_limit=2, concurrency_id="predict")
+        run.click(
+            ct.compare,
+            [image, text, checkpoint_a, method_a, checkpoint_b, method_b, owner_token],
+            [label_a, overlay_a, label_b, overlay_b, summary],
+            **predicting,
+        )
+        for dropdown in (checkpoint_a, checkpoint_b, wi_checkpoint):
+            dropdown.focus(ct.names, owner_token, dropdown, api_name=False, queue=False)
+        wi_image.change(ct.new_image, wi_image, [state, edited], api_name=False)
+        wi_text.change(ct.same_question, wi_text, wi_edit_text, api_name=False, queue=False)
+        edited.select(ct.blank_at, [state, side, wi_image], [state, edited, edits], api_name=False)
+        undo.click(ct.reset, [state, wi_image], [state, edited, edits], api_name=False)
         wi_run.click(
-            on_what_if,
+            ct.what_if,
             [state, wi_text, wi_edit_text, wi_checkpoint, wi_method, wi_image, owner_token],
             [label_before, overlay_before, label_after, overlay_after, wi_summary],
-            api_name=False,
-            concurrency_limit=2,
-            concurrency_id="predict",
+            **predicting,
         )
+    return ct
