@@ -1,6 +1,6 @@
 """What the web UI needs from the service layer, in one object: the checkpoint registry, the
-fine-tune jobs, the visitor's identity, upload handling under the limits, the example gallery
-and the example dataset.
+fine-tune jobs, the visitor's identity, upload handling under the limits, the example gallery,
+the example dataset, and ``answer``, the use case behind /predict (plain data the UI draws).
 
 Imports no gradio: the UI (mmdemo/ui/) wires components to this object's methods. Every
 method that reads or writes a visitor's things takes the ``owner`` the UI resolved on the
@@ -14,11 +14,19 @@ import json
 import logging
 import secrets
 import shutil
+import time
 from pathlib import Path
+from typing import NamedTuple
+
+from PIL import Image
 
 from ..datasets.archives import extract_zip
 from ..datasets.csv_table import Dataset, check_trainable, missing_images_hint, read_csv
 from ..datasets.sortofclevr import generate
+from ..explain.methods import DEFAULT_METHOD, METHODS
+from ..explain.relations import relation_objects
+from ..imaging import decode_image
+from ..inference.predictor import Prediction
 from ..model.card import app_model_card
 from ..model.preprocess import broken_character, is_blank
 from .jobs import DataSource, JobManager
@@ -31,6 +39,19 @@ log = logging.getLogger("mmdemo.app")
 DEFAULT_CHECKPOINT = "sort-of-clevr"
 EXAMPLE_DATASET_IMAGES = 150
 COMPRESSED_MAGIC = {"gzip": b"\x1f\x8b", "zip": b"PK\x03\x04", "bzip2": b"BZh", "xz": b"\xfd7zX"}
+
+
+class Answer(NamedTuple):
+    """One /predict answer as plain data: what the Predict tab's views are drawn from."""
+
+    prediction: Prediction  # the answer, its explanation and its out-of-scope assessment
+    contributions: dict[str, dict[str, float]]  # "both" / "image only" / "text only" -> label -> probability
+    image: Image.Image  # the decoded input, what the pictures are drawn on
+    explanation: dict  # what the API returns as "Explanation": prediction.to_json(), scores rounded
+    state: dict  # what a word click, an opacity change or the deletion curve reads later (JSON types)
+    elapsed_ms: float  # the analysis (one encoder pass), decoding excluded
+    device: str  # where the model ran
+    max_tokens: int  # the text encoder's token limit (a longer text was truncated)
 
 
 class App:
@@ -114,11 +135,69 @@ class App:
         import torch
 
         from ..explain.faithfulness import curves
-        from ..imaging import decode_image
 
         predictor = self.registry.predictor(checkpoint, owner)
         image = decode_image(image_path, name="the image", max_pixels=self.limits.max_image_pixels)
         return curves(predictor.probabilities, image, text, torch.tensor(heatmap), predictor.labels.index(label))
+
+    def answer(
+        self,
+        image: str | None,
+        question: str | None,
+        checkpoint: str | None = None,
+        method: str | None = DEFAULT_METHOD,
+        owner: str | None = None,
+    ) -> Answer:
+        """/predict's use case: the inputs checked (the question first, so a huge text is refused
+        at once), the image decoded within the pixel limit, the answer, explanation and modality
+        contributions from one encoder pass, the objects of a closest/furthest question found in the
+        picture (raw attention), and the state later views are drawn from. ``owner`` (decided on
+        the server) may use their own checkpoints besides the shipped ones. A ValueError says what
+        is wrong with the input, in the visitor's words."""
+        question = self.check_text(question)
+        if not image:
+            raise ValueError("Please upload an image (or pick an example).")
+        checkpoint = checkpoint or self.default_checkpoint()
+        method = method or DEFAULT_METHOD
+        if method not in METHODS:
+            raise ValueError(f"unknown explanation method {str(method)[:40]!r}; use one of {', '.join(METHODS)}")
+        predictor = self.registry.predictor(str(checkpoint), owner)
+        decoded = decode_image(image, name="the image", max_pixels=self.limits.max_image_pixels)
+        start = time.perf_counter()
+        prediction, contributions = predictor.analyse(decoded, question, method)  # one encoder pass
+        elapsed_ms = (time.perf_counter() - start) * 1000
+        e = prediction.explanation
+        explanation = prediction.to_json()
+        explanation["scores"] = {k: round(v, 4) for k, v in explanation["scores"].items()}
+        relation = relation_objects(decoded, question, e.peak_xy) if method == "raw" else None
+        state = {
+            "image": image,
+            "checkpoint": checkpoint,
+            "owner": owner,  # decided on the server; the state never leaves it
+            "label": prediction.label,
+            "method": method,
+            "question": question,
+            "words": e.words,
+            "word_scores": e.word_scores,
+            "heatmap": explanation["heatmap"],
+            "peak_xy": explanation["peak_xy"],
+            "word_maps": e.word_maps.tolist(),
+            "grid": list(e.heatmap.shape),
+            "relation": None
+            if relation is None
+            else {"kind": relation.kind, "reference": relation.reference, "answer": relation.answer},
+            "selected": None,
+        }
+        return Answer(
+            prediction,
+            contributions,
+            decoded,
+            explanation,
+            state,
+            elapsed_ms,
+            str(predictor.device),
+            predictor.config.max_tokens,
+        )
 
     def examples(self) -> list[list[str]]:
         """(image, question) pairs shipped with the default checkpoint, for the gallery."""
