@@ -26,11 +26,12 @@ import torch
 from gradio.state_holder import SessionState
 
 from .. import render
+from ..app import backend
 from ..app.backend import App
 from ..device import resolve_device
 from ..inference.engines import torch_threads_for_serving
 
-# the module, not the function of the same name that mmdemo.ui re-exports
+# the Predict tab's module, whose handler /predict runs
 predict_module = importlib.import_module("mmdemo.ui.predict")
 
 
@@ -83,14 +84,14 @@ def _stages(app: App, requests: int) -> dict:
     clock = _Clock()
     engine = predictor.engine
     patches = [
-        clock.wrap(predict_module, "decode_image", "decode image"),
+        clock.wrap(backend, "decode_image", "decode image"),
         clock.wrap(predictor, "analyse", "analyse (one encoder pass)"),
         clock.wrap(predictor, "tokens", "analyse / tokenize"),
         clock.wrap(predictor, "pixels", "analyse / image to pixels"),
         clock.wrap(predictor, "_assess_scope", "analyse / out-of-scope check"),
         clock.wrap(predictor, "_explain_sample", "analyse / explanation maths"),
-        clock.wrap(predict_module, "relation_objects", "relational boxes (from the picture)"),
-        clock.wrap(predict_module, "_map_note", "map note (reads the checkpoint's benchmark)"),
+        clock.wrap(backend, "relation_objects", "relational boxes (from the picture)"),
+        clock.wrap(predict_module.PredictTab, "map_note", "map note (reads the checkpoint's benchmark)"),
         clock.wrap(render, "overlay", "overlay picture"),
         clock.wrap(render, "word_maps_grid", "word maps picture"),
         clock.wrap(render, "region_grid", "region grid picture"),
@@ -155,7 +156,7 @@ async def _calls(demo, block_fn, app, checkpoint, pairs, requests: int, clock: _
     for i in range(len(pairs) + requests):
         image, question = pairs[i % len(pairs)]
         start = time.perf_counter()
-        outputs = predict_module.predict(app, str(image), question, checkpoint)
+        outputs = block_fn.fn(str(image), question, checkpoint)  # /predict's handler
         handler = time.perf_counter()
         with contextlib.redirect_stdout(None):
             await demo.postprocess_data(block_fn, list(outputs), state)

@@ -14,15 +14,16 @@ import gradio as gr
 from ..app.backend import App
 from ..app.registry import TOKEN_PATTERN
 from . import gradio_patches
+from .api import declare_api
 from .compare import compare_tab
 from .evaluate import PredictLink, evaluate_tab
 from .finetune import csv_columns, finetune_tab
 from .identity import browser_state, token_component
-from .predict import predict, predict_tab, redraw
+from .predict import PredictTab, predict_tab
 
 gradio_patches.bound_queue_analytics()  # before any Blocks is made: its queue reads them
 
-__all__ = ["App", "CSS", "create_demo", "csv_columns", "predict", "redraw"]
+__all__ = ["App", "CSS", "PredictTab", "create_demo", "csv_columns"]
 
 # Small pictures (a 75 px scene) are enlarged in the view only, without blurring them.
 CSS = """
@@ -53,12 +54,13 @@ def create_demo(app: App) -> gr.Blocks:
         saved = browser_state({}, "mmdemo-finetune")  # the fine-tune form
         saved_tab = browser_state("predict", "mmdemo-tab")  # the open tab
         with gr.Tabs(elem_id="tabs") as tabs:
-            inputs = predict_tab(app, token, saved_tab)
+            predict = predict_tab(app, token, saved_tab)
             poll, poll_inputs, poll_outputs, (restore, restore_inputs, restored) = finetune_tab(
-                app, inputs.checkpoint, token, tabs, saved, saved_tab
+                app, predict.checkpoint, token, tabs, saved, saved_tab
             )
-            evaluate_tab(app, PredictLink(tabs, inputs.image, inputs.text, inputs.checkpoint), token)
+            evaluate_tab(app, PredictLink(tabs, predict.image, predict.text, predict.checkpoint), token)
             compare_tab(app, token)
+        declare_api(predict)  # the named endpoints, in one place (ui/api.py)
 
         def on_load(known, owner_token=None, profile: gr.OAuthProfile | None = None):
             """A new browser gets its secret owner token here, made on the server and kept in

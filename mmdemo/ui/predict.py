@@ -3,16 +3,19 @@ image + text -> answer, heatmap overlay, every word's map (small multiples, clic
 word x region matrix with its numbered grid, modality contributions; a banner when the input
 is out of scope; the deletion curve on demand; the model card.
 
-Handlers are named functions with typed, named parameters: Gradio derives the API page's
-parameter names from the handler's signature, and passes event data (``gr.SelectData``) only
-to a parameter annotated with the class itself.
+``PredictTab`` holds the handlers: each calls the service layer (``App.answer``, the use case
+behind /predict; ``App.deletion_curves``, ``App.capabilities``) and draws the views with the
+pure renderers (mmdemo.render). ``predict_tab`` lays out the components and wires them to those
+methods; /predict itself is declared in ui/api.py, with the other named endpoints. Handlers have
+typed, named parameters: Gradio names the API's parameters from the signature, and passes event
+data (``gr.SelectData``) only to a parameter annotated with the class itself. Where the time of
+one answer goes: ``python -m mmdemo bench-app --stages``.
 """
 
 from __future__ import annotations
 
 import base64
 import os
-import time
 from typing import NamedTuple
 
 import gradio as gr
@@ -21,11 +24,10 @@ from gradio import processing_utils
 from gradio.components.plot import PlotData
 
 from .. import render
-from ..app.backend import App
+from ..app.backend import Answer, App
 from ..explain.methods import DEFAULT_METHOD, METHODS, peak_xy
-from ..explain.relations import relation_objects
 from ..imaging import decode_image
-from .common import BoundedSlider, ChoiceRadio, api_example, api_type, file_example, input_error, markdown_text
+from .common import BoundedSlider, ChoiceRadio, input_error, markdown_text
 from .identity import owner_of, unexpected
 from .zerogpu import gpu
 
@@ -65,90 +67,6 @@ class ImagePath(gr.Image):
         return str(payload.path)
 
 
-@gpu()  # ZeroGPU: one answer is one short GPU call (ui/zerogpu.py)
-def predict(
-    app: App,
-    image: str | None,
-    question: str | None,
-    checkpoint: str | None = None,
-    method: str | None = DEFAULT_METHOD,
-    opacity: float = DEFAULT_OPACITY,
-    owner: str | None = None,
-):
-    """Handler of /predict: component values for every output of the Predict tab. ``owner``
-    (decided on the server) may use their own checkpoints besides the shipped ones."""
-    try:
-        question = app.check_text(question)  # before anything else: a huge text is refused at once
-    except ValueError as e:
-        raise input_error("predict", str(e)) from None
-    if not image:
-        raise input_error("predict", "Please upload an image (or pick an example).")
-    checkpoint = checkpoint or app.default_checkpoint()
-    method = method or DEFAULT_METHOD
-    if method not in METHODS:
-        raise input_error(
-            "predict", f"unknown explanation method {str(method)[:40]!r}; use one of {', '.join(METHODS)}"
-        )
-    try:
-        opacity = DEFAULT_OPACITY if opacity is None else min(1.0, max(0.0, float(opacity)))
-    except (TypeError, ValueError):
-        raise input_error("predict", "the opacity must be a number from 0 to 1") from None
-    try:
-        predictor = app.registry.predictor(str(checkpoint), owner)
-        decoded = decode_image(image, name="the image", max_pixels=app.limits.max_image_pixels)
-        start = time.perf_counter()
-        prediction, contributions = predictor.analyse(decoded, question, method)  # one encoder pass
-        elapsed = (time.perf_counter() - start) * 1000
-    except ValueError as e:
-        raise input_error("predict", str(e)) from None
-    except Exception as e:  # noqa: BLE001 - the server keeps serving; the log has the traceback
-        raise unexpected("the prediction", e) from None
-    e = prediction.explanation
-    explanation = prediction.to_json()
-    explanation["scores"] = {k: round(v, 4) for k, v in explanation["scores"].items()}
-    relation = relation_objects(decoded, question, e.peak_xy) if method == "raw" else None
-    state = {
-        "image": image,
-        "checkpoint": checkpoint,
-        "owner": owner,  # decided on the server; the state never leaves it
-        "label": prediction.label,
-        "method": method,
-        "question": question,
-        "words": e.words,
-        "word_scores": e.word_scores,
-        "heatmap": explanation["heatmap"],
-        "peak_xy": explanation["peak_xy"],
-        "word_maps": e.word_maps.tolist(),
-        "grid": list(e.heatmap.shape),
-        "relation": None
-        if relation is None
-        else {"kind": relation.kind, "reference": relation.reference, "answer": relation.answer},
-        "selected": None,
-    }
-    answer = prediction.scores if prediction.in_scope else "no confident answer (out of scope)"
-    details = (
-        f"**{markdown_text(prediction.label)}** ({prediction.scores[prediction.label]:.0%}) from `{checkpoint}`, "
-        f"{method} attention. Inference {elapsed:.0f} ms on {predictor.device} (model {prediction.forward_ms:.0f} ms)."
-    )
-    if prediction.truncated:
-        details += f" The text was longer than {predictor.config.max_tokens} tokens and was truncated."
-    details += "\n\n" + _map_note(app, state)
-    overlay, words, grid = _views(decoded, state, opacity)
-    return (
-        answer,
-        explanation,
-        overlay,
-        words,
-        grid,
-        plot(render.attention_matrix(e.words, e.token_region, tuple(e.heatmap.shape))),
-        render.region_grid(decoded, tuple(e.heatmap.shape)),
-        plot(render.modality_chart(contributions)),
-        details,
-        scope_banner(prediction),
-        state,
-    )
-
-
 def plot(figure: dict) -> PlotData:
     """A gr.Plot value from a figure of plain dicts (render.plotly_json: no go.Figure per call)."""
     return PlotData(type="plotly", plot=render.plotly_json(figure))
@@ -166,54 +84,7 @@ def scope_banner(prediction) -> str:
     )
 
 
-@gpu()
-def deletion(app: App, state):
-    """Handler of the deletion-curve button: the curve chart and its areas for the last prediction."""
-    if not state or "question" not in state:
-        raise input_error("deletion curve", "Predict first, then measure the deletion curve.")
-    try:
-        curves = app.deletion_curves(
-            state["checkpoint"], state["image"], state["question"], state["heatmap"], state["label"], state.get("owner")
-        )
-    except ValueError as err:
-        raise input_error("deletion curve", str(err)) from None
-    summary = (
-        f"Deletion area **{curves['deletion_auc']:.3f}** blanking the hottest regions first, "
-        f"{curves['random_deletion_auc']:.3f} in a random order (lower than random: the heatmap points at what "
-        f"the answer depends on); insertion area {curves['insertion_auc']:.3f}."
-    )
-    return render.deletion_chart(curves), summary
-
-
-def _map_note(app: App, state: dict) -> str:
-    """What the overlay shows, in words; for closest/furthest questions, which object is which."""
-    relation = state["relation"]
-    if relation is None:
-        return (
-            "The overlay shows where the model looked for the whole question (bright = more attention, "
-            "magenta cross = peak). Click a word for its own map (again for the whole question); every word's "
-            "map is below, the selected one framed."
-        )
-    _, _, benchmark = app.capabilities(state["checkpoint"], state.get("owner"))
-    pointing = benchmark.get("pointing", {}).get("raw", {}).get("closest_furthest", {}).get(relation["kind"])
-    measured = (
-        f" On fresh scenes this checkpoint's peak falls on the referenced object in {pointing['on_reference']:.0%} "
-        f"of '{relation['kind']}' questions and on the answer object in {pointing['on_answer']:.0%}."
-        if pointing
-        else ""
-    )
-    answer = (
-        f" The **blue box** is the object {relation['kind']} to it, found from the picture (not from the model)."
-        if relation["answer"]
-        else ""
-    )
-    return (
-        f"Relational question: the **magenta box** marks the object the question refers to, where the model's "
-        f"attention peaks (raw attention marks the referenced object, not the answer).{answer}{measured}"
-    )
-
-
-def _views(image, state: dict, opacity: float):
+def draw_views(image, state: dict, opacity: float):
     """Overlay, word list and small multiples for the state's selected word (None: whole question)."""
     index = state.get("selected")
     if index is not None and index < len(state["word_maps"]):
@@ -251,87 +122,287 @@ def redraw(state: dict | None, opacity: float, selection: gr.SelectData | None =
         image = decode_image(state["image"], name="the image")
     except ValueError:  # the upload expired from Gradio's cache (MMDEMO_CACHE_TTL_MIN): keep the views shown
         return gr.skip(), gr.skip(), gr.skip(), state
-    return (*_views(image, state, opacity), state)
+    return (*draw_views(image, state, opacity), state)
 
 
-def capabilities_markdown(app: App, checkpoint: str | None, owner: str | None = None) -> str:
-    """The "What this model can answer" panel, from the checkpoint's config."""
-    if not checkpoint:
-        return "No checkpoint is available."
-    try:
-        labels, task, _ = app.capabilities(checkpoint, owner)
-    except (ValueError, OSError) as e:
-        return f"Cannot read {markdown_text(repr(checkpoint))}: {markdown_text(str(e))}"
-    lines = [f"### What `{checkpoint}` can answer", ""]
-    if task:
-        lines.append(task.get("summary", ""))
-        slot = task.get("slot", {})
-        if slot:
-            lines.append(f"**{slot['name'].capitalize()}s:** {', '.join(slot['values'])}.")
-        kinds = "; ".join(f"{q['kind']} → {' / '.join(q['answers'])}" for q in task.get("questions", []))
-        lines.append(f"**Kinds of question:** {kinds}.")
-    answers = ", ".join(markdown_text(label) for label in labels)  # a fine-tuned model's come from a CSV
-    lines.append(f"**Its {len(labels)} answers:** {answers}. It picks one of these for any input.")
-    if task:
-        lines.append("Build a question below (pick a kind and a colour), or pick an example next to the image.")
-    else:
-        lines.append("This checkpoint does not list its kinds of question: ask in the words of its training data.")
-    return "\n\n".join(lines)
+def own_state(state: dict | None, image: str | None) -> dict | None:
+    """The page's last prediction, only for the page that shows its image: Gradio keys a gr.State
+    by the session hash, which anyone can send, while the image's cached path comes from the page
+    itself (an upload's path names its content)."""
+    return state if state and image and state.get("image") == image else None
 
 
-def question_builder(app: App, checkpoint: str | None, owner: str | None = None) -> tuple[dict, dict]:
-    """Radio settings (choices, value, visible, label) of the question builder's kind and slot
-    value, from the checkpoint's task (hidden when it lists none)."""
-    try:
-        _, task, _ = app.capabilities(checkpoint, owner) if checkpoint else ([], {}, {})
-    except (ValueError, OSError):
-        task = {}
-    kinds = [q["kind"] for q in task.get("questions", [])]
-    values = task.get("slot", {}).get("values", [])
-    slot = task.get("slot", {}).get("name", "value").capitalize()
-    return (
-        dict(choices=kinds, value=None, visible=bool(kinds)),
-        dict(choices=values, value=values[0] if values else None, visible=bool(values), label=slot),
-    )
+class PredictTab:
+    """The tab's handlers, bound to the app."""
 
+    def __init__(self, app: App):
+        self.app = app
 
-def build_question(app: App, checkpoint: str | None, kind: str | None, value: str | None, owner: str | None = None):
-    """The question for a kind and a slot value, from the checkpoint's templates."""
-    if not kind or not checkpoint:
+    def owner(self, token, profile=None) -> str | None:
+        """Whose checkpoints may be used besides the shipped ones (App.owner, from the owner token)."""
+        return owner_of(self.app, token, profile)
+
+    # -- answering -------------------------------------------------------------------------
+    def predict(
+        self,
+        image: str,
+        question: str,
+        checkpoint: str | None = None,
+        method: str = DEFAULT_METHOD,
+        opacity: float = DEFAULT_OPACITY,
+        owner_token: str | None = None,
+        profile: gr.OAuthProfile | None = None,
+    ):
+        """Answer a question about an image and explain the answer.
+
+        image: the image (a file; any size, decoded server-side)
+        question: the question or text about the image
+        checkpoint: checkpoint name, one of the app's checkpoint list (default: the shipped model)
+        method: explanation method, "raw" (default) or "gradient"
+        opacity: heatmap opacity in the overlay, 0 to 1
+        owner_token: the owner token /start_finetune returned, to use your own checkpoints (optional)
+        """
+        return self.answer(image, question, checkpoint, method, opacity, self.owner(owner_token, profile))
+
+    @gpu()  # ZeroGPU: one answer is one short GPU call (ui/zerogpu.py)
+    def answer(
+        self,
+        image: str | None,
+        question: str | None,
+        checkpoint: str | None = None,
+        method: str | None = DEFAULT_METHOD,
+        opacity: float | None = DEFAULT_OPACITY,
+        owner: str | None = None,
+    ):
+        """Component values for every output of the tab (and of /predict), from ``App.answer``;
+        ``owner`` is decided on the server."""
+        try:
+            opacity = DEFAULT_OPACITY if opacity is None else min(1.0, max(0.0, float(opacity)))
+        except (TypeError, ValueError):
+            raise input_error("predict", "the opacity must be a number from 0 to 1") from None
+        try:
+            answer = self.app.answer(image, question, checkpoint, method, owner)
+        except ValueError as e:
+            raise input_error("predict", str(e)) from None
+        except Exception as e:  # noqa: BLE001 - the server keeps serving; the log has the traceback
+            raise unexpected("the prediction", e) from None
+        return self.views(answer, opacity)
+
+    def views(self, answer: Answer, opacity: float):
+        """The tab's outputs drawn from an answer (render.py), in the order of ``PredictView.outputs``."""
+        prediction, state, image = answer.prediction, answer.state, answer.image
+        e = prediction.explanation
+        result = prediction.scores if prediction.in_scope else "no confident answer (out of scope)"
+        details = (
+            f"**{markdown_text(prediction.label)}** ({prediction.scores[prediction.label]:.0%}) from "
+            f"`{state['checkpoint']}`, {state['method']} attention. Inference {answer.elapsed_ms:.0f} ms on "
+            f"{answer.device} (model {prediction.forward_ms:.0f} ms)."
+        )
+        if prediction.truncated:
+            details += f" The text was longer than {answer.max_tokens} tokens and was truncated."
+        details += "\n\n" + self.map_note(state)
+        overlay, words, grid = draw_views(image, state, opacity)
+        return (
+            result,
+            answer.explanation,
+            overlay,
+            words,
+            grid,
+            plot(render.attention_matrix(e.words, e.token_region, tuple(e.heatmap.shape))),
+            render.region_grid(image, tuple(e.heatmap.shape)),
+            plot(render.modality_chart(answer.contributions)),
+            details,
+            scope_banner(prediction),
+            state,
+        )
+
+    def check_inputs(self, image, question, checkpoint, method, opacity, owner_token=None):
+        """The page's validator: marks a missing image or question on its own input, before any model work."""
+        return (
+            gr.validate(bool(image), "Upload an image or pick an example."),
+            gr.validate(bool(question and str(question).strip()), "Type a question, or build one above."),
+            gr.validate(True, ""),
+            gr.validate(True, ""),
+            gr.validate(True, ""),
+            gr.validate(True, ""),
+        )
+
+    def rerun(
+        self,
+        image: str | None,
+        question: str | None,
+        checkpoint: str | None,
+        method: str,
+        opacity: float,
+        owner_token: str | None = None,
+        profile: gr.OAuthProfile | None = None,
+    ):
+        """A new checkpoint or method answers again, so no stale result stays on screen."""
+        if not image or not question or not str(question).strip():
+            return (gr.skip(),) * (len(PREDICT_OUTPUTS) - 1) + (None,)
+        return self.answer(image, question, checkpoint, method, opacity, self.owner(owner_token, profile))
+
+    def map_note(self, state: dict) -> str:
+        """What the overlay shows, in words; for closest/furthest questions, which object is which."""
+        relation = state["relation"]
+        if relation is None:
+            return (
+                "The overlay shows where the model looked for the whole question (bright = more attention, "
+                "magenta cross = peak). Click a word for its own map (again for the whole question); every word's "
+                "map is below, the selected one framed."
+            )
+        _, _, benchmark = self.app.capabilities(state["checkpoint"], state.get("owner"))
+        pointing = benchmark.get("pointing", {}).get("raw", {}).get("closest_furthest", {}).get(relation["kind"])
+        measured = (
+            f" On fresh scenes this checkpoint's peak falls on the referenced object in "
+            f"{pointing['on_reference']:.0%} of '{relation['kind']}' questions and on the answer object in "
+            f"{pointing['on_answer']:.0%}."
+            if pointing
+            else ""
+        )
+        answer = (
+            f" The **blue box** is the object {relation['kind']} to it, found from the picture (not from the model)."
+            if relation["answer"]
+            else ""
+        )
+        return (
+            f"Relational question: the **magenta box** marks the object the question refers to, where the model's "
+            f"attention peaks (raw attention marks the referenced object, not the answer).{answer}{measured}"
+        )
+
+    # -- after an answer: word clicks, opacity, the deletion curve ---------------------------
+    def select_word(self, state: dict | None, opacity: float, selection: gr.SelectData, image: str | None = None):
+        state = own_state(state, image)
+        return redraw(state, opacity, selection) if state else (gr.skip(),) * 4  # another's: left alone
+
+    def change_opacity(self, state: dict | None, opacity: float, image: str | None = None):
+        state = own_state(state, image)
+        return redraw(state, opacity) if state else (gr.skip(),) * 4
+
+    @gpu()
+    def deletion_curve(self, state: dict | None, image: str | None = None):
+        """The deletion-curve chart and its areas for the page's last prediction."""
+        state = own_state(state, image)
+        if not state or "question" not in state:
+            raise input_error("deletion curve", "Predict first, then measure the deletion curve.")
+        try:
+            curves = self.app.deletion_curves(
+                state["checkpoint"], state["image"], state["question"], state["heatmap"], state["label"],
+                state.get("owner"),
+            )  # fmt: skip
+        except ValueError as err:
+            raise input_error("deletion curve", str(err)) from None
+        summary = (
+            f"Deletion area **{curves['deletion_auc']:.3f}** blanking the hottest regions first, "
+            f"{curves['random_deletion_auc']:.3f} in a random order (lower than random: the heatmap points at what "
+            f"the answer depends on); insertion area {curves['insertion_auc']:.3f}."
+        )
+        return render.deletion_chart(curves), summary
+
+    # -- the checkpoint: what it can answer, its question builder, its card --------------------
+    def capabilities(self, checkpoint: str | None, owner: str | None = None) -> str:
+        """The "What this model can answer" panel, from the checkpoint's config."""
+        if not checkpoint:
+            return "No checkpoint is available."
+        try:
+            labels, task, _ = self.app.capabilities(checkpoint, owner)
+        except (ValueError, OSError) as e:
+            return f"Cannot read {markdown_text(repr(checkpoint))}: {markdown_text(str(e))}"
+        lines = [f"### What `{checkpoint}` can answer", ""]
+        if task:
+            lines.append(task.get("summary", ""))
+            slot = task.get("slot", {})
+            if slot:
+                lines.append(f"**{slot['name'].capitalize()}s:** {', '.join(slot['values'])}.")
+            kinds = "; ".join(f"{q['kind']} → {' / '.join(q['answers'])}" for q in task.get("questions", []))
+            lines.append(f"**Kinds of question:** {kinds}.")
+        answers = ", ".join(markdown_text(label) for label in labels)  # a fine-tuned model's come from a CSV
+        lines.append(f"**Its {len(labels)} answers:** {answers}. It picks one of these for any input.")
+        if task:
+            lines.append("Build a question below (pick a kind and a colour), or pick an example next to the image.")
+        else:
+            lines.append("This checkpoint does not list its kinds of question: ask in the words of its training data.")
+        return "\n\n".join(lines)
+
+    def question_builder(self, checkpoint: str | None, owner: str | None = None) -> tuple[dict, dict]:
+        """Radio settings (choices, value, visible, label) of the question builder's kind and slot
+        value, from the checkpoint's task (hidden when it lists none)."""
+        try:
+            _, task, _ = self.app.capabilities(checkpoint, owner) if checkpoint else ([], {}, {})
+        except (ValueError, OSError):
+            task = {}
+        kinds = [q["kind"] for q in task.get("questions", [])]
+        values = task.get("slot", {}).get("values", [])
+        slot = task.get("slot", {}).get("name", "value").capitalize()
+        return (
+            dict(choices=kinds, value=None, visible=bool(kinds)),
+            dict(choices=values, value=values[0] if values else None, visible=bool(values), label=slot),
+        )
+
+    def describe(self, name: str | None, owner_token=None, profile: gr.OAuthProfile | None = None):
+        """What the newly chosen checkpoint can answer, its question builder and its card."""
+        owner = self.owner(owner_token, profile)
+        builder = (gr.update(**c) for c in self.question_builder(name, owner))
+        return self.capabilities(name, owner), *builder, self.app.model_card(name, owner)
+
+    def fill_question(
+        self,
+        checkpoint: str | None,
+        kind: str | None,
+        value: str | None,
+        owner_token=None,
+        profile: gr.OAuthProfile | None = None,
+    ):
+        """The question for a kind and a slot value, from the checkpoint's templates."""
+        if not kind or not checkpoint:
+            return gr.skip()
+        try:
+            _, task, _ = self.app.capabilities(checkpoint, self.owner(owner_token, profile))
+        except (ValueError, OSError):
+            return gr.skip()
+        slot = task.get("slot", {}).get("name", "value")
+        for q in task.get("questions", []):
+            if q["kind"] == kind:
+                return q["template"].replace("{" + slot + "}", value or "")
         return gr.skip()
-    try:
-        _, task, _ = app.capabilities(checkpoint, owner)
-    except (ValueError, OSError):
-        return gr.skip()
-    slot = task.get("slot", {}).get("name", "value")
-    for q in task.get("questions", []):
-        if q["kind"] == kind:
-            return q["template"].replace("{" + slot + "}", value or "")
-    return gr.skip()
+
+    def refresh_list(self, owner_token=None, profile: gr.OAuthProfile | None = None):
+        return gr.update(choices=self.app.registry.names(self.owner(owner_token, profile)))
+
+    @staticmethod
+    def remember_tab() -> str:
+        return "predict"
 
 
-class PredictInputs(NamedTuple):
-    """What other tabs need of this one: the checkpoint dropdown (refreshed by the fine-tune
-    poll) and the inputs "Open in Predict & Explain" fills."""
+# what the tab's answer fills, in ``PredictTab.views``' order (the state last: never sent to a client)
+PREDICT_OUTPUTS = ("label", "explanation", "overlay", "words", "grid", "matrix", "regions", "modality", "details",
+                   "banner", "state")  # fmt: skip
 
+
+class PredictView(NamedTuple):
+    """What other parts of the page need of this tab: its handlers, the checkpoint dropdown (the
+    fine-tune poll refreshes it), the inputs "Open in Predict & Explain" fills, and the inputs
+    and outputs of an answer, which ui/api.py declares /predict with."""
+
+    tab: PredictTab
     checkpoint: gr.Dropdown
     image: gr.Image
     text: gr.Textbox
+    inputs: list  # image, text, checkpoint, method, opacity, owner token
+    outputs: list  # as PREDICT_OUTPUTS
 
 
-def predict_tab(app: App, owner_token: gr.BrowserState, saved_tab: gr.BrowserState | None = None) -> PredictInputs:
-    """The tab's components and events; returns what other tabs need of it (PredictInputs).
-    ``owner_token``: the visitor's owner token (ui/identity.py); ``saved_tab`` remembers in the
-    browser that this tab was the open one."""
+def predict_tab(app: App, owner_token: gr.BrowserState, saved_tab: gr.BrowserState | None = None) -> PredictView:
+    """The tab's components and events; every event sends ``owner_token`` (ui/identity.py);
+    ``saved_tab`` remembers in the browser that this tab was the open one."""
+    pt = PredictTab(app)
     default = app.default_checkpoint()
     with gr.Tab("Predict & Explain", id="predict") as tab:
-        if saved_tab is not None:
-            tab.select(lambda: "predict", None, saved_tab, api_visibility="private", queue=False)
         state = gr.State(None, time_to_live=app.limits.session_ttl_min * 60)
         with gr.Group(elem_id="capabilities"):
-            capabilities = gr.Markdown(capabilities_markdown(app, default), elem_id="capabilities-text")
+            capabilities = gr.Markdown(pt.capabilities(default), elem_id="capabilities-text")
             with gr.Row():
-                kind_choices, slot_choices = question_builder(app, default)
+                kind_choices, slot_choices = pt.question_builder(default)
                 kind = gr.Radio(
                     label="Question kind (click to fill the question)", elem_id="question-kind", **kind_choices
                 )
@@ -365,22 +436,14 @@ def predict_tab(app: App, owner_token: gr.BrowserState, saved_tab: gr.BrowserSta
                     else None
                 )
                 with gr.Row():
-                    checkpoint = api_type(
-                        gr.Dropdown(
-                            app.registry.names(),
-                            value=default,
-                            label="Checkpoint",
-                            elem_id="checkpoint",
-                            allow_custom_value=True,
-                            scale=3,
-                            min_width=160,
-                        ),
-                        {
-                            "type": "string",
-                            "additional_description": "a checkpoint name; at start-up: "
-                            + ", ".join(app.registry.names())
-                            + " (fine-tuned ones are added as they are saved)",
-                        },
+                    checkpoint = gr.Dropdown(
+                        app.registry.names(),
+                        value=default,
+                        label="Checkpoint",
+                        elem_id="checkpoint",
+                        allow_custom_value=True,
+                        scale=3,
+                        min_width=160,
                     )
                     refresh = gr.Button("Refresh list", size="sm", scale=1, min_width=90)
                 method = ChoiceRadio(
@@ -396,12 +459,14 @@ def predict_tab(app: App, owner_token: gr.BrowserState, saved_tab: gr.BrowserSta
                 label = gr.Label(num_top_classes=3, label="Answer", elem_id="prediction")
                 banner = gr.Markdown(label="Out of scope", elem_id="scope-banner")
                 details = gr.Markdown(label="Details", elem_id="timing")
+                # JPEG: pictures sent with every answer encode much faster than as webp (the default) or
+                # png (python -m mmdemo bench-app --stages shows Gradio's encoding per component)
                 overlay = gr.Image(
                     label=OVERLAY_LABEL,
                     elem_id="overlay",
                     interactive=False,
                     buttons=["download"],
-                    format="jpeg",  # encodes in ~0.3 ms where webp took ~25 ms on every /predict
+                    format="jpeg",
                 )
                 words = gr.HighlightedText(
                     label="Word importance (click a word)",
@@ -413,7 +478,7 @@ def predict_tab(app: App, owner_token: gr.BrowserState, saved_tab: gr.BrowserSta
                     elem_id="word-maps",
                     interactive=False,
                     buttons=["fullscreen"],
-                    format="jpeg",  # ~0.5 ms to encode; webp (the default) took ~60 ms, png ~95 ms under load
+                    format="jpeg",
                 )
         with gr.Row():
             with gr.Column(scale=3, min_width=300):
@@ -427,159 +492,44 @@ def predict_tab(app: App, owner_token: gr.BrowserState, saved_tab: gr.BrowserSta
             )
         deletion_summary = gr.Markdown(elem_id="deletion-summary")
         deletion_plot = gr.Plot(label="Deletion curve", elem_id="deletion-plot")
-
-        def own_state(state: dict | None, image: str | None) -> dict | None:
-            """The page's last prediction, only for the page that shows its image: Gradio keys a
-            gr.State by the session hash, which anyone can send, while the image's cached path
-            comes from the page itself (an upload's path names its content)."""
-            return state if state and image and state.get("image") == image else None
-
-        def deletion_curve(state: dict | None, image: str | None = None):
-            return deletion(app, own_state(state, image))
-
-        deletion_button.click(
-            deletion_curve,
-            [state, image],
-            [deletion_plot, deletion_summary],
-            api_visibility="private",
-            concurrency_id="predict",
-        )
         with gr.Accordion("Explanation as JSON (what the API returns)", open=False, elem_id="json-accordion"):
             explanation = gr.JSON(label="Explanation", open=False)
         with gr.Accordion("Model card", open=False):
             card = gr.Markdown(app.model_card(default), elem_id="model-card")
 
-        if examples:  # the API page's sample code uses a shipped example, so it runs as it is
-            api_example(image, file_example(examples[0][0]))
-            api_example(text, examples[0][1])
-        outputs = [label, explanation, overlay, words, grid, matrix, regions, modality, details, banner, state]
         inputs = [image, text, checkpoint, method, opacity, owner_token]
-
-        def predict_image(
-            image: str,
-            question: str,
-            checkpoint: str | None = default,
-            method: str = DEFAULT_METHOD,
-            opacity: float = DEFAULT_OPACITY,
-            owner_token: str | None = None,
-            profile: gr.OAuthProfile | None = None,
-        ):
-            """Answer a question about an image and explain the answer.
-
-            image: the image (a file; any size, decoded server-side)
-            question: the question or text about the image
-            checkpoint: checkpoint name, one of the app's checkpoint list (default: the shipped model)
-            method: explanation method, "raw" (default) or "gradient"
-            opacity: heatmap opacity in the overlay, 0 to 1
-            owner_token: the owner token /start_finetune returned, to use your own checkpoints (optional)
-            """
-            owner = owner_of(app, owner_token, profile)
-            return predict(app, image, question, checkpoint, method, opacity, owner)
-
-        def check_inputs(image, question, checkpoint, method, opacity, owner_token=None):
-            """Marks a missing image or question on its own input, before any model work."""
-            return (
-                gr.validate(bool(image), "Upload an image or pick an example."),
-                gr.validate(bool(question and str(question).strip()), "Type a question, or build one above."),
-                gr.validate(True, ""),
-                gr.validate(True, ""),
-                gr.validate(True, ""),
-                gr.validate(True, ""),
-            )
-
-        def rerun(
-            image: str | None,
-            question: str | None,
-            checkpoint: str | None,
-            method: str,
-            opacity: float,
-            owner_token: str | None = None,
-            profile: gr.OAuthProfile | None = None,
-        ):
-            """A new checkpoint or method answers again, so no stale result stays on screen."""
-            if not image or not question or not str(question).strip():
-                return (gr.skip(),) * (len(outputs) - 1) + (None,)
-            owner = owner_of(app, owner_token, profile)
-            return predict(app, image, question, checkpoint, method, opacity, owner)
-
-        # several requests at once (MMDEMO_PREDICT_CONCURRENCY): those that meet in
-        # Predictor.analyse share one batch
-        common = dict(concurrency_limit=app.limits.predict_concurrency, concurrency_id="predict")
-        # The API's /predict is the same handler without the validator: Gradio runs a validator
-        # while admitting a call, within the event's concurrency limit, so a burst of API calls
-        # would wait outside the bounded queue instead of being refused ("queue full") at once.
-        # The handler gives the same messages for a missing image or question.
-        gr.Button(visible=False, elem_id="api-predict").click(
-            predict_image,
-            inputs,
-            outputs,
-            api_name="predict",
-            api_description="Answer a question about an image; returns the answer's probabilities, the "
-            "explanation (tokens, token_scores, heatmap, peak_xy) and the views the app shows.",
-            **common,
-        )
+        outputs = [label, explanation, overlay, words, grid, matrix, regions, modality, details, banner, state]
+        if saved_tab is not None:
+            tab.select(pt.remember_tab, None, saved_tab, api_visibility="private", queue=False)
+        # several requests at once (MMDEMO_PREDICT_CONCURRENCY): those that meet in Predictor.analyse share one
+        # batch; no API name (api_name=False), which leaves "predict" to /predict (ui/api.py)
+        common = dict(api_name=False, concurrency_limit=app.limits.predict_concurrency, concurrency_id="predict")
         answered = [
-            button.click(predict_image, inputs, outputs, api_visibility="private", validator=check_inputs, **common),
-            text.submit(predict_image, inputs, outputs, api_visibility="private", validator=check_inputs, **common),
-            *(
-                control.input(rerun, inputs, outputs, api_visibility="private", **common)
-                for control in (checkpoint, method)
-            ),
+            button.click(pt.predict, inputs, outputs, validator=pt.check_inputs, **common),
+            text.submit(pt.predict, inputs, outputs, validator=pt.check_inputs, **common),
+            *(control.input(pt.rerun, inputs, outputs, **common) for control in (checkpoint, method)),
         ]
         if example_set is not None:  # an example answers with the checkpoint and method chosen now
-            answered.append(
-                example_set.load_input_event.then(predict_image, inputs, outputs, api_visibility="private", **common)
-            )
+            answered.append(example_set.load_input_event.then(pt.predict, inputs, outputs, **common))
         for event in answered:
             event.success(None, None, None, js=SHOW_ANSWER_JS, api_visibility="private", queue=False)
-
-        def describe(name: str | None, owner_token=None, profile: gr.OAuthProfile | None = None):
-            """What the newly chosen checkpoint can answer, its question builder and its card."""
-            owner = owner_of(app, owner_token, profile)
-            builder = (gr.update(**c) for c in question_builder(app, name, owner))
-            return capabilities_markdown(app, name, owner), *builder, app.model_card(name, owner)
-
-        checkpoint.input(
-            describe,
-            [checkpoint, owner_token],
-            [capabilities, kind, slot, card],
+        deletion_button.click(
+            pt.deletion_curve,
+            [state, image],
+            [deletion_plot, deletion_summary],
             api_visibility="private",
-            queue=False,
+            concurrency_id="predict",
         )
-
-        def fill_question(
-            checkpoint: str | None,
-            kind: str | None,
-            value: str | None,
-            owner_token=None,
-            profile: gr.OAuthProfile | None = None,
-        ):
-            return build_question(app, checkpoint, kind, value, owner_of(app, owner_token, profile))
-
+        checkpoint.input(
+            pt.describe, [checkpoint, owner_token], [capabilities, kind, slot, card], api_visibility="private",
+            queue=False,
+        )  # fmt: skip
         for control in (kind, slot):
             control.input(
-                fill_question,
-                [checkpoint, kind, slot, owner_token],
-                text,
-                api_visibility="private",
-                queue=False,
+                pt.fill_question, [checkpoint, kind, slot, owner_token], text, api_visibility="private", queue=False
             )
-
-        def select_word(state: dict | None, opacity: float, selection: gr.SelectData, image: str | None = None):
-            state = own_state(state, image)
-            return redraw(state, opacity, selection) if state else (gr.skip(),) * 4  # another's: left alone
-
-        def change_opacity(state: dict | None, opacity: float, image: str | None = None):
-            state = own_state(state, image)
-            return redraw(state, opacity) if state else (gr.skip(),) * 4
-
         views = [overlay, words, grid, state]
-        words.select(select_word, [state, opacity, image], views, api_visibility="private", queue=False)
-        opacity.release(change_opacity, [state, opacity, image], views, api_visibility="private", queue=False)
-
-        def refresh_list(owner_token=None, profile: gr.OAuthProfile | None = None):
-            return gr.update(choices=app.registry.names(owner_of(app, owner_token, profile)))
-
-        refresh.click(refresh_list, [owner_token], checkpoint, api_visibility="private", queue=False)
-
-    return PredictInputs(checkpoint, image, text)
+        words.select(pt.select_word, [state, opacity, image], views, api_visibility="private", queue=False)
+        opacity.release(pt.change_opacity, [state, opacity, image], views, api_visibility="private", queue=False)
+        refresh.click(pt.refresh_list, [owner_token], checkpoint, api_visibility="private", queue=False)
+    return PredictView(pt, checkpoint, image, text, inputs, outputs)

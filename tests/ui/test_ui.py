@@ -17,6 +17,7 @@ from mmdemo.app.registry import CheckpointRegistry  # noqa: E402
 from mmdemo.datasets.sortofclevr import write_examples  # noqa: E402
 from mmdemo.model.checkpoint import save_checkpoint  # noqa: E402
 from mmdemo.model.classifier import build_model  # noqa: E402
+from mmdemo.ui.predict import redraw  # noqa: E402
 
 from ..conftest import tiny_config  # noqa: E402
 
@@ -33,9 +34,9 @@ def app(tmp_path_factory):
 
 
 def test_predict_handler_maps_results_to_components(app, fixture_path):
-    scores, explanation, overlay, words, grid, matrix, regions, modality, info, banner, state = ui.predict(
-        app, fixture_path("chelsea.jpg"), "Where is the cat?", "sort-of-clevr", "gradient", 0.5
-    )
+    scores, explanation, overlay, words, grid, matrix, regions, modality, info, banner, state = ui.PredictTab(
+        app
+    ).answer(fixture_path("chelsea.jpg"), "Where is the cat?", "sort-of-clevr", "gradient", 0.5)
     assert set(scores) == {"circle", "square", "left", "right"} and sum(scores.values()) == pytest.approx(1, abs=1e-5)
     assert explanation["label"] == max(scores, key=scores.get)
     assert explanation["tokens"] == ["Where", "is", "the", "cat", "?"]
@@ -50,28 +51,29 @@ def test_predict_handler_maps_results_to_components(app, fixture_path):
     # no scope statistics in this checkpoint: in scope, no banner, the answer is shown
     assert explanation["in_scope"] is True and explanation["scope"]["fitted"] is False and banner == ""
     # selecting a word redraws the overlay from that word's own map and marks the word, without the model
-    overlay, words, new_grid, new_state = ui.redraw(
+    overlay, words, new_grid, new_state = redraw(
         state, 0.5, gr.SelectData(None, {"index": 3, "value": "cat", "selected": True})
     )
     assert new_state["selected"] == 3 and overlay["value"].size == (451, 300) and "“cat”" in overlay["label"]
     assert words[3][0] == "[cat]" and new_grid.tobytes() != grid.tobytes()
-    _, words, _, new_state = ui.redraw(new_state, 0.5, gr.SelectData(None, {"index": 3, "value": "[cat]"}))
+    _, words, _, new_state = redraw(new_state, 0.5, gr.SelectData(None, {"index": 3, "value": "[cat]"}))
     assert new_state["selected"] is None and words[3][0] == "cat"  # a second click deselects
 
 
 def test_predict_handler_errors_are_clear_and_logged_in_one_line(app, tmp_path, fixture_path, caplog):
+    answer = ui.PredictTab(app).answer
     with pytest.raises(gr.Error, match="type a question") as e:
-        ui.predict(app, fixture_path("chelsea.jpg"), "  ", None, None, 0.5)
+        answer(fixture_path("chelsea.jpg"), "  ", None, None, 0.5)
     assert e.value.print_exception is False  # Gradio prints no traceback for it
     assert [r.getMessage() for r in caplog.records] == [
         "predict: rejected input: Please type a question or a description of the image."
     ]
     with pytest.raises(gr.Error, match="upload an image"):
-        ui.predict(app, None, "hi", None, None, 0.5)
+        answer(None, "hi", None, None, 0.5)
     broken = tmp_path / "upload.png"
     broken.write_bytes(b"garbage")
     with pytest.raises(gr.Error) as e:
-        ui.predict(app, str(broken), "hi", None, None, 0.5)
+        answer(str(broken), "hi", None, None, 0.5)
     assert "the image: not an image" in str(e.value) and str(tmp_path) not in str(e.value)
 
 
