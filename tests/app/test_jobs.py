@@ -74,7 +74,7 @@ def test_job_trains_in_a_worker_process_and_saves_a_usable_checkpoint(tmp_path):
     save_checkpoint(build_model(tiny_config(labels=["blue", "red"])), shipped / "base")
     registry = CheckpointRegistry(tmp_path / "mine", shipped)
     jobs = JobManager(registry, tmp_path / "jobs")
-    settings = dict(epochs=2, batch_size=4, freeze=[])
+    settings = dict(epochs=2, batch_size=4, freeze=[], lr=1e-2, encoder_lr=1e-2)  # two epochs are enough to learn it
     status = jobs.start(OWNER, dataset, source, settings, "tuned", base="base", val_fraction=0.25)
     assert status["state"] in ("queued", "preparing")
     with pytest.raises(ValueError, match="already have a fine-tune job"):
@@ -87,7 +87,7 @@ def test_job_trains_in_a_worker_process_and_saves_a_usable_checkpoint(tmp_path):
     assert "tuned" in registry.names(OWNER) and "tuned" not in registry.names(OTHER)
     assert not (tmp_path / "up").exists()  # the upload folder went with the job
     Image.new("RGB", (16, 16), (255, 0, 0)).save(tmp_path / "red.png")
-    assert registry.predictor("tuned", OWNER).predict(tmp_path / "red.png", "what colour?").label in ("blue", "red")
+    assert registry.predictor("tuned", OWNER).predict(tmp_path / "red.png", "what colour?").label == "red"
     with pytest.raises(ValueError, match="already exists"):
         jobs.start(OWNER, dataset, source, settings, "tuned", base="base")
     with pytest.raises(ValueError, match="'base' is a shipped checkpoint and cannot be overwritten"):

@@ -8,6 +8,8 @@ import sys
 import pytest
 from PIL import Image
 
+from mmdemo.inference.predictor import Predictor
+
 
 def _run(*args, check=True):
     result = subprocess.run([sys.executable, "-m", "mmdemo", *args], capture_output=True, text=True, timeout=300)
@@ -27,7 +29,9 @@ def test_predict_prints_one_json_object(tiny_checkpoint, fixture_path):
         "Where is the cat?",
     )
     out = json.loads(result.stdout.strip().splitlines()[-1])
-    assert out["label"] in ("cat", "dog", "bird")
+    alone = Predictor.from_checkpoint(tiny_checkpoint, "cpu").predict(fixture_path("chelsea.jpg"), "Where is the cat?")
+    assert out["label"] == alone.label  # the answer Python's Predictor gives
+    assert out["scores"] == pytest.approx(alone.scores, abs=1e-5)
     assert set(out["scores"]) == {"cat", "dog", "bird"} and sum(out["scores"].values()) == pytest.approx(1, abs=1e-5)
     assert out["label"] == max(out["scores"], key=out["scores"].get)
     assert out["tokens"] == ["Where", "is", "the", "cat", "?"]
@@ -105,9 +109,12 @@ def test_predict_csv_batch_marks_failed_rows(tiny_checkpoint, tmp_path):
     assert by_id["bad"]["in_scope"] == by_id["gone"]["in_scope"] == "false"
     assert all(by_id[str(i)]["in_scope"] == "true" for i in range(5))
     assert "file not found" in by_id["gone"]["error"]
+    predictor = Predictor.from_checkpoint(tiny_checkpoint, "cpu")
     for i in range(5):
         r = by_id[str(i)]
-        assert r["error"] == "" and r["prediction"] in ("cat", "dog", "bird")
+        alone = predictor.predict(tmp_path / "img" / f"{i}.png", f"question {i}")
+        assert r["error"] == "" and r["prediction"] == alone.label  # each row as if asked alone
+        assert float(r["confidence"]) == pytest.approx(alone.scores[alone.label], abs=2e-4)
         assert 0 < float(r["confidence"]) <= 1 and 0 <= float(r["peak_x"]) <= 40 + i and 0 <= float(r["peak_y"]) <= 30
 
 
