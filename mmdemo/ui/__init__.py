@@ -12,18 +12,17 @@ import warnings
 import gradio as gr
 
 from ..app.backend import App
-from ..app.registry import TOKEN_PATTERN
 from . import gradio_patches
 from .api import declare_api
 from .compare import compare_tab
 from .evaluate import PredictLink, evaluate_tab
-from .finetune import csv_columns, finetune_tab
+from .finetune import FinetuneTab, csv_columns, finetune_tab
 from .identity import browser_state, token_component
 from .predict import PredictTab, predict_tab
 
 gradio_patches.bound_queue_analytics()  # before any Blocks is made: its queue reads them
 
-__all__ = ["App", "CSS", "PredictTab", "create_demo", "csv_columns"]
+__all__ = ["App", "CSS", "FinetuneTab", "PredictTab", "create_demo", "csv_columns"]
 
 # Small pictures (a 75 px scene) are enlarged in the view only, without blurring them.
 CSS = """
@@ -55,22 +54,14 @@ def create_demo(app: App) -> gr.Blocks:
         saved_tab = browser_state("predict", "mmdemo-tab")  # the open tab
         with gr.Tabs(elem_id="tabs") as tabs:
             predict = predict_tab(app, token, saved_tab)
-            poll, poll_inputs, poll_outputs, (restore, restore_inputs, restored) = finetune_tab(
-                app, predict.checkpoint, token, tabs, saved, saved_tab
-            )
+            finetune, load = finetune_tab(app, predict.checkpoint, token, tabs, saved, saved_tab)
             evaluate_tab(app, PredictLink(tabs, predict.image, predict.text, predict.checkpoint), token)
             compare_tab(app, token)
-        declare_api(predict)  # the named endpoints, in one place (ui/api.py)
-
-        def on_load(known, owner_token=None, profile: gr.OAuthProfile | None = None):
-            """A new browser gets its secret owner token here, made on the server and kept in
-            the browser; every later event sends it (ui/identity.py)."""
-            if not (isinstance(owner_token, str) and TOKEN_PATTERN.match(owner_token)):
-                owner_token = app.new_token()  # none yet, or not one of ours
-            return (*poll(known, owner_token, profile), owner_token)
-
-        demo.load(on_load, poll_inputs, [*poll_outputs, token], api_visibility="private", queue=False)
-        demo.load(restore, restore_inputs, restored, api_visibility="private", queue=False)
+        declare_api(predict, finetune)  # every named endpoint, in one place (ui/api.py)
+        demo.load(
+            finetune.page_load, load.poll_inputs, [*load.poll_outputs, token], api_visibility="private", queue=False
+        )
+        demo.load(finetune.restore, load.restore_inputs, load.restore_outputs, api_visibility="private", queue=False)
     gradio_patches.check(demo)  # the Gradio the patches were written for, or a RuntimeError naming what differs
     gradio_patches.checked_inputs(demo)  # left-out trailing inputs filled, numbers checked in words
     return demo

@@ -8,8 +8,11 @@ Settings are the CLI's: the recipe (mmdemo/training/recipe.py) chooses every val
 In the tab, "Automatic settings" leaves all of them to it; a custom value the user edits turns
 it off, and then the custom values win. Through the API a value left out (None) is the recipe's.
 
-Handlers are named functions with typed, named parameters (they name the API's parameters);
-``/start_finetune`` keeps the README's 13 positional arguments, new ones come last with defaults.
+``FinetuneTab`` holds the handlers: the page's (``*_form``, the poll, the form kept in the
+browser) and what the page and the API share (``preflight``, ``start_for``, ``resume``,
+``stop``, ``status``, ``delete``), each calling the service layer (``App``, its ``JobManager``).
+``finetune_tab`` lays out the components and wires them to those methods; the named endpoints
+(/preflight, /start_finetune, ...) are declared in ui/api.py.
 """
 
 from __future__ import annotations
@@ -17,19 +20,22 @@ from __future__ import annotations
 import csv
 import html
 from pathlib import Path
+from typing import NamedTuple
 
 import gradio as gr
 
 from .. import render
 from ..app.backend import App
-from ..app.registry import validate_name
+from ..app.registry import TOKEN_PATTERN, validate_name
 from ..datasets.csv_table import guess_columns, sniff_separator
 from ..training.recipe import format_seconds
-from .common import OPTIONAL_STRING, api_type, code_block, input_error, markdown_text
+from .common import code_block, input_error, markdown_text
 from .identity import owner_of, refuse, unexpected
 from .zerogpu import finetune_device
 
 NEW_MODEL = "(new model)"
+DEFAULT_NAME = "my-model"  # the new checkpoint's name the form (and the API) starts with
+VALIDATION_SPLIT = (0.05, 0.5)  # the bounds of the validation split (of the images)
 PREVIEW_ROWS = 200  # rows read to guess the column roles
 
 
@@ -55,35 +61,6 @@ def csv_columns(csv_file):
     return [gr.update(choices=header, value=v) for v in (guess.image, guess.text, guess.label)]
 
 
-def column_report(app: App, csv_file) -> tuple[str, object]:
-    """Why each column was guessed (or what to pick), and the suggested 'Start from'."""
-    if not csv_file:
-        return "", gr.skip()
-    header, rows = _read_head(csv_file)
-    guess = guess_columns(header, rows)
-    lines = ["**Columns guessed from their content** (change them if they are wrong):"]
-    lines += [f"- {markdown_text(reason)}" for reason in guess.reasons]  # quotes the CSV's header
-    if guess.unsure:
-        lines.append("**Please pick the column(s) marked above before training.**")
-    base = gr.skip()
-    if guess.label and guess.label in header:
-        index = header.index(guess.label)
-        labels = sorted({r[index].strip() for r in rows if index < len(r) and r[index].strip()})
-        suggestion = app.suggest_base(labels)
-        if suggestion:
-            lines.append(f"- start from: `{suggestion}`, which already answers {_overlap(app, suggestion, labels)}")
-        else:
-            lines.append("- start from: a new model (no shipped checkpoint knows these labels)")
-        base = gr.update(value=suggestion or NEW_MODEL)
-    return "\n".join(lines), base
-
-
-def _overlap(app: App, name: str, labels: list[str]) -> str:
-    known, _, _ = app.capabilities(name)
-    shared = sorted(set(labels) & set(known))
-    return f"{len(shared)} of your {len(labels)} labels"
-
-
 def overrides_of(epochs=None, lr=None, batch_size=None, freeze=None, class_weights=None) -> dict:
     """The settings a caller set, checked; a value left out (None) is the recipe's choice, as a
     CLI flag not given."""
@@ -106,117 +83,6 @@ def overrides_of(epochs=None, lr=None, batch_size=None, freeze=None, class_weigh
     if class_weights is not None:
         overrides["class_weights"] = bool(class_weights)
     return overrides
-
-
-def budget_s(app: App, minutes) -> float:
-    """The time budget in seconds (None: the recipe's default within the server's limit)."""
-    return app.jobs.time_limit_s(None if minutes in (None, "") else float(minutes))
-
-
-def preflight(
-    app: App,
-    csv_file,
-    zip_file,
-    image_col,
-    text_col,
-    label_col,
-    base=None,
-    overrides: dict | None = None,
-    time_budget_minutes=None,
-    owner: str | None = None,
-) -> str:
-    """Handler of /preflight: the report and the recipe's plan (or a hint when the images were not
-    uploaded), or a refusal naming what is wrong; the upload folder is removed either way."""
-    try:
-        report = app.preflight(
-            csv_file,
-            zip_file,
-            (image_col, text_col, label_col),
-            None if base in (None, "", NEW_MODEL) else str(base),
-            overrides,
-            budget_s(app, time_budget_minutes),
-            owner,
-        )
-    except ValueError as e:
-        raise refuse(str(e)) from None
-    except Exception as e:  # noqa: BLE001 - the server keeps serving
-        raise unexpected("checking the data", e) from None
-    return code_block(report)  # it quotes the CSV (header, paths, labels): shown as text, never as Markdown
-
-
-def example_dataset(app: App):
-    """The example dataset's CSV and zip, with the column dropdowns filled."""
-    csv_path, archive = app.example_dataset()
-    return csv_path, archive, *csv_columns(csv_path)
-
-
-def start_finetune(
-    app: App,
-    csv_file,
-    zip_file,
-    image_col,
-    text_col,
-    label_col,
-    base,
-    epochs,
-    lr,
-    batch_size,
-    freeze,
-    val_split,
-    name,
-    overwrite,
-    owner: str = "",
-    class_weights=None,
-    time_budget_minutes=None,
-):
-    """Handler of /start_finetune: validates everything, queues the job of ``owner``; settings
-    given as None are the recipe's choice."""
-    try:
-        name = validate_name(name)
-        overrides = overrides_of(epochs, lr, batch_size, freeze, class_weights)
-        if finetune_device():  # the CPU on ZeroGPU (ui/zerogpu.py)
-            overrides["device"] = finetune_device()
-        if not 0 < float(val_split) < 1:
-            raise ValueError(f"the validation split must be between 0 and 1, got {val_split}")
-        return app.start_job(
-            owner,
-            csv_file,
-            zip_file,
-            (image_col, text_col, label_col),
-            overrides,
-            name,
-            None if base in (None, "", NEW_MODEL) else str(base),
-            bool(overwrite),
-            float(val_split),
-            budget_s(app, time_budget_minutes),
-        )
-    except (ValueError, TypeError) as e:
-        raise refuse(str(e)) from None
-    except Exception as e:  # noqa: BLE001 - the server keeps serving
-        raise unexpected("starting the fine-tune", e) from None
-
-
-def resume_finetune(app: App, owner: str | None, job: str | None = None, time_budget_minutes=None) -> dict:
-    """Handler of /resume_finetune: continues the visitor's own stopped, interrupted or
-    time-limited job from its last saved epoch."""
-    if owner is None:
-        raise refuse("no owner token: pass the owner_token /start_finetune returned")
-    try:
-        return app.resume_job(owner, (job or "").strip() or None, budget_s(app, time_budget_minutes))
-    except ValueError as e:
-        raise refuse(str(e)) from None
-
-
-def finetune_status(app: App, owner: str | None) -> dict:
-    """Handler of /finetune_status: the visitor's own latest job."""
-    return app.jobs.status(owner or "")
-
-
-def stop_finetune(app: App, owner: str | None) -> dict:
-    """Handler of /stop_finetune: stops the visitor's own job, at any phase."""
-    if owner is None:
-        raise refuse("no owner token: pass the owner_token /start_finetune returned")
-    return app.jobs.stop(owner)
 
 
 def _clock(seconds: float) -> str:
@@ -257,7 +123,7 @@ def plan_text(status: dict) -> str:
     return "Training plan of this job:\n```\n" + status["plan"] + "\n```"
 
 
-def status_views(app: App, status: dict):
+def status_views(status: dict):
     """Component values for a job status: text, bar, curves, confusion, reliability diagram
     (validation, before and after the fitted temperature), per-class table, the Resume button
     (shown when the job can resume), the plan."""
@@ -302,6 +168,309 @@ SETTINGS = (
 )
 
 
+class FinetuneTab:
+    """The tab's handlers, bound to the app."""
+
+    def __init__(self, app: App):
+        self.app = app
+
+    def owner(self, token, profile=None) -> str | None:
+        """Whose jobs and checkpoints these are (App.owner, from the owner token); None without one."""
+        return owner_of(self.app, token, profile)
+
+    def budget_s(self, minutes) -> float:
+        """The time budget in seconds (None: the recipe's default within the server's limit)."""
+        return self.app.jobs.time_limit_s(None if minutes in (None, "") else float(minutes))
+
+    def default_minutes(self) -> float:
+        """The time budget a job gets when none is given, in minutes (what the form starts with)."""
+        return round(self.app.jobs.time_limit_s(None) / 60, 1)
+
+    # -- the data: column roles, the example dataset, Check data -----------------------------
+    def column_report(self, csv_file) -> tuple[str, object]:
+        """Why each column was guessed (or what to pick), and the suggested 'Start from'."""
+        if not csv_file:
+            return "", gr.skip()
+        header, rows = _read_head(csv_file)
+        guess = guess_columns(header, rows)
+        lines = ["**Columns guessed from their content** (change them if they are wrong):"]
+        lines += [f"- {markdown_text(reason)}" for reason in guess.reasons]  # quotes the CSV's header
+        if guess.unsure:
+            lines.append("**Please pick the column(s) marked above before training.**")
+        base = gr.skip()
+        if guess.label and guess.label in header:
+            index = header.index(guess.label)
+            labels = sorted({r[index].strip() for r in rows if index < len(r) and r[index].strip()})
+            suggestion = self.app.suggest_base(labels)
+            if suggestion:
+                lines.append(f"- start from: `{suggestion}`, which already answers {self._overlap(suggestion, labels)}")
+            else:
+                lines.append("- start from: a new model (no shipped checkpoint knows these labels)")
+            base = gr.update(value=suggestion or NEW_MODEL)
+        return "\n".join(lines), base
+
+    def _overlap(self, name: str, labels: list[str]) -> str:
+        known, _, _ = self.app.capabilities(name)
+        shared = sorted(set(labels) & set(known))
+        return f"{len(shared)} of your {len(labels)} labels"
+
+    def guess_roles(self, csv_file: str | None):
+        """The column dropdowns, the note on why, and 'Start from' for a new CSV."""
+        return (*csv_columns(csv_file), *self.column_report(csv_file))
+
+    def use_example_dataset(self):
+        """The example dataset's CSV and zip, with its column roles."""
+        csv_path, archive = self.app.example_dataset()
+        return (csv_path, archive, *self.guess_roles(csv_path))
+
+    def preflight(
+        self,
+        csv_file,
+        zip_file,
+        image_column,
+        text_column,
+        label_column,
+        start_from=None,
+        epochs=None,
+        learning_rate=None,
+        batch_size=None,
+        freeze=None,
+        class_weights=None,
+        time_budget_minutes=None,
+        owner: str | None = None,
+    ) -> str:
+        """The pre-flight report and the recipe's plan (or a hint when the images were not
+        uploaded), or a refusal naming what is wrong; the upload folder is removed either way."""
+        try:
+            overrides = overrides_of(epochs, learning_rate, batch_size, freeze, class_weights)
+        except (ValueError, TypeError) as e:
+            raise refuse(str(e)) from None
+        try:
+            report = self.app.preflight(
+                csv_file,
+                zip_file,
+                (image_column, text_column, label_column),
+                None if start_from in (None, "", NEW_MODEL) else str(start_from),
+                overrides,
+                self.budget_s(time_budget_minutes),
+                owner,
+            )
+        except ValueError as e:
+            raise refuse(str(e)) from None
+        except Exception as e:  # noqa: BLE001 - the server keeps serving
+            raise unexpected("checking the data", e) from None
+        return code_block(report)  # it quotes the CSV (header, paths, labels): shown as text, never as Markdown
+
+    def check_form(
+        self, csv_file, zip_file, image_column, text_column, label_column, start_from, time_budget_minutes, automatic,
+        epochs, learning_rate, batch_size, freeze, class_weights, owner_token=None,
+        profile: gr.OAuthProfile | None = None,
+    ) -> str:  # fmt: skip
+        """Check data: with Automatic on, the recipe chooses every setting."""
+        if automatic:
+            epochs = learning_rate = batch_size = freeze = class_weights = None
+        return self.preflight(
+            csv_file, zip_file, image_column, text_column, label_column, start_from, epochs, learning_rate,
+            batch_size, freeze, class_weights, time_budget_minutes, self.owner(owner_token, profile),
+        )  # fmt: skip
+
+    @staticmethod
+    def automatic_off() -> bool:
+        """A custom value the user edits is theirs: Automatic goes off."""
+        return False
+
+    # -- a job: start, resume, stop, its status --------------------------------------------
+    def start(
+        self,
+        csv_file,
+        zip_file,
+        image_col,
+        text_col,
+        label_col,
+        base,
+        epochs,
+        lr,
+        batch_size,
+        freeze,
+        val_split,
+        name,
+        overwrite,
+        owner: str = "",
+        class_weights=None,
+        time_budget_minutes=None,
+    ) -> dict:
+        """Validates everything and queues the job of ``owner``; settings given as None are the
+        recipe's choice."""
+        try:
+            name = validate_name(name)
+            overrides = overrides_of(epochs, lr, batch_size, freeze, class_weights)
+            if finetune_device():  # the CPU on ZeroGPU (ui/zerogpu.py)
+                overrides["device"] = finetune_device()
+            if not 0 < float(val_split) < 1:
+                raise ValueError(f"the validation split must be between 0 and 1, got {val_split}")
+            return self.app.start_job(
+                owner,
+                csv_file,
+                zip_file,
+                (image_col, text_col, label_col),
+                overrides,
+                name,
+                None if base in (None, "", NEW_MODEL) else str(base),
+                bool(overwrite),
+                float(val_split),
+                self.budget_s(time_budget_minutes),
+            )
+        except (ValueError, TypeError) as e:
+            raise refuse(str(e)) from None
+        except Exception as e:  # noqa: BLE001 - the server keeps serving
+            raise unexpected("starting the fine-tune", e) from None
+
+    def start_for(self, owner_token, profile, **settings) -> dict:
+        """``start`` for the request's owner. A request without one gets a new owner token, which
+        owns the job and comes back in the status as ``owner_token``."""
+        owner = self.owner(owner_token, profile)
+        new_token = None
+        if owner is None:
+            new_token = self.app.new_token()
+            owner = self.app.owner(new_token)
+        status = self.start(**settings, owner=owner)
+        return {**status, "owner_token": new_token} if new_token else status
+
+    def start_form(
+        self, csv_file, zip_file, image_column, text_column, label_column, start_from, epochs, learning_rate,
+        batch_size, freeze, validation_split, name, overwrite, class_weights, owner_token, time_budget_minutes,
+        automatic, profile: gr.OAuthProfile | None = None,
+    ):  # fmt: skip
+        """Start: the job's status views, and the page's token (a page whose token had not arrived
+        yet keeps the one made for this job)."""
+        if automatic:  # the recipe chooses every setting
+            epochs = learning_rate = batch_size = freeze = class_weights = None
+        status = self.start_for(
+            owner_token, profile, csv_file=csv_file, zip_file=zip_file, image_col=image_column,
+            text_col=text_column, label_col=label_column, base=start_from, epochs=epochs, lr=learning_rate,
+            batch_size=batch_size, freeze=freeze, val_split=validation_split, name=name, overwrite=overwrite,
+            class_weights=class_weights, time_budget_minutes=time_budget_minutes,
+        )  # fmt: skip
+        return (*status_views(status), status.get("owner_token") or owner_token)
+
+    def resume(self, owner: str | None, job: str | None = None, time_budget_minutes=None) -> dict:
+        """Continues the owner's stopped, interrupted or time-limited job from its last saved epoch."""
+        if owner is None:
+            raise refuse("no owner token: pass the owner_token /start_finetune returned")
+        try:
+            return self.app.resume_job(owner, (job or "").strip() or None, self.budget_s(time_budget_minutes))
+        except ValueError as e:
+            raise refuse(str(e)) from None
+
+    def resume_form(self, time_budget_minutes, owner_token=None, profile: gr.OAuthProfile | None = None):
+        """Resume: the visitor's latest job, for the time budget in the form."""
+        return status_views(self.resume(self.owner(owner_token, profile), None, time_budget_minutes))
+
+    def stop(self, owner: str | None) -> dict:
+        """Stops the owner's job, at any phase."""
+        if owner is None:
+            raise refuse("no owner token: pass the owner_token /start_finetune returned")
+        return self.app.jobs.stop(owner)
+
+    def stop_form(self, owner_token=None, profile: gr.OAuthProfile | None = None) -> None:
+        """Stop; the poll shows the job stopping."""
+        self.stop(self.owner(owner_token, profile))
+
+    def status(self, owner: str | None) -> dict:
+        """The owner's latest job."""
+        return self.app.jobs.status(owner or "")
+
+    def page_load(self, known, owner_token=None, profile: gr.OAuthProfile | None = None):
+        """The first poll, and the page's owner token: a new browser gets its secret token here,
+        made on the server and kept in the browser; every later event sends it (ui/identity.py)."""
+        if not (isinstance(owner_token, str) and TOKEN_PATTERN.match(owner_token)):
+            owner_token = self.app.new_token()  # none yet, or not one of ours
+        return (*self.poll(known, owner_token, profile), owner_token)
+
+    def poll(self, known, owner_token=None, profile: gr.OAuthProfile | None = None):
+        """The visitor's job status; checkpoint lists only when they changed (a list refreshed
+        every second would close a dropdown the user has open). When a job has saved its
+        checkpoint, the download list offers it."""
+        owner = self.owner(owner_token, profile)
+        names = self.app.registry.names(owner)
+        status = self.status(owner)
+        finished = status["checkpoint"] if status["state"] in ("done", "stopped") else None
+        seen = [names, finished]
+        if seen == known:
+            lists = [gr.skip()] * 3
+        else:
+            lists = [
+                gr.update(choices=names),
+                gr.update(choices=[NEW_MODEL, *names]),
+                gr.update(choices=names, value=finished) if finished in names else gr.update(choices=names),
+            ]
+        return (*status_views(status), *lists, seen)
+
+    # -- checkpoints: download, delete -----------------------------------------------------
+    def download(self, name, owner_token=None, profile: gr.OAuthProfile | None = None) -> str:
+        """A zip of a checkpoint the visitor may use; any other name is refused in our words."""
+        if not name:
+            raise refuse("Pick a checkpoint to download.")
+        try:
+            return self.app.download(str(name), self.owner(owner_token, profile))
+        except ValueError as e:
+            raise refuse(str(e)) from None
+
+    def delete(self, name, owner: str | None) -> list[str]:
+        """Deletes one of the owner's own checkpoints; the checkpoints they can use."""
+        try:
+            if owner is None:
+                raise ValueError("no owner token: pass the owner_token /start_finetune returned")
+            self.app.registry.delete(str(name or ""), owner)
+        except ValueError as e:
+            raise refuse(str(e)) from None
+        return self.app.registry.names(owner)
+
+    # -- the form kept in the browser --------------------------------------------------------
+    @staticmethod
+    def save(*values) -> dict:
+        """The form's values (in SETTINGS' order), for the browser to keep."""
+        return dict(zip(SETTINGS, values))
+
+    def restore(
+        self, values: dict | None, tab_id: str | None, owner_token=None, profile: gr.OAuthProfile | None = None
+    ):
+        """The form as the browser kept it (files only while they are still on the server), and
+        this tab again after a reload mid-training or when it was the open one."""
+        values = values or {}
+        updates = []
+        header = []
+        csv_path = values.get("csv_file")
+        if csv_path and Path(csv_path).is_file():
+            header, _ = _read_head(csv_path)
+        for key in SETTINGS:
+            value = values.get(key)
+            if key in ("csv_file", "zip_file"):
+                updates.append(value if value and Path(value).is_file() else gr.skip())
+            elif key in ("image_col", "text_col", "label_col"):
+                updates.append(gr.update(choices=header, value=value) if value else gr.skip())
+            else:
+                updates.append(value if value is not None else gr.skip())
+        owner = self.owner(owner_token, profile)
+        back = (owner is not None and self.app.jobs.running(owner)) or tab_id == "finetune"
+        return (*updates, gr.update(selected="finetune") if back else gr.skip())
+
+    @staticmethod
+    def remember_tab() -> str:
+        return "finetune"
+
+
+class PageLoad(NamedTuple):
+    """The inputs and outputs of what the page runs when it loads (ui/__init__.py): the poll
+    (``FinetuneTab.poll``, which also hands a new browser its owner token) and the form restored
+    from the browser (``FinetuneTab.restore``)."""
+
+    poll_inputs: list
+    poll_outputs: list
+    restore_inputs: list
+    restore_outputs: list
+
+
 def finetune_tab(
     app: App,
     checkpoint: gr.Dropdown,
@@ -309,14 +478,14 @@ def finetune_tab(
     tabs: gr.Tabs,
     saved: gr.BrowserState,
     saved_tab: gr.BrowserState,
-):
-    """The tab's components and events; ``owner_token``: the visitor's owner token
-    (ui/identity.py); ``saved`` and ``saved_tab`` keep the form and the open tab in the browser
-    (created outside the tabs: a hidden tab's components load nothing).
-    Returns (poll, its inputs, its outputs) and (restore, its inputs, its outputs) for page load."""
+) -> tuple[FinetuneTab, PageLoad]:
+    """The tab's components and events; every event sends ``owner_token`` (ui/identity.py);
+    ``saved`` and ``saved_tab`` keep the form and the open tab in the browser (created outside
+    the tabs: a hidden tab's components load nothing). Returns the handlers and what the page
+    runs at load."""
+    ft = FinetuneTab(app)
     names = app.registry.names()
     limit_min = app.limits.job_time_limit_min
-    default_minutes = round(app.jobs.time_limit_s(None) / 60, 1)
     with gr.Tab("Fine-tune", id="finetune") as tab:
         gr.Markdown(
             "Upload a CSV with an image column (paths relative to the zip's root), a text column and a label column, "
@@ -329,40 +498,31 @@ def finetune_tab(
             zip_file = gr.File(label="Images (zip)", file_types=[".zip"], type="filepath", elem_id="zip-upload")
         example_button = gr.Button("Use example dataset", elem_id="example-dataset")
         with gr.Row():
-            image_col = api_type(
-                gr.Dropdown([], label="Image column", allow_custom_value=True, elem_id="image-column"), OPTIONAL_STRING
-            )
-            text_col = api_type(
-                gr.Dropdown([], label="Text column", allow_custom_value=True, elem_id="text-column"), OPTIONAL_STRING
-            )
-            label_col = api_type(
-                gr.Dropdown([], label="Label column", allow_custom_value=True, elem_id="label-column"), OPTIONAL_STRING
-            )
+            image_col = gr.Dropdown([], label="Image column", allow_custom_value=True, elem_id="image-column")
+            text_col = gr.Dropdown([], label="Text column", allow_custom_value=True, elem_id="text-column")
+            label_col = gr.Dropdown([], label="Label column", allow_custom_value=True, elem_id="label-column")
         columns_note = gr.Markdown(label="Column roles", elem_id="columns-note")
         check = gr.Button("Check data")
         report = gr.Markdown(label="Pre-flight report", elem_id="preflight")
         with gr.Row():
-            base = api_type(
-                gr.Dropdown(
-                    [NEW_MODEL, *names],
-                    value=NEW_MODEL,
-                    label="Start from",
-                    allow_custom_value=True,
-                    elem_id="start-from",
-                    info="a checkpoint that already knows your labels learns faster",
-                ),
-                {"type": "string", "additional_description": f"'{NEW_MODEL}' or a checkpoint name"},
+            base = gr.Dropdown(
+                [NEW_MODEL, *names],
+                value=NEW_MODEL,
+                label="Start from",
+                allow_custom_value=True,
+                elem_id="start-from",
+                info="a checkpoint that already knows your labels learns faster",
             )
             time_budget = gr.Number(
-                default_minutes,
+                ft.default_minutes(),
                 label="Time budget (minutes)",
                 minimum=1,
                 maximum=limit_min,
                 elem_id="time-budget",
                 info=f"training stops here, keeping its best epoch (at most {limit_min})",
             )
-            val_split = gr.Slider(0.05, 0.5, value=0.1, step=0.05, label="Validation split (of the images)")
-            name = gr.Textbox("my-model", label="New checkpoint name", elem_id="checkpoint-name")
+            val_split = gr.Slider(*VALIDATION_SPLIT, value=0.1, step=0.05, label="Validation split (of the images)")
+            name = gr.Textbox(DEFAULT_NAME, label="New checkpoint name", elem_id="checkpoint-name")
             overwrite = gr.Checkbox(False, label="Overwrite if it exists")
         automatic = gr.Checkbox(
             True,
@@ -386,18 +546,6 @@ def finetune_tab(
                     info="weigh rare classes up (for imbalanced data)",
                     elem_id="class-weights",
                 )
-        # the API's values: left out (None), a setting is the recipe's choice (as a CLI flag not given)
-        api_epochs = gr.Number(None, precision=0, visible=False)
-        api_lr = gr.Number(None, visible=False)
-        api_batch_size = gr.Number(None, precision=0, visible=False)
-        api_freeze = api_type(
-            gr.JSON(None, visible=False),
-            {"type": "array", "items": {"type": "string"}, "additional_description": "image_encoder, text_encoder"},
-        )
-        # (a Checkbox cannot hold None: its initial value would be False, an explicit choice)
-        api_class_weights = api_type(gr.JSON(None, visible=False), {"type": "boolean"})
-        api_time_budget = gr.Number(None, visible=False)
-        api_job = api_type(gr.Textbox(None, visible=False), OPTIONAL_STRING)
         with gr.Row():
             start = gr.Button("Start", variant="primary", elem_id="start-button")
             stop = gr.Button("Stop", variant="stop")
@@ -425,305 +573,60 @@ def finetune_tab(
                 elem_id="per-class",
             )
         with gr.Row():
-            # any name reaches on_download, which refuses one the visitor cannot use in its own words
-            # (Gradio's choice check would answer "not in the list of choices" with a traceback)
-            download_name = api_type(
-                gr.Dropdown(
-                    names,
-                    label="Checkpoint to download",
-                    elem_id="download-name",
-                    min_width=200,
-                    allow_custom_value=True,
-                ),
-                OPTIONAL_STRING,
+            # any name reaches FinetuneTab.download, which refuses one the visitor cannot use in its
+            # own words (Gradio's choice check would answer "not in the list of choices" with a traceback)
+            download_name = gr.Dropdown(
+                names, label="Checkpoint to download", elem_id="download-name", min_width=200, allow_custom_value=True
             )
             download = gr.Button("Zip it", min_width=100)
             download_file = gr.File(label="Download", interactive=False, min_width=200)
-        job = gr.JSON(visible=False, label="job status")
+        known_names = gr.State(None, time_to_live=app.limits.session_ttl_min * 60)  # what the last poll listed
+
         status_outputs = [status_md, status_bar, curves, confusion, reliability, per_class, resume, job_plan]
-
-        def guess_roles(csv_file: str | None):
-            return (*csv_columns(csv_file), *column_report(app, csv_file))
-
         role_outputs = [image_col, text_col, label_col, columns_note, base]
-        csv_file.upload(guess_roles, csv_file, role_outputs, api_visibility="private")
-
-        def use_example_dataset():
-            csv_path, archive = app.example_dataset()
-            return (csv_path, archive, *guess_roles(csv_path))
-
-        example_button.click(use_example_dataset, None, [csv_file, zip_file, *role_outputs], api_visibility="private")
-
-        def check_data(
-            csv_file: str,
-            zip_file: str | None = None,
-            image_column: str | None = None,
-            text_column: str | None = None,
-            label_column: str | None = None,
-            start_from: str = NEW_MODEL,
-            epochs: int | None = None,
-            learning_rate: float | None = None,
-            batch_size: int | None = None,
-            freeze: list[str] | None = None,
-            class_weights: bool | None = None,
-            time_budget_minutes: float | None = None,
-            owner_token: str | None = None,
-            profile: gr.OAuthProfile | None = None,
-        ) -> str:
-            """Pre-flight report of a training CSV (and the zip of its images): rows accepted and
-            rejected with the reason, class counts, warnings; then the training plan: each setting
-            the recipe chose from the data and the time budget (values you give win), why, and the
-            estimated time on this machine. Nothing is trained."""
-            try:
-                overrides = overrides_of(epochs, learning_rate, batch_size, freeze, class_weights)
-            except (ValueError, TypeError) as e:
-                raise refuse(str(e)) from None
-            owner = owner_of(app, owner_token, profile)
-            return preflight(
-                app, csv_file, zip_file, image_column, text_column, label_column, start_from, overrides,
-                time_budget_minutes, owner,
-            )  # fmt: skip
-
-        def check_form(
-            csv_file, zip_file, image_column, text_column, label_column, start_from, time_budget_minutes, automatic,
-            epochs, learning_rate, batch_size, freeze, class_weights, owner_token=None,
-            profile: gr.OAuthProfile | None = None,
-        ) -> str:  # fmt: skip
-            if automatic:  # the recipe chooses every setting
-                epochs = learning_rate = batch_size = freeze = class_weights = None
-            return check_data(
-                csv_file, zip_file, image_column, text_column, label_column, start_from, epochs, learning_rate,
-                batch_size, freeze, class_weights, time_budget_minutes, owner_token, profile,
-            )  # fmt: skip
-
         columns_in = [csv_file, zip_file, image_col, text_col, label_col]
         custom = [epochs, lr, batch_size, freeze, class_weights]
+        csv_file.upload(ft.guess_roles, csv_file, role_outputs, api_visibility="private")
+        example_button.click(
+            ft.use_example_dataset, None, [csv_file, zip_file, *role_outputs], api_visibility="private"
+        )
         check.click(
-            check_form,
+            ft.check_form,
             [*columns_in, base, time_budget, automatic, *custom, owner_token],
             report,
             api_visibility="private",
         )
-        gr.Button("preflight", visible=False).click(
-            check_data,
-            [*columns_in, base, api_epochs, api_lr, api_batch_size, api_freeze, api_class_weights, api_time_budget,
-             owner_token],
-            report,
-            api_name="preflight",
-        )  # fmt: skip
-        for field in custom:  # a custom value the user edits is theirs: Automatic goes off
-            field.input(lambda: False, None, automatic, api_visibility="private", queue=False)
-
-        def start_fine_tune(
-            csv_file: str,
-            zip_file: str | None = None,
-            image_column: str | None = None,
-            text_column: str | None = None,
-            label_column: str | None = None,
-            start_from: str = NEW_MODEL,
-            epochs: int | None = None,
-            learning_rate: float | None = None,
-            batch_size: int | None = None,
-            freeze: list[str] | None = None,
-            validation_split: float = 0.1,
-            name: str = "my-model",
-            overwrite: bool = False,
-            class_weights: bool | None = None,
-            owner_token: str | None = None,
-            time_budget_minutes: float | None = None,
-            profile: gr.OAuthProfile | None = None,
-        ):
-            """Queue a fine-tune job (one runs at a time, in its own process) and return its
-            status; poll /finetune_status for progress, the plan and its time estimate, the history
-            and the final report. Settings left out (None) are chosen by the recipe from the data
-            and the time budget (minutes; default 10, at most the server's job time limit), as the
-            CLI's `train` does for flags not given. A caller without an owner token gets one back
-            as ``owner_token``: pass it to later calls to see, stop, resume, use or download what
-            it trains."""
-            owner = owner_of(app, owner_token, profile)
-            new_token = None
-            if owner is None:
-                new_token = app.new_token()
-                owner = app.owner(new_token)
-            status = start_finetune(
-                app,
-                csv_file,
-                zip_file,
-                image_column,
-                text_column,
-                label_column,
-                start_from,
-                epochs,
-                learning_rate,
-                batch_size,
-                freeze,
-                validation_split,
-                name,
-                overwrite,
-                owner,
-                class_weights,
-                time_budget_minutes,
-            )
-            if new_token:
-                status = {**status, "owner_token": new_token}
-            return status
-
-        def start_form(
-            csv_file, zip_file, image_column, text_column, label_column, start_from, epochs, learning_rate,
-            batch_size, freeze, validation_split, name, overwrite, class_weights, owner_token,
-            time_budget_minutes, automatic, profile: gr.OAuthProfile | None = None,
-        ):  # fmt: skip
-            if automatic:  # the recipe chooses every setting
-                epochs = learning_rate = batch_size = freeze = class_weights = None
-            status = start_fine_tune(
-                csv_file, zip_file, image_column, text_column, label_column, start_from, epochs, learning_rate,
-                batch_size, freeze, validation_split, name, overwrite, class_weights, owner_token,
-                time_budget_minutes, profile,
-            )  # fmt: skip
-            # a page whose token had not arrived yet keeps the one made for this job
-            return status, status.get("owner_token") or owner_token
-
+        for field in custom:
+            field.input(ft.automatic_off, None, automatic, api_visibility="private", queue=False)
         start.click(
-            start_form,
+            ft.start_form,
             [*columns_in, base, epochs, lr, batch_size, freeze, val_split, name, overwrite, class_weights,
              owner_token, time_budget, automatic],
-            [job, owner_token],
+            [*status_outputs, owner_token],
             api_visibility="private",
             concurrency_limit=1,
             concurrency_id="train",
-        ).then(lambda s: status_views(app, s), job, status_outputs, api_visibility="private")  # fmt: skip
-        gr.Button("start", visible=False).click(
-            start_fine_tune,
-            [*columns_in, base, api_epochs, api_lr, api_batch_size, api_freeze, val_split, name, overwrite,
-             api_class_weights, owner_token, api_time_budget],
-            job,
-            api_name="start_finetune",
-            concurrency_limit=1,
-            concurrency_id="train",
         )  # fmt: skip
-
-        def resume_fine_tune(
-            job: str | None = None,
-            time_budget_minutes: float | None = None,
-            owner_token: str | None = None,
-            profile: gr.OAuthProfile | None = None,
-        ) -> dict:
-            """Resume your fine-tune job that was stopped, interrupted (the server restarted) or cut
-            by its time limit: it continues from its last saved epoch, for ``time_budget_minutes``
-            more (default 10). ``job``: its id or checkpoint name (default: your latest job)."""
-            return resume_finetune(app, owner_of(app, owner_token, profile), job, time_budget_minutes)
-
         resume.click(
-            resume_fine_tune,
-            [api_job, time_budget, owner_token],
-            job,
-            api_name="resume_finetune",
+            ft.resume_form,
+            [time_budget, owner_token],
+            status_outputs,
+            api_visibility="private",
             concurrency_limit=1,
             concurrency_id="train",
-        ).then(lambda s: status_views(app, s), job, status_outputs, api_visibility="private")
-
-        def stop_fine_tune(owner_token: str | None = None, profile: gr.OAuthProfile | None = None) -> dict:
-            """Stop your fine-tune job, at any phase; the best epoch saved so far is kept."""
-            return stop_finetune(app, owner_of(app, owner_token, profile))
-
-        def fine_tune_status(owner_token: str | None = None, profile: gr.OAuthProfile | None = None) -> dict:
-            """Your latest fine-tune job's status: state (queued with its position, preparing, running, done,
-            failed, stopped, interrupted), message, progress, epoch, history, report, checkpoint."""
-            return finetune_status(app, owner_of(app, owner_token, profile))
-
-        def delete_checkpoint(
-            name: str,
-            owner_token: str | None = None,
-            profile: gr.OAuthProfile | None = None,
-        ) -> list[str]:
-            """Delete one of your own checkpoints; returns the checkpoints you can use."""
-            owner = owner_of(app, owner_token, profile)
-            try:
-                if owner is None:
-                    raise ValueError("no owner token: pass the owner_token /start_finetune returned")
-                app.registry.delete(str(name or ""), owner)
-            except ValueError as e:
-                raise refuse(str(e)) from None
-            return app.registry.names(owner)
-
-        stop.click(stop_fine_tune, [owner_token], job, api_name="stop_finetune")
-        gr.Button("status", visible=False).click(fine_tune_status, [owner_token], job, api_name="finetune_status")
-        deleted = gr.JSON(visible=False, label="your checkpoints")
-        gr.Button("delete", visible=False).click(
-            delete_checkpoint, [name, owner_token], deleted, api_name="delete_checkpoint"
         )
+        stop.click(ft.stop_form, [owner_token], None, api_visibility="private")
+        download.click(ft.download, [download_name, owner_token], download_file, api_visibility="private")
 
-        # settings survive a reload: saved in the browser on every change, restored on load
+        # the form survives a reload: saved in the browser on every change, restored on load
         settings = [csv_file, zip_file, image_col, text_col, label_col, base, epochs, lr, batch_size]
         settings += [freeze, val_split, name, overwrite, class_weights, time_budget, automatic]  # as SETTINGS
-
-        def save(*values):
-            return dict(zip(SETTINGS, values))
-
         for field in settings:
-            field.change(save, settings, saved, api_visibility="private", queue=False, show_progress="hidden")
-
-        def restore(
-            values: dict | None,
-            tab_id: str | None,
-            owner_token=None,
-            profile: gr.OAuthProfile | None = None,
-        ):
-            values = values or {}
-            updates = []
-            header = []
-            csv_path = values.get("csv_file")
-            if csv_path and Path(csv_path).is_file():
-                header, _ = _read_head(csv_path)
-            for key in SETTINGS:
-                value = values.get(key)
-                if key in ("csv_file", "zip_file"):
-                    updates.append(value if value and Path(value).is_file() else gr.skip())
-                elif key in ("image_col", "text_col", "label_col"):
-                    updates.append(gr.update(choices=header, value=value) if value else gr.skip())
-                else:
-                    updates.append(value if value is not None else gr.skip())
-            # a reload mid-training (or after leaving this tab open) comes back to this tab
-            owner = owner_of(app, owner_token, profile)
-            back = (owner is not None and app.jobs.running(owner)) or tab_id == "finetune"
-            return (*updates, gr.update(selected="finetune") if back else gr.skip())
-
-        tab.select(lambda: "finetune", None, saved_tab, api_visibility="private", queue=False)
-
-        known_names = gr.State(None, time_to_live=app.limits.session_ttl_min * 60)
-
-        def poll(known, owner_token=None, profile: gr.OAuthProfile | None = None):
-            """The visitor's job status; checkpoint lists only when they changed (a list
-            refreshed every second would close a dropdown the user has open). When a job has
-            saved its checkpoint, the download list offers it."""
-            owner = owner_of(app, owner_token, profile)
-            names = app.registry.names(owner)
-            status = finetune_status(app, owner)
-            finished = status["checkpoint"] if status["state"] in ("done", "stopped") else None
-            seen = [names, finished]
-            if seen == known:
-                lists = [gr.skip()] * 3
-            else:
-                lists = [
-                    gr.update(choices=names),
-                    gr.update(choices=[NEW_MODEL, *names]),
-                    gr.update(choices=names, value=finished) if finished in names else gr.update(choices=names),
-                ]
-            return (*status_views(app, status), *lists, seen)
+            field.change(ft.save, settings, saved, api_visibility="private", queue=False, show_progress="hidden")
+        tab.select(ft.remember_tab, None, saved_tab, api_visibility="private", queue=False)
 
         poll_inputs = [known_names, owner_token]
         poll_outputs = [*status_outputs, checkpoint, base, download_name, known_names]
         timer = gr.Timer(1.0)
-        timer.tick(poll, poll_inputs, poll_outputs, api_visibility="private", queue=False, show_progress="hidden")
-
-        def on_download(name, owner_token=None, profile: gr.OAuthProfile | None = None):
-            if not name:
-                raise refuse("Pick a checkpoint to download.")
-            try:
-                return app.download(str(name), owner_of(app, owner_token, profile))
-            except ValueError as e:
-                raise refuse(str(e)) from None
-
-        download.click(on_download, [download_name, owner_token], download_file, api_visibility="private")
-    restore_inputs = [saved, saved_tab, owner_token]
-    return poll, poll_inputs, poll_outputs, (restore, restore_inputs, [*settings, tabs])
+        timer.tick(ft.poll, poll_inputs, poll_outputs, api_visibility="private", queue=False, show_progress="hidden")
+    return ft, PageLoad(poll_inputs, poll_outputs, [saved, saved_tab, owner_token], [*settings, tabs])

@@ -56,11 +56,11 @@ class ImagePath(gr.Image):
         if payload.url and payload.url.startswith("data:"):  # inline image: bytes to a file, undecoded
             data = base64.b64decode(processing_utils.extract_base64_data(payload.url))
             path = processing_utils.save_bytes_to_cache(data, "image", cache_dir=self.GRADIO_CACHE)
-            self.temp_files.add(path)  # so the cache sweep (ui/serve.py) deletes it in time
+            self.temp_files.add(path)  # so the cache sweep (ui/cache.py) deletes it in time
             return path
         if payload.path is None:
             raise input_error("predict", "the image upload has no file")
-        if not os.path.exists(payload.path):  # swept from the cache (ui/serve.py CacheSweeper)
+        if not os.path.exists(payload.path):  # swept from the cache (ui/cache.py CacheSweeper)
             raise input_error(
                 "predict", "the image is no longer on the server (unused uploads are deleted): upload it again"
             )

@@ -64,7 +64,7 @@ def test_cli_and_app_write_the_same_record(sixteen_rows, tmp_path, tiny_checkpoi
 
     from mmdemo.app.backend import App
     from mmdemo.app.registry import CheckpointRegistry, owner_id
-    from mmdemo.ui.finetune import start_finetune
+    from mmdemo.ui.finetune import FinetuneTab
 
     shutil.copytree(tiny_checkpoint, tmp_path / "shipped" / "tiny")
     cli = [sys.executable, "-m", "mmdemo", "train", "--csv", str(sixteen_rows), "--out", str(tmp_path / "cli")]
@@ -76,8 +76,8 @@ def test_cli_and_app_write_the_same_record(sixteen_rows, tmp_path, tiny_checkpoi
     owner = owner_id("x" * 43)
     images = shutil.make_archive(str(tmp_path / "images"), "zip", root_dir=sixteen_rows.parent, base_dir="img")
     # the tab's Start with Automatic settings on and only the epochs set (as the CLI above)
-    start_finetune(
-        app, str(sixteen_rows), images, "image", "text", "label", "tiny", 3, None, None, None, 0.1, "app", False,
+    FinetuneTab(app).start(
+        str(sixteen_rows), images, "image", "text", "label", "tiny", 3, None, None, None, 0.1, "app", False,
         owner, None,
     )  # fmt: skip
     status = app.jobs.wait(owner, 300)

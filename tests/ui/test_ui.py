@@ -1,5 +1,6 @@
 """The app: handlers map service results to component values; a live server answers
-gradio_client calls (predict, and a one-epoch fine-tune through the API)."""
+gradio_client calls (predict, and a one-epoch fine-tune through the API), with the API page
+its callers were written against."""
 
 import csv
 import json
@@ -246,12 +247,65 @@ def test_api_page_names_and_types_every_parameter(server):
         "start_from", "epochs", "learning_rate", "batch_size", "freeze", "class_weights", "time_budget_minutes",
         "owner_token",
     ]  # fmt: skip
-    resume = [p["parameter_name"] for p in endpoints["/resume_finetune"]["parameters"]]
-    assert resume == ["job", "time_budget_minutes", "owner_token"]
+    resume = {p["parameter_name"]: p for p in endpoints["/resume_finetune"]["parameters"]}
+    assert list(resume) == ["job", "time_budget_minutes", "owner_token"]
+    assert resume["time_budget_minutes"]["parameter_default"] == 10.0  # the server's default budget, as the form's
+    assert resume["job"]["python_type"]["type"] == "str" and resume["job"]["parameter_default"] is None
+    assert columns["csv_file"]["python_type"]["type"] == "filepath" and not columns["csv_file"]["parameter_has_default"]
+    assert columns["zip_file"]["python_type"]["type"] == "filepath" and columns["zip_file"]["parameter_default"] is None
+    assert columns["freeze"]["python_type"]["type"] == "list[str]" and columns["epochs"]["python_type"]["type"] == "int"
+    assert (columns["validation_split"]["parameter_default"], columns["name"]["parameter_default"]) == (0.1, "my-model")
+    delete = {p["parameter_name"]: p for p in endpoints["/delete_checkpoint"]["parameters"]}
+    assert list(delete) == ["name", "owner_token"] and delete["name"]["parameter_default"] == "my-model"
     for column in ("image_column", "text_column", "label_column"):
         assert columns[column]["python_type"]["type"] == "str"
         assert columns[column]["parameter_has_default"] and columns[column]["parameter_default"] is None
     assert columns["start_from"]["python_type"]["type"] == "str"
+
+
+def test_no_hidden_widget_carries_the_api(server):
+    """The named endpoints are declared in ui/api.py (gr.api, and /predict on the Predict tab's
+    own components): the page holds no hidden button, number, text or JSON for them."""
+    hidden = [
+        (c["type"], c["props"].get("elem_id"))
+        for c in server.config["components"]
+        if c["props"].get("visible") is False and c["type"] in ("button", "number", "textbox", "json", "dropdown")
+    ]
+    assert hidden == [("button", "resume-button")]  # shown when the visitor's job can resume
+    endpoints = {fn.api_name: fn for fn in server.fns.values() if fn.api_visibility == "public"}
+    assert all(not fn.targets for fn in endpoints.values()), [n for n, fn in endpoints.items() if fn.targets]
+
+
+def test_the_fine_tune_api_takes_only_files_the_caller_uploaded(server, app, tmp_path, capfd):
+    """gr.api hands over what was sent: a path the caller names is refused, an upload of another
+    type gets the page's message, and each refusal is one log line."""
+    import httpx
+
+    base = server.local_url.rstrip("/")
+    secret = tmp_path / "secret.csv"
+    secret.write_text("image,text,label\n")
+
+    def call(api: str, data: list) -> tuple[str, str]:
+        with httpx.Client(timeout=60) as client:
+            event = client.post(f"{base}/gradio_api/call/{api}", json={"data": data}).json()["event_id"]
+            lines = client.get(f"{base}/gradio_api/call/{api}/{event}").text.splitlines()
+        kind = next(line.split(":", 1)[1].strip() for line in reversed(lines) if line.startswith("event:"))
+        return kind, next(line.split(":", 1)[1] for line in reversed(lines) if line.startswith("data:"))
+
+    for sent in (str(secret), {"path": str(secret)}, {"path": str(secret), "meta": {"_type": "other"}}):
+        kind, message = call("preflight", [sent])
+        assert kind == "error" and "csv_file must be an uploaded file" in message, (sent, message)
+    with httpx.Client(timeout=60) as client:
+        uploaded = client.post(f"{base}/gradio_api/upload", files={"files": ("notes.txt", b"a,b,c\n")}).json()[0]
+    notes = {"path": uploaded, "orig_name": "notes.txt", "meta": {"_type": "gradio.FileData"}}
+    kind, message = call("preflight", [notes])
+    assert (kind, json.loads(message)["error"]) == ("error", "'notes.txt' is not a .csv file: upload a .csv")
+    out, err = capfd.readouterr()
+    assert "Traceback" not in out + err
+    # a FileData naming a file nobody uploaded: Gradio itself refuses it before any handler
+    jobs = len(app.jobs.records())
+    kind, _ = call("start_finetune", [{"path": str(secret), "meta": {"_type": "gradio.FileData"}}])
+    assert kind == "error" and len(app.jobs.records()) == jobs  # no job was made of it
 
 
 def test_bad_input_through_the_api_is_one_log_line_not_a_traceback(server, fixture_path, capfd, caplog):
@@ -311,12 +365,10 @@ def test_csv_columns_of_a_semicolon_csv_are_its_own(tmp_path):
 
 
 def test_a_csv_header_reaches_the_column_roles_as_text(app, tmp_path):
-    from mmdemo.ui.finetune import column_report
-
     header = "x`<img src=x onerror=alert(1)>*_[a](b)"
     with open(tmp_path / "d.csv", "w", newline="") as f:
         csv.writer(f).writerows([[header, "text", "label"], *([f"{i}.png", "a b c", "ab"[i % 2]] for i in range(6))])
-    note, _ = column_report(app, str(tmp_path / "d.csv"))
+    note, _ = ui.FinetuneTab(app).column_report(str(tmp_path / "d.csv"))
     line = next(line for line in note.splitlines() if line.startswith("- image:"))
     assert line == r"- image: 'x\`&lt;img src=x onerror=alert(1)&gt;\*\_\[a\](b)' (100% of its values are image files)"
 
