@@ -92,9 +92,10 @@ def plan(request: FinetuneRequest) -> recipes.Recipe:
     if request.settings is not None:
         config = request.config or ModelConfig(labels=request.dataset.labels)
         cfg = init_config or config
-        regions = -((-cfg.image_size // cfg.image_stride) ** 2)
+        regions = recipes.regions_for(cfg.image_size, cfg.image_stride)
+        speed = recipes.machine_speed(request.settings.cpu_threads)
         estimate = recipes.estimate_seconds(
-            data, cfg.image_size, regions, request.settings.epochs, request.settings.freeze
+            data, cfg.image_size, regions, request.settings.epochs, request.settings.freeze, speed
         )
         choices = {"settings": {"value": "explicit", "why": "given by the caller"}}
         return recipes.Recipe(request.settings, {}, choices, estimate)

@@ -2,24 +2,29 @@
 
 A user who runs ``python -m mmdemo train --csv data.csv --out m`` with no other flag gets the
 settings below; every explicit flag (``--epochs``, ``--image-size``, ``--lr`` ...) overrides
-the recipe's choice for that value. ``choose()`` is pure (a data profile, a budget and the
-overrides in, settings + architecture + the reason for each choice out), so it is tested
-without training anything.
+the recipe's choice for that value. ``choose()`` trains nothing (a data profile, a budget,
+the overrides and the machine's speed in, settings + architecture + the reason for each
+choice out), so it is tested without training anything.
 
-What the choices rest on (measured on scikit-learn's 8x8 digit scans turned into 3 questions
-per scan, ``python -m mmdemo make-real-benchmark --kind digits``; see the README):
-- image size: 8x8 scans blown up to 224 px cost 12x the encoder work of 64 px (by area) and
-  the old default (224 px, lr 3e-4) scored 87 % after 10 epochs; at 64 px (a 4x4 grid of stride-16 regions, each with the patch
-  embedding of its own pixels) and lr 1e-3 validation accuracy passed 98 % by epoch 6.
-  Photos (shorter side over 112 px) keep 224 px, the size the encoder was trained at.
-- encoders frozen and cached: an epoch then costs only the fusion (about 2 ms a row at
-  16 regions on 2 CPU cores), so early stopping and the time budget can act every few seconds.
+What the choices rest on (the digits benchmark, ``python -m mmdemo make-real-benchmark --kind
+digits`` then ``python -m mmdemo train``; figures in docs/benchmarks.md):
+- image size: small scans blown up to 224 px cost 12x the encoder work of 64 px (by area) and
+  learn more slowly; 64 px gives a 4x4 grid of stride-16 regions, each with the patch
+  embedding of its own pixels. Photos (shorter side over 112 px) keep 224 px, the size the
+  encoder was trained at.
+- encoders frozen and cached: an epoch then costs only the fusion, so early stopping and the
+  time budget can act every few seconds.
 - epochs from the budget, early stopping on validation (patience), the best epoch kept.
-- class weights when the largest class is 5x the smallest (data.IMBALANCE_RATIO).
+- class weights when the largest class is 5x the smallest (csv_table.IMBALANCE_RATIO).
+
+The time estimate (``Recipe.estimate_s``, shown before every fine-tune) adds up per-image,
+per-text and per-row costs measured once on a reference machine, scaled to the machine at hand
+by ``machine_speed()``: a fixed piece of the same work timed here and on the reference.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -27,18 +32,25 @@ import statistics
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field, fields
+from typing import NamedTuple
 
+import torch
+import torch.nn.functional as F
 from PIL import Image
+from torch import nn
 
 from ..datasets.csv_table import IMBALANCE_RATIO, Dataset
 from ..model.classifier import ModelConfig
+from ..model.encoders import LITE0_CUTS, EfficientNetLite0
+from ..model.fusion import CrossModalFusion
 from .settings import TrainSettings
 
 DEFAULT_BUDGET_S = 600.0  # 10 minutes on the machine at hand
 SETTING_NAMES = {f.name for f in fields(TrainSettings)}
 CONFIG_NAMES = {f.name for f in fields(ModelConfig)} - {"labels"}
 
-# Costs on this machine (2 CPU cores, torch fp32 eager), the basis of the time estimate:
+# Costs on the reference machine (2 CPU cores, torch fp32 eager, 2 threads), the basis of the
+# time estimate; machine_speed() scales them to the machine at hand:
 ENCODE_MS_224 = 27.0  # EfficientNet-Lite0 features of one 224-px image (scales with the area)
 TEXT_MS = 1.6  # MiniLM states of one question in a batch
 FUSION_MS_ROW = 1.5  # one training row through fusion + head, forward and backward ...
@@ -64,6 +76,31 @@ class DataProfile:
     image_side: int  # median shorter side of (a sample of) the images, in pixels
     imbalance: float = 1.0  # largest / smallest count among answers that compete (see profile)
     words: frozenset[str] = frozenset()  # the words of the questions, lower case
+
+
+class Speed(NamedTuple):
+    """How many times the reference machine's time this machine takes for each kind of work
+    (1.0: as fast as the reference, 2.0: half as fast)."""
+
+    encoder: float = 1.0  # the image encoder's convolutions (ENCODE_MS_224, stage 2's blocks)
+    fusion: float = 1.0  # attention and feed-forward layers: fusion and head (FUSION_MS_*), MiniLM (TEXT_MS)
+
+
+class Probe(NamedTuple):
+    """Milliseconds the probe's two pieces of work take (``probe_ms``)."""
+
+    encoder_ms: float
+    fusion_ms: float
+
+
+REFERENCE = Speed()
+# probe_ms(2) on the machine the costs above were measured on, idle (the best of many calls);
+# a machine's own: python -c "from mmdemo.training.recipe import probe_ms; print(probe_ms(2))"
+REFERENCE_PROBE = Probe(encoder_ms=15.7, fusion_ms=36.4)
+PROBE_IMAGES, PROBE_ROWS, PROBE_TOKENS = 4, 16, 12  # a small batch: 4 questions about each of 4 images
+PROBE_ENCODER_SIZE, PROBE_FUSION_SIZE = 128, 64  # pixels: the encoder's work by area; 16 regions for the fusion
+PROBE_TEXT_DIM = 384  # all-MiniLM-L6-v2's hidden size: the text states the fusion reads
+PROBE_BUDGET_S = 0.3  # each piece's repeats stop here
 
 
 @dataclass
@@ -125,9 +162,11 @@ def choose(
     budget_s: float | None = None,
     overrides: dict | None = None,
     init_config: ModelConfig | None = None,
+    speed: Speed | None = None,
 ) -> Recipe:
     """The settings for ``data`` within ``budget_s`` seconds; ``overrides`` (explicit flags,
-    names of TrainSettings or ModelConfig fields) win over every choice."""
+    names of TrainSettings or ModelConfig fields) win over every choice. Times are estimated at
+    ``speed`` (default: this machine's, ``machine_speed`` with the threads training will use)."""
     overrides = dict(overrides or {})
     unknown = set(overrides) - SETTING_NAMES - CONFIG_NAMES
     if unknown:
@@ -168,9 +207,12 @@ def choose(
         " by epoch 6 (the old default, 224 px at 3e-4, scored 87 % after 10 epochs)",
     )
     batch_size = pick("batch_size", 64, "64 rows a step")
-    regions = math.ceil(image_size / stride) ** 2
-    estimate = estimate_seconds(data, image_size, regions, 1, freeze)
-    per_epoch = estimate_seconds(data, image_size, regions, 2, freeze) - estimate
+    free_threads, threads_why = cpu_threads()
+    if speed is None:
+        speed = machine_speed(overrides.get("cpu_threads", free_threads))
+    regions = regions_for(image_size, stride)
+    estimate = estimate_seconds(data, image_size, regions, 1, freeze, speed)
+    per_epoch = estimate_seconds(data, image_size, regions, 2, freeze, speed) - estimate
     fixed = estimate - per_epoch
     room = max(1, int((0.8 * budget_s - fixed) / max(per_epoch, 1e-6)))
     epochs = pick(
@@ -186,7 +228,7 @@ def choose(
         f"largest / smallest count among the answers of one question = {data.imbalance:.1f}"
         f" (weights from {IMBALANCE_RATIO:g})",
     )
-    threads = pick("cpu_threads", *cpu_threads())
+    threads = pick("cpu_threads", free_threads, threads_why)
     settings = TrainSettings(
         epochs=epochs,
         batch_size=batch_size,
@@ -196,18 +238,21 @@ def choose(
         class_weights=class_weights,
         cpu_threads=threads,
     )
-    _choose_stage2(settings, pick, data, overrides, init_config or config, image_size, regions)
+    _choose_stage2(settings, pick, data, overrides, init_config or config, image_size, regions, speed)
     for name in sorted(SETTING_NAMES & set(overrides) - set(choices)):
         setattr(settings, name, pick(name, overrides[name], ""))
-    estimate = estimate_seconds(data, image_size, regions, settings.epochs, settings.freeze)
+    estimate = estimate_seconds(data, image_size, regions, settings.epochs, settings.freeze, speed)
     if settings.stage2_blocks:
-        estimate += stage2_seconds(data, image_size, regions, settings)
+        estimate += stage2_seconds(data, image_size, regions, settings, speed)
     return Recipe(settings, config, choices, min(estimate, budget_s))
 
 
-def _choose_stage2(settings: TrainSettings, pick, data: DataProfile, overrides: dict, arch, image_size, regions):
+def _choose_stage2(
+    settings: TrainSettings, pick, data: DataProfile, overrides: dict, arch, image_size, regions, speed: Speed
+):
     """Stage 2: after stage 1 converges, the top blocks of the frozen image encoder train too,
-    when the time left allows (train.py decides that at run time, from this machine's speed)."""
+    when the time left allows (stage2.plan_stage2 decides that at run time, from this run's
+    epoch times)."""
     get = arch.get if isinstance(arch, dict) else lambda name, default: getattr(arch, name)
     lite0 = get("image_encoder", "efficientnet_lite0") == "efficientnet_lite0" and get("image_pretrained", True)
     if "freeze" in overrides:
@@ -260,22 +305,22 @@ def _choose_stage2(settings: TrainSettings, pick, data: DataProfile, overrides: 
         if touched
         else "brightness and contrast jittered by up to 20 %: no question is about brightness or colour",
     )
-    stage1 = estimate_seconds(data, image_size, regions, 2, settings.freeze) - estimate_seconds(
-        data, image_size, regions, 1, settings.freeze
+    stage1 = estimate_seconds(data, image_size, regions, 2, settings.freeze, speed) - estimate_seconds(
+        data, image_size, regions, 1, settings.freeze, speed
     )
-    settings.stage2_cost = round(stage2_epoch_seconds(data, image_size, regions, settings.stage2_blocks) / stage1, 2)
+    stage2 = stage2_epoch_seconds(data, image_size, regions, settings.stage2_blocks, speed)
+    settings.stage2_cost = round(stage2 / stage1, 2)
 
 
 def cpu_threads(cores: int | None = None, load: float | None = None, busy: float | None = None) -> tuple[int, str]:
     """Torch threads for training on a CPU: all cores, unless other processes keep them busy.
 
-    Measured on this 2-core machine at a load average of 16: one training step of the fusion
-    took 0.9-1.7 s on 1 thread and 10.4 s on 2 (threads that wait for each other spin while
-    the scheduler runs someone else). How busy the cores are: the cores busy right now
-    (``busy_cores``, over a quarter of a second), or the 1-minute load average where that
-    cannot be read. The load average still counts the command that ran just before (making
-    the data, a first training run) for a minute after it ended, and picking 1 thread for that
-    cost a third of the speed (digits, frozen encoders: 420 samples/s on 1 thread, 633 on 2)."""
+    Threads that wait for each other spin while the scheduler runs someone else, so a thread
+    on a busy core slows every step down many times over. How busy the cores are: the cores
+    busy right now (``busy_cores``, over a quarter of a second), or the 1-minute load average
+    where that cannot be read; not the load average first, because it still counts the command
+    that ran just before (making the data, a first training run) for a minute after it ended.
+    A training record's ``throughput`` shows what a choice gave."""
     cores = cores or _cores()
     measure = load is None
     load = os.getloadavg()[0] if measure and hasattr(os, "getloadavg") else (load or 0.0)
@@ -321,32 +366,116 @@ def busy_cores(seconds: float = 0.25) -> float | None:
     return round(cores * (1 - (idle1 - idle0) / (total1 - total0)), 2)
 
 
-def estimate_seconds(data: DataProfile, image_size: int, regions: int, epochs: int, freeze: list[str]) -> float:
-    """Expected wall time on this machine (2 CPU cores): encoding once, then ``epochs`` passes."""
-    encode_image = ENCODE_MS_224 * (image_size / 224) ** 2 * data.images / 1000
-    encode_text = TEXT_MS * data.texts / 1000
-    fusion = (FUSION_MS_ROW + FUSION_MS_ROW_REGION * regions) * data.rows / 1000
+def probe_ms(threads: int | None = None, repeats: int = 3) -> Probe:
+    """Milliseconds this machine takes for a fixed piece of the recipe's own work, with
+    ``threads`` torch threads (None: as set now): the image encoder (EfficientNet-Lite0) on
+    PROBE_IMAGES images of PROBE_ENCODER_SIZE px, and one training step's forward and backward
+    of the default fusion and head on PROBE_ROWS rows. Random weights (as fast as trained ones,
+    and nothing is read from disk); the best of ``repeats`` after a warm-up, since other work on
+    the machine only ever slows a run down. The random generators and the thread count are left
+    as they were."""
+    before = torch.get_num_threads()
+    with torch.random.fork_rng(devices=[]):
+        try:
+            if threads:
+                torch.set_num_threads(threads)
+            torch.manual_seed(0)
+            encoder = EfficientNetLite0(16).eval()
+            config = ModelConfig(labels=["a", "b", "c"])
+            fusion = CrossModalFusion(
+                LITE0_CUTS[16][1], PROBE_TEXT_DIM, config.fusion_dim, config.fusion_heads, config.fusion_layers,
+                config.region_layers, config.dropout, patch_size=16,
+            )  # fmt: skip
+            head = nn.Sequential(
+                nn.Linear(2 * config.fusion_dim, config.fusion_dim), nn.GELU(), nn.Linear(config.fusion_dim, 3)
+            )
+            images = torch.randn(PROBE_IMAGES, 3, PROBE_ENCODER_SIZE, PROBE_ENCODER_SIZE)
+            grid = PROBE_FUSION_SIZE // 16
+            feature_map = torch.randn(PROBE_IMAGES, LITE0_CUTS[16][1], grid, grid)  # (U, C, h, w)
+            pixels = torch.randn(PROBE_IMAGES, 3, PROBE_FUSION_SIZE, PROBE_FUSION_SIZE)  # (U, 3, S, S)
+            text_states = torch.randn(PROBE_ROWS, PROBE_TOKENS, PROBE_TEXT_DIM)  # (B, T, E)
+            mask = torch.ones(PROBE_ROWS, PROBE_TOKENS, dtype=torch.long)
+            image_index = torch.arange(PROBE_ROWS) % PROBE_IMAGES  # (B,)
+            drop_image = torch.arange(PROBE_ROWS) == 0  # modality dropout's path, as in training
+            targets = torch.arange(PROBE_ROWS) % 3
+
+            def encode() -> None:
+                with torch.no_grad():
+                    encoder(images)
+
+            def train_step() -> None:
+                summary, _, _ = fusion(feature_map, text_states, mask, drop_image, None, image_index, pixels)
+                F.cross_entropy(head(summary), targets).backward()
+
+            return Probe(_best_ms(encode, repeats), _best_ms(train_step, repeats))
+        finally:
+            torch.set_num_threads(before)
+
+
+def _best_ms(work, repeats: int) -> float:
+    """The fastest of ``repeats`` runs of ``work`` after a warm-up; no further runs once
+    PROBE_BUDGET_S is spent (a machine busy enough to slow it down that much is measured as slow)."""
+    start = time.perf_counter()
+    work()  # warm-up: first-call allocations and kernel choices
+    times: list[float] = []
+    while len(times) < max(1, repeats) and (not times or time.perf_counter() - start < PROBE_BUDGET_S):
+        t = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - t)
+    return 1000 * min(times)
+
+
+@functools.cache
+def machine_speed(threads: int | None = None) -> Speed:
+    """This machine's Speed against the reference machine, from ``probe_ms(threads)``: measured
+    once per process and thread count (a fraction of a second), since the estimate is shown
+    before every fine-tune. Only the CPU is measured, as the costs were: a run on a GPU is faster
+    than its estimate."""
+    probe = probe_ms(threads)
+    return Speed(probe.encoder_ms / REFERENCE_PROBE.encoder_ms, probe.fusion_ms / REFERENCE_PROBE.fusion_ms)
+
+
+def regions_for(image_size: int, stride: int) -> int:
+    """Image regions the fusion reads: the encoder's 'same' padding rounds the grid up."""
+    return math.ceil(image_size / stride) ** 2
+
+
+def estimate_seconds(
+    data: DataProfile, image_size: int, regions: int, epochs: int, freeze: list[str], speed: Speed = REFERENCE
+) -> float:
+    """Expected wall time at ``speed`` (machine_speed()): encoding once, then ``epochs`` passes."""
+    encode_image = speed.encoder * ENCODE_MS_224 * (image_size / 224) ** 2 * data.images / 1000
+    encode_text = speed.fusion * TEXT_MS * data.texts / 1000
+    fusion = speed.fusion * (FUSION_MS_ROW + FUSION_MS_ROW_REGION * regions) * data.rows / 1000
     per_epoch = fusion * (1 + VALIDATION_SHARE)
     if "image_encoder" not in freeze:  # the encoder runs forward and backward every epoch
         per_epoch += 3 * encode_image
     if "text_encoder" not in freeze:
-        per_epoch += 3 * TEXT_MS * data.rows / 1000
+        per_epoch += 3 * speed.fusion * TEXT_MS * data.rows / 1000
     return encode_image + encode_text + epochs * per_epoch
 
 
-def stage2_epoch_seconds(data: DataProfile, image_size: int, regions: int, blocks: int) -> float:
+def stage2_epoch_seconds(
+    data: DataProfile, image_size: int, regions: int, blocks: int, speed: Speed = REFERENCE
+) -> float:
     """One stage-2 epoch: stage 1's fusion work plus the top ``blocks`` blocks of the image
     encoder, forward and backward for every training image, forward for the validation ones."""
-    fusion = (FUSION_MS_ROW + FUSION_MS_ROW_REGION * regions) * data.rows / 1000
-    top = ENCODE_MS_224 * (image_size / 224) ** 2 * sum(LITE0_BLOCK_SHARE[-blocks:]) * data.images / 1000
+    fusion = speed.fusion * (FUSION_MS_ROW + FUSION_MS_ROW_REGION * regions) * data.rows / 1000
+    image_ms = speed.encoder * ENCODE_MS_224 * (image_size / 224) ** 2
+    top = image_ms * sum(LITE0_BLOCK_SHARE[-blocks:]) * data.images / 1000
     return (fusion + 3 * top) * (1 + VALIDATION_SHARE)
 
 
-def stage2_seconds(data: DataProfile, image_size: int, regions: int, settings: TrainSettings) -> float:
+def stage2_seconds(
+    data: DataProfile, image_size: int, regions: int, settings: TrainSettings, speed: Speed = REFERENCE
+) -> float:
     """Stage 2 in all: encoding each copy below the trained blocks once, then its epochs."""
     below = 1 - sum(LITE0_BLOCK_SHARE[-settings.stage2_blocks :])
-    setup = ENCODE_MS_224 * (image_size / 224) ** 2 * below * data.images * settings.augment_views / 1000
-    return setup + settings.stage2_epochs * stage2_epoch_seconds(data, image_size, regions, settings.stage2_blocks)
+    image_ms = speed.encoder * ENCODE_MS_224 * (image_size / 224) ** 2
+    setup = image_ms * below * data.images * settings.augment_views / 1000
+    return setup + settings.stage2_epochs * stage2_epoch_seconds(
+        data, image_size, regions, settings.stage2_blocks, speed
+    )
 
 
 def format_seconds(seconds: float) -> str:

@@ -11,7 +11,7 @@ from PIL import Image
 from mmdemo.datasets.csv_table import read_csv
 from mmdemo.training.finetune import FinetuneRequest, finetune, plan
 from mmdemo.training.loop import train
-from mmdemo.training.recipe import DataProfile, choose, estimate_seconds, profile
+from mmdemo.training.recipe import REFERENCE, DataProfile, Speed, choose, estimate_seconds, profile
 from mmdemo.training.settings import TrainSettings
 
 from ..conftest import tiny_config
@@ -42,11 +42,59 @@ def test_explicit_settings_override_the_recipe_and_are_recorded_as_such():
 
 
 def test_epochs_follow_the_budget_and_the_estimate_fits_it():
-    small = choose(_profile(), budget_s=60)
-    large = choose(_profile(), budget_s=600)
+    small = choose(_profile(), budget_s=60, speed=REFERENCE)
+    large = choose(_profile(), budget_s=600, speed=REFERENCE)
     assert 3 <= small.settings.epochs < large.settings.epochs <= 40
     assert large.estimate_s <= 600
     assert estimate_seconds(_profile(), 224, 196, 10, []) > estimate_seconds(_profile(), 64, 16, 10, ["image_encoder"])
+
+
+def test_the_estimate_scales_with_the_machine_speed():
+    frozen = ["image_encoder", "text_encoder"]
+    base = estimate_seconds(_profile(), 128, 64, 10, frozen, REFERENCE)
+    assert estimate_seconds(_profile(), 128, 64, 10, frozen, Speed(2.0, 2.0)) == pytest.approx(2 * base)
+    # each factor scales its own work: together, the two parts make up the whole estimate
+    slower_encoder = estimate_seconds(_profile(), 128, 64, 10, frozen, Speed(3.0, 1.0)) - base
+    slower_fusion = estimate_seconds(_profile(), 128, 64, 10, frozen, Speed(1.0, 3.0)) - base
+    assert 0 < slower_encoder < slower_fusion and slower_encoder + slower_fusion == pytest.approx(2 * base)
+    # the recipe's estimate and epochs follow: the same run takes twice as long on a machine half
+    # as fast, and a budget buys fewer epochs there
+    fixed = {"epochs": 5, "stage2_blocks": 0}
+    assert choose(_profile(), 10_000, fixed, speed=Speed(2.0, 2.0)).estimate_s == pytest.approx(
+        2 * choose(_profile(), 10_000, fixed, speed=REFERENCE).estimate_s
+    )
+    slow = choose(_profile(), 600, speed=Speed(4.0, 4.0))
+    assert slow.settings.epochs < choose(_profile(), 600, speed=REFERENCE).settings.epochs
+    assert slow.estimate_s <= 600
+
+
+def test_the_speed_probe_is_quick_positive_and_leaves_torch_as_it_was():
+    import math
+
+    import torch
+
+    from mmdemo.training.recipe import machine_speed, probe_ms
+
+    threads, rng = torch.get_num_threads(), torch.get_rng_state()
+    start = time.perf_counter()
+    probe = probe_ms(1)
+    assert time.perf_counter() - start < 3.0
+    assert all(0 < ms < 3000 and math.isfinite(ms) for ms in probe)
+    assert torch.get_num_threads() == threads and torch.equal(torch.get_rng_state(), rng)
+    speed = machine_speed(1)
+    assert all(0 < factor and math.isfinite(factor) for factor in speed)
+    start = time.perf_counter()
+    assert machine_speed(1) is speed and time.perf_counter() - start < 0.01  # measured once per process
+
+
+def test_explicit_settings_are_estimated_on_the_model_s_grid_of_regions(sixteen_rows, tmp_path):  # noqa: F811
+    from mmdemo.training.recipe import machine_speed
+
+    settings = TrainSettings(epochs=4, freeze=[], cpu_threads=1)
+    config = tiny_config(image_size=224)  # 14 x 14 stride-16 regions
+    recipe = plan(FinetuneRequest(read_csv(sixteen_rows), tmp_path / "m", settings=settings, config=config))
+    data = profile(read_csv(sixteen_rows))
+    assert recipe.estimate_s == pytest.approx(estimate_seconds(data, 224, 196, 4, [], machine_speed(1)))
 
 
 def test_class_weights_only_for_imbalanced_data(tmp_path):

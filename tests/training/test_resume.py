@@ -95,7 +95,8 @@ def test_cli_and_app_write_the_same_record(sixteen_rows, tmp_path, tiny_checkpoi
     assert cli_record["recipe"]["epochs"] == {"value": 3, "why": "set explicitly"}
     assert cli_record["recipe"]["lr"]["why"] != "set explicitly"  # chosen by the recipe in both
     assert cli_record["settings"] == app_record["settings"]
-    assert cli_record["estimated_seconds"] == app_record["estimated_seconds"]
+    # each process scales the estimate by its own measurement of the machine (recipe.machine_speed)
+    assert cli_record["estimated_seconds"] > 0 and app_record["estimated_seconds"] > 0
     assert set(cli_record["baselines"]) == set(app_record["baselines"])
     assert set(cli_record["calibration"]) == set(app_record["calibration"])
 
