@@ -4,7 +4,7 @@ training, so that softmax(logits / T) says how often the model is right.
 The model's ranking of answers does not change (T > 0 divides every logit), only how sure it
 says it is: T > 1 softens an over-confident model, T < 1 sharpens an under-confident one
 (modality dropout and early stopping leave the model under-confident on clean inputs).
-T is stored in ``ModelConfig.temperature`` (config.json) and applied by ``service.Predictor``.
+T is stored in ``ModelConfig.temperature`` (config.json) and applied by ``inference.predictor.Predictor``.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ collective operations the training engine needs.
 process) and returns a ``Context``; without those variables it returns a one-process context
 whose operations do nothing, so the training loop reads the same either way.
 
-The rules the engine follows (train.py):
+The rules the engine follows (loop.py):
 - every process draws the same global batches (same seed) and takes its contiguous share of
   each; the per-process batch size is ``--batch-size``, the global batch ``world_size`` times
   it, so an epoch takes ``1 / world_size`` of the optimizer steps of one process;

@@ -19,6 +19,9 @@ Progress = Callable[[dict], None]  # one event, a dict keyed by "stage" (tqdm in
 
 @dataclass
 class TrainSettings:
+    """How one run trains: the recipe (recipe.py) chooses these from the data and the budget,
+    and every explicit flag overrides its choice."""
+
     epochs: int = 10
     batch_size: int = 64  # rows (questions) per step
     lr: float = 3e-4  # fusion and head
@@ -52,6 +55,8 @@ class TrainSettings:
 
 @dataclass
 class TrainResult:
+    """What ``train()`` gives back: the model at its best epoch and how it got there."""
+
     model: MultimodalClassifier  # holds the best epoch's weights
     best_epoch: int
     best_metrics: dict
