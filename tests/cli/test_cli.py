@@ -43,6 +43,7 @@ def test_predict_prints_one_json_object(tiny_checkpoint, fixture_path):
     assert 0 <= x <= 451 and 0 <= y <= 300  # chelsea.jpg is 451x300
 
 
+@pytest.mark.slow  # three CLI processes
 def test_predict_errors_are_clear(tiny_checkpoint, tmp_path, fixture_path):
     empty = tmp_path / "empty.png"
     empty.write_bytes(b"")
@@ -72,6 +73,7 @@ def test_predict_errors_are_clear(tiny_checkpoint, tmp_path, fixture_path):
     assert result.returncode == 2 and "checkpoint folder not found" in result.stderr
 
 
+@pytest.mark.slow  # a CLI process; the fast subset keeps test_predict_prints_one_json_object
 def test_predict_csv_batch_marks_failed_rows(tiny_checkpoint, tmp_path):
     (tmp_path / "img").mkdir()
     for i in range(5):
@@ -118,6 +120,7 @@ def test_predict_csv_batch_marks_failed_rows(tiny_checkpoint, tmp_path):
         assert 0 < float(r["confidence"]) <= 1 and 0 <= float(r["peak_x"]) <= 40 + i and 0 <= float(r["peak_y"]) <= 30
 
 
+@pytest.mark.slow  # a CLI process
 def test_predict_csv_missing_column(tiny_checkpoint, tmp_path):
     (tmp_path / "in.csv").write_text("picture,text\na.png,hello\n")
     result = _run(
@@ -137,6 +140,7 @@ def test_predict_csv_missing_column(tiny_checkpoint, tmp_path):
     )
 
 
+@pytest.mark.slow  # a CLI process that times the model
 def test_bench_prints_figures(tiny_checkpoint):
     result = _run("bench", "--checkpoint", str(tiny_checkpoint), "--repeats", "5")
     out = json.loads(result.stdout.strip().splitlines()[-1])

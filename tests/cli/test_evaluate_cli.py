@@ -4,10 +4,13 @@ CSV, its last line is one JSON object, and the report file is written."""
 import csv
 import json
 
+import pytest
+
 from ..evaluation.test_evalset import _write_set
 from .test_cli import _run
 
 
+@pytest.mark.slow  # two CLI processes
 def test_evaluate_report_matches_batch_predict(tiny_checkpoint, tmp_path):
     csv_path = _write_set(tmp_path / "set", n=40)
     out = _run(
@@ -28,6 +31,7 @@ def test_evaluate_report_matches_batch_predict(tiny_checkpoint, tmp_path):
     assert f"{100 * predict_accuracy:.1f} %" in html and "https://" not in html
 
 
+@pytest.mark.slow  # two CLI processes
 def test_evaluate_needs_one_data_source(tiny_checkpoint, tmp_path):
     result = _run("evaluate", "--checkpoint", str(tiny_checkpoint), check=False)
     assert result.returncode == 2 and "needs --csv FILE" in result.stderr
@@ -38,6 +42,7 @@ def test_evaluate_needs_one_data_source(tiny_checkpoint, tmp_path):
     assert result.returncode == 2 and "either --csv FILE or --benchmark N" in result.stderr
 
 
+@pytest.mark.slow  # a CLI process that renders and evaluates a benchmark
 def test_evaluate_on_the_built_in_benchmark(tiny_checkpoint):
     result = _run("evaluate", "--checkpoint", str(tiny_checkpoint), "--benchmark", "1")
     summary = json.loads(result.stdout.strip().splitlines()[-1])
@@ -45,6 +50,7 @@ def test_evaluate_on_the_built_in_benchmark(tiny_checkpoint):
     assert summary["accuracy"] == 0  # the tiny model's labels are not Sort-of-CLEVR's answers
 
 
+@pytest.mark.slow  # three CLI processes
 def test_evaluate_measures_faithfulness_of_both_methods_on_a_bounded_sample(tiny_checkpoint, tmp_path):
     csv_path = _write_set(tmp_path / "set", n=12)
     report = tmp_path / "r.html"
@@ -69,6 +75,7 @@ def test_evaluate_measures_faithfulness_of_both_methods_on_a_bounded_sample(tiny
     assert summary["faithfulness"] is None and "ece" in summary and "faithfulness (" not in skipped.stderr
 
 
+@pytest.mark.slow  # a CLI process that renders and measures a benchmark
 def test_bench_sort_of_clevr_faithfulness_part(tiny_checkpoint, tmp_path):
     result = _run("bench-sort-of-clevr", "--checkpoint", str(tiny_checkpoint), "--images", "1", "--workdir",
                   str(tmp_path), "--parts", "faithfulness", "--faithfulness-rows", "2")  # fmt: skip

@@ -106,6 +106,7 @@ def _cli(*args):
     return json.loads(result.stdout.strip().splitlines()[-1]), result.stderr
 
 
+@pytest.mark.slow  # two CLI processes, one training 30 epochs
 def test_train_and_evaluate_cli(sixteen_rows, tmp_path):
     out = tmp_path / "ck"
     tiny = [
@@ -195,6 +196,7 @@ def test_finetune_record_says_when_the_best_epoch_was_cut_short(sixteen_rows, tm
     assert "cut short" in (tmp_path / "m" / "README.md").read_text()
 
 
+@pytest.mark.slow  # a CLI process
 def test_evaluate_prints_ece_and_accuracy_per_slice(sixteen_rows, tiny_checkpoint):
     report, stderr = _cli(
         "evaluate", "--checkpoint", str(tiny_checkpoint), "--csv", str(sixteen_rows), "--slice-by", "text"

@@ -22,12 +22,13 @@ from mmdemo.app.settings import Limits  # noqa: E402
 from mmdemo.benchmarks.stress import _disk_mb  # noqa: E402
 from mmdemo.model.checkpoint import save_checkpoint  # noqa: E402
 from mmdemo.model.classifier import build_model  # noqa: E402
+from mmdemo.ui import cache as ui_cache  # noqa: E402
 from mmdemo.ui import gradio_patches, launch  # noqa: E402
-from mmdemo.ui.cache import CACHE_SWEEP_S  # noqa: E402
 
 from ..conftest import tiny_config  # noqa: E402
 
 CAP_MB = 0.5
+SWEEP_S = 0.5  # the sweeper's period here (ui/cache.py CACHE_SWEEP_S): the tests wait for two sweeps
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +40,7 @@ def server(tmp_path_factory):
         mp.setenv("MMDEMO_CACHE_MAX_MB", str(CAP_MB))
         mp.setenv("MMDEMO_CACHE_MIN_AGE_S", "1")
         mp.setattr(gradio_patches, "SESSION_SWEEP_S", 1)
+        mp.setattr(ui_cache, "CACHE_SWEEP_S", SWEEP_S)
         mp.setattr(launch, "SESSION_CAPACITY", 2)  # what live pages hold is kept: few pages here
         limits = Limits(predict_concurrency=1)
         app = ui.App(CheckpointRegistry(root / "mine", root / "shipped", limits=limits), str(root / "work"))
@@ -92,7 +94,7 @@ def test_the_cache_stays_under_its_cap_under_concurrent_load(server):
         done = list(pool.map(lambda _: _predict(url, _png()), range(40)))
     assert all(outcome == "answered" for _, outcome in done), {o for _, o in done}
     # 40 uploads and their output images are well over the cap (each answer writes 4 images)
-    time.sleep(2 * CACHE_SWEEP_S + 1.5)  # older than MMDEMO_CACHE_MIN_AGE_S, swept
+    time.sleep(2 * SWEEP_S + 1.5)  # older than MMDEMO_CACHE_MIN_AGE_S, swept
     assert _disk_mb([cache]) <= CAP_MB, sorted(p.name for p in cache.rglob("*") if p.is_file())
     assert not os.path.exists(done[0][0])  # the first upload went (least recently used)
     tracked = set().union(*demo.temp_file_sets)  # Gradio's own records of cached files shrink too
@@ -126,7 +128,7 @@ def test_an_upload_no_request_has_sent_yet_outlives_the_cap(server):
     url, demo, _ = server
     with httpx.Client(timeout=120) as client:
         path = _upload(client, url, _png(600))  # ~1 MB of noise, over the 0.5 MB cap by itself
-        time.sleep(2 * CACHE_SWEEP_S + 1.5)
+        time.sleep(2 * SWEEP_S + 1.5)
         assert os.path.exists(path)
         assert _result(client, url, _call(client, url, path)) == "answered"
 
