@@ -60,6 +60,7 @@ def test_onnxruntime_agrees_with_eager_on_200_inputs_tiny_model():
     _assert_agree(_in_batches(eager, images, texts), _in_batches(fast, images, texts))
 
 
+@pytest.mark.slow  # the shipped weights on both engines; the fast subset keeps the tiny model's 200 inputs
 def test_onnxruntime_agrees_with_eager_on_200_sort_of_clevr_questions():
     eager = Predictor.from_checkpoint(CHECKPOINT, "cpu", backend="torch")
     fast = Predictor.from_checkpoint(CHECKPOINT, "cpu", backend="onnxruntime")
