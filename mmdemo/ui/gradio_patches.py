@@ -93,7 +93,7 @@ class Private:
     """Something of Gradio's that a patch reads or replaces. ``where`` is its dotted path from an
     importable module ("gradio.queueing.Queue.push"), or from an object the check makes or is
     given: ``Blocks()`` (the demo), ``Event()`` (a queue's event), ``SessionState()`` (a
-    visitor's session), ``BlockFunction()`` (one of the demo's events)."""
+    visitor's session), ``BlockFunction()`` (one of the demo's events), ``Image()`` (a component)."""
 
     where: str
     shape: Callable[[object], bool]
@@ -147,6 +147,15 @@ NEEDS: tuple[Private, ...] = (
     Private(
         "gradio.queueing.Queue.push", _takes("self", "body", "request", "username", coroutine=True), "on_queue_join"
     ),
+    # plot_value
+    Private("gradio.components.plot.PlotData", _has_field("plot"), "plot_value"),
+    # inline_image_to_cache
+    Private("gradio.processing_utils.extract_base64_data", _takes("x"), "inline_image_to_cache"),
+    Private(
+        "gradio.processing_utils.save_bytes_to_cache", _takes("data", "file_name", "cache_dir"), "inline_image_to_cache"
+    ),
+    Private("Image().GRADIO_CACHE", _is(str, "a string"), "inline_image_to_cache"),
+    Private("Image().temp_files", _is(set, "a set"), "inline_image_to_cache"),
 )
 
 _MISSING = object()
@@ -175,6 +184,7 @@ def _roots(demo: gr.Blocks) -> dict[str, Callable[[], object]]:
         "BlockFunction()": block_function,
         "SessionState()": lambda: SessionState(demo),
         "Event()": lambda: queueing.Event(None, SimpleNamespace(concurrency_id="check"), None, None),
+        "Image()": lambda: gr.Image(),
     }
 
 
@@ -545,3 +555,32 @@ def on_queue_join(demo: gr.Blocks, callback: Callable[[list | None], None]) -> N
         return await push(body, *args, **kwargs)
 
     queue.push = push_and_tell
+
+
+# --- values handed to Gradio without its own processing ------------------------------------------
+
+
+def plot_value(plotly_json: str):
+    """A gr.Plot value made directly from a Plotly figure's JSON (render.plotly_json): Gradio's
+    Plot.postprocess would first build a ``go.Figure`` and serialise it again on every answer.
+    ``PlotData`` (gradio/components/plot.py) is what that postprocess returns, and a handler may
+    return it as it is."""
+    from gradio.components.plot import PlotData
+
+    return PlotData(type="plotly", plot=plotly_json)
+
+
+def inline_image_to_cache(component: gr.components.Component, url: str) -> str:
+    """An image sent inline (a ``data:`` URL, as gradio_client and the page's paste send it) saved
+    as its bytes to Gradio's cache, undecoded, and its path returned; the file is registered in
+    the component's ``temp_files`` so that the cache sweep (ui/cache.py) deletes it in time.
+    gr.Image.preprocess (gradio/components/image.py) would open it with PIL first, before any
+    size check of ours; these two helpers of gradio/processing_utils.py are the steps it takes."""
+    import base64
+
+    from gradio import processing_utils
+
+    data = base64.b64decode(processing_utils.extract_base64_data(url))
+    path = processing_utils.save_bytes_to_cache(data, "image", cache_dir=component.GRADIO_CACHE)
+    component.temp_files.add(path)
+    return path

@@ -14,20 +14,18 @@ one answer goes: ``python -m mmdemo bench-app --stages``.
 
 from __future__ import annotations
 
-import base64
 import os
 from typing import NamedTuple
 
 import gradio as gr
 import torch
-from gradio import processing_utils
-from gradio.components.plot import PlotData
 
 from .. import render
 from ..app.backend import Answer, App
 from ..explain.methods import DEFAULT_METHOD, METHODS, peak_xy
 from ..imaging import decode_image
 from .common import BoundedSlider, ChoiceRadio, input_error, markdown_text
+from .gradio_patches import inline_image_to_cache, plot_value
 from .identity import owner_of, unexpected
 from .zerogpu import gpu
 
@@ -54,10 +52,7 @@ class ImagePath(gr.Image):
         if payload is None:
             return None
         if payload.url and payload.url.startswith("data:"):  # inline image: bytes to a file, undecoded
-            data = base64.b64decode(processing_utils.extract_base64_data(payload.url))
-            path = processing_utils.save_bytes_to_cache(data, "image", cache_dir=self.GRADIO_CACHE)
-            self.temp_files.add(path)  # so the cache sweep (ui/cache.py) deletes it in time
-            return path
+            return inline_image_to_cache(self, payload.url)
         if payload.path is None:
             raise input_error("predict", "the image upload has no file")
         if not os.path.exists(payload.path):  # swept from the cache (ui/cache.py CacheSweeper)
@@ -67,9 +62,9 @@ class ImagePath(gr.Image):
         return str(payload.path)
 
 
-def plot(figure: dict) -> PlotData:
+def plot(figure: dict):
     """A gr.Plot value from a figure of plain dicts (render.plotly_json: no go.Figure per call)."""
-    return PlotData(type="plotly", plot=render.plotly_json(figure))
+    return plot_value(render.plotly_json(figure))
 
 
 def scope_banner(prediction) -> str:
