@@ -9,6 +9,7 @@ import asyncio
 import os
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -267,3 +268,15 @@ def test_the_queue_keeps_a_small_analytics_record(monkeypatch):
     gradio_patches.bound_queue_analytics()
     queue = gr.Blocks()._queue
     assert (queue.ANALYTICS_MAX_EVENTS, queue.ANAYLTICS_CACHE_FREQUENCY) == (200, 1000)
+
+
+def test_an_inline_image_is_saved_to_the_cache_as_sent_and_left_to_the_sweep():
+    import base64
+
+    png = (
+        Path(__file__).resolve().parents[2] / "checkpoints" / "sort-of-clevr" / "examples" / "scene_4.png"
+    ).read_bytes()
+    image = gr.Image()
+    path = gradio_patches.inline_image_to_cache(image, "data:image/png;base64," + base64.b64encode(png).decode())
+    assert Path(path).read_bytes() == png  # undecoded: our own decoder checks its size first
+    assert path in image.temp_files
