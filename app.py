@@ -4,7 +4,7 @@
 background warm-up when launched from here. Fine-tune jobs run in worker programs of their own
 (mmdemo/app/worker.py), which never import this script. SIGTERM stops the server cleanly: a running
 job's worker is told and leaves the job resumable. Limits and folders: mmdemo/app/settings.py,
-mmdemo/ui/serve.py and the README's "Security and limits".
+mmdemo/ui/launch.py and docs/deploy.md.
 """
 
 import logging

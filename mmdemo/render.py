@@ -3,8 +3,8 @@
 No gradio here, so they are testable without a server. The Predict tab's two charts are drawn
 on every /predict, which has a latency budget: they are plain figure dicts serialised by
 ``plotly_json`` (a ``go.Figure`` copies plotly's whole default template into each figure and
-serialises it through its validators: ~17 ms of the handler's time on a loaded machine, against
-well under 1 ms here).
+serialises it through its validators, many times the cost of the dicts: ``python -m mmdemo
+bench-app --stages`` times each chart).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check for a lent CUDA machine (issue 11, item 6); prints ONE JSON line on stdout, progress
+# GPU check for a CUDA machine; prints ONE JSON line on stdout, progress
 # on stderr; under 8 minutes. Wheels and files prepared by scripts/gpu_prepare.sh travel in the
 # ignored .whl/ folder: they are installed into /tmp/mmdemo-site (no network needed).
 # Without CUDA it is a dry run: every part on the CPU with few repeats, "cuda": false.

@@ -1,5 +1,5 @@
 """Where the app writes and how much one visitor may ask of it: every bound in one place,
-each overridable by an environment variable (listed in the README, "Security and limits").
+each overridable by an environment variable (listed in docs/deploy.md).
 
 - The data folder (``MMDEMO_DATA_DIR``): ``/data/mmdemo`` when ``/data`` is writable (a Space
   with persistent storage), else the user's data folder, ``$XDG_DATA_HOME/mmdemo`` or
@@ -63,7 +63,7 @@ class Limits:
 @dataclass(frozen=True)
 class CacheLimits:
     """Bounds on Gradio's file cache (visitors' uploads, the app's output images), swept by
-    mmdemo.ui.serve.CacheSweeper every 2 s. A file leaves when unused for ``ttl_min``, or
+    mmdemo.ui.cache.CacheSweeper every 2 s. A file leaves when unused for ``ttl_min``, or
     sooner, least recently used first, while the cache is over ``max_mb`` (unless a live page
     holds it, or it is an upload no request has sent yet); never while a queued or running
     request refers to it, nor within ``min_age_s`` of its last use."""

@@ -91,7 +91,7 @@ def _disk_mb(folders: list[Path]) -> float:
 
 
 class Server:
-    """The app in a subprocess (``mmdemo.ui.serve.main``) with its own folders."""
+    """The app in a subprocess (``mmdemo.ui.launch.main``) with its own folders."""
 
     def __init__(self, root: Path):
         self.root = root

@@ -8,9 +8,9 @@ only, text only) for the price of one encoder pass.
 
 Engines run the graph:
 - ``TorchEngine``: PyTorch eager (CUDA, with autocast; or CPU when ONNX Runtime is missing);
-- ``OnnxEngine``: the graph exported to ONNX in memory and run by ONNX Runtime. On this
-  2-core CPU it is the fastest path measured (``python -m mmdemo bench --compare`` times it
-  against eager, torch.jit freezing, int8 dynamic quantisation and torch.compile), and its
+- ``OnnxEngine``: the graph exported to ONNX in memory and run by ONNX Runtime. On a CPU
+  it is the fastest path measured (``python -m mmdemo bench --compare`` times it against eager,
+  torch.jit freezing, int8 dynamic quantisation and torch.compile; figures in docs/benchmarks.md), and its
   outputs agree with eager to ~1e-6 (tests/inference/test_inference.py).
 """
 
@@ -63,7 +63,7 @@ class Rows(NamedTuple):
 
 class Served(NamedTuple):
     """An engine's answer: the rows' output, and the pooled encoder features of the distinct
-    inputs (what the out-of-scope check reads, scope.py)."""
+    inputs (what the out-of-scope check reads, inference/scope.py)."""
 
     output: ModelOutput
     image_features: torch.Tensor  # (U, 2C) per distinct image: mean and spread over regions (scope.pooled_image)
@@ -138,13 +138,11 @@ class TorchEngine:
 
 # How long ONNX Runtime's idle threads spin before they sleep, in microseconds. A forward is a few
 # hundred operations, each split over the threads; a thread that sleeps between two of them
-# costs a wake-up each time (224 px default, quiet machine: 14.7 ms p50 never spinning, 11.0 ms
-# spinning 200 us). ONNX Runtime's default spin lasts some 25 ms after every run: the request's
-# own work after the forward (pictures, charts, Gradio) and the other processes of a shared
-# machine then wait for that core (2 busy cores, load 17, shipped checkpoint: forward 13 ms
-# without spinning, 109 ms with it; the pictures drawn after it 3.6 ms against 28 ms). Bounded
-# to 200 us, a run leaves at most 0.2 ms of spinning behind (under 3 busy processes, 224 px:
-# 44 ms against 40 ms never spinning). README, speed section.
+# pays a wake-up each time, so some spinning makes a quiet machine's forward faster. ONNX
+# Runtime's default spin lasts some 25 ms after every run, and the request's own work after the
+# forward (pictures, charts, Gradio) and the other processes of a shared machine then wait for
+# that core, several times slower under load. Bounded to 200 us, a run leaves at most 0.2 ms of
+# spinning behind. ``python -m mmdemo bench --compare`` times the choices; docs/benchmarks.md.
 SPIN_US = 200
 
 
@@ -246,9 +244,8 @@ def torch_threads_for_serving(device: torch.device, backend: str | None = None) 
     """Threads for torch's own work in a process that serves predictions (the app): 1 when
     ONNX Runtime (its own thread pool) or a GPU runs the model, None (leave it) when PyTorch
     runs it on the CPU. What is left to torch per request (preprocessing, explanation maths,
-    upsampling heatmaps) is many small operations; on 2 cores a second OpenMP thread made them
-    slower, not faster, the more so beside ONNX Runtime's threads (a 75 px scene to the
-    model's pixels: 12 ms with 2 threads at load 0.3, 0.5 ms with 1 thread at load 9)."""
+    upsampling heatmaps) is many small operations, which a second OpenMP thread made slower, not
+    faster, the more so beside ONNX Runtime's threads (``python -m mmdemo bench-app --stages``)."""
     if device.type != "cpu" or resolve_backend(backend, device) == "onnxruntime":
         return 1
     return None

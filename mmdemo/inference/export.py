@@ -10,7 +10,7 @@ softmax(logits / temperature); the labels, temperature and preprocessing travel 
 file's metadata (``mmdemo_config``, the checkpoint's model config as JSON).
 
 The legacy TorchScript exporter is used: it traces the eager model in about a second, which
-also lets the Predictor export its serving graph at load time (inference.py).
+also lets the Predictor export its serving graph at load time (inference/engines.py).
 """
 
 from __future__ import annotations

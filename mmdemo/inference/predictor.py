@@ -1,7 +1,7 @@
 """The service API that the CLI and the UI call: load a checkpoint, predict, explain.
 
 ``Predictor`` owns one model on one device, in eval mode, prepared for inference (conv+BN
-folded, channels_last) and served by an engine (inference.py: ONNX Runtime on the CPU, PyTorch
+folded, channels_last) and served by an engine (inference/engines.py: ONNX Runtime on the CPU, PyTorch
 on a GPU). It never mutates the checkpoint it came from. ``analyse`` gives the answer, its
 explanation and the modality contributions from one encoder pass. Every prediction carries its
 out-of-scope assessment (scope.py), computed from the same pass: the pooled encoder features

@@ -5,7 +5,7 @@ raw HTTP) caller can call, with the parameter names, order, types and defaults t
   /delete_checkpoint take and return plain values (files as Gradio's FileData, strings, numbers,
   JSON): they are ``gr.api`` endpoints, typed by the signatures of ``FinetuneAPI``'s methods,
   which call the Fine-tune tab's handlers (ui/finetune.py). ``/start_finetune`` keeps the
-  README's 13 positional arguments; later ones came last, with defaults.
+  13 positional arguments of its documented call (docs/api.md); later ones came last, with defaults.
 - /predict returns component values (the pictures, the charts, the answer as a Label), which
   gr.api cannot express: it is one event without a trigger (``gr.on([])``) on the Predict tab's
   own components, which type its parameters and outputs as the page shows them. It has no

@@ -1,4 +1,4 @@
-"""The shared-server battery (issue 8), without a server: shipped checkpoints stay untouched,
+"""The shared-server battery, without a server: shipped checkpoints stay untouched,
 visitors are isolated, every bad input gets a specific message and nothing is left behind.
 The live-server cases are in test_stress_battery.py; timed ones in ``python -m mmdemo stress``."""
 

@@ -1,4 +1,4 @@
-"""The shared-server battery against a live server (the app as ``ui.serve.launch`` starts it,
+"""The shared-server battery against a live server (the app as ``ui.launch.launch`` starts it,
 tiny model): what an attacker or a careless visitor sends gets a specific refusal, visitors are
 isolated, the shipped checkpoint's files never change, and the server keeps answering.
 Timed figures (burst, soak, a 50 MB question) come from ``python -m mmdemo stress``."""
