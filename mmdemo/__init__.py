@@ -8,7 +8,7 @@ They are resolved on first use, so ``import mmdemo`` loads no torch, no weights 
 network. The subpackages, lowest first (each imports only from those below it): ``model``,
 ``explain`` and ``datasets``, ``inference``, ``training``, ``evaluation``, ``app``, ``ui``,
 ``benchmarks``, ``cli``; small helpers used everywhere (``device``, ``imaging``, ``metrics``,
-``folders``, ``render``) sit at the top.
+``folders``) sit at the top.
 """
 
 from __future__ import annotations

@@ -178,7 +178,7 @@ def predict_path(model, device: str, repeats: int) -> dict:
     from mmdemo.inference.predictor import Predictor
 
     try:
-        from mmdemo import render  # imports plotly
+        from mmdemo.explain import render  # imports plotly
 
         charts = True
     except ImportError:

@@ -25,10 +25,10 @@ import numpy as np
 import torch
 from gradio.state_holder import SessionState
 
-from .. import render
 from ..app import backend
 from ..app.backend import App
 from ..device import resolve_device
+from ..explain import render
 from ..inference.engines import torch_threads_for_serving
 
 # the Predict tab's module, whose handler /predict runs

@@ -23,7 +23,7 @@ import torch
 from markdown_it import MarkdownIt
 from PIL import Image
 
-from .. import render
+from ..explain import render
 from ..imaging import decode_image
 from ..model.checkpoint import read_card
 from .engine import EvalResult, RowResult, summarize, worst_errors

@@ -3,7 +3,7 @@ side, and a counterfactual edit (another question, or squares of the image blank
 clicking them) with the prediction and heatmap before and after.
 
 ``CompareTab`` holds the handlers (they call the checkpoint registry's predictors and draw the
-overlays with mmdemo.render); ``compare_tab`` lays out the components and wires them to those
+overlays with mmdemo.explain.render); ``compare_tab`` lays out the components and wires them to those
 methods. Nothing is stored, and nothing here is a named API endpoint.
 """
 
@@ -12,8 +12,8 @@ from __future__ import annotations
 import gradio as gr
 from PIL import Image
 
-from .. import render
 from ..app.backend import App
+from ..explain import render
 from ..explain.counterfactual import blank_squares
 from ..explain.methods import DEFAULT_METHOD, METHODS
 from ..imaging import decode_image

@@ -24,10 +24,10 @@ from typing import NamedTuple
 
 import gradio as gr
 
-from .. import render
 from ..app.backend import App
 from ..app.registry import TOKEN_PATTERN, validate_name
 from ..datasets.csv_table import guess_columns, sniff_separator
+from ..explain import render
 from ..training.recipe import format_seconds
 from .common import code_block, input_error, markdown_text
 from .identity import owner_of, refuse, unexpected

@@ -5,7 +5,7 @@ is out of scope; the deletion curve on demand; the model card.
 
 ``PredictTab`` holds the handlers: each calls the service layer (``App.answer``, the use case
 behind /predict; ``App.deletion_curves``, ``App.capabilities``) and draws the views with the
-pure renderers (mmdemo.render). ``predict_tab`` lays out the components and wires them to those
+pure renderers (mmdemo.explain.render). ``predict_tab`` lays out the components and wires them to those
 methods; /predict itself is declared in ui/api.py, with the other named endpoints. Handlers have
 typed, named parameters: Gradio names the API's parameters from the signature, and passes event
 data (``gr.SelectData``) only to a parameter annotated with the class itself. Where the time of
@@ -20,8 +20,8 @@ from typing import NamedTuple
 import gradio as gr
 import torch
 
-from .. import render
 from ..app.backend import Answer, App
+from ..explain import render
 from ..explain.methods import DEFAULT_METHOD, METHODS, peak_xy
 from ..imaging import decode_image
 from .common import BoundedSlider, ChoiceRadio, input_error, markdown_text
@@ -184,7 +184,7 @@ class PredictTab:
         return self.views(answer, opacity)
 
     def views(self, answer: Answer, opacity: float):
-        """The tab's outputs drawn from an answer (render.py), in the order of ``PredictView.outputs``."""
+        """The tab's outputs drawn from an answer (explain/render.py), in the order of ``PredictView.outputs``."""
         prediction, state, image = answer.prediction, answer.state, answer.image
         e = prediction.explanation
         result = prediction.scores if prediction.in_scope else "no confident answer (out of scope)"

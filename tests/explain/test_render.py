@@ -4,7 +4,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mmdemo import render
+from mmdemo.explain import render
 
 
 def test_overlay_puts_the_heat_where_the_map_peaks():

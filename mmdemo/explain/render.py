@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
-from .explain.methods import upsample
+from .methods import upsample
 
 MAX_OVERLAY_SIDE = 768  # overlays are drawn at most this large; the browser scales them
 MIN_OVERLAY_SIDE = 384  # small images (a 75 px scene) are enlarged so the heatmap is visible
