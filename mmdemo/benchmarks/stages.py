@@ -23,13 +23,13 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 import torch
-from gradio.state_holder import SessionState
 
 from ..app import backend
 from ..app.backend import App
 from ..device import resolve_device
 from ..explain import render
 from ..inference.engines import torch_threads_for_serving
+from ..ui.gradio_patches import outputs_postprocessor
 
 # the Predict tab's module, whose handler /predict runs
 predict_module = importlib.import_module("mmdemo.ui.predict")
@@ -152,14 +152,14 @@ def _demo(app: App) -> gr.Blocks:
 
 
 async def _calls(demo, block_fn, app, checkpoint, pairs, requests: int, clock: _Clock) -> None:
-    state = SessionState(demo)
+    postprocess = outputs_postprocessor(demo, block_fn)
     for i in range(len(pairs) + requests):
         image, question = pairs[i % len(pairs)]
         start = time.perf_counter()
         outputs = block_fn.fn(str(image), question, checkpoint)  # /predict's handler
         handler = time.perf_counter()
         with contextlib.redirect_stdout(None):
-            await demo.postprocess_data(block_fn, list(outputs), state)
+            await postprocess(list(outputs))
         done = time.perf_counter()
         clock.current["handler (all of the above but gradio)"] = (handler - start) * 1000
         clock.current["gradio postprocess (all outputs, files written to its cache)"] = (done - handler) * 1000

@@ -155,6 +155,12 @@ NEEDS: tuple[Private, ...] = (
         "gradio.processing_utils.save_bytes_to_cache", _takes("data", "file_name", "cache_dir"), "inline_image_to_cache"
     ),
     Private("Image().GRADIO_CACHE", _is(str, "a string"), "inline_image_to_cache"),
+    # outputs_postprocessor (bench-app --stages)
+    Private(
+        "gradio.blocks.Blocks.postprocess_data",
+        _takes("self", "block_fn", "predictions", "state", coroutine=True),
+        "outputs_postprocessor",
+    ),
     Private("Image().temp_files", _is(set, "a set"), "inline_image_to_cache"),
 )
 
@@ -584,3 +590,19 @@ def inline_image_to_cache(component: gr.components.Component, url: str) -> str:
     path = processing_utils.save_bytes_to_cache(data, "image", cache_dir=component.GRADIO_CACHE)
     component.temp_files.add(path)
     return path
+
+
+def outputs_postprocessor(demo: gr.Blocks, block_fn) -> Callable:
+    """``await post(outputs)``: Gradio's own postprocessing of one event's outputs (each
+    component's postprocess, pictures written to its cache), as a request gets it, for one
+    visitor's session: what ``python -m mmdemo bench-app --stages`` times after the handler.
+    ``Blocks.postprocess_data`` (gradio/blocks.py) is the step the queue runs; it has no public
+    counterpart."""
+    from gradio.state_holder import SessionState
+
+    state = SessionState(demo)
+
+    async def post(outputs: list) -> list:
+        return await demo.postprocess_data(block_fn, outputs, state)
+
+    return post
