@@ -1,7 +1,7 @@
 """The Gradio UI: ``create_demo(app) -> gr.Blocks``, one module per tab. Handlers only wire
 components to the service layer (``mmdemo.app.backend.App``) and the pure renderers.
 
-This package is the only place that imports gradio.
+This package is the only place that imports gradio (besides benchmarks/stages.py, which profiles it).
 """
 
 from __future__ import annotations
