@@ -100,10 +100,6 @@ class BoundedSlider(gr.Slider):
         return min(max(value, self.minimum), self.maximum)
 
 
-# a string parameter; with a default of None the API page shows it as "str | None", optional
-OPTIONAL_STRING = {"type": "string"}
-
-
 def api_type(component: gr.components.Component, schema: dict) -> gr.components.Component:
     """Override how the API page types a component's input. Gradio types a Dropdown as a
     Literal of its choices at start-up, which is wrong for lists that change (checkpoints,
