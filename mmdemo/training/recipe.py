@@ -111,7 +111,12 @@ class Recipe:
     estimate_s: float = 0.0  # expected wall time on this machine
 
     def describe(self) -> str:
-        lines = [f"{name} = {c['value']}  ({c['why']})" for name, c in self.choices.items()]
+        """The plan shown before training: each setting with why, "set by you" for a value the
+        caller set (a flag, a field the user edited), then the estimate."""
+        lines = [
+            f"{name} = {c['value']}  ({'set by you' if c['why'] == 'set explicitly' else c['why']})"
+            for name, c in self.choices.items()
+        ]
         return "\n".join(lines + [f"estimated time on this machine: {format_seconds(self.estimate_s)}"])
 
 

@@ -6,7 +6,9 @@ stopped, interrupted or cut by its time limit.
 
 Settings are the CLI's: the recipe (mmdemo/training/recipe.py) chooses every value the user did not set.
 In the tab, "Automatic settings" leaves all of them to it; a custom value the user edits turns
-it off, and then the custom values win. Through the API a value left out (None) is the recipe's.
+it off, and then only the values the user edited are sent: the other custom fields show the
+recipe's choices (Check data fills them in) and stay the recipe's, so one custom setting does
+not override every automatic choice. Through the API a value left out (None) is the recipe's.
 
 ``FinetuneTab`` holds the handlers: the page's (``*_form``, the poll, the form kept in the
 browser) and what the page and the API share (``preflight``, ``start_for``, ``resume``,
@@ -17,8 +19,10 @@ browser) and what the page and the API share (``preflight``, ``start_for``, ``re
 
 from __future__ import annotations
 
+import ast
 import csv
 import html
+import re
 from pathlib import Path
 from typing import NamedTuple
 
@@ -37,6 +41,9 @@ NEW_MODEL = "(new model)"
 DEFAULT_NAME = "my-model"  # the new checkpoint's name the form (and the API) starts with
 VALIDATION_SPLIT = (0.05, 0.5)  # the bounds of the validation split (of the images)
 PREVIEW_ROWS = 200  # rows read to guess the column roles
+CUSTOM = ("epochs", "lr", "batch_size", "freeze", "class_weights")  # the custom settings, in overrides_of's order
+# a plan line of a custom setting: "name = value  (why)" (Recipe.describe)
+PLAN_LINE = re.compile(r"^(epochs|lr|batch_size|freeze|class_weights) = (.+?)  \(", re.MULTILINE)
 
 
 def _read_head(csv_file: str) -> tuple[list[str], list[list[str]]]:
@@ -83,6 +90,27 @@ def overrides_of(epochs=None, lr=None, batch_size=None, freeze=None, class_weigh
     if class_weights is not None:
         overrides["class_weights"] = bool(class_weights)
     return overrides
+
+
+def custom_values(automatic, edited, epochs, lr, batch_size, freeze, class_weights) -> tuple:
+    """The custom settings the page sends, in CUSTOM's order: none with Automatic on, otherwise
+    only those the user edited (``edited``, names of CUSTOM); None (the recipe's) for the rest."""
+    mine = set() if automatic else set(edited or ())
+    values = (epochs, lr, batch_size, freeze, class_weights)
+    return tuple(value if name in mine else None for name, value in zip(CUSTOM, values))
+
+
+def plan_values(report: str) -> dict:
+    """The recipe's custom settings in a pre-flight report's plan (which comes last), by name;
+    empty when the report has no plan (a hint, such as a missing zip)."""
+    _, heading, plan = report.rpartition("\nTraining plan (")
+    values = {}
+    for name, text in PLAN_LINE.findall(plan if heading else ""):
+        try:
+            values[name] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            continue
+    return values
 
 
 def _clock(seconds: float) -> str:
@@ -165,6 +193,7 @@ SETTINGS = (
     "class_weights",
     "time_budget",
     "automatic",
+    "edited",
 )
 
 
@@ -241,6 +270,16 @@ class FinetuneTab:
     ) -> str:
         """The pre-flight report and the recipe's plan (or a hint when the images were not
         uploaded), or a refusal naming what is wrong; the upload folder is removed either way."""
+        report = self._report(
+            csv_file, zip_file, image_column, text_column, label_column, start_from, epochs, learning_rate,
+            batch_size, freeze, class_weights, time_budget_minutes, owner,
+        )  # fmt: skip
+        return code_block(report)  # it quotes the CSV (header, paths, labels): shown as text, never as Markdown
+
+    def _report(
+        self, csv_file, zip_file, image_column, text_column, label_column, start_from, epochs, learning_rate,
+        batch_size, freeze, class_weights, time_budget_minutes, owner,
+    ) -> str:  # fmt: skip
         try:
             overrides = overrides_of(epochs, learning_rate, batch_size, freeze, class_weights)
         except (ValueError, TypeError) as e:
@@ -259,25 +298,35 @@ class FinetuneTab:
             raise refuse(str(e)) from None
         except Exception as e:  # noqa: BLE001 - the server keeps serving
             raise unexpected("checking the data", e) from None
-        return code_block(report)  # it quotes the CSV (header, paths, labels): shown as text, never as Markdown
+        return report
 
     def check_form(
         self, csv_file, zip_file, image_column, text_column, label_column, start_from, time_budget_minutes, automatic,
-        epochs, learning_rate, batch_size, freeze, class_weights, owner_token=None,
+        epochs, learning_rate, batch_size, freeze, class_weights, edited=None, owner_token=None,
         profile: gr.OAuthProfile | None = None,
-    ) -> str:  # fmt: skip
-        """Check data: with Automatic on, the recipe chooses every setting."""
-        if automatic:
-            epochs = learning_rate = batch_size = freeze = class_weights = None
-        return self.preflight(
-            csv_file, zip_file, image_column, text_column, label_column, start_from, epochs, learning_rate,
-            batch_size, freeze, class_weights, time_budget_minutes, self.owner(owner_token, profile),
+    ) -> tuple:  # fmt: skip
+        """Check data: the report, then the custom fields the user did not edit, filled with the
+        recipe's choices from its plan. With Automatic on the recipe chooses every setting;
+        with it off, the edited ones are the user's."""
+        custom = custom_values(automatic, edited, epochs, learning_rate, batch_size, freeze, class_weights)
+        report = self._report(
+            csv_file, zip_file, image_column, text_column, label_column, start_from, *custom, time_budget_minutes,
+            self.owner(owner_token, profile),
         )  # fmt: skip
+        chosen = plan_values(report)
+        mine = set(edited or ())
+        fills = [gr.update(value=chosen[n]) if n in chosen and n not in mine else gr.skip() for n in CUSTOM]
+        return (code_block(report), *fills)  # it quotes the CSV: shown as text, never as Markdown
 
     @staticmethod
-    def automatic_off() -> bool:
-        """A custom value the user edits is theirs: Automatic goes off."""
-        return False
+    def automatic_off(name: str):
+        """The handler of an edit of the custom field ``name``: the value is the user's, so
+        Automatic goes off and ``name`` joins the settings sent (``edited``)."""
+
+        def edit(edited):
+            return False, sorted({*(edited or ()), name})
+
+        return edit
 
     # -- a job: start, resume, stop, its status --------------------------------------------
     def start(
@@ -339,12 +388,13 @@ class FinetuneTab:
     def start_form(
         self, csv_file, zip_file, image_column, text_column, label_column, start_from, epochs, learning_rate,
         batch_size, freeze, validation_split, name, overwrite, class_weights, owner_token, time_budget_minutes,
-        automatic, profile: gr.OAuthProfile | None = None,
+        automatic, edited=None, profile: gr.OAuthProfile | None = None,
     ):  # fmt: skip
         """Start: the job's status views, and the page's token (a page whose token had not arrived
-        yet keeps the one made for this job)."""
-        if automatic:  # the recipe chooses every setting
-            epochs = learning_rate = batch_size = freeze = class_weights = None
+        yet keeps the one made for this job). Only the custom settings the user edited are sent."""
+        epochs, learning_rate, batch_size, freeze, class_weights = custom_values(
+            automatic, edited, epochs, learning_rate, batch_size, freeze, class_weights
+        )
         status = self.start_for(
             owner_token, profile, csv_file=csv_file, zip_file=zip_file, image_col=image_column,
             text_col=text_column, label_col=label_column, base=start_from, epochs=epochs, lr=learning_rate,
@@ -528,14 +578,20 @@ def finetune_tab(
             True,
             label="Automatic settings (recommended)",
             info="epochs, image size, learning rate, what to freeze and class weights are chosen from your data"
-            " and the time budget ('Check data' shows them); editing a custom setting below turns this off",
+            " and the time budget ('Check data' shows them); editing a custom setting below turns this off,"
+            " and only the settings you edit replace the recipe's",
             elem_id="auto-settings",
         )
+        # empty (the recipe's) until Check data fills in the recipe's choices; only edited ones are sent
         with gr.Accordion("Custom settings (used when Automatic is off)", open=False, elem_id="custom-settings"):
             with gr.Row():
-                epochs = gr.Number(5, label="Epochs", precision=0, minimum=1, maximum=200, elem_id="epochs")
-                lr = gr.Number(3e-4, label="Learning rate", minimum=1e-6, maximum=1e-1)
-                batch_size = gr.Number(64, label="Batch size", precision=0, minimum=1, maximum=1024)
+                epochs = gr.Number(
+                    None, label="Epochs", placeholder="automatic", precision=0, minimum=1, maximum=200, elem_id="epochs"
+                )
+                lr = gr.Number(None, label="Learning rate", placeholder="automatic", minimum=1e-6, maximum=1e-1)
+                batch_size = gr.Number(
+                    None, label="Batch size", placeholder="automatic", precision=0, minimum=1, maximum=1024
+                )
             with gr.Row():
                 freeze = gr.CheckboxGroup(
                     ["image_encoder", "text_encoder"], value=["image_encoder", "text_encoder"], label="Freeze"
@@ -581,6 +637,7 @@ def finetune_tab(
             download = gr.Button("Zip it", min_width=100)
             download_file = gr.File(label="Download", interactive=False, min_width=200)
         known_names = gr.State(None, time_to_live=app.limits.session_ttl_min * 60)  # what the last poll listed
+        edited = gr.State([])  # the custom settings the user edited (CUSTOM's names): the ones sent
 
         status_outputs = [status_md, status_bar, curves, confusion, reliability, per_class, resume, job_plan]
         role_outputs = [image_col, text_col, label_col, columns_note, base]
@@ -592,16 +649,16 @@ def finetune_tab(
         )
         check.click(
             ft.check_form,
-            [*columns_in, base, time_budget, automatic, *custom, owner_token],
-            report,
+            [*columns_in, base, time_budget, automatic, *custom, edited, owner_token],
+            [report, *custom],
             api_visibility="private",
         )
-        for field in custom:
-            field.input(ft.automatic_off, None, automatic, api_visibility="private", queue=False)
+        for key, field in zip(CUSTOM, custom):
+            field.input(ft.automatic_off(key), edited, [automatic, edited], api_visibility="private", queue=False)
         start.click(
             ft.start_form,
             [*columns_in, base, epochs, lr, batch_size, freeze, val_split, name, overwrite, class_weights,
-             owner_token, time_budget, automatic],
+             owner_token, time_budget, automatic, edited],
             [*status_outputs, owner_token],
             api_visibility="private",
             concurrency_limit=1,
@@ -620,7 +677,7 @@ def finetune_tab(
 
         # the form survives a reload: saved in the browser on every change, restored on load
         settings = [csv_file, zip_file, image_col, text_col, label_col, base, epochs, lr, batch_size]
-        settings += [freeze, val_split, name, overwrite, class_weights, time_budget, automatic]  # as SETTINGS
+        settings += [freeze, val_split, name, overwrite, class_weights, time_budget, automatic, edited]  # as SETTINGS
         for field in settings:
             field.change(ft.save, settings, saved, api_visibility="private", queue=False, show_progress="hidden")
         tab.select(ft.remember_tab, None, saved_tab, api_visibility="private", queue=False)

@@ -164,7 +164,7 @@ def test_live_server_predict_and_fine_tune(server, app, fixture_path, tmp_path):
     assert status["state"] == "done", status["message"]
     assert "tuned-by-api" in app.registry.names(app.owner(token))
     # the explicit values of the README's call are the CLI's explicit flags: they win over the recipe
-    assert "epochs = 1  (set explicitly)" in status["plan"] and not status["resumable"]
+    assert "epochs = 1  (set by you)" in status["plan"] and not status["resumable"]
     with pytest.raises(Exception, match="cannot be resumed"):  # it ran to its end
         client.predict(None, None, token, api_name="/resume_finetune")
     # the same Client without the token is nobody: its session holds no identity
@@ -380,3 +380,54 @@ def test_a_report_quoting_backticks_stays_one_code_block():
     fence = block.splitlines()[0]
     assert fence == "````" and block.endswith("\n````")  # longer than any run inside: nothing closes it early
     assert block.count(fence) == 2
+
+
+def _imbalanced_dataset(folder):
+    """12 red and 2 blue pictures: imbalanced enough for the recipe to weigh the classes."""
+    (folder / "img").mkdir(parents=True)
+    rows = []
+    for i in range(14):
+        colour = "blue" if i < 2 else "red"
+        Image.new("RGB", (24, 24), (0, 0, 255) if i < 2 else (255, 0, 0)).save(folder / "img" / f"{i}.png")
+        rows.append([f"img/{i}.png", "which colour is it?", colour])
+    with open(folder / "data.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["image", "text", "label"], *rows])
+    import shutil
+
+    return str(folder / "data.csv"), shutil.make_archive(str(folder / "images"), "zip", root_dir=folder, base_dir="img")
+
+
+def test_a_custom_form_with_only_epochs_edited_overrides_only_epochs(app, tmp_path):
+    from mmdemo.ui.finetune import CUSTOM
+
+    ft = ui.FinetuneTab(app)
+    csv_path, archive = _imbalanced_dataset(tmp_path / "upload")
+    columns = (csv_path, archive, "image", "text", "label", "(new model)")
+    # the page before any edit: Automatic on, the custom fields empty; Check data fills them in
+    report, *fills = ft.check_form(*columns, 10, True, None, None, None, ["image_encoder", "text_encoder"], False, [])
+    assert "(set by you)" not in report
+    filled = {name: fill["value"] for name, fill in zip(CUSTOM, fills)}
+    assert filled["class_weights"] is True and filled["lr"] == 1e-3 and filled["batch_size"] == 64
+    assert filled["freeze"] == ["image_encoder", "text_encoder"] and filled["epochs"] >= 3
+
+    # the user types 7 in Epochs: its input event turns Automatic off and marks epochs edited
+    automatic, edited = ft.automatic_off("epochs")([])
+    assert automatic is False and edited == ["epochs"]
+    # the form as the page sends it now: the filled values, except the class weights box left unticked
+    form = [7, filled["lr"], filled["batch_size"], filled["freeze"], False]
+    report, *fills = ft.check_form(*columns, 10, automatic, *form, edited)
+    plan = report.split("Training plan", 1)[1]
+    assert [line for line in plan.splitlines() if "(set by you)" in line] == ["epochs = 7  (set by you)"]
+    assert "class_weights = True  (largest / smallest" in plan  # still the recipe's recommendation
+    assert fills[0] == gr.skip() and fills[4]["value"] is True  # the user's epochs kept, the rest refilled
+
+    # Start sends the same: only epochs
+    token = app.new_token()
+    views = ft.start_form(*columns[:6], *form[:4], 0.2, "only-epochs", False, form[4], token, 10, False, edited)
+    owner = app.owner(token)
+    try:
+        record = next(r for r in app.jobs.records() if r["checkpoint"] == "only-epochs")
+        assert record["overrides"] == {"epochs": 7} and views[-1] == token
+    finally:
+        app.jobs.stop(owner)
+        app.jobs.wait(owner, 60)
