@@ -30,6 +30,12 @@ CSS = """
 #overlay img, #word-maps img, #region-grid img { image-rendering: pixelated; }
 #overlay, #word-maps, #region-grid { padding-top: 40px; }
 #capabilities-text { padding: 4px 12px; }
+/* a phone's first screen holds the image, the question, Predict and the first example */
+@media (max-width: 640px) {
+  #image-input { height: 244px !important; }
+  #examples thead { display: none; }
+  #examples td.image .container { width: 48px; height: 48px; }
+}
 """
 
 
@@ -52,7 +58,7 @@ def create_demo(app: App) -> gr.Blocks:
         token = token_component()
         saved = browser_state({}, "mmdemo-finetune")  # the fine-tune form
         saved_tab = browser_state("predict", "mmdemo-tab")  # the open tab
-        with gr.Tabs(elem_id="tabs") as tabs:
+        with gr.Tabs(elem_id="tabs", overflow_behavior="wrap") as tabs:  # every tab in sight on a phone
             predict = predict_tab(app, token, saved_tab)
             finetune, load = finetune_tab(app, predict.checkpoint, token, tabs, saved, saved_tab)
             evaluate_tab(app, PredictLink(tabs, predict.image, predict.text, predict.checkpoint), token)

@@ -1,7 +1,8 @@
-"""The Predict & Explain tab: what the chosen model can answer (with a question builder),
-image + text -> answer, heatmap overlay, every word's map (small multiples, click a word),
-word x region matrix with its numbered grid, modality contributions; a banner when the input
-is out of scope; the deletion curve on demand; the model card.
+"""The Predict & Explain tab: image + text -> answer, heatmap overlay, every word's map (small
+multiples, click a word), word x region matrix with its numbered grid, modality contributions;
+a banner when the input is out of scope; the deletion curve on demand; the model card. The
+image, the question, Predict and the examples come first (the first screen, on a phone too);
+what the chosen model can answer, with a question builder, is a closed panel below them.
 
 ``PredictTab`` holds the handlers: each calls the service layer (``App.answer``, the use case
 behind /predict; ``App.deletion_curves``, ``App.capabilities``) and draws the views with the
@@ -215,7 +216,7 @@ class PredictTab:
         """The page's validator: marks a missing image or question on its own input, before any model work."""
         return (
             gr.validate(bool(image), "Upload an image or pick an example."),
-            gr.validate(bool(question and str(question).strip()), "Type a question, or build one above."),
+            gr.validate(bool(question and str(question).strip()), "Type a question, or build one below."),
             gr.validate(True, ""),
             gr.validate(True, ""),
             gr.validate(True, ""),
@@ -314,7 +315,7 @@ class PredictTab:
         answers = ", ".join(markdown_text(label) for label in labels)  # a fine-tuned model's come from a CSV
         lines.append(f"**Its {len(labels)} answers:** {answers}. It picks one of these for any input.")
         if task:
-            lines.append("Build a question below (pick a kind and a colour), or pick an example next to the image.")
+            lines.append("Build a question below (pick a kind and a colour), or pick an example above.")
         else:
             lines.append("This checkpoint does not list its kinds of question: ask in the words of its training data.")
         return "\n\n".join(lines)
@@ -394,14 +395,6 @@ def predict_tab(app: App, owner_token: gr.BrowserState, saved_tab: gr.BrowserSta
     default = app.default_checkpoint()
     with gr.Tab("Predict & Explain", id="predict") as tab:
         state = gr.State(None, time_to_live=app.limits.session_ttl_min * 60)
-        with gr.Group(elem_id="capabilities"):
-            capabilities = gr.Markdown(pt.capabilities(default), elem_id="capabilities-text")
-            with gr.Row():
-                kind_choices, slot_choices = pt.question_builder(default)
-                kind = gr.Radio(
-                    label="Question kind (click to fill the question)", elem_id="question-kind", **kind_choices
-                )
-                slot = gr.Radio(elem_id="question-slot", **slot_choices)
         with gr.Row(equal_height=False):
             with gr.Column(scale=5, min_width=300):
                 image = ImagePath(
@@ -441,6 +434,18 @@ def predict_tab(app: App, owner_token: gr.BrowserState, saved_tab: gr.BrowserSta
                         min_width=160,
                     )
                     refresh = gr.Button("Refresh list", size="sm", scale=1, min_width=90)
+                # closed, below the examples: the first screen is the image, the question, Predict and the
+                # examples, on a phone too (tests/ui/test_browser_predict.py measures it)
+                with gr.Accordion(
+                    "What this checkpoint can answer, and a question builder", open=False, elem_id="capabilities"
+                ):
+                    capabilities = gr.Markdown(pt.capabilities(default), elem_id="capabilities-text")
+                    with gr.Row():
+                        kind_choices, slot_choices = pt.question_builder(default)
+                        kind = gr.Radio(
+                            label="Question kind (click to fill the question)", elem_id="question-kind", **kind_choices
+                        )
+                        slot = gr.Radio(elem_id="question-slot", **slot_choices)
                 method = ChoiceRadio(
                     list(METHODS),
                     value=DEFAULT_METHOD,

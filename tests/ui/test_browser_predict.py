@@ -1,6 +1,8 @@
 """The Predict & Explain tab in a real browser, as a visitor uses it: pick an example with a
 chosen checkpoint, click a word, build a question, leave the question empty; and the layout at
-desktop and phone widths (every labelled block inside the viewport, none overlapping another).
+desktop and phone widths (the image, the question, Predict and an example on the first screen,
+every tab's button in sight; after an answer every labelled block inside the viewport, none
+overlapping another).
 
 Skipped where Chromium is not installed, unless MMDEMO_REQUIRE_BROWSER=1.
 """
@@ -88,6 +90,10 @@ def test_clicking_a_word_shows_its_map_and_marks_it(page):
 
 
 def test_the_question_builder_fills_the_question(page):
+    page.locator("#capabilities").get_by_text("What this checkpoint can answer").click()
+    # its text says the examples are above it
+    assert page.locator("#examples").bounding_box()["y"] < page.locator("#capabilities-text").bounding_box()["y"]
+    expect(page.locator("#capabilities-text")).to_contain_text("or pick an example above")
     expect(page.locator("#capabilities-text")).to_contain_text("What `sort-of-clevr` can answer".replace("`", ""))
     expect(page.locator("#capabilities-text")).to_contain_text(
         "Its 12 answers: circle, square, left, right, top, bottom, 1, 2"
@@ -127,4 +133,38 @@ def test_layout_fits_the_screen_after_an_answer(chromium, url, viewport):
     # the input scene (75 px) is shown large
     image = page.locator("#image-input img").bounding_box()
     assert image["height"] >= 200
+    context.close()
+
+
+FIRST_SCREEN = {"image": "#image-input", "question": "#text-input", "Predict": "#predict-button",
+                "first example": "#examples tbody tr"}  # fmt: skip
+TABS = ["Predict & Explain", "Fine-tune", "Evaluate", "Compare & What-if"]
+
+
+def inside(box: dict | None, viewport: dict) -> bool:
+    return (
+        box is not None
+        and box["x"] >= 0
+        and box["y"] >= 0
+        and box["x"] + box["width"] <= viewport["width"]
+        and box["y"] + box["height"] <= viewport["height"]
+    )
+
+
+@pytest.mark.parametrize("viewport", [DESKTOP, PHONE], ids=["desktop", "phone"])
+def test_the_first_screen_shows_the_image_the_question_predict_an_example_and_every_tab(chromium, url, viewport):
+    context = chromium.new_context(viewport=viewport)
+    page = context.new_page()
+    page.goto(url)
+    expect(page.locator("#examples tbody img").first).to_be_visible(timeout=30_000)
+    page.wait_for_function("() => [...document.querySelectorAll('#examples img')].every(i => i.complete)")
+    boxes = {name: page.locator(selector).first.bounding_box() for name, selector in FIRST_SCREEN.items()}
+    below = {name: box for name, box in boxes.items() if not inside(box, viewport)}
+    assert not below, f"not on the first screen at {viewport}: {below}"
+    # every tab's button in sight, none behind Gradio's overflow menu
+    for name in TABS:
+        tab = page.get_by_role("tab", name=name)
+        expect(tab).to_be_visible()
+        assert inside(tab.bounding_box(), viewport), name
+    expect(page.locator(".overflow-menu")).to_have_count(0)
     context.close()
