@@ -4,7 +4,9 @@ on disk.
 
 States: ``queued`` (position shown), ``preparing`` (reading and encoding the data), ``running``
 (training), then ``done``, ``failed``, ``stopped``, or ``interrupted`` (the server stopped while
-the job was unfinished).
+the job was unfinished). The time a job shows is on its one clock (``clock.py``): the server and
+its worker mark each phase change in the record in wall time, and the status sums the phases
+over the first run and every resume.
 
 Workers are tied to their server: the server holds the write end of each worker's stdin, writes
 ``stop`` there for a Stop, and closes it when it shuts down; a worker whose stdin ends (the server
@@ -52,9 +54,10 @@ from ..datasets.csv_table import Dataset, check_trainable
 from ..folders import alive, process_tag, still_running
 from ..training.finetune import FinetuneRequest, plan, resume_dir
 from ..training.recipe import DEFAULT_BUDGET_S
+from . import clock
 from .registry import CheckpointRegistry
 from .settings import Limits, data_dir
-from .worker import STOP_LINE, read_record, saved_history, write_record
+from .worker import STOP_LINE, read_record, saved_epoch, saved_history, write_record
 
 log = logging.getLogger("mmdemo.app.jobs")
 
@@ -96,6 +99,7 @@ class JobManager:
         self._closed = False
         self._tag = process_tag()
         self._orphans: dict[str, Orphan] = {}  # job id -> a previous server's worker, still alive
+        self._startup_s = 0.0  # the last worker's start-up here, until the next one measures its own
         self._adopt()
         self._scheduler = threading.Thread(target=self._schedule, name="mmdemo-jobs", daemon=True)
         self._scheduler.start()
@@ -131,7 +135,8 @@ class JobManager:
                 elif state == "queued" or not worker:  # never started: runs here if its data is there
                     if Path(record["data"]["folder"]).is_dir():
                         if state != "queued":
-                            record.update(state="queued", message="waiting for its turn", started=0.0)
+                            clock.enter(record, "queued")
+                            record.update(message="waiting for its turn", started=0.0)
                             write_record(self._path(record["id"]), record)
                     else:
                         self._interrupt(record, f"{state} (and its data is gone)")
@@ -146,12 +151,11 @@ class JobManager:
     def _interrupt(self, record: dict, was: str) -> None:
         """An unfinished job whose worker is gone: interrupted, resumable if an epoch was saved."""
         if (resume_dir(Path(record["target"])) / "state.json").is_file():
-            then = f"Resume continues after epoch {len(saved_history(Path(record['target'])))}"
+            then = f"Resume continues after epoch {saved_epoch(Path(record['target']))}"
         else:
             then = f"its data is kept for {self.limits.anonymous_ttl_hours} h"
-        record.update(
-            state="interrupted", finished=time.time(), message=f"the server restarted while this job was {was}; {then}"
-        )
+        clock.enter(record, "interrupted")
+        record.update(finished=time.time(), message=f"the server restarted while this job was {was}; {then}")
         write_record(self._path(record["id"]), record)
         log.warning("job %s: %s", record["id"], record["message"])
 
@@ -174,7 +178,8 @@ class JobManager:
             if not mine:
                 return dict(
                     IDLE, progress=0.0, epoch=0, epochs=0, history=[], report={}, checkpoint="", elapsed_s=0.0,
-                    plan="", estimate_s=0.0, time_limit_s=0.0, resumable=False,
+                    waiting_s=0.0, preparing_s=0.0, running_s=0.0, left_s=None, plan="", estimate_s=0.0, startup_s=0.0,
+                    time_limit_s=0.0, resumable=False,
                 )  # fmt: skip
             record = mine[-1]
             queued = [r["id"] for r in records if r["state"] == "queued"]
@@ -273,9 +278,11 @@ class JobManager:
                 "settings": asdict(recipe.settings),  # as planned; the worker plans again at its start
                 "plan": recipe.describe(),
                 "estimate_s": round(recipe.estimate_s, 1),
+                "startup_s": self._startup_s,
                 "time_limit_s": time_limit_s,
                 "data": {k: str(v) for k, v in source._asdict().items()},
             }
+            clock.enter(record, "queued", record["created"])  # the job's clock starts: waiting
             write_record(self._path(job_id), record)
         self._wake.set()
         return self.status(owner)
@@ -302,9 +309,9 @@ class JobManager:
                 )
             self._check_room(owner, records)
             history = saved_history(Path(record["target"]))
-            epoch = len(history)
+            epoch = saved_epoch(Path(record["target"]))
+            clock.enter(record, "queued")  # the earlier segments' time stays in the sums
             record.update(
-                state="queued",
                 message=f"to resume after epoch {epoch}",
                 resume=True,
                 created=time.time(),
@@ -345,7 +352,8 @@ class JobManager:
                     orphan.stop = True
                     _signal(orphan.tag, signal.SIGTERM)
                 elif record["state"] == "queued":  # never started
-                    record.update(state="stopped", message="stopped before it started", finished=time.time())
+                    clock.enter(record, "stopped")
+                    record.update(message="stopped before it started", finished=time.time())
                     self._finish(record)
         self._wake.set()
         return self.status(owner)
@@ -436,7 +444,9 @@ class JobManager:
             except (OSError, ValueError):
                 continue
             if orphan.stop and record["state"] in UNFINISHED + ("interrupted",):
-                record.update(state="stopped", message=f"stopped during {record['state']}", finished=time.time())
+                was = _phase_words(record)
+                clock.enter(record, "stopped")
+                record.update(message=f"stopped during {was}", finished=time.time())
                 self._finish(record)
             elif record["state"] in UNFINISHED:
                 self._interrupt(record, record["state"])
@@ -445,9 +455,9 @@ class JobManager:
 
     def _launch(self, record: dict) -> None:
         path = self._path(record["id"]).resolve()
-        record.update(
-            state="preparing", message="preparing: starting the worker", started=time.time(), server=self._tag
-        )
+        now = time.time()
+        clock.enter(record, "preparing", now)  # preparing counts from here, the worker's start-up included
+        record.update(message="preparing: starting the worker", started=now, server=self._tag)
         write_record(path, record)
         self._stop_requested_at = None
         self._running_id = record["id"]
@@ -489,13 +499,17 @@ class JobManager:
         """The worker ended: make its record final and delete its upload folder."""
         record = read_record(self._path(self._running_id))
         code = self._process.returncode
+        self._startup_s = record.get("startup_s") or self._startup_s
         if record["state"] in UNFINISHED:  # it did not finish its own record: stopped or crashed
             if self._stop_requested_at is not None:
                 kept = " (the best epoch so far is kept)" if Path(record["target"]).exists() else ""
-                record.update(state="stopped", message=f"stopped during {record['state']}{kept}")
+                was = _phase_words(record)
+                clock.enter(record, "stopped")
+                record.update(message=f"stopped during {was}{kept}")
             else:
                 why = "killed, possibly out of memory" if code in (-9, 137) else f"exit code {code}"
-                record.update(state="failed", message=f"the training process ended unexpectedly ({why})")
+                clock.enter(record, "failed")
+                record.update(message=f"the training process ended unexpectedly ({why})")
             record["finished"] = time.time()
             log.warning("job %s: %s", record["id"], record["message"])
         self._finish(record)
@@ -549,6 +563,11 @@ def _drop_resume(record: dict) -> None:
         shutil.rmtree(resume_dir(Path(record["target"])), ignore_errors=True)
 
 
+def _phase_words(record: dict) -> str:
+    """The phase a job was in, for a message: 'epoch N' while training, else its state."""
+    return f"epoch {record['epoch']}" if record["state"] == "running" and record.get("epoch") else record["state"]
+
+
 def _public(record: dict, queued: list[str], stopping: bool, can_resume: bool = False) -> dict:
     """What the API and the UI show of a record (no server paths)."""
     state = record["state"]
@@ -560,7 +579,8 @@ def _public(record: dict, queued: list[str], stopping: bool, can_resume: bool = 
             message += f" ({record['message']})"
     elif stopping:
         message = "stopping ..."
-    end = record["finished"] or time.time()
+    now = time.time()
+    times = clock.times(record, now)
     return {
         "state": state,
         "message": message,
@@ -572,9 +592,14 @@ def _public(record: dict, queued: list[str], stopping: bool, can_resume: bool = 
         "checkpoint": record["checkpoint"],
         "job": record["id"],
         "queue_position": (queued.index(record["id"]) + 1) if record["id"] in queued else 0,
-        "elapsed_s": round(end - record["started"], 1) if record["started"] else 0.0,
+        "elapsed_s": times["elapsed"],  # waiting + preparing + running, every segment
+        "waiting_s": times["waiting"],
+        "preparing_s": times["preparing"],
+        "running_s": times["running"],
+        "left_s": clock.time_left(record, now),  # None until this segment's training has a rate
         "plan": record.get("plan", ""),
         "estimate_s": record.get("estimate_s", 0.0),
+        "startup_s": record.get("startup_s", 0.0),  # the worker's start-up (measured), not in the estimate
         "time_limit_s": record.get("time_limit_s") or 0.0,
         "stopped_by": record.get("stopped_by"),
         "resumable": can_resume,

@@ -27,6 +27,8 @@ import threading
 import time
 from pathlib import Path
 
+from . import clock
+
 log = logging.getLogger("mmdemo.app.worker")
 
 PROGRESS_WRITE_INTERVAL_S = 0.5
@@ -90,6 +92,8 @@ def run_job(record_path: str, link: ServerLink) -> None:
     last_write = [0.0]
 
     def update(force: bool = False, **changes) -> None:
+        if "state" in changes and changes["state"] != record["state"]:
+            clock.enter(record, changes.pop("state"))  # the job's one clock: its phase sums
         record.update(changes)
         now = time.monotonic()
         if force or now - last_write[0] >= PROGRESS_WRITE_INTERVAL_S:
@@ -100,15 +104,20 @@ def run_job(record_path: str, link: ServerLink) -> None:
         stage = event["stage"]
         if stage == "train":
             epochs = max(1, event["epochs"])
+            first = record["state"] != "running"
             update(
-                force=record["state"] != "running",
+                force=first,
                 state="running",
                 epoch=event["epoch"],
                 progress=((event["epoch"] - 1) + event["step"] / event["steps"]) / epochs,
                 message=f"epoch {event['epoch']}/{event['epochs']}, step {event['step']}/{event['steps']}, loss {event['loss']:.4f}",
             )
-        elif stage == "plan":  # the recipe's choices and time estimate, shown in the job status
-            update(force=True, plan=event["message"], estimate_s=round(event["estimate_s"], 1))
+            if first:  # the time left is measured from the end of this segment's first step
+                clock.start_rate(record)
+        elif stage == "plan":  # the recipe's choices and time estimate; its time budget starts now
+            update(
+                force=True, plan=event["message"], estimate_s=round(event["estimate_s"], 1), budget_since=time.time()
+            )
         elif stage == "epoch":
             update(force=True, history=record["history"] + [{k: v for k, v in event.items() if k != "stage"}])
         elif "total" in event:
@@ -120,18 +129,21 @@ def run_job(record_path: str, link: ServerLink) -> None:
         """The final state when the server went away: resumable when an epoch was saved."""
         target = Path(record["target"])
         if (resume_dir(target) / "state.json").is_file():
-            then = f"Resume continues after epoch {len(saved_history(target))}"
+            then = f"Resume continues after epoch {saved_epoch(target)}"
         else:
             then = "no epoch was saved to resume from"
         return dict(state="interrupted", message=f"the server stopped while this job was {was}; {then}")
 
+    # the server opened the preparing phase when it started this program (its clock runs on)
     update(
         force=True,
-        state="preparing",
         message="preparing: reading the data",
-        started=time.time(),
         pid=os.getpid(),
         worker=process_tag(),
+        rate_since=0.0,
+        budget_since=0.0,
+        # the part of preparing no plan estimates (starting Python, importing torch), on the one clock
+        startup_s=round(max(0.0, time.time() - record["started"]), 1) if record.get("started") else 0.0,
     )
     try:
         source = record["data"]
@@ -177,6 +189,7 @@ def run_job(record_path: str, link: ServerLink) -> None:
         update(force=True, **interrupted("running"), finished=time.time(), stopped_by="server stopped")
         return
     state = "stopped" if result.stopped_by == "stop" else "done"
+    resumes = saved_epoch(Path(record["target"])) if result.stopped_by in ("stop", "time limit") else 0
     update(
         force=True,
         state=state,
@@ -184,13 +197,41 @@ def run_job(record_path: str, link: ServerLink) -> None:
         report={**result.report, "calibration": result.record.get("calibration")},  # the tab's diagram
         finished=time.time(),
         stopped_by=result.stopped_by,
-        message=(
-            f"{'stopped early; ' if state == 'stopped' else ''}"
-            f"{'stopped by the time limit; ' if result.stopped_by == 'time limit' else ''}"
-            f"saved checkpoint {result.checkpoint.name!r} (best epoch {result.record['best_epoch']}, "
-            f"validation accuracy {metrics.get('val_accuracy', float('nan')):.3f})"
+        message=ending_words(
+            record["history"],
+            record["epoch"],
+            result.stopped_by,
+            result.record["best_epoch"],
+            resumes,
+            result.checkpoint.name,
+            metrics.get("val_accuracy", float("nan")),
         ),
     )
+
+
+def ending_words(
+    history: list[dict],
+    epoch: int,
+    stopped_by: str | None,
+    best_epoch: int,
+    resumes_after: int,
+    checkpoint: str,
+    val_accuracy: float,
+) -> str:
+    """The message of a run that saved its checkpoint. The epochs it names are the records':
+    the one a stop cut short (``complete`` false in its epoch record; a Resume trains it again),
+    the best one, and the last complete one a Resume continues after (``resumes_after``)."""
+    cut = [h["epoch"] for h in history if h.get("complete") is False]
+    where = f"stopped during epoch {cut[-1]}" if cut else f"stopped after epoch {epoch}"
+    if stopped_by == "stop":
+        lead = f"{where}; "
+    elif stopped_by == "time limit":
+        lead = f"{where} by the time limit; "
+    else:
+        lead = ""
+    best = f"best epoch {best_epoch}{', cut short' if best_epoch in cut else ''}"
+    then = f"; Resume continues after epoch {resumes_after}" if resumes_after else ""
+    return f"{lead}saved checkpoint {checkpoint!r} ({best}, validation accuracy {val_accuracy:.3f}){then}"
 
 
 def saved_history(target: Path) -> list[dict]:
@@ -203,6 +244,13 @@ def saved_history(target: Path) -> list[dict]:
         return json.loads((resume_dir(target) / "state.json").read_text())["history"]
     except (OSError, ValueError, KeyError):
         return []
+
+
+def saved_epoch(target: Path) -> int:
+    """The last complete epoch a resume continues after (its resume state's history ends there:
+    the state is saved only after a complete epoch); 0 when none was saved."""
+    history = saved_history(target)
+    return int(history[-1]["epoch"]) if history else 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -185,6 +185,11 @@ def test_an_interrupted_job_resumes_from_its_last_saved_epoch_after_a_restart(tm
     restarted = JobManager(registry, tmp_path / "jobs")
     status = restarted.status(OWNER)
     assert status["state"] == "interrupted" and status["resumable"], status
+    assert f"Resume continues after epoch {saved}" in status["message"]
+    first = status["elapsed_s"]  # the first segment, on the job's one clock
+    assert first > 0 and first == pytest.approx(
+        status["waiting_s"] + status["preparing_s"] + status["running_s"], abs=0.2
+    )
     assert restarted.kept_data() == {tmp_path / "up"}
     assert not restarted.status(OTHER)["resumable"]
     with pytest.raises(ValueError, match="you have no fine-tune job"):
@@ -193,8 +198,17 @@ def test_an_interrupted_job_resumes_from_its_last_saved_epoch_after_a_restart(tm
         restarted.resume(OWNER, "nope")
     status = restarted.resume(OWNER, "long", time_limit_s=300)
     assert status["state"] == "queued" and f"resume after epoch {saved}" in status["message"]
-    status = restarted.wait(OWNER, 300)
+    seen = [status["elapsed_s"]]
+    deadline = time.monotonic() + 300
+    while restarted.running(OWNER) and time.monotonic() < deadline:
+        seen.append(restarted.status(OWNER)["elapsed_s"])
+        time.sleep(0.2)
+    status = restarted.wait(OWNER, 10)
     assert status["state"] == "done", status["message"]
+    # it counts on from the first segment: never back (a read may precede a write stamped a moment
+    # earlier), never negative, the worker's start-up included
+    seen.append(status["elapsed_s"])
+    assert seen[0] >= first and all(b >= a - 0.5 for a, b in zip(seen, seen[1:])) and seen[-1] > first, seen
     assert [h["epoch"] for h in status["history"]] == list(range(1, 21))  # continued, not restarted
     assert not status["resumable"] and not state.exists() and not (tmp_path / "up").exists()
     assert "long" in registry.names(OWNER)
