@@ -114,41 +114,29 @@ def plan_values(report: str) -> dict:
 
 
 def _clock(seconds: float) -> str:
-    seconds = max(0, int(round(seconds)))
+    seconds = int(round(seconds))
     return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
 
 
-def _elapsed_words(status: dict) -> str:
-    """Elapsed time on the job's one clock (every segment, resumes included), and where it went."""
-    parts = [
-        f"{_clock(status[key])} {name}"
-        for key, name in (("waiting_s", "waiting"), ("preparing_s", "preparing"), ("running_s", "training"))
-        if status.get(key, 0) >= 0.5
-    ]
-    return f"{_clock(status['elapsed_s'])} elapsed" + (f": {', '.join(parts)}" if len(parts) > 1 else "")
-
-
 def status_text(status: dict) -> str:
-    """One line for a job status: state, phase message, elapsed time, and the time left: measured
-    from this run's training rate once it has one (``left_s``), the plan's estimate before."""
+    """One line for a job status: state, phase message, elapsed time, and the time left once
+    training steps have run (extrapolated from the progress so far)."""
     pct = int(round(100 * status["progress"]))
     state = status["state"]
     if state == "idle":
         return html.escape(status["message"], quote=False)
     message = html.escape(status["message"], quote=False)  # may quote the user's data
-    line = f"**{state}** ({pct}%, {_elapsed_words(status)}) - {message}"
-    left = status.get("left_s")
-    if status.get("estimate_s") and state in ("queued", "preparing", "running") and left is None:
-        startup = status.get("startup_s") or 0.0  # the plan's estimate leaves out the worker's start-up
+    line = f"**{state}** ({pct}%, {_clock(status['elapsed_s'])} elapsed) - {message}"
+    if status.get("estimate_s") and state in ("queued", "preparing", "running"):
         line += (
-            f" - estimated {format_seconds(status['estimate_s'] + startup)} on this machine"
-            f"{f', {_clock(startup)} of it starting the worker' if startup >= 0.5 else ''}"
+            f" - estimated {format_seconds(status['estimate_s'])} on this machine"
             f" (time budget {format_seconds(status['time_limit_s'])})"
         )
     if status.get("resumable"):
         line += " - press Resume to continue it from its last saved epoch"
     if state == "running":
-        if left is not None and status["progress"] < 1:
+        if 0.02 <= status["progress"] < 1:
+            left = status["elapsed_s"] * (1 - status["progress"]) / status["progress"]
             line += f" - about {_clock(left)} left"
         elif status["progress"] == 0:
             line += " - preparing the data (loading and encoding the images) before the first training step"
@@ -172,10 +160,7 @@ def status_views(status: dict):
         f"<div style='border:1px solid #999;border-radius:4px;height:18px;width:100%'>"
         f"<div id='ft-bar' style='background:#4c8bf5;height:100%;width:{pct}%'></div></div>"
     )
-    # complete epochs only: an epoch cut short by a stop is trained again by a Resume, which
-    # continues after the last complete one (the status line names the cut one)
-    history = [h for h in status["history"] if h.get("complete") is not False]
-    curves = render.training_curves(history) if history else None
+    curves = render.training_curves(status["history"]) if status["history"] else None
     report = status.get("report") or {}
     confusion = render.confusion_figure(report["confusion"]) if report.get("confusion") else None
     reliability = render.reliability_figure(report["calibration"]) if report.get("calibration") else None
@@ -597,16 +582,13 @@ def finetune_tab(
             " and only the settings you edit replace the recipe's",
             elem_id="auto-settings",
         )
-        # empty (the recipe's) until Check data fills in the recipe's choices; only edited ones are sent
+        # Check data fills in the recipe's choices for the data; only the fields edited are sent (an
+        # empty Number arrives as 0, below its minimum: the fields always hold a value)
         with gr.Accordion("Custom settings (used when Automatic is off)", open=False, elem_id="custom-settings"):
             with gr.Row():
-                epochs = gr.Number(
-                    None, label="Epochs", placeholder="automatic", precision=0, minimum=1, maximum=200, elem_id="epochs"
-                )
-                lr = gr.Number(None, label="Learning rate", placeholder="automatic", minimum=1e-6, maximum=1e-1)
-                batch_size = gr.Number(
-                    None, label="Batch size", placeholder="automatic", precision=0, minimum=1, maximum=1024
-                )
+                epochs = gr.Number(5, label="Epochs", precision=0, minimum=1, maximum=200, elem_id="epochs")
+                lr = gr.Number(3e-4, label="Learning rate", minimum=1e-6, maximum=1e-1)
+                batch_size = gr.Number(64, label="Batch size", precision=0, minimum=1, maximum=1024)
             with gr.Row():
                 freeze = gr.CheckboxGroup(
                     ["image_encoder", "text_encoder"], value=["image_encoder", "text_encoder"], label="Freeze"

@@ -161,13 +161,55 @@ def test_check_data_shows_the_plan_and_its_estimate_and_edits_turn_automatic_off
     expect(report).to_contain_text("Training plan", timeout=60_000)
     expect(report).to_contain_text("estimated time on this machine")
     expect(report).to_contain_text("of the 2.0 min budget")  # the epochs fitted to the budget typed in
-    assert "set explicitly" not in report.inner_text()  # Automatic: the recipe chose everything
+    assert "set by you" not in report.inner_text()  # Automatic: the recipe chose everything
 
     open_custom_settings(page)
     page.get_by_label("Epochs").fill("7")
     expect(page.get_by_label("Automatic settings (recommended)")).not_to_be_checked()  # the user's value wins
     page.get_by_role("button", name="Check data").click()
-    expect(report).to_contain_text("epochs = 7  (set explicitly)", timeout=60_000)
+    expect(report).to_contain_text("epochs = 7  (set by you)", timeout=60_000)
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def imbalanced(tmp_path_factory):
+    """24 red pictures and 4 blue ones (the recipe weighs such classes), the CSV and the zip."""
+    folder = tmp_path_factory.mktemp("imbalanced")
+    (folder / "pics").mkdir()
+    rows = []
+    for i in range(28):
+        colour = "blue" if i < 4 else "red"
+        Image.new("RGB", (32, 32), (0, 0, 255) if i < 4 else (255, 0, 0)).save(folder / "pics" / f"{i}.png")
+        rows.append([f"pics/{i}.png", "which colour is it?", colour])
+    with open(folder / "imbalanced.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["image", "question", "answer"], *rows])
+    archive = shutil.make_archive(str(folder / "pics"), "zip", root_dir=folder, base_dir="pics")
+    return str(folder / "imbalanced.csv"), archive
+
+
+def test_changing_only_epochs_keeps_the_recipes_other_choices(chromium, url, imbalanced):
+    csv_path, archive = imbalanced
+    context, page = open_tab(chromium, url)
+    page.locator("#csv-upload input[type=file]").set_input_files(csv_path)
+    expect(column(page, "label-column")).to_have_value("answer", timeout=30_000)
+    page.locator("#zip-upload input[type=file]").set_input_files(archive)
+    expect(page.locator("#zip-upload").get_by_role("cell", name="pics.zip", exact=True)).to_be_visible(timeout=30_000)
+    open_custom_settings(page)
+    expect(page.get_by_label("Class weights")).not_to_be_checked()  # the form's box, never touched
+    page.get_by_label("Epochs").fill("4")
+    expect(page.get_by_label("Automatic settings (recommended)")).not_to_be_checked()
+    page.get_by_role("button", name="Check data").click()
+    report = page.locator("#preflight")
+    expect(report).to_contain_text("epochs = 4  (set by you)", timeout=60_000)
+    # the rest is still the recipe's: class weights for these classes, its learning rate and batch size
+    expect(report).to_contain_text("class_weights = True  (largest / smallest")
+    expect(report).to_contain_text("lr = 0.001  (a new fusion")
+    assert report.inner_text().count("(set by you)") == 1
+    # and the untouched fields now show the recipe's choices, the edited one the user's
+    expect(page.get_by_label("Class weights")).to_be_checked()
+    expect(page.get_by_label("Learning rate")).to_have_value("0.001")
+    expect(page.get_by_label("Batch size")).to_have_value("64")
+    expect(page.get_by_label("Epochs")).to_have_value("4")
     context.close()
 
 
