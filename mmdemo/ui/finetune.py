@@ -114,29 +114,41 @@ def plan_values(report: str) -> dict:
 
 
 def _clock(seconds: float) -> str:
-    seconds = int(round(seconds))
+    seconds = max(0, int(round(seconds)))
     return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
 
 
+def _elapsed_words(status: dict) -> str:
+    """Elapsed time on the job's one clock (every segment, resumes included), and where it went."""
+    parts = [
+        f"{_clock(status[key])} {name}"
+        for key, name in (("waiting_s", "waiting"), ("preparing_s", "preparing"), ("running_s", "training"))
+        if status.get(key, 0) >= 0.5
+    ]
+    return f"{_clock(status['elapsed_s'])} elapsed" + (f": {', '.join(parts)}" if len(parts) > 1 else "")
+
+
 def status_text(status: dict) -> str:
-    """One line for a job status: state, phase message, elapsed time, and the time left once
-    training steps have run (extrapolated from the progress so far)."""
+    """One line for a job status: state, phase message, elapsed time, and the time left: measured
+    from this run's training rate once it has one (``left_s``), the plan's estimate before."""
     pct = int(round(100 * status["progress"]))
     state = status["state"]
     if state == "idle":
         return html.escape(status["message"], quote=False)
     message = html.escape(status["message"], quote=False)  # may quote the user's data
-    line = f"**{state}** ({pct}%, {_clock(status['elapsed_s'])} elapsed) - {message}"
-    if status.get("estimate_s") and state in ("queued", "preparing", "running"):
+    line = f"**{state}** ({pct}%, {_elapsed_words(status)}) - {message}"
+    left = status.get("left_s")
+    if status.get("estimate_s") and state in ("queued", "preparing", "running") and left is None:
+        startup = status.get("startup_s") or 0.0  # the plan's estimate leaves out the worker's start-up
         line += (
-            f" - estimated {format_seconds(status['estimate_s'])} on this machine"
+            f" - estimated {format_seconds(status['estimate_s'] + startup)} on this machine"
+            f"{f', {_clock(startup)} of it starting the worker' if startup >= 0.5 else ''}"
             f" (time budget {format_seconds(status['time_limit_s'])})"
         )
     if status.get("resumable"):
         line += " - press Resume to continue it from its last saved epoch"
     if state == "running":
-        if 0.02 <= status["progress"] < 1:
-            left = status["elapsed_s"] * (1 - status["progress"]) / status["progress"]
+        if left is not None and status["progress"] < 1:
             line += f" - about {_clock(left)} left"
         elif status["progress"] == 0:
             line += " - preparing the data (loading and encoding the images) before the first training step"
@@ -160,7 +172,10 @@ def status_views(status: dict):
         f"<div style='border:1px solid #999;border-radius:4px;height:18px;width:100%'>"
         f"<div id='ft-bar' style='background:#4c8bf5;height:100%;width:{pct}%'></div></div>"
     )
-    curves = render.training_curves(status["history"]) if status["history"] else None
+    # complete epochs only: an epoch cut short by a stop is trained again by a Resume, which
+    # continues after the last complete one (the status line names the cut one)
+    history = [h for h in status["history"] if h.get("complete") is not False]
+    curves = render.training_curves(history) if history else None
     report = status.get("report") or {}
     confusion = render.confusion_figure(report["confusion"]) if report.get("confusion") else None
     reliability = render.reliability_figure(report["calibration"]) if report.get("calibration") else None
