@@ -1,8 +1,9 @@
 """The Fine-tune tab in a real browser: a CSV `filename,caption,category` gets its column roles
 from the content, a CSV without its zip gets one hint to add the zip, "Start from" follows the
 labels, the form and the tab survive a reload (also mid-training), the layout fits a phone;
-Check data shows the recipe's plan and time estimate, a job keeps its time budget, and a job
-interrupted by a server restart shows Resume to its owner, which continues it.
+Check data shows the recipe's plan and time estimate (a custom Epochs changes only the epochs),
+a job keeps its time budget, and a job interrupted by a server restart shows Resume to its
+owner, which continues it.
 
 Skipped where Chromium is not installed, unless MMDEMO_REQUIRE_BROWSER=1.
 """
