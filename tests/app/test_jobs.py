@@ -218,6 +218,7 @@ def test_an_interrupted_job_resumes_from_its_last_saved_epoch_after_a_restart(tm
 
 
 def test_a_stopped_job_can_resume_and_a_new_job_drops_the_old_ones_data(tmp_path):
+    from mmdemo.app.worker import saved_epoch
     from mmdemo.training.finetune import resume_dir
 
     registry, jobs = _manager(tmp_path)
@@ -231,6 +232,12 @@ def test_a_stopped_job_can_resume_and_a_new_job_drops_the_old_ones_data(tmp_path
     status = jobs.wait(OWNER, 60)
     assert status["state"] == "stopped" and status["resumable"], status
     assert (tmp_path / "up").is_dir()  # kept for the resume
+    # the epochs the message names are the records': the one cut short, and the last complete one
+    saved = saved_epoch(registry.writable_dir / OWNER / "first")
+    assert saved >= 1 and f"Resume continues after epoch {saved}" in status["message"], status["message"]
+    cut = [h["epoch"] for h in status["history"] if h.get("complete") is False]
+    stopped_in = f"stopped during epoch {saved + 1}" if cut else f"stopped after epoch {saved}"
+    assert cut in ([], [saved + 1]) and status["message"].startswith(stopped_in), status["message"]
     with pytest.raises(ValueError, match="the time budget must be 1-120 minutes"):
         jobs.time_limit_s(500)
     jobs.start(OWNER, *_dataset(tmp_path / "up2"), dict(epochs=1, batch_size=4, freeze=[]), "second", base="base")
