@@ -330,7 +330,7 @@ def test_job_status_line_names_the_phase_and_the_time_left():
 
     status = {"state": "running", "progress": 0.0, "elapsed_s": 12.0, "message": "encode images: 40/150"}
     assert "encode images: 40/150" in status_text(status) and "before the first training step" in status_text(status)
-    status = {**status, "progress": 0.25, "elapsed_s": 100.0, "message": "epoch 1/4, step 3/10, loss 0.5"}
+    status = {**status, "progress": 0.25, "elapsed_s": 100.0, "left_s": 300.0, "message": "epoch 1/4, step 3/10, loss 0.5"}
     assert "1 min 40 s elapsed" in status_text(status) and "about 5 min 00 s left" in status_text(status)
     assert status_text({**status, "state": "idle", "message": "No fine-tune job has run yet."}) == (
         "No fine-tune job has run yet."
