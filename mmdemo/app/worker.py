@@ -118,6 +118,8 @@ def run_job(record_path: str, link: ServerLink) -> None:
             update(
                 force=True, plan=event["message"], estimate_s=round(event["estimate_s"], 1), budget_since=time.time()
             )
+        elif stage == "split":  # how the validation rows were chosen, under the plan
+            update(force=True, plan=f"{record.get('plan') or ''}\nsplit: {event['message']}".strip())
         elif stage == "epoch":
             update(force=True, history=record["history"] + [{k: v for k, v in event.items() if k != "stage"}])
         elif "total" in event:

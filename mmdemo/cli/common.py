@@ -53,11 +53,12 @@ def read_rows(path: Path, required: list[str]) -> tuple[list[dict], list[str]]:
         return list(reader), fields
 
 
-def read_dataset(path: Path, args, quiet: bool = False):
-    """The labelled data set in ``path`` read with the ``--*-column`` flags; its report on stderr."""
+def read_dataset(path: Path, args, quiet: bool = False, group_column: str | None = None):
+    """The labelled data set in ``path`` read with the ``--*-column`` flags (and ``group_column``,
+    the rows' sources, for a training CSV); its report on stderr."""
     from ..datasets.csv_table import read_csv
 
-    dataset = read_csv(path, args.image_column, args.text_column, args.label_column)
+    dataset = read_csv(path, args.image_column, args.text_column, args.label_column, group_column=group_column)
     if not quiet:
         print(dataset.report(), file=sys.stderr)
     return dataset

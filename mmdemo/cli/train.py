@@ -32,6 +32,11 @@ def add_train(sub: argparse._SubParsersAction) -> None:
         "--resume", type=Path, metavar="DIR", help="continue the stopped run that was saving to checkpoint DIR"
     )
     add_columns(p)
+    p.add_argument(
+        "--group-column",
+        help="column naming each row's source (a product, a patient, a scene, the photo a crop was cut from):"
+        " rows of one group stay together on one side of the validation split",
+    )
     _add_train_settings(p)
     _add_architecture(p)
     p.add_argument("--device", default=None)
@@ -132,7 +137,7 @@ def _train_run(args, rank: int) -> int:
             raise ValueError("train needs --csv and --out (or --resume DIR)")
         if args.out.exists() and not args.overwrite:
             raise ValueError(f"{args.out} already exists (pass --overwrite to replace it)")
-        dataset = read_dataset(args.csv, args, quiet=rank > 0)
+        dataset = read_dataset(args.csv, args, quiet=rank > 0, group_column=args.group_column)
         val = read_dataset(args.val_csv, args, quiet=rank > 0) if args.val_csv else None
         overrides = {
             k: getattr(args, k) for k in TRAIN_SETTING_FLAGS + ARCHITECTURE_FLAGS if getattr(args, k) is not None
@@ -204,6 +209,8 @@ def _train_progress():
                 )
             bar.update(1)
             bar.set_postfix(loss=f"{event['loss']:.4f}")
+        elif stage == "split":
+            print(f"split: {event['message']}", file=sys.stderr)
         elif stage == "epoch":
             if event["epoch"] in bars:
                 bars[event["epoch"]].close()

@@ -56,6 +56,7 @@ class Example:
     image: Path
     text: str
     label: str
+    group: str = ""  # the row's source (a product, a patient, a scene) from a group column, if any
 
 
 @dataclass
@@ -67,6 +68,7 @@ class Dataset:
     class_counts: dict[str, int]
     warnings: list[str] = field(default_factory=list)
     separator: str = ","
+    group_column: str = ""  # the column that named each row's group, if any
 
     def report(self) -> str:
         """The pre-flight report, as plain text."""
@@ -78,6 +80,17 @@ class Dataset:
         if len(self.rejected) > 50:
             lines.append(f"  ... and {len(self.rejected) - 50} more rejected rows")
         lines.append("class counts: " + ", ".join(f"{k}={v}" for k, v in self.class_counts.items()))
+        if self.group_column:
+            ungrouped = sum(1 for e in self.examples if not e.group)
+            lines.append(
+                f"groups ({self.group_column}): {len({e.group for e in self.examples if e.group})}; the rows of one group"
+                " stay on one side of the validation split"
+                + (
+                    f" ({ungrouped} rows with an empty {self.group_column} are grouped by their image)"
+                    if ungrouped
+                    else ""
+                )
+            )
         lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
@@ -93,6 +106,7 @@ def read_csv(
     max_rows: int | None = None,
     max_text_chars: int | None = None,
     max_pixels: int = MAX_PIXELS,
+    group_column: str | None = None,
 ) -> Dataset:
     """Read and validate a training CSV.
 
@@ -100,6 +114,8 @@ def read_csv(
     ``check_images`` decodes every image once, so unreadable ones are reported up front.
     ``confine`` rejects absolute paths and paths that leave ``image_root`` (for uploads).
     ``max_rows``, ``max_text_chars`` and ``max_pixels`` bound web uploads (the CLI passes none).
+    ``group_column`` names each row's source: rows of one group are never split between training
+    and validation (splits.py); a row with an empty group is grouped by its image.
     """
     csv_path = Path(csv_path)
     if not csv_path.is_file():
@@ -113,7 +129,7 @@ def read_csv(
             duplicated = sorted({c for c in found if found.count(c) > 1})
             if duplicated:
                 raise ValueError(f"{csv_path.name}: the header names column(s) {duplicated} more than once")
-            expected = [image_column, text_column, label_column]
+            expected = [image_column, text_column, label_column] + ([group_column] if group_column else [])
             missing = [c for c in expected if c not in found]
             if missing:
                 raise ValueError(f"{csv_path.name}: missing column(s) {missing}; expected {expected}, found {found}")
@@ -162,7 +178,8 @@ def read_csv(
         if checked[path]:
             rejected.append((row, checked[path]))
             continue
-        examples.append(Example(row, path, text, label))
+        group = (values.get(group_column) or "").strip() if group_column else ""
+        examples.append(Example(row, path, text, label, group))
 
     counts = Counter(e.label for e in examples)
     class_counts = dict(sorted(counts.items()))
@@ -174,6 +191,7 @@ def read_csv(
             f"classes are imbalanced: {large!r} has {counts[large]} rows, {small!r} only {counts[small]}"
             " (consider class weights)"
         )
+    dataset.group_column = group_column or ""
     return dataset
 
 

@@ -33,6 +33,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..datasets.csv_table import Dataset, Example, check_trainable
+from ..datasets.splits import make_split
 from ..device import env_rank, env_world_size
 from ..folders import new_folder, replace_folder
 from ..model.checkpoint import load_checkpoint, read_config, save_checkpoint
@@ -129,6 +130,8 @@ def finetune(
         time_limit = recipes.DEFAULT_BUDGET_S
     progress = progress or (lambda event: None)
     progress({"stage": "plan", "message": recipe.describe(), "estimate_s": recipe.estimate_s})
+    split = make_split(request.dataset, request.val_dataset, request.val_fraction, recipe.settings.seed).record()
+    progress({"stage": "split", "message": split["description"]})
 
     started = time.monotonic()
     stopped: list[str] = []
@@ -142,7 +145,7 @@ def finetune(
         progress(event)
 
     def on_best(model, best: dict) -> None:
-        record = training_record(request, recipe, best, list(history) + [best], time.monotonic() - started, None)
+        record = training_record(request, recipe, best, list(history) + [best], time.monotonic() - started, None, split)
         save_checkpoint(model, out, training=record, overwrite=True)
 
     def on_epoch(state: TrainState) -> None:
@@ -168,7 +171,7 @@ def finetune(
         )
     stopped_by = stopped[0] if stopped else ("early stopping" if result.stopped_early else None)
     best = {k: v for k, v in result.best_metrics.items() if k != "report"}
-    record = training_record(request, recipe, best, result.history, time.monotonic() - started, stopped_by)
+    record = training_record(request, recipe, best, result.history, time.monotonic() - started, stopped_by, split)
     if env_rank() != 0:  # under torchrun rank 0 alone calibrates and writes (same weights)
         return FinetuneResult(out, record, result.best_metrics.get("report", {}), stopped_by)
     record["baselines"] = result.baselines
@@ -220,11 +223,15 @@ def training_record(
     history: list[dict],
     seconds: float,
     stopped_by: str | None,
+    split: dict | None = None,
 ) -> dict:
-    """What config.json and the model card say about how a checkpoint was trained."""
+    """What config.json and the model card say about how a checkpoint was trained; ``split``:
+    ``splits.Split.record()`` of the run's validation split."""
     dataset = request.dataset
     if request.val_dataset is not None:
         validation = f"validation {request.val_dataset.csv_path.name}: {len(request.val_dataset.examples)} rows"
+    elif split is not None:
+        validation = f"{request.val_fraction:.0%} held out for " + split["description"]
     else:
         validation = f"{request.val_fraction:.0%} of the images held out for validation"
     settings = recipe.settings
@@ -235,6 +242,7 @@ def training_record(
         "init": request.init.name if request.init else "new model (pretrained encoders from their packages)",
         "settings": {k: v for k, v in asdict(settings).items()},
         "recipe": recipe.choices,
+        "split": split or {},
         "estimated_seconds": round(recipe.estimate_s, 1),
         "frozen": ", ".join(settings.freeze) or "nothing",
         "best_epoch": best["epoch"],
@@ -368,14 +376,14 @@ def _dataset_to_json(dataset: Dataset | None) -> dict | None:
         return None
     return {
         "csv_path": str(dataset.csv_path),
-        "examples": [[e.row, str(e.image), e.text, e.label] for e in dataset.examples],
+        "examples": [[e.row, str(e.image), e.text, e.label, e.group] for e in dataset.examples],
     }
 
 
 def _dataset_from_json(data: dict | None) -> Dataset | None:
     if data is None:
         return None
-    examples = [Example(row, Path(image), text, label) for row, image, text, label in data["examples"]]
+    examples = [Example(row, Path(image), *rest) for row, image, *rest in data["examples"]]
     counts: dict[str, int] = {}
     for e in examples:
         counts[e.label] = counts.get(e.label, 0) + 1

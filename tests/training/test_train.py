@@ -5,6 +5,7 @@ import csv
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -319,3 +320,26 @@ def test_fine_tuning_a_checkpoint_whose_encoder_trained_keeps_that_encoder_when_
     assert second.config.trained_parts == ["image_encoder", "text_encoder"]
     for key, value in first.text_encoder.state_dict().items():
         torch.testing.assert_close(second.text_encoder.state_dict()[key], value, msg=key)
+
+
+def test_finetune_holds_out_whole_groups_and_says_so(sixteen_rows, tmp_path):
+    """With a group column the validation rows are whole groups; the record and the model card
+    say how the split was made, and the out-of-scope fit sees the same split."""
+    from mmdemo.datasets.splits import make_split
+    from mmdemo.training.finetune import FinetuneRequest, finetune
+
+    rows = list(csv.reader(open(sixteen_rows)))
+    grouped = sixteen_rows.parent / "grouped.csv"
+    with open(grouped, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(rows[0] + ["scene"])
+        writer.writerows(r + [f"scene{int(Path(r[0]).stem) // 2}"] for r in rows[1:])
+    dataset = read_csv(grouped, group_column="scene")
+    request = FinetuneRequest(dataset, tmp_path / "m", _settings(epochs=1), config=tiny_config(), val_fraction=0.25)
+    result = finetune(request)
+    split = result.record["split"]
+    assert split["method"] == "group column" and split["groups"] == 4
+    expected = make_split(dataset, None, 0.25, 0)
+    assert split["val_rows"] == len(expected.val) == 4
+    assert {e.group for e in expected.val}.isdisjoint({e.group for e in expected.train})
+    assert "whole groups of the group column held out" in (tmp_path / "m" / "README.md").read_text()
