@@ -23,12 +23,14 @@ from PIL import Image
 from ..datasets.archives import extract_zip
 from ..datasets.csv_table import Dataset, check_trainable, missing_images_hint, read_csv
 from ..datasets.sortofclevr import generate
+from ..datasets.splits import make_split
 from ..explain.methods import DEFAULT_METHOD, METHODS
 from ..explain.relations import relation_objects
 from ..imaging import decode_image
 from ..inference.predictor import Prediction
 from ..model.card import app_model_card
 from ..model.preprocess import broken_character, is_blank
+from ..training.settings import TrainSettings
 from .jobs import DataSource, JobManager
 from .registry import SHARED, CheckpointRegistry, hf_owner, owner_id
 from .settings import Limits, shared_mode
@@ -265,10 +267,11 @@ class App:
         return text
 
     def prepare_upload(
-        self, csv_file: str, zip_file: str | None, columns: tuple[str, str, str]
+        self, csv_file: str, zip_file: str | None, columns: tuple[str, ...]
     ) -> tuple[Dataset, DataSource, UploadFolder]:
         """Uploads -> a validated Dataset in a fresh upload folder (under the limits). The caller
-        removes the folder (or hands it to a job); on error it is already removed."""
+        removes the folder (or hands it to a job); on error it is already removed. ``columns``: the
+        image, text and label columns, and optionally the group column (the rows' sources)."""
         if not csv_file:
             raise ValueError("Upload a CSV file, or press 'Use example dataset'.")
         limits = self.limits
@@ -289,6 +292,7 @@ class App:
             csv_path = upload.path / "data.csv"
             shutil.copyfile(csv_file, csv_path)
             image_col, text_col, label_col = (c or d for c, d in zip(columns, ("image", "text", "label")))
+            group_col = (columns[3] if len(columns) > 3 else None) or None  # optional: the rows' sources
             dataset = read_csv(
                 csv_path,
                 image_col,
@@ -299,8 +303,11 @@ class App:
                 max_rows=limits.max_csv_rows,
                 max_text_chars=limits.max_text_chars,
                 max_pixels=limits.max_image_pixels,
+                group_column=group_col,
             )
-            source = DataSource(upload.path, csv_path, image_col, text_col, label_col, Path(csv_file).name)
+            source = DataSource(
+                upload.path, csv_path, image_col, text_col, label_col, Path(csv_file).name, group_col or ""
+            )
             return dataset, source, upload
         except BaseException:
             upload.remove()
@@ -310,14 +317,17 @@ class App:
         self,
         csv_file: str,
         zip_file: str | None,
-        columns: tuple[str, str, str],
+        columns: tuple[str, ...],
         base: str | None = None,
         overrides: dict | None = None,
         time_limit_s: float | None = None,
         owner: str | None = None,
+        val_fraction: float = 0.1,
     ) -> str:
-        """Check data: the pre-flight report and the recipe's plan for it (each setting, why, and
-        the estimated time on this machine); ValueError when the data cannot train."""
+        """Check data: the pre-flight report, the recipe's plan for it (each setting, why, and
+        the estimated time on this machine) and how the validation split will be made (with a
+        warning when its images look close to training images); ValueError when the data cannot
+        train."""
         dataset, _, upload = self.prepare_upload(csv_file, zip_file, columns)
         try:
             hint = missing_images_hint(dataset, bool(zip_file))
@@ -327,16 +337,20 @@ class App:
             init = self.registry.path(base, owner) if base else None
             # the recipe reads the images' headers (their sizes): before the upload folder goes
             recipe = self.jobs.plan(dataset, overrides, time_limit_s or self.jobs.time_limit_s(None), init)
+            split = make_split(dataset, None, val_fraction, TrainSettings().seed).describe()  # reads the images too
         finally:
             upload.remove()
-        return f"{dataset.report()}\n\nTraining plan (what Start will use; set values win):\n{recipe.describe()}"
+        return (
+            f"{dataset.report()}\n\nTraining plan (what Start will use; set values win):\n{recipe.describe()}"
+            f"\nsplit ({val_fraction:.0%} for validation): {split}"
+        )
 
     def start_job(
         self,
         owner: str,
         csv_file: str,
         zip_file: str | None,
-        columns: tuple[str, str, str],
+        columns: tuple[str, ...],
         overrides: dict | None,
         name: str,
         base: str | None,

@@ -80,6 +80,7 @@ class DataSource(NamedTuple):
     text_column: str = "text"
     label_column: str = "label"
     name: str = "data.csv"  # the name the user uploaded it under (for the model card)
+    group_column: str = ""  # the column naming each row's source (the split keeps a group together)
 
 
 class JobManager:

@@ -160,6 +160,7 @@ def run_job(record_path: str, link: ServerLink) -> None:
                 source["label_column"],
                 image_root=source["folder"],
                 confine=True,
+                group_column=source.get("group_column") or None,
             )
             request = FinetuneRequest(
                 dataset=dataset,

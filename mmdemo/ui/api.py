@@ -111,6 +111,7 @@ class FinetuneAPI:
         class_weights: bool = None,
         time_budget_minutes: float = None,
         owner_token: str = None,
+        group_column: str = None,
         profile: gr.OAuthProfile | None = None,
     ) -> str:
         """Pre-flight report of a training CSV (and the zip of its images): rows accepted and
@@ -121,6 +122,8 @@ class FinetuneAPI:
         Args:
             start_from: '(new model)' or a checkpoint name
             freeze: the parts to keep frozen: image_encoder, text_encoder
+            group_column: the column naming each row's source (a product, a patient, a photo); the rows of
+                one group stay on one side of the validation split
         """
         epochs = _number("epochs", epochs, whole=True)  # the numbers first, in order, as for the page's fields
         learning_rate = _number("learning_rate", learning_rate)
@@ -140,6 +143,7 @@ class FinetuneAPI:
             class_weights,
             time_budget_minutes,
             self.tab.owner(owner_token, profile),
+            group_column,
         )
 
     def start_finetune(
@@ -160,6 +164,7 @@ class FinetuneAPI:
         class_weights: bool = None,
         owner_token: str = None,
         time_budget_minutes: float = None,
+        group_column: str = None,
         profile: gr.OAuthProfile | None = None,
     ) -> dict:
         """Queue a fine-tune job (one runs at a time, in its own process) and return its
@@ -173,6 +178,8 @@ class FinetuneAPI:
         Args:
             start_from: '(new model)' or a checkpoint name
             freeze: the parts to keep frozen: image_encoder, text_encoder
+            group_column: the column naming each row's source (a product, a patient, a photo); the rows of
+                one group stay on one side of the validation split
         """
         epochs = _number("epochs", epochs, whole=True)  # the numbers first, in order, as for the page's fields
         learning_rate = _number("learning_rate", learning_rate)
@@ -197,6 +204,7 @@ class FinetuneAPI:
             overwrite=overwrite,
             class_weights=class_weights,
             time_budget_minutes=time_budget_minutes,
+            group_col=group_column,
         )
 
     def resume_finetune(

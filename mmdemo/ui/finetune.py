@@ -68,6 +68,23 @@ def csv_columns(csv_file):
     return [gr.update(choices=header, value=v) for v in (guess.image, guess.text, guess.label)]
 
 
+NO_GROUP = "(none)"  # the group column's choice for "no group column": rows are grouped by image
+
+
+def group_choices(csv_file):
+    """The group column dropdown for a new CSV: no group column, or one of its columns."""
+    if not csv_file:
+        return gr.update(choices=[NO_GROUP], value=NO_GROUP)
+    header, _ = _read_head(csv_file)
+    return gr.update(choices=[NO_GROUP, *header], value=NO_GROUP)
+
+
+def group_of(value) -> str | None:
+    """The group column a form value names (None: no group column)."""
+    value = (value or "").strip() if isinstance(value, str) else ""
+    return None if value in ("", NO_GROUP) else value
+
+
 def overrides_of(epochs=None, lr=None, batch_size=None, freeze=None, class_weights=None) -> dict:
     """The settings a caller set, checked; a value left out (None) is the recipe's choice, as a
     CLI flag not given."""
@@ -209,6 +226,7 @@ SETTINGS = (
     "time_budget",
     "automatic",
     "edited",
+    "group_col",
 )
 
 
@@ -282,18 +300,19 @@ class FinetuneTab:
         class_weights=None,
         time_budget_minutes=None,
         owner: str | None = None,
+        group_column=None,
     ) -> str:
         """The pre-flight report and the recipe's plan (or a hint when the images were not
         uploaded), or a refusal naming what is wrong; the upload folder is removed either way."""
         report = self._report(
             csv_file, zip_file, image_column, text_column, label_column, start_from, epochs, learning_rate,
-            batch_size, freeze, class_weights, time_budget_minutes, owner,
+            batch_size, freeze, class_weights, time_budget_minutes, owner, group_column,
         )  # fmt: skip
         return code_block(report)  # it quotes the CSV (header, paths, labels): shown as text, never as Markdown
 
     def _report(
         self, csv_file, zip_file, image_column, text_column, label_column, start_from, epochs, learning_rate,
-        batch_size, freeze, class_weights, time_budget_minutes, owner,
+        batch_size, freeze, class_weights, time_budget_minutes, owner, group_column=None,
     ) -> str:  # fmt: skip
         try:
             overrides = overrides_of(epochs, learning_rate, batch_size, freeze, class_weights)
@@ -303,7 +322,7 @@ class FinetuneTab:
             report = self.app.preflight(
                 csv_file,
                 zip_file,
-                (image_column, text_column, label_column),
+                (image_column, text_column, label_column, group_of(group_column)),
                 None if start_from in (None, "", NEW_MODEL) else str(start_from),
                 overrides,
                 self.budget_s(time_budget_minutes),
@@ -317,7 +336,7 @@ class FinetuneTab:
 
     def check_form(
         self, csv_file, zip_file, image_column, text_column, label_column, start_from, time_budget_minutes, automatic,
-        epochs, learning_rate, batch_size, freeze, class_weights, edited=None, owner_token=None,
+        epochs, learning_rate, batch_size, freeze, class_weights, edited=None, owner_token=None, group_column=None,
         profile: gr.OAuthProfile | None = None,
     ) -> tuple:  # fmt: skip
         """Check data: the report, then the custom fields the user did not edit, filled with the
@@ -326,7 +345,7 @@ class FinetuneTab:
         custom = custom_values(automatic, edited, epochs, learning_rate, batch_size, freeze, class_weights)
         report = self._report(
             csv_file, zip_file, image_column, text_column, label_column, start_from, *custom, time_budget_minutes,
-            self.owner(owner_token, profile),
+            self.owner(owner_token, profile), group_column,
         )  # fmt: skip
         chosen = plan_values(report)
         mine = set(edited or ())
@@ -362,6 +381,7 @@ class FinetuneTab:
         owner: str = "",
         class_weights=None,
         time_budget_minutes=None,
+        group_col=None,
     ) -> dict:
         """Validates everything and queues the job of ``owner``; settings given as None are the
         recipe's choice."""
@@ -376,7 +396,7 @@ class FinetuneTab:
                 owner,
                 csv_file,
                 zip_file,
-                (image_col, text_col, label_col),
+                (image_col, text_col, label_col, group_of(group_col)),
                 overrides,
                 name,
                 None if base in (None, "", NEW_MODEL) else str(base),
@@ -403,7 +423,7 @@ class FinetuneTab:
     def start_form(
         self, csv_file, zip_file, image_column, text_column, label_column, start_from, epochs, learning_rate,
         batch_size, freeze, validation_split, name, overwrite, class_weights, owner_token, time_budget_minutes,
-        automatic, edited=None, profile: gr.OAuthProfile | None = None,
+        automatic, edited=None, group_column=None, profile: gr.OAuthProfile | None = None,
     ):  # fmt: skip
         """Start: the job's status views, and the page's token (a page whose token had not arrived
         yet keeps the one made for this job). Only the custom settings the user edited are sent."""
@@ -414,7 +434,7 @@ class FinetuneTab:
             owner_token, profile, csv_file=csv_file, zip_file=zip_file, image_col=image_column,
             text_col=text_column, label_col=label_column, base=start_from, epochs=epochs, lr=learning_rate,
             batch_size=batch_size, freeze=freeze, val_split=validation_split, name=name, overwrite=overwrite,
-            class_weights=class_weights, time_budget_minutes=time_budget_minutes,
+            class_weights=class_weights, time_budget_minutes=time_budget_minutes, group_col=group_column,
         )  # fmt: skip
         return (*status_views(status), status.get("owner_token") or owner_token)
 
@@ -514,6 +534,8 @@ class FinetuneTab:
                 updates.append(value if value and Path(value).is_file() else gr.skip())
             elif key in ("image_col", "text_col", "label_col"):
                 updates.append(gr.update(choices=header, value=value) if value else gr.skip())
+            elif key == "group_col":
+                updates.append(gr.update(choices=[NO_GROUP, *header], value=value) if value else gr.skip())
             else:
                 updates.append(value if value is not None else gr.skip())
         owner = self.owner(owner_token, profile)
@@ -566,6 +588,15 @@ def finetune_tab(
             image_col = gr.Dropdown([], label="Image column", allow_custom_value=True, elem_id="image-column")
             text_col = gr.Dropdown([], label="Text column", allow_custom_value=True, elem_id="text-column")
             label_col = gr.Dropdown([], label="Label column", allow_custom_value=True, elem_id="label-column")
+        group_col = gr.Dropdown(
+            [NO_GROUP],
+            value=NO_GROUP,
+            label="Group column (optional)",
+            allow_custom_value=True,
+            elem_id="group-column",
+            info="the column naming each row's source (a product, a patient, the photo a crop was cut from):"
+            " the rows of one group stay together, in training or in validation, so validation measures new sources",
+        )
         columns_note = gr.Markdown(label="Column roles", elem_id="columns-note")
         check = gr.Button("Check data")
         report = gr.Markdown(label="Pre-flight report", elem_id="preflight")
@@ -656,12 +687,13 @@ def finetune_tab(
         columns_in = [csv_file, zip_file, image_col, text_col, label_col]
         custom = [epochs, lr, batch_size, freeze, class_weights]
         csv_file.upload(ft.guess_roles, csv_file, role_outputs, api_visibility="private")
+        csv_file.upload(group_choices, csv_file, group_col, api_visibility="private", queue=False)
         example_button.click(
             ft.use_example_dataset, None, [csv_file, zip_file, *role_outputs], api_visibility="private"
-        )
+        ).then(group_choices, csv_file, group_col, api_visibility="private", queue=False)
         check.click(
             ft.check_form,
-            [*columns_in, base, time_budget, automatic, *custom, edited, owner_token],
+            [*columns_in, base, time_budget, automatic, *custom, edited, owner_token, group_col],
             [report, *custom],
             api_visibility="private",
         )
@@ -670,7 +702,7 @@ def finetune_tab(
         start.click(
             ft.start_form,
             [*columns_in, base, epochs, lr, batch_size, freeze, val_split, name, overwrite, class_weights,
-             owner_token, time_budget, automatic, edited],
+             owner_token, time_budget, automatic, edited, group_col],
             [*status_outputs, owner_token],
             api_visibility="private",
             concurrency_limit=1,
@@ -689,7 +721,8 @@ def finetune_tab(
 
         # the form survives a reload: saved in the browser on every change, restored on load
         settings = [csv_file, zip_file, image_col, text_col, label_col, base, epochs, lr, batch_size]
-        settings += [freeze, val_split, name, overwrite, class_weights, time_budget, automatic, edited]  # as SETTINGS
+        settings += [freeze, val_split, name, overwrite, class_weights, time_budget, automatic, edited, group_col]
+        # (in SETTINGS' order)
         for field in settings:
             field.change(ft.save, settings, saved, api_visibility="private", queue=False, show_progress="hidden")
         tab.select(ft.remember_tab, None, saved_tab, api_visibility="private", queue=False)

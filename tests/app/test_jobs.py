@@ -95,6 +95,32 @@ def test_job_trains_in_a_worker_process_and_saves_a_usable_checkpoint(tmp_path):
     jobs.close()
 
 
+def test_a_job_with_a_group_column_holds_out_whole_groups(tmp_path):
+    """The worker reads the group column the upload named: the split keeps each group on one
+    side, and the plan the visitor sees and the checkpoint's record say so."""
+    import json
+
+    folder = tmp_path / "up"
+    (folder / "img").mkdir(parents=True)
+    rows = []
+    for i in range(12):
+        Image.new("RGB", (16, 16), (255, 0, 0) if i % 2 else (0, 0, 255)).save(folder / "img" / f"{i}.png")
+        rows.append([f"img/{i}.png", "what colour?", "red" if i % 2 else "blue", f"shop{i // 2}"])
+    with open(folder / "data.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["image", "text", "label", "shop"], *rows])
+    dataset = read_csv(folder / "data.csv", image_root=folder, confine=True, group_column="shop")
+    source = DataSource(folder, folder / "data.csv", group_column="shop")
+    registry, jobs = _manager(tmp_path)
+    settings = dict(epochs=1, batch_size=4, freeze=[])
+    jobs.start(OWNER, dataset, source, settings, "grouped", base="base", val_fraction=0.34)
+    status = jobs.wait(OWNER, 240)
+    assert status["state"] == "done", status["message"]
+    assert "split: validation: whole groups of the group column held out (6 groups" in status["plan"]
+    record = json.loads((registry.path("grouped", OWNER) / "config.json").read_text())["training"]
+    assert record["split"]["method"] == "group column" and record["split"]["val_rows"] == 4
+    jobs.close()
+
+
 def _manager(tmp_path, **limits):
     shipped = tmp_path / "shipped"
     if not shipped.exists():

@@ -272,3 +272,39 @@ def test_an_interrupted_job_shows_resume_to_its_owner_and_resume_continues_it(ch
     if record["state"] == "stopped":
         expect(page.locator("#resume-button")).to_be_visible(timeout=30_000)  # stopped: it can go on again
     context.close()
+
+
+@pytest.fixture(scope="module")
+def grouped(tmp_path_factory):
+    """24 pictures from 6 shops (4 each), a CSV image,question,answer,shop and the zip."""
+    folder = tmp_path_factory.mktemp("grouped")
+    (folder / "pics").mkdir()
+    rows = []
+    for i in range(24):
+        colour = (255, 0, 0) if i % 2 else (0, 0, 255)
+        Image.new("RGB", (32, 32), colour).save(folder / "pics" / f"{i}.png")
+        rows.append([f"pics/{i}.png", "which colour is it?", "red" if i % 2 else "blue", f"shop {i // 4}"])
+    with open(folder / "grouped.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["image", "question", "answer", "shop"], *rows])
+    archive = shutil.make_archive(str(folder / "pics"), "zip", root_dir=folder, base_dir="pics")
+    return str(folder / "grouped.csv"), archive
+
+
+def test_a_group_column_picked_on_the_page_makes_the_split_hold_out_whole_groups(chromium, url, grouped):
+    csv_path, archive = grouped
+    context, page = open_tab(chromium, url)
+    page.locator("#csv-upload input[type=file]").set_input_files(csv_path)
+    expect(column(page, "label-column")).to_have_value("answer", timeout=30_000)
+    expect(column(page, "group-column")).to_have_value("(none)")
+    page.locator("#zip-upload input[type=file]").set_input_files(archive)
+    expect(page.locator("#zip-upload").get_by_role("cell", name="pics.zip", exact=True)).to_be_visible(timeout=30_000)
+    page.get_by_role("button", name="Check data").click()
+    report = page.locator("#preflight")
+    expect(report).to_contain_text("whole images held out", timeout=60_000)  # no group column yet
+    column(page, "group-column").click()
+    page.get_by_role("option", name="shop", exact=True).click()
+    expect(column(page, "group-column")).to_have_value("shop")
+    page.get_by_role("button", name="Check data").click()
+    expect(report).to_contain_text("groups (shop): 6", timeout=60_000)
+    expect(report).to_contain_text("whole groups of the group column held out (6 groups")
+    context.close()

@@ -236,16 +236,25 @@ def test_api_page_names_and_types_every_parameter(server):
         "class_weights",
         "owner_token",
         "time_budget_minutes",
+        "group_column",
     ]
     columns = {p["parameter_name"]: p for p in endpoints["/start_finetune"]["parameters"]}
     # a setting left out is the recipe's choice (None), as a CLI flag not given
-    for setting in ("epochs", "learning_rate", "batch_size", "freeze", "class_weights", "time_budget_minutes"):
+    for setting in (
+        "epochs",
+        "learning_rate",
+        "batch_size",
+        "freeze",
+        "class_weights",
+        "time_budget_minutes",
+        "group_column",
+    ):
         assert columns[setting]["parameter_has_default"] and columns[setting]["parameter_default"] is None, setting
     preflight = [p["parameter_name"] for p in endpoints["/preflight"]["parameters"]]
     assert preflight[:5] == ["csv_file", "zip_file", "image_column", "text_column", "label_column"]
     assert preflight[5:] == [
         "start_from", "epochs", "learning_rate", "batch_size", "freeze", "class_weights", "time_budget_minutes",
-        "owner_token",
+        "owner_token", "group_column",
     ]  # fmt: skip
     resume = {p["parameter_name"]: p for p in endpoints["/resume_finetune"]["parameters"]}
     assert list(resume) == ["job", "time_budget_minutes", "owner_token"]
@@ -330,7 +339,13 @@ def test_job_status_line_names_the_phase_and_the_time_left():
 
     status = {"state": "running", "progress": 0.0, "elapsed_s": 12.0, "message": "encode images: 40/150"}
     assert "encode images: 40/150" in status_text(status) and "before the first training step" in status_text(status)
-    status = {**status, "progress": 0.25, "elapsed_s": 100.0, "left_s": 300.0, "message": "epoch 1/4, step 3/10, loss 0.5"}
+    status = {
+        **status,
+        "progress": 0.25,
+        "elapsed_s": 100.0,
+        "left_s": 300.0,
+        "message": "epoch 1/4, step 3/10, loss 0.5",
+    }
     assert "1 min 40 s elapsed" in status_text(status) and "about 5 min 00 s left" in status_text(status)
     assert status_text({**status, "state": "idle", "message": "No fine-tune job has run yet."}) == (
         "No fine-tune job has run yet."
