@@ -18,9 +18,10 @@ def add_make_sort_of_clevr(sub: argparse._SubParsersAction) -> None:
 
 def add_make_real_benchmark(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "make-real-benchmark", help="real-data benchmark CSVs (sklearn digit scans, scikit-image photo patches)"
+        "make-real-benchmark",
+        help="real-data benchmark CSVs (sklearn digit scans, scikit-image photo patches, colour photo crops)",
     )
-    p.add_argument("--kind", choices=("digits", "photo-patches"), required=True)
+    p.add_argument("--kind", choices=("digits", "photo-patches", "photo-crops"), required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--baselines", action="store_true", help="also score pixel baselines (logistic regression, SVM)")
@@ -38,7 +39,11 @@ def _make_sort_of_clevr(args) -> int:
 def _make_real_benchmark(args) -> int:
     from ..datasets import real as realbench
 
-    make = realbench.make_digits if args.kind == "digits" else realbench.make_photo_patches
+    make = {
+        "digits": realbench.make_digits,
+        "photo-patches": realbench.make_photo_patches,
+        "photo-crops": realbench.make_photo_crops,
+    }[args.kind]
     result = make(args.out, seed=args.seed)
     if args.baselines:
         from ..benchmarks.baselines import baselines

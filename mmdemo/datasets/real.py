@@ -10,8 +10,14 @@
   per patch about what is where (which half is brighter, left or right / top or bottom; how
   bright the patch is; how much of it is edge), 9 answers; split by source photo, so no photo
   is in both files.
+- ``photo-crops``: 96x96 colour crops of ten bundled colour photos (eight from scikit-image,
+  scikit-learn's two), each crop maybe turned upside down and maybe made black and white, three
+  questions per crop (what is shown, is it upside down, colour or black and white), 14 answers.
+  Split by part of each photo: training crops come from the left 60 % of its width, test crops
+  from the right 40 %, so what a photo shows can be learnt while no test pixel was seen in
+  training; ``source`` names the photo and the part (``astronaut:left``).
 
-Neither is synthetic: the pixels are real scans and photos; only the questions are templated.
+None is synthetic: the pixels are real scans and photos; only the questions are templated.
 The simple models to compare against are in mmdemo/benchmarks/baselines.py
 (``make-real-benchmark --baselines``).
 """
@@ -23,7 +29,7 @@ import random
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 DIGIT_QUESTIONS = {
     "digit": ("What digit is this?", lambda d: str(d)),
@@ -142,6 +148,106 @@ def make_photo_patches(out: Path, size: int = 32, per_photo: int = 120, test_pho
             Image.fromarray(patch.clip(0, 255).astype(np.uint8), mode="L").save(out / file)
             for qtype, answer in _patch_answers(patch).items():
                 splits["test" if name in test else "train"].append([file, PATCH_QUESTIONS[qtype], answer, qtype, name])
+    return {s: str(_write(out, f"{s}.csv", rows)) for s, rows in splits.items()} | {
+        s + "_rows": len(rows) for s, rows in splits.items()
+    }
+
+
+# the bundled colour photos and what each shows; scikit-image's ``cat`` is chelsea again and
+# ``logo`` has an alpha channel, so neither is here
+COLOUR_PHOTOS = {
+    "astronaut": "astronaut",
+    "chelsea": "cat",
+    "coffee": "coffee",
+    "rocket": "rocket",
+    "hubble_deep_field": "galaxies",
+    "immunohistochemistry": "cells",
+    "retina": "retina",
+    "colorwheel": "colour wheel",
+    "china": "temple",  # scikit-learn's sample images
+    "flower": "flower",
+}
+
+CROP_QUESTIONS = {
+    "subject": "What is shown in this picture?",
+    "upside": "Is the picture upside down?",
+    "colour": "Is this picture in colour or black and white?",
+}
+
+TRAIN_WIDTH = 0.6  # training crops from the left 60 % of each photo, test crops from the rest
+
+
+def _colour_photo(name: str) -> np.ndarray:
+    """(H, W, 3) uint8 from scikit-image's data or scikit-learn's sample images."""
+    if name in ("china", "flower"):
+        from sklearn.datasets import load_sample_image
+
+        image = load_sample_image(f"{name}.jpg")
+    else:
+        from skimage import data
+
+        image = getattr(data, name)()
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"{name} is not an RGB photo: {image.shape}")
+    return image.astype(np.uint8)
+
+
+def _crop_boxes(height: int, width: int, part: str, n: int, rng: np.random.Generator) -> list[tuple[int, int, int]]:
+    """``n`` squares (x, y, side) inside one part of the photo, sides 25-50 % of its shorter
+    side clipped to fit the part, so no square crosses the cut between the parts."""
+    cut = int(width * TRAIN_WIDTH)
+    x0, x1 = (0, cut) if part == "left" else (cut, width)
+    short = min(height, width)
+    boxes = []
+    for _ in range(n):
+        side = int(rng.integers(round(short * 0.25), round(short * 0.5) + 1))
+        side = min(side, x1 - x0, height)
+        x = int(rng.integers(x0, x1 - side + 1))
+        y = int(rng.integers(0, height - side + 1))
+        boxes.append((x, y, side))
+    return boxes
+
+
+def _crop(photo: np.ndarray, box: tuple[int, int, int], size: int, upside: bool, gray: bool) -> Image.Image:
+    x, y, side = box
+    image = Image.fromarray(photo[y : y + side, x : x + side]).resize((size, size), Image.LANCZOS)
+    if upside:
+        image = image.transpose(Image.ROTATE_180)
+    if gray:
+        image = ImageOps.grayscale(image).convert("RGB")  # saved as RGB like the colour crops
+    return image
+
+
+def make_photo_crops(out: Path, size: int = 96, per_photo: tuple[int, int] = (120, 40), seed: int = 0) -> dict:
+    """Crops of the bundled colour photos: ``per_photo`` = (training crops from each photo's
+    left part, test crops from its right part); the same seed writes the same files."""
+    rng = np.random.default_rng(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "images").mkdir(exist_ok=True)
+    splits: dict[str, list] = {"train": [], "test": []}
+    for name, subject in COLOUR_PHOTOS.items():
+        try:
+            photo = _colour_photo(name)
+        except Exception:  # a photo this library version lacks or cannot load offline
+            continue
+        height, width = photo.shape[:2]
+        for split, part, n in (("train", "left", per_photo[0]), ("test", "right", per_photo[1])):
+            for k, box in enumerate(_crop_boxes(height, width, part, n, rng)):
+                upside, gray = bool(rng.random() < 0.5), bool(rng.random() < 0.5)
+                image = _crop(photo, box, size, upside, gray)
+                pixels = np.asarray(image)
+                # the answer is what the saved picture is: a colour crop of a gray region is black and white
+                colour = not (pixels[..., 0] == pixels[..., 1]).all() or not (pixels[..., 1] == pixels[..., 2]).all()
+                file = f"images/{name}_{part}_{k:03d}.png"
+                image.save(out / file)
+                answers = {
+                    "subject": subject,
+                    "upside": "yes" if upside else "no",
+                    "colour": "colour" if colour else "black and white",
+                }
+                for qtype, answer in answers.items():
+                    splits[split].append([file, CROP_QUESTIONS[qtype], answer, qtype, f"{name}:{part}"])
     return {s: str(_write(out, f"{s}.csv", rows)) for s, rows in splits.items()} | {
         s + "_rows": len(rows) for s, rows in splits.items()
     }
