@@ -1,6 +1,7 @@
 """The simple models a user will compare the product against, on a train / test CSV pair such as
 ``make-real-benchmark`` writes: the majority class, and per question text logistic regression
-and an RBF SVM (scikit-learn) on the raw pixels and on frozen EfficientNet-Lite0 features.
+and an RBF SVM (scikit-learn) on the raw pixels (grayscale, or RGB when the images are colour)
+and on frozen EfficientNet-Lite0 features; each with its accuracy per question kind.
 
 ``python -m mmdemo make-real-benchmark --baselines`` prints them with the data set it writes.
 """
@@ -14,13 +15,24 @@ import numpy as np
 from PIL import Image
 
 
-def _pixels(csv_path: Path) -> tuple[list[dict], np.ndarray]:
+def _pixel_mode(*csv_paths: Path) -> str:
+    """Grayscale ("L") when every image is stored so (digits, photo patches), else RGB: reading
+    colour images as gray would erase what a colour question asks about."""
+    for csv_path in map(Path, csv_paths):
+        for r in csv.DictReader(open(csv_path, newline="")):
+            with Image.open(csv_path.parent / r["image"]) as image:
+                if image.mode != "L":
+                    return "RGB"
+    return "L"
+
+
+def _pixels(csv_path: Path, mode: str = "L") -> tuple[list[dict], np.ndarray]:
     rows = list(csv.DictReader(open(csv_path, newline="")))
     cache: dict[str, np.ndarray] = {}
     for r in rows:
         if r["image"] not in cache:
             cache[r["image"]] = (
-                np.asarray(Image.open(csv_path.parent / r["image"]).convert("L"), np.float32).ravel() / 255
+                np.asarray(Image.open(csv_path.parent / r["image"]).convert(mode), np.float32).ravel() / 255
             )
     return rows, np.stack([cache[r["image"]] for r in rows])
 
@@ -52,7 +64,8 @@ def _frozen_features(csv_path: Path, rows: list[dict], image_size: int = 64) -> 
 
 def baselines(train_csv: Path, test_csv: Path, frozen_features: bool = True) -> dict:
     """Majority class, and per question text: logistic regression and an RBF SVM on raw pixels
-    and on frozen image features (accuracy, ECE of their probabilities, seconds)."""
+    (grayscale, or RGB when the images are colour) and on frozen image features (accuracy,
+    accuracy per question kind, ECE of their probabilities, seconds)."""
     import time
 
     from sklearn.linear_model import LogisticRegression
@@ -62,8 +75,9 @@ def baselines(train_csv: Path, test_csv: Path, frozen_features: bool = True) -> 
 
     from ..metrics import expected_calibration_error
 
-    train_rows, pixels_train = _pixels(Path(train_csv))
-    test_rows, pixels_test = _pixels(Path(test_csv))
+    mode = _pixel_mode(Path(train_csv), Path(test_csv))
+    train_rows, pixels_train = _pixels(Path(train_csv), mode)
+    test_rows, pixels_test = _pixels(Path(test_csv), mode)
     labels = [r["label"] for r in train_rows]
     majority = max(set(labels), key=labels.count)
     result = {"majority": {"accuracy": float(np.mean([r["label"] == majority for r in test_rows]))}}
@@ -81,7 +95,7 @@ def baselines(train_csv: Path, test_csv: Path, frozen_features: bool = True) -> 
     for (model_name, make), (input_name, (x_train, x_test)) in ((m, i) for m in models.items() for i in inputs.items()):
         name = f"{model_name}_{input_name}"
         start = time.perf_counter()
-        confidences, hits = [], []
+        confidences, hits, per_question = [], [], {}
         for question in sorted({r["text"] for r in train_rows}):
             tr = [i for i, r in enumerate(train_rows) if r["text"] == question]
             te = [i for i, r in enumerate(test_rows) if r["text"] == question]
@@ -99,8 +113,11 @@ def baselines(train_csv: Path, test_csv: Path, frozen_features: bool = True) -> 
             for i, p, c in zip(te, pred, conf):
                 hits.append(p == test_rows[i]["label"])
                 confidences.append(c)
+            kind = test_rows[te[0]].get("qtype") or question  # the question kind where the CSV names one
+            per_question.setdefault(kind, []).extend(p == test_rows[i]["label"] for i, p in zip(te, pred))
         result[name] = {
             "accuracy": float(np.mean(hits)),
+            "per_question": {kind: float(np.mean(h)) for kind, h in sorted(per_question.items())},
             "ece": expected_calibration_error(confidences, hits),
             "seconds": round(time.perf_counter() - start, 1),
         }
