@@ -1,5 +1,5 @@
 """The command line, ``python -m mmdemo COMMAND``: the parser and ``main``; each command's flags and
-handler live in the module of its group (predict, train, evaluate, data, bench).
+handler live in the module of its group (predict, train, evaluate, audit, data, bench).
 
 Results go to stdout as JSON (one object, on the last line); progress and messages to stderr.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import bench, data, evaluate, predict, train
+from . import audit, bench, data, evaluate, predict, train
 
 # in the order ``python -m mmdemo --help`` lists them
 COMMANDS = (
@@ -18,6 +18,7 @@ COMMANDS = (
     predict.add_export,
     train.add_train,
     evaluate.add_evaluate,
+    audit.add_audit,
     train.add_fit_scope,
     data.add_make_sort_of_clevr,
     data.add_make_real_benchmark,
@@ -25,6 +26,7 @@ COMMANDS = (
     bench.add_stress,
     bench.add_bench_sort_of_clevr,
     bench.add_bench_scope,
+    audit.add_bench_audit,
 )
 
 
