@@ -53,6 +53,13 @@ class Split:
             text = f"validation rows from the validation file ({len(self.val)} rows)"
         elif self.method == "group column":
             text = f"validation: whole groups of the group column held out ({self.groups} groups, {len(self.val)} rows)"
+        elif self.method == "far images":
+            text = (
+                f"validation: the images least like any other held out ({self.groups} groups of images,"
+                f" {len(self.val)} rows)"
+            )
+            if self.merged_images:
+                text += f"; {self.merged_images} near-identical images kept with the image they copy"
         else:
             text = f"validation: whole images held out ({self.groups} groups of images, {len(self.val)} rows)"
             if self.merged_images:
@@ -96,7 +103,21 @@ def make_split(dataset: Dataset, val_dataset: Dataset | None, val_fraction: floa
         group_of = {image: str(leader[image]) for image in images}
         split = _split_groups(examples, group_of, val_fraction, seed)
         split.merged_images = sum(1 for image in images if leader[image] != image)
-    split.close_share = close_share(split)
+        split.close_share = close_share(split)
+        if split.close_share is not None and split.close_share > CLOSE_SHARE:
+            # crops or versions of the same pictures: hold out those least like any other image
+            # instead, as a test on new parts of the pictures would be
+            far = _far_split(examples, images, group_of, val_fraction, seed)
+            far.merged_images, far.method = split.merged_images, "far images"
+            far.close_share = close_share(far)
+            far.notes.append(
+                f"{split.close_share:.0%} of randomly chosen validation images looked close to a training image"
+                " (crops or versions of the same pictures?), so the validation images are those least like any"
+                " other image"
+            )
+            split = far
+    if split.close_share is None:
+        split.close_share = close_share(split)
     if split.close_share is not None and split.close_share > CLOSE_SHARE:
         split.notes.append(
             f"{split.close_share:.0%} of the validation images look close to a training image (crops or versions"
@@ -147,6 +168,48 @@ def _split_groups(examples: list[Example], group_of: dict, fraction: float, seed
     train = [e for e in examples if group_of[e.image] not in val_groups]
     val = [e for e in examples if group_of[e.image] in val_groups]
     return Split(train, val, "image", groups=len(groups))
+
+
+def _far_split(examples: list[Example], images: list[Path], group_of: dict, fraction: float, seed: int) -> Split:
+    """Whole groups held out in the order of how unlike any image of another group they are
+    (the highest thumbnail correlation with one, lowest first; ties in a seeded random order)
+    until ``fraction`` of the rows are: the validation images are then as new to the model as
+    crops from parts of the pictures it never saw (blocked cross-validation's idea for data
+    whose rows are not independent)."""
+    thumbs = _thumbnails(tuple(images))
+    group = np.array([group_of[image] for image in images])
+    nearest = np.full(len(images), -1.0, np.float32)  # each image's highest correlation with another group's
+    for lo in range(0, len(images), 1024):
+        sims = _similarity(thumbs[lo : lo + 1024], thumbs)
+        sims[group[lo : lo + 1024, None] == group[None, :]] = -1.0
+        nearest[lo : lo + 1024] = sims.max(axis=1)
+    likeness: dict = {}
+    for g, value in zip(group, nearest):
+        likeness[g] = max(likeness.get(g, -1.0), float(value))
+    rng = random.Random(seed)
+    order = sorted(likeness, key=lambda g: (round(likeness[g], 2), rng.random()))
+    # within each kind of group (the answers its rows carry), so every answer keeps its share of
+    # the validation rows; one kind when nearly every group is a kind of its own
+    answers: dict = {}
+    for e in examples:
+        answers.setdefault(group_of[e.image], set()).add(e.label)
+    kind = {g: frozenset(a) for g, a in answers.items()}
+    if len(set(kind.values())) > len(kind) / 3:
+        kind = dict.fromkeys(kind, frozenset())
+    sizes = Counter(group_of[e.image] for e in examples)
+    rows_of_kind = Counter()
+    for g, n in sizes.items():
+        rows_of_kind[kind[g]] += n
+    val_groups, held = set(), Counter()
+    for g in order:
+        if held[kind[g]] + sizes[g] / 2 <= fraction * rows_of_kind[kind[g]]:
+            val_groups.add(g)
+            held[kind[g]] += sizes[g]
+    if not val_groups or len(val_groups) == len(order):  # too few groups to choose from: the farthest one
+        val_groups = {order[0]}
+    train = [e for e in examples if group_of[e.image] not in val_groups]
+    val = [e for e in examples if group_of[e.image] in val_groups]
+    return Split(train, val, "far images", groups=len(likeness))
 
 
 @functools.lru_cache(maxsize=65536)

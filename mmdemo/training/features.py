@@ -113,7 +113,7 @@ class Encoded:
         # stage 2: the image encoder's output below its ``top`` trained blocks, per copy
         self.top = 0
         self.below: torch.Tensor | None = None  # (V, N_img, C, h, w)
-        self.views = IDENTITY.expand(1, len(self.pixels), 4)  # (V, N_img, [dx, dy, gain, bias])
+        self.views = IDENTITY.expand(1, len(self.pixels), len(IDENTITY))  # (V, N_img, augment.PARAMS)
         self.view = torch.zeros(len(self.pixels), dtype=torch.long)  # the copy each image shows now
 
     def cache_below(
@@ -124,14 +124,15 @@ class Encoded:
         device: torch.device,
         progress: Progress,
     ) -> None:
-        """Stage 2: compute once what lies below the image encoder's ``top`` trained blocks, for
-        every image and (with ``settings``' augmentation) its augmented copies."""
+        """Compute once what lies below the image encoder's ``top`` trained blocks, for every
+        image and (with ``settings``' augmentation) its augmented copies: stage 2's input, or
+        with ``top`` 0 the frozen encoder's whole output for an augmented stage 1."""
         config = model.config
         if settings is not None and settings.augment_views > 1:
             generator = torch.Generator().manual_seed(settings.seed + 2)  # the same copies after a resume
             self.views = augment_views(len(self.pixels), settings, generator)
         else:
-            self.views = IDENTITY.expand(1, len(self.pixels), 4)
+            self.views = IDENTITY.expand(1, len(self.pixels), len(IDENTITY))
         self.top, self.features, self.view = top, None, torch.zeros(len(self.pixels), dtype=torch.long)
         model.eval()
         copies = []

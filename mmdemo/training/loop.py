@@ -122,6 +122,8 @@ def train(
     progress({"stage": "prepare", "message": f"preparing {len(train_examples)} training rows"})
     train_enc = Encoded(model, train_examples, device, progress, ctx, should_stop)
     val_enc = Encoded(model, val_examples, device, progress, ctx, should_stop) if val_examples else None
+    if settings.stage1_augment and settings.augment_views > 1 and "image_encoder" in settings.freeze:
+        train_enc.cache_below(model, 0, settings, device, progress)  # each copy through the frozen encoder once
     targets = torch.tensor([label_index[e.label] for e in train_examples])
     val_targets = torch.tensor([label_index.get(e.label, -1) for e in val_examples])
     prepare_seconds = time.perf_counter() - start_time
@@ -261,7 +263,7 @@ class _Loop:
             return
         for epoch in range(first, last + 1):
             epoch_start = time.perf_counter()
-            if self.stage == 2:
+            if len(self.train_enc.views) > 1:  # augmented copies: one of each image this epoch
                 self.train_enc.draw_views(self.generator)
             totals = _train_epoch(
                 model, self.train_enc, self.targets, self.weight, optimizer, scheduler, params, self.generator,

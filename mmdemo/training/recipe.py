@@ -63,8 +63,28 @@ STAGE2_BLOCKS = 3  # the last stage of the stride-16 encoder (blocks 8-10: 80 ->
 # questions with these words are about brightness or colour: no colour jitter then
 COLOUR_WORDS = frozenset(
     "bright brighter brightest brightness dark darker darkest light lighter colour color colours colors coloured"
-    " colored red green blue yellow orange purple pink brown black white grey gray shade shaded".split()
+    " colored red green blue yellow orange purple pink brown black white grey gray greyscale grayscale monochrome"
+    " shade shaded".split()
 )
+# ... about left and right, mirrors or writing: never mirrored then
+DIRECTION_WORDS = frozenset(
+    "left right leftmost rightmost mirror mirrored flipped flip reversed text letter letters word words written"
+    " writing read digit digits number numbers sign clockwise anticlockwise counterclockwise east west".split()
+)
+# ... about sharpness, focus or texture: never blurred then
+SHARPNESS_WORDS = frozenset(
+    "sharp sharpness blur blurred blurry focus focused unfocused crisp detail detailed texture textured smooth"
+    " noise noisy grain grainy quality resolution pixelated".split()
+)
+# ... about size, position, counts or the whole frame: never zoomed then
+SIZE_WORDS = frozenset(
+    "size big bigger biggest small smaller smallest large larger largest tiny huge many count number close"
+    " closer far zoom zoomed whole entire edge edges corner corners border frame centre center cropped".split()
+)
+PHOTO_ZOOM = 0.6  # a zoomed copy of a photo keeps a part 60..100 % of its side
+PHOTO_BLUR = 1.0  # pixels of blur at 128 px, at most (scaled with the image size)
+STAGE1_VIEWS = 4  # augmented copies of each photo for stage 1, at most ...
+STAGE1_VIEW_SHARE = 0.3  # ... and as many as encoding them once costs of the budget
 
 
 @dataclass
@@ -244,11 +264,14 @@ def choose(
         cpu_threads=threads,
     )
     _choose_stage2(settings, pick, data, overrides, init_config or config, image_size, regions, speed)
+    _choose_augmentation(settings, pick, data, overrides, image_size, budget_s, speed)
     for name in sorted(SETTING_NAMES & set(overrides) - set(choices)):
         setattr(settings, name, pick(name, overrides[name], ""))
     estimate = estimate_seconds(data, image_size, regions, settings.epochs, settings.freeze, speed)
     if settings.stage2_blocks:
         estimate += stage2_seconds(data, image_size, regions, settings, speed)
+    if settings.stage1_augment:  # each further copy through the encoder once
+        estimate += (settings.augment_views - 1) * encode_seconds(data, image_size, speed)
     return Recipe(settings, config, choices, min(estimate, budget_s))
 
 
@@ -293,14 +316,80 @@ def _choose_stage2(
     settings.stage2_patience = pick(
         "stage2_patience", 3, "stop stage 2 after 3 epochs that do not beat the best so far"
     )
-    views = 4 if image_size <= 128 else 2
-    settings.augment_views = pick(
-        "augment_views",
-        views,
-        f"{views} copies of each training image (the first as it is), encoded once below the trained blocks",
+    stage1 = estimate_seconds(data, image_size, regions, 2, settings.freeze, speed) - estimate_seconds(
+        data, image_size, regions, 1, settings.freeze, speed
     )
-    settings.augment_shift = pick(
-        "augment_shift", 0.06, "shifted by up to 6 % of the side; never flipped (flips swap left and right, and digits)"
+    stage2 = stage2_epoch_seconds(data, image_size, regions, settings.stage2_blocks, speed)
+    settings.stage2_cost = round(stage2 / stage1, 2)
+
+
+def _choose_augmentation(
+    settings: TrainSettings, pick, data: DataProfile, overrides: dict, image_size: int, budget_s: float, speed: Speed
+):
+    """Augmented copies of the training images: stage 2 trains on them; on photos stage 1 does
+    too (a model that saw only the parts of a picture it was given learns those parts by heart:
+    zoomed-in parts, mirrored and blurred copies show it the same things framed otherwise). Each
+    change only where no question is about what it changes (augment.py)."""
+    photos = data.image_side > 48
+    frozen = "image_encoder" in settings.freeze and "freeze" not in overrides
+    stage1 = pick(
+        "stage1_augment",
+        photos and frozen,
+        "photos: stage 1 trains on augmented copies too, each encoded once by the frozen encoder"
+        if photos and frozen
+        else ("small images: stage 1 trains on the images as they are" if frozen else "the image encoder trains"),
+    )
+    settings.stage1_augment = stage1
+    if not settings.stage2_blocks and not stage1:
+        return
+    if stage1:
+        per_view = encode_seconds(data, image_size, speed)
+        views = max(2, min(STAGE1_VIEWS, int(STAGE1_VIEW_SHARE * budget_s / max(per_view, 1e-6))))
+        why = (
+            f"{views} copies of each training image (the first as it is), each encoded once (about"
+            f" {format_seconds(per_view)} a copy here, at most {STAGE1_VIEW_SHARE:.0%} of the budget)"
+        )
+    else:
+        views = 4 if image_size <= 128 else 2
+        why = f"{views} copies of each training image (the first as it is), encoded once below the trained blocks"
+    settings.augment_views = pick("augment_views", views, why)
+    settings.augment_shift = pick("augment_shift", 0.06, "shifted by up to 6 % of the side")
+    zoom_words = sorted(data.words & SIZE_WORDS)
+    settings.augment_zoom = pick(
+        "augment_zoom",
+        1.0 if zoom_words or not photos else PHOTO_ZOOM,
+        f"not zoomed: the questions ask about {', '.join(zoom_words[:4])}"
+        if zoom_words
+        else (
+            f"zoomed in on a random part of {PHOTO_ZOOM:.0%}..100 % of the side: the same things framed otherwise"
+            if photos
+            else "not zoomed: small images have little to spare"
+        ),
+    )
+    mirror_words = sorted(data.words & DIRECTION_WORDS)
+    settings.augment_mirror = pick(
+        "augment_mirror",
+        photos and not mirror_words,
+        f"never mirrored: the questions ask about {', '.join(mirror_words[:4])}"
+        if mirror_words
+        else (
+            "half the copies mirrored left to right: no question is about left, right or writing"
+            if photos
+            else "never mirrored: small images are often digits or letters, which a mirror changes"
+        ),
+    )
+    sharp_words = sorted(data.words & SHARPNESS_WORDS)
+    blur = round(PHOTO_BLUR * image_size / 128, 2)
+    settings.augment_blur = pick(
+        "augment_blur",
+        blur if photos and not sharp_words else 0.0,
+        f"never blurred: the questions ask about {', '.join(sharp_words[:4])}"
+        if sharp_words
+        else (
+            f"half the copies blurred by up to {blur:g} px: no question is about sharpness or texture"
+            if photos
+            else "never blurred: small images have little detail to spare"
+        ),
     )
     touched = sorted(data.words & COLOUR_WORDS)
     settings.augment_colour = pick(
@@ -310,11 +399,6 @@ def _choose_stage2(
         if touched
         else "brightness and contrast jittered by up to 20 %: no question is about brightness or colour",
     )
-    stage1 = estimate_seconds(data, image_size, regions, 2, settings.freeze, speed) - estimate_seconds(
-        data, image_size, regions, 1, settings.freeze, speed
-    )
-    stage2 = stage2_epoch_seconds(data, image_size, regions, settings.stage2_blocks, speed)
-    settings.stage2_cost = round(stage2 / stage1, 2)
 
 
 def cpu_threads(cores: int | None = None, load: float | None = None, busy: float | None = None) -> tuple[int, str]:
@@ -438,6 +522,11 @@ def machine_speed(threads: int | None = None) -> Speed:
     than its estimate."""
     probe = probe_ms(threads)
     return Speed(probe.encoder_ms / REFERENCE_PROBE.encoder_ms, probe.fusion_ms / REFERENCE_PROBE.fusion_ms)
+
+
+def encode_seconds(data: DataProfile, image_size: int, speed: Speed = REFERENCE) -> float:
+    """The image encoder once over every image."""
+    return speed.encoder * ENCODE_MS_224 * (image_size / 224) ** 2 * data.images / 1000
 
 
 def regions_for(image_size: int, stride: int) -> int:

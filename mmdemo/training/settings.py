@@ -45,12 +45,19 @@ class TrainSettings:
     layer_decay: float = 0.5  # ... and each block below it layer_decay times less
     stage2_patience: int = 3
     stage2_cost: float = 1.0  # one stage-2 epoch takes this many stage-1 epochs (the recipe's estimate)
-    # stage 2's augmentation: ``augment_views`` copies of each training image (the first as it
-    # is), shifted by up to ``augment_shift`` of the side, brightness and contrast jittered by
-    # up to ``augment_colour``; never flipped
+    # augmentation: ``augment_views`` copies of each training image (the first as it is; see
+    # augment.py), shifted by up to ``augment_shift`` of the side, zoomed in on a part whose side
+    # is ``augment_zoom``..1 of the whole, mirrored (``augment_mirror``), blurred by up to
+    # ``augment_blur`` pixels, brightness and contrast jittered by up to ``augment_colour``.
+    # Stage 2 trains on them; stage 1 too with ``stage1_augment`` (each copy encoded once by the
+    # frozen encoder, an epoch showing one copy of each image)
     augment_views: int = 1
     augment_shift: float = 0.0
     augment_colour: float = 0.0
+    augment_zoom: float = 1.0
+    augment_mirror: bool = False
+    augment_blur: float = 0.0
+    stage1_augment: bool = False
 
 
 @dataclass

@@ -125,3 +125,37 @@ def test_distinct_pictures_are_not_flagged(tmp_path):
     split = make_split(read_csv(_write(tmp_path, rows)), None, 0.2, seed=0)
     assert split.close_share is not None and split.close_share <= 0.3
     assert "look close" not in split.describe()
+
+
+def test_crops_of_the_same_pictures_hold_out_those_least_like_the_rest(tmp_path):
+    """Many overlapping crops from one part of each picture and a few from far-off parts: the
+    split holds out the far-off ones (as new parts of the pictures would be), every picture's
+    answer keeps its share of the validation rows, and it says how it chose them."""
+    rows, far = [], set()
+    for picture in range(4):
+        big = _photo(200 + picture, side=320)
+        for k in range(24):  # one part: neighbours a few pixels apart
+            x, y = 4 * (k % 6), 4 * (k // 6)
+            big.crop((x, y, x + 128, y + 128)).save(tmp_path / f"{picture}_near{k}.png")
+            rows.append([f"{picture}_near{k}.png", "what is it?", str(picture), ""])
+        for k in range(4):  # far-off parts, apart from each other too
+            x, y = 190 - 60 * (k % 2), 190 - 60 * (k // 2)
+            big.crop((x, y, x + 128, y + 128)).save(tmp_path / f"{picture}_far{k}.png")
+            rows.append([f"{picture}_far{k}.png", "what is it?", str(picture), ""])
+            far.add(f"{picture}_far{k}.png")
+    dataset = read_csv(_write(tmp_path, rows))
+    split = make_split(dataset, None, 0.1, seed=0)
+    assert split.method == "far images"
+    held = {e.image.name for e in split.val}
+    assert held and held <= far
+    assert {e.label for e in split.val} == {"0", "1", "2", "3"}
+    assert "least like any other" in split.describe() and "looked close to a training image" in split.describe()
+    assert [e.row for e in make_split(dataset, None, 0.1, seed=0).val] == [e.row for e in split.val]
+
+
+def test_distinct_pictures_keep_the_random_split(tmp_path):
+    rows = []
+    for i in range(30):
+        _photo(i).save(tmp_path / f"{i}.png")
+        rows.append([f"{i}.png", "what is it?", "a" if i % 2 else "b", ""])
+    assert make_split(read_csv(_write(tmp_path, rows)), None, 0.2, seed=0).method == "image"

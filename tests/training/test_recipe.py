@@ -186,6 +186,65 @@ def test_augmentation_keeps_the_meaning_of_the_questions():
     assert "brighter" in choose(patches).choices["augment_colour"]["why"]
 
 
+def _words(text: str) -> frozenset:
+    return frozenset(text.lower().replace("?", " ").replace(",", " ").split())
+
+
+def test_photos_train_on_augmented_copies_that_keep_the_answers():
+    crops = DataProfile(3600, 1200, 3, {"a": 1, "b": 1}, 96, 1.0, _words(
+        "What is shown in this picture? Is the picture upside down? Is this picture in colour or black and white?"
+    ))  # fmt: skip
+    settings = choose(crops).settings
+    assert settings.stage1_augment and settings.augment_views > 1
+    assert settings.augment_zoom < 1 and settings.augment_mirror and settings.augment_blur > 0
+    assert settings.augment_colour == 0  # a question is about colour
+    # each change stays off where a question is about what it changes
+    lr = DataProfile(3600, 1200, 3, {"a": 1, "b": 1}, 96, 1.0, _words("Is the dog on the left or the right?"))
+    sharp = DataProfile(3600, 1200, 3, {"a": 1, "b": 1}, 96, 1.0, _words("Is the photo sharp or blurry?"))
+    count = DataProfile(3600, 1200, 3, {"a": 1, "b": 1}, 96, 1.0, _words("How many cars are there?"))
+    assert not choose(lr).settings.augment_mirror and "left" in choose(lr).choices["augment_mirror"]["why"]
+    assert choose(sharp).settings.augment_blur == 0 and "sharp" in choose(sharp).choices["augment_blur"]["why"]
+    assert choose(count).settings.augment_zoom == 1 and "many" in choose(count).choices["augment_zoom"]["why"]
+    assert choose(lr).settings.augment_colour > 0
+    # small scans (digits) train stage 1 on the images as they are, and are never mirrored
+    digits = choose(_profile(side=8)).settings
+    assert not digits.stage1_augment and not digits.augment_mirror and digits.augment_zoom == 1
+    # explicit choices win
+    assert not choose(crops, overrides={"stage1_augment": False}).settings.stage1_augment
+    assert choose(crops, overrides={"augment_views": 2}).settings.augment_views == 2
+    # the copies' encoding is in the estimate, within the budget
+    with_copies = choose(crops, 36000, speed=REFERENCE).estimate_s
+    assert with_copies > choose(crops, 36000, {"stage1_augment": False}, speed=REFERENCE).estimate_s
+
+
+def test_zoomed_mirrored_and_blurred_copies():
+    import torch
+
+    from mmdemo.training.augment import IDENTITY, PARAMS, augment, augment_views
+
+    pixels = torch.zeros(1, 3, 16, 16, dtype=torch.uint8)
+    pixels[..., :, :4] = 200  # a bright band along the left edge
+    one = dict(zip(PARAMS, IDENTITY.tolist()))
+    mirrored = augment(pixels, torch.tensor([list((one | {"mirror": 1.0}).values())]))
+    assert mirrored[..., 12:].mean() > 150 and mirrored[..., :4].mean() < 50  # the band is on the right
+    zoomed = augment(pixels, torch.tensor([list((one | {"zoom": 0.5, "dx": 0.25}).values())]))
+    assert zoomed[..., :7].mean() > 150  # the left half blown up (its band to the left half)
+    blurred = augment(pixels, torch.tensor([list((one | {"blur": 1.5}).values())]))
+    edge = lambda x: (x[..., 1:] - x[..., :-1]).abs().max()  # noqa: E731
+    assert edge(blurred) < 0.6 * edge(pixels.float()) and abs(blurred.mean() - pixels.float().mean()) < 2
+    settings = TrainSettings(augment_views=64, augment_zoom=0.6, augment_mirror=True, augment_blur=1.0)
+    views = augment_views(3, settings, torch.Generator().manual_seed(0))
+    zoom, mirror, blur = views[1:, :, 4], views[1:, :, 5], views[1:, :, 6]
+    assert torch.equal(views[0], IDENTITY.expand(3, -1))
+    assert zoom.min() >= 0.6 and zoom.max() <= 1 and 0.3 < mirror.mean() < 0.7 and blur.max() <= 1.0
+    # a zoomed part stays inside the image: its centre moves at most (1 - zoom) / 2 (+ the shift, 0 here)
+    assert (views[1:, :, :2].abs() <= ((1 - zoom) / 2)[..., None] + 1e-6).all()
+    assert (
+        not TrainSettings().augment_mirror
+        and augment_views(3, TrainSettings(augment_views=4), torch.Generator())[..., 5].sum() == 0
+    )
+
+
 def test_augmented_copies_shift_and_jitter_but_never_flip():
     import torch
 

@@ -3,6 +3,7 @@ as the same run left alone; the state is safetensors + JSON beside (not inside) 
 the CLI and the app's job runner write the same training record."""
 
 import json
+from dataclasses import replace
 
 import torch
 
@@ -128,3 +129,27 @@ def test_resume_across_stages_matches_an_uninterrupted_run(sixteen_rows, tmp_pat
     assert a.config.image_tuned_blocks == b.config.image_tuned_blocks
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(p, q), name
+
+
+def test_an_augmented_stage_1_resumes_exactly_and_trains_on_the_copies(sixteen_rows, tmp_path):  # noqa: F811
+    """Stage 1 on zoomed, mirrored and blurred copies (each encoded once): stopped after an epoch
+    and resumed, the same weights as one run; and not the weights of a run on the images as they are."""
+    ds = read_csv(sixteen_rows)
+    settings = TrainSettings(
+        epochs=3, batch_size=4, lr=3e-3, freeze=["image_encoder", "text_encoder"], stage1_augment=True,
+        augment_views=3, augment_zoom=0.6, augment_mirror=True, augment_blur=1.0,
+    )  # fmt: skip
+    config = tiny_config(image_encoder="efficientnet_lite0", frozen=["image_encoder", "text_encoder"])
+    request = lambda out, s=settings: FinetuneRequest(ds, out, s, val_dataset=ds, config=config)  # noqa: E731
+    full = finetune(request(tmp_path / "full"))
+    epochs = []
+    count = lambda e: epochs.append(e) if e["stage"] == "epoch" else None  # noqa: E731
+    finetune(request(tmp_path / "cut"), progress=count, should_stop=lambda: len(epochs) >= 1)
+    resumed = resume(tmp_path / "cut")
+    assert [h["train_loss"] for h in resumed.record["history"]] == [h["train_loss"] for h in full.record["history"]]
+    assert resumed.record["settings"]["stage1_augment"] and resumed.record["settings"]["augment_mirror"]
+    a, b = load_checkpoint(tmp_path / "full"), load_checkpoint(tmp_path / "cut")
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(p, q), name
+    plain = finetune(request(tmp_path / "plain", replace(settings, stage1_augment=False)))
+    assert [h["train_loss"] for h in plain.record["history"]] != [h["train_loss"] for h in full.record["history"]]
