@@ -26,6 +26,7 @@ COMMANDS = (
     bench.add_stress,
     bench.add_bench_sort_of_clevr,
     bench.add_bench_scope,
+    bench.add_bench_train,
     audit.add_bench_audit,
 )
 

@@ -1,6 +1,6 @@
 """The developer benchmarks: ``bench`` (a checkpoint's speed), ``bench-app`` (the app over HTTP, or
 /predict's stages), ``stress`` (the shared-server load test), ``bench-sort-of-clevr`` and
-``bench-scope``. Each prints its figures as one JSON object on the last stdout line; the code that
+``bench-scope``, ``bench-train`` (training steps on cached features). Each prints its figures as one JSON object on the last stdout line; the code that
 measures is in mmdemo/benchmarks/."""
 
 from __future__ import annotations
@@ -75,6 +75,33 @@ def add_bench_scope(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--images", type=int, default=100)
     p.add_argument("--seed", type=int, default=4242)
     p.set_defaults(func=_bench_scope)
+
+
+def add_bench_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench-train", help="training speed on cached features: samples/s of a training step at each image size"
+    )
+    p.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 224], help="image sizes in pixels")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--steps", type=int, default=20, help="timed steps per size (the median is reported)")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    p.set_defaults(func=_bench_train)
+
+
+def _bench_train(args) -> int:
+    import os
+
+    from ..benchmarks.training_speed import step_samples_per_s
+
+    figures = []
+    for size in args.sizes:
+        if not 16 <= size <= 1024:
+            raise ValueError(f"--sizes: {size} px is outside 16..1024")
+        figures.append(step_samples_per_s(size, args.batch_size, args.steps, args.threads))
+        print(f"{size} px: {figures[-1]['samples_per_s']} samples/s", file=sys.stderr)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    print(json.dumps({"load_average": load, "sizes": figures}))
+    return 0
 
 
 def _bench(args) -> int:
