@@ -20,6 +20,7 @@ from ``python -m mmdemo bench-audit`` (docs/audit.md, docs/benchmarks.md).
 from __future__ import annotations
 
 import csv
+import math
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -35,7 +36,7 @@ from ..datasets.csv_table import Dataset, Example, check_trainable
 from ..training.features import Encoded
 from ..training.settings import Progress, Stopped
 from .confident import find_label_issues
-from .duplicates import content_hash, near_pairs, nearest, same_content, unit_rows
+from .duplicates import content_hash, near_pairs, nearest, same_content, standardise, unit_rows
 from .folds import assign_folds, sources
 
 ISSUES = ("duplicate", "label", "leak", "mismatch", "near_duplicate", "outlier")  # the order of audit.csv
@@ -48,7 +49,9 @@ FREE_FORM = ""  # the question group of texts asked fewer than min_question_rows
 class AuditSettings:
     folds: int = 5
     rounds: int = 2  # the second trains without the rows the first flagged
+    ensembles: int = 2  # fold assignments whose out-of-fold probabilities are averaged
     epochs: int = 30
+    min_steps: int = 200  # more epochs for a small data set, so its head is not left untrained
     hidden: int = 256
     dropout: float = 0.5  # strong: a head that cannot memorise a wrong label judges it better
     weight_decay: float = 0.01
@@ -189,8 +192,8 @@ def run_audit(
 
     findings: list[Finding] = []
     keys = sources(examples, copies)
-    folds = assign_folds(keys, settings.folds, settings.seed)
-    labels = _label_findings(examples, encoded, image_features, text_features, folds, settings, report, stop, written)
+    assign_folds(keys, settings.folds, settings.seed)  # ValueError before any training when too few sources
+    labels = _label_findings(examples, encoded, image_features, text_features, keys, settings, report, stop, written)
     findings += labels
     phase_done("labels", f"{len(labels):,} rows whose label looks wrong")
 
@@ -267,25 +270,39 @@ class QuestionClasses:
 
 
 def _label_findings(
-    examples, encoded, image_features, text_features, folds, settings: AuditSettings, report, stop, written
+    examples, encoded, image_features, text_features, keys, settings: AuditSettings, report, stop, written
+) -> list[Finding]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a small head: threads that wait for each other on busy cores cost more than they give
+    try:
+        return _judge_labels(examples, encoded, image_features, text_features, keys, settings, report, stop, written)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _judge_labels(
+    examples, encoded, image_features, text_features, keys, settings: AuditSettings, report, stop, written
 ) -> list[Finding]:
     classes = QuestionClasses(examples, settings.min_question_rows)
     image_rows = encoded.rows_image.numpy()
     inputs_text = text_features[encoded.rows_text]  # (N, E)
     excluded = np.zeros(len(examples), bool)
-    total = settings.rounds * settings.folds
+    total, done = settings.rounds * settings.ensembles * settings.folds, 0
     for r in range(settings.rounds):
         probs = np.zeros(classes.allowed.shape)
-        for f in range(settings.folds):
-            test_rows = folds == f
-            train_rows = ~test_rows & ~excluded
-            probs[test_rows] = _fit_predict(
-                image_features, image_rows, inputs_text, classes, train_rows, test_rows, settings, seed=100 * r + f
-            )
-            done = r * settings.folds + f + 1
-            report({"stage": "label folds", "done": done, "total": total})
-            if done < total and stop():
-                raise Stopped(f"audit stopped while judging labels (fold {done}/{total}); nothing was written")
+        for m in range(settings.ensembles):  # other folds each time: the mean is steadier than one split's
+            folds = assign_folds(keys, settings.folds, settings.seed + m)
+            for f in range(settings.folds):
+                test_rows = folds == f
+                train_rows = ~test_rows & ~excluded
+                probs[test_rows] += _fit_predict(
+                    image_features, image_rows, inputs_text, classes, train_rows, test_rows, settings,
+                    seed=100 * r + 10 * m + f,
+                ) / settings.ensembles  # fmt: skip
+                done += 1
+                report({"stage": "label folds", "done": done, "total": total})
+                if done < total and stop():
+                    raise Stopped(f"audit stopped while judging labels (fold {done}/{total}); nothing was written")
         found = find_label_issues(probs, classes.given, classes.allowed)
         excluded = found.issue
     out = []
@@ -309,10 +326,9 @@ def _fit_predict(
 ) -> np.ndarray:
     """Train the head on ``train_rows`` and return the probabilities of ``test_rows`` (each row's
     over its question's answers). Image features are standardised with the training fold's."""
-    train_images = np.unique(image_rows[train_rows])
-    mean = image_features[train_images].mean(0)
-    std = image_features[train_images].std(0) + 1e-6
-    x = torch.cat([((image_features - mean) / std)[torch.from_numpy(image_rows)], text_rows], 1)  # (N, D + E)
+    train_images = torch.from_numpy(np.unique(image_rows[train_rows]))
+    scaled = standardise(image_features, image_features[train_images])
+    x = torch.cat([scaled[torch.from_numpy(image_rows)], text_rows], 1)  # (N, D + E)
     y = torch.from_numpy(classes.given)
     allowed = torch.from_numpy(classes.allowed)
     generator = torch.Generator().manual_seed(settings.seed * 1000 + seed)
@@ -327,7 +343,8 @@ def _fit_predict(
     optimizer = torch.optim.AdamW(head.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     train_index = torch.from_numpy(np.flatnonzero(train_rows))
     head.train()
-    for _ in range(settings.epochs):
+    epochs = max(settings.epochs, math.ceil(settings.min_steps / math.ceil(len(train_index) / settings.batch_size)))
+    for _ in range(epochs):
         order = train_index[torch.randperm(len(train_index), generator=generator)]
         for start in range(0, len(order), settings.batch_size):
             batch = order[start : start + settings.batch_size]
@@ -367,9 +384,7 @@ def _leaks(images, hashes, unit, features, test: Dataset, model, device, setting
             found[leader] = (test_first[image], 0.95)
     encoded = Encoded(model, test.examples, device, report, should_stop=stop)
     test_features = _pooled(encoded.features)[[encoded.image_index[i] for i in test_images]]
-    # the test features standardised as the training ones were, so the cosines compare
-    mean, std = features.mean(0), features.std(0) + 1e-6
-    test_unit = F.normalize((test_features - mean) / std, dim=1)
+    test_unit = unit_rows(test_features, features)  # standardised as the training ones, so the cosines compare
     values, indices = nearest(test_unit, unit, exclude_self=False)
     for t, image in enumerate(test_images):
         train_image = images[int(indices[t, 0])]

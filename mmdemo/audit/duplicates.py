@@ -41,11 +41,19 @@ def same_content(images: list[Path], hashes: dict[Path, str]) -> dict[Path, Path
     return other
 
 
-def unit_rows(features: torch.Tensor) -> torch.Tensor:
-    """Features standardised per dimension, then scaled to unit length: a dot product is a
-    cosine that no single large channel dominates."""
-    z = (features - features.mean(0)) / (features.std(0) + 1e-6) if len(features) > 1 else features
-    return torch.nn.functional.normalize(z, dim=1)
+def standardise(features: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """``features`` scaled per dimension by ``reference``'s mean and standard deviation, the
+    deviation floored at a tenth of the mean one: a dimension that hardly varies in the
+    reference (a ReLU channel that is zero for nearly every image) must not blow a small
+    difference up into thousands."""
+    mean, std = reference.mean(0), reference.std(0) if len(reference) > 1 else torch.ones(reference.shape[1])
+    return (features - mean) / std.clamp(min=0.1 * float(std.mean()) + 1e-6)
+
+
+def unit_rows(features: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
+    """Features standardised (by ``reference``'s statistics, default their own), then scaled to
+    unit length: a dot product is a cosine that no single large channel dominates."""
+    return torch.nn.functional.normalize(standardise(features, features if reference is None else reference), dim=1)
 
 
 def nearest(a: torch.Tensor, b: torch.Tensor, exclude_self: bool, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:

@@ -106,7 +106,9 @@ def _progress():
 
 def _bench_audit(args) -> int:
     from ..benchmarks.audit import audit_benchmark
+    from ..training.recipe import cpu_threads
 
+    _set_threads(cpu_threads()[0])
     result = audit_benchmark(
         args.workdir, args.rates, args.duplicates, args.seed, args.train_minutes, args.train_rate, log=_progress()
     )
