@@ -95,3 +95,19 @@ def test_fewer_images_than_folds_is_a_clear_error(tmp_path, tiny_checkpoint):
     dataset = read_csv(write_scans(tmp_path, n=3))
     with pytest.raises(ValueError, match="3 distinct images; the audit needs at least 5"):
         run_audit(dataset, checkpoint=tiny_checkpoint, device="cpu")
+
+
+def test_an_image_far_from_all_others_is_the_one_outlier(tmp_path):
+    import torch
+
+    from mmdemo.audit.core import _outliers
+    from mmdemo.audit.duplicates import unit_rows
+
+    torch.manual_seed(0)
+    kinds = torch.randn(4, 32)
+    features = kinds[torch.arange(40) % 4] + 0.2 * torch.randn(40, 32)  # four kinds of image ...
+    features[17] = 2 * torch.randn(32)  # ... and one like none of them
+    images = [tmp_path / f"{i}.png" for i in range(40)]
+    found = _outliers(images, unit_rows(features), set(), AuditSettings())
+    assert list(found) == [images[17]] and found[images[17]] >= AuditSettings().outlier_z
+    assert _outliers(images, unit_rows(features), {images[17]}, AuditSettings()) == {}
