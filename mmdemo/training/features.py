@@ -123,10 +123,13 @@ class Encoded:
         settings: TrainSettings | None,
         device: torch.device,
         progress: Progress,
+        should_stop: Callable[[], bool] | None = None,
     ) -> None:
         """Compute once what lies below the image encoder's ``top`` trained blocks, for every
         image and (with ``settings``' augmentation) its augmented copies: stage 2's input, or
-        with ``top`` 0 the frozen encoder's whole output for an augmented stage 1."""
+        with ``top`` 0 the frozen encoder's whole output for an augmented stage 1.
+        ``should_stop`` is asked between chunks (before the first training step only: it
+        raises ``Stopped``)."""
         config = model.config
         if settings is not None and settings.augment_views > 1:
             generator = torch.Generator().manual_seed(settings.seed + 2)  # the same copies after a resume
@@ -143,8 +146,13 @@ class Encoded:
                     index = torch.arange(start, min(start + 64, len(self.pixels)))
                     px = normalize_pixels(augment(self.pixels[index], params[index]), config).to(device)
                     chunks.append(model.image_encoder.forward_below(px, top).float().cpu())
-                    progress({"stage": "encode images", "done": v * len(self.pixels) + start + len(px),
-                              "total": len(self.views) * len(self.pixels)})  # fmt: skip
+                    done, total = v * len(self.pixels) + start + len(px), len(self.views) * len(self.pixels)
+                    progress({"stage": "encode images", "done": done, "total": total})
+                    if should_stop is not None and done < total and should_stop():
+                        raise Stopped(
+                            f"stopped while preparing the data (augmented copies {done:,}/{total:,}), before the"
+                            " first training step; nothing was saved"
+                        )
                 copies.append(torch.cat(chunks))
         self.below = torch.stack(copies)
 

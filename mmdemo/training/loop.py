@@ -120,10 +120,15 @@ def train(
     model.to(device)
     label_index = {label: i for i, label in enumerate(model.config.labels)}
     progress({"stage": "prepare", "message": f"preparing {len(train_examples)} training rows"})
+    encode_start = time.perf_counter()
     train_enc = Encoded(model, train_examples, device, progress, ctx, should_stop)
+    encode_seconds = time.perf_counter() - encode_start
     val_enc = Encoded(model, val_examples, device, progress, ctx, should_stop) if val_examples else None
-    if settings.stage1_augment and settings.augment_views > 1 and "image_encoder" in settings.freeze:
-        train_enc.cache_below(model, 0, settings, device, progress)  # each copy through the frozen encoder once
+    copies = _stage1_copies(settings, encode_seconds, time_left, ctx)
+    if copies["copies"] > 1:  # each copy through the frozen encoder once
+        train_enc.cache_below(model, 0, settings, device, progress, None if ctx.distributed else should_stop)
+    elif "why" in copies:
+        progress({"stage": "prepare", "message": f"no augmented copies: {copies['why']}"})
     targets = torch.tensor([label_index[e.label] for e in train_examples])
     val_targets = torch.tensor([label_index.get(e.label, -1) for e in val_examples])
     prepare_seconds = time.perf_counter() - start_time
@@ -196,6 +201,8 @@ def train(
         world_size=ctx.world_size,
     )  # fmt: skip
     result.best_metrics["prepare_seconds"] = round(prepare_seconds, 1)
+    if result.stages and settings.stage1_augment:
+        result.stages[0]["augmented_copies"] = copies
     if val_enc is not None and loop.history:
         result.val_logits, result.val_targets = predict_encoded(model, val_enc, device, ctx=ctx), val_targets
         result.baselines = modality_baselines(model, val_enc, val_targets, targets, device, ctx)
@@ -303,6 +310,26 @@ class _Loop:
             if patience is not None and self.stale >= patience:
                 self.stopped_early = True
                 break
+
+
+COPIES_SHARE = 0.4  # stage 1's augmented copies are made only when they take at most this share of the time left
+
+
+def _stage1_copies(settings: TrainSettings, encode_seconds: float, time_left, ctx) -> dict:
+    """How many augmented copies stage 1 trains on: ``settings.augment_views``, unless making
+    them (each costs about what encoding the training images once took, ``encode_seconds``)
+    would take more than COPIES_SHARE of the time left; rank 0 decides under torchrun."""
+    if not (settings.stage1_augment and settings.augment_views > 1 and "image_encoder" in settings.freeze):
+        return {"copies": 1}
+    needed = settings.augment_views * encode_seconds
+    left = None if time_left is None else ctx.sum([time_left() if ctx.is_main else 0.0])[0]
+    if left is None or needed <= COPIES_SHARE * left:
+        return {"copies": settings.augment_views}
+    return {
+        "copies": 1,
+        "why": f"making {settings.augment_views} would take about {needed:.0f} s of the {left:.0f} s left; the"
+        " images train as they are",
+    }
 
 
 def _class_weight(targets: torch.Tensor, n_labels: int, device: torch.device) -> torch.Tensor:

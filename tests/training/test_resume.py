@@ -153,3 +153,27 @@ def test_an_augmented_stage_1_resumes_exactly_and_trains_on_the_copies(sixteen_r
         assert torch.equal(p, q), name
     plain = finetune(request(tmp_path / "plain", replace(settings, stage1_augment=False)))
     assert [h["train_loss"] for h in plain.record["history"]] != [h["train_loss"] for h in full.record["history"]]
+
+
+def test_augmented_copies_are_made_only_when_the_time_left_allows(sixteen_rows, tmp_path):  # noqa: F811
+    from mmdemo.training import distributed
+    from mmdemo.training.loop import COPIES_SHARE, _stage1_copies
+
+    settings = TrainSettings(freeze=["image_encoder", "text_encoder"], stage1_augment=True, augment_views=4)
+    assert _stage1_copies(settings, 10.0, None, distributed.SINGLE) == {"copies": 4}
+    assert _stage1_copies(settings, 10.0, lambda: 40 / COPIES_SHARE, distributed.SINGLE) == {"copies": 4}
+    short = _stage1_copies(settings, 10.0, lambda: 60.0, distributed.SINGLE)
+    assert short["copies"] == 1 and "about 40 s of the 60 s left" in short["why"]
+    assert _stage1_copies(replace(settings, stage1_augment=False), 10.0, None, distributed.SINGLE) == {"copies": 1}
+    # a real run whose budget is nearly spent after encoding trains on the images as they are, and says so
+    from mmdemo.training.loop import train
+
+    ds = read_csv(sixteen_rows)
+    config = tiny_config(image_encoder="efficientnet_lite0", frozen=["image_encoder", "text_encoder"])
+    events = []
+    result = train(
+        ds, ds, replace(settings, epochs=1, batch_size=4), config=config, progress=events.append, time_left=lambda: 1e-3
+    )
+    assert result.stages[0]["augmented_copies"]["copies"] == 1
+    assert any("no augmented copies: making 4" in e.get("message", "") for e in events)
+    assert len(result.history) == 1
