@@ -354,43 +354,21 @@ def _choose_augmentation(
         why = f"{views} copies of each training image (the first as it is), encoded once below the trained blocks"
     settings.augment_views = pick("augment_views", views, why)
     settings.augment_shift = pick("augment_shift", 0.06, "shifted by up to 6 % of the side")
-    zoom_words = sorted(data.words & SIZE_WORDS)
-    settings.augment_zoom = pick(
-        "augment_zoom",
-        1.0 if zoom_words or not photos else PHOTO_ZOOM,
-        f"not zoomed: the questions ask about {', '.join(zoom_words[:4])}"
-        if zoom_words
-        else (
-            f"zoomed in on a random part of {PHOTO_ZOOM:.0%}..100 % of the side: the same things framed otherwise"
-            if photos
-            else "not zoomed: small images have little to spare"
-        ),
-    )
-    mirror_words = sorted(data.words & DIRECTION_WORDS)
-    settings.augment_mirror = pick(
-        "augment_mirror",
-        photos and not mirror_words,
-        f"never mirrored: the questions ask about {', '.join(mirror_words[:4])}"
-        if mirror_words
-        else (
-            "half the copies mirrored left to right: no question is about left, right or writing"
-            if photos
-            else "never mirrored: small images are often digits or letters, which a mirror changes"
-        ),
-    )
-    sharp_words = sorted(data.words & SHARPNESS_WORDS)
     blur = round(PHOTO_BLUR * image_size / 128, 2)
-    settings.augment_blur = pick(
-        "augment_blur",
-        blur if photos and not sharp_words else 0.0,
-        f"never blurred: the questions ask about {', '.join(sharp_words[:4])}"
-        if sharp_words
-        else (
-            f"half the copies blurred by up to {blur:g} px: no question is about sharpness or texture"
-            if photos
-            else "never blurred: small images have little detail to spare"
-        ),
-    )
+    for name, words, value, off, yes, no, small in (
+        ("augment_zoom", SIZE_WORDS, PHOTO_ZOOM, 1.0, f"zoomed in on a random part of {PHOTO_ZOOM:.0%}..100 % of"
+         " the side: the same things framed otherwise", "not zoomed", "not zoomed: small images have little to spare"),
+        ("augment_mirror", DIRECTION_WORDS, True, False, "half the copies mirrored left to right: no question is"
+         " about left, right or writing", "never mirrored", "never mirrored: small images are often digits or"
+         " letters, which a mirror changes"),
+        ("augment_blur", SHARPNESS_WORDS, blur, 0.0, f"half the copies blurred by up to {blur:g} px: no question is"
+         " about sharpness or texture", "never blurred", "never blurred: small images have little detail to spare"),
+    ):  # fmt: skip
+        asked = sorted(data.words & words)
+        if asked:
+            setattr(settings, name, pick(name, off, f"{no}: the questions ask about {', '.join(asked[:4])}"))
+        else:
+            setattr(settings, name, pick(name, value if photos else off, yes if photos else small))
     touched = sorted(data.words & COLOUR_WORDS)
     settings.augment_colour = pick(
         "augment_colour",
