@@ -124,7 +124,7 @@ def train(
     train_enc = Encoded(model, train_examples, device, progress, ctx, should_stop)
     encode_seconds = time.perf_counter() - encode_start
     val_enc = Encoded(model, val_examples, device, progress, ctx, should_stop) if val_examples else None
-    copies = _stage1_copies(settings, encode_seconds, time_left, ctx)
+    copies = _stage1_copies(settings, encode_seconds, time_left, ctx, hasattr(model.image_encoder, "forward_below"))
     if copies["copies"] > 1:  # each copy through the frozen encoder once
         train_enc.cache_below(model, 0, settings, device, progress, None if ctx.distributed else should_stop)
     elif "why" in copies:
@@ -315,12 +315,15 @@ class _Loop:
 COPIES_SHARE = 0.4  # stage 1's augmented copies are made only when they take at most this share of the time left
 
 
-def _stage1_copies(settings: TrainSettings, encode_seconds: float, time_left, ctx) -> dict:
+def _stage1_copies(settings: TrainSettings, encode_seconds: float, time_left, ctx, cacheable: bool = True) -> dict:
     """How many augmented copies stage 1 trains on: ``settings.augment_views``, unless making
     them (each costs about what encoding the training images once took, ``encode_seconds``)
-    would take more than COPIES_SHARE of the time left; rank 0 decides under torchrun."""
+    would take more than COPIES_SHARE of the time left; rank 0 decides under torchrun.
+    ``cacheable``: the image encoder can cache its output (EfficientNet-Lite0's ``forward_below``)."""
     if not (settings.stage1_augment and settings.augment_views > 1 and "image_encoder" in settings.freeze):
         return {"copies": 1}
+    if not cacheable:
+        return {"copies": 1, "why": "this image encoder cannot cache augmented copies; the images train as they are"}
     needed = settings.augment_views * encode_seconds
     left = None if time_left is None else ctx.sum([time_left() if ctx.is_main else 0.0])[0]
     if left is None or needed <= COPIES_SHARE * left:

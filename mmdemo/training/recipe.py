@@ -264,7 +264,7 @@ def choose(
         cpu_threads=threads,
     )
     _choose_stage2(settings, pick, data, overrides, init_config or config, image_size, regions, speed)
-    _choose_augmentation(settings, pick, data, overrides, image_size, budget_s, speed)
+    _choose_augmentation(settings, pick, data, overrides, init_config or config, image_size, budget_s, speed)
     for name in sorted(SETTING_NAMES & set(overrides) - set(choices)):
         setattr(settings, name, pick(name, overrides[name], ""))
     estimate = estimate_seconds(data, image_size, regions, settings.epochs, settings.freeze, speed)
@@ -324,21 +324,26 @@ def _choose_stage2(
 
 
 def _choose_augmentation(
-    settings: TrainSettings, pick, data: DataProfile, overrides: dict, image_size: int, budget_s: float, speed: Speed
-):
+    settings: TrainSettings, pick, data: DataProfile, overrides: dict, arch, image_size: int, budget_s: float,
+    speed: Speed,
+):  # fmt: skip
     """Augmented copies of the training images: stage 2 trains on them; on photos stage 1 does
     too (a model that saw only the parts of a picture it was given learns those parts by heart:
     zoomed-in parts, mirrored and blurred copies show it the same things framed otherwise). Each
     change only where no question is about what it changes (augment.py)."""
     photos = data.image_side > 48
+    get = arch.get if isinstance(arch, dict) else lambda name, default: getattr(arch, name)
+    lite0 = get("image_encoder", "efficientnet_lite0") == "efficientnet_lite0" and get("image_pretrained", True)
     frozen = "image_encoder" in settings.freeze and "freeze" not in overrides
-    stage1 = pick(
-        "stage1_augment",
-        photos and frozen,
-        "photos: stage 1 trains on augmented copies too, each encoded once by the frozen encoder"
-        if photos and frozen
-        else ("small images: stage 1 trains on the images as they are" if frozen else "the image encoder trains"),
-    )
+    if not lite0:
+        why = "stage 1 copies are encoded by a frozen pretrained EfficientNet-Lite0, which this model lacks"
+    elif not frozen:
+        why = "the image encoder trains"
+    elif photos:
+        why = "photos: stage 1 trains on augmented copies too, each encoded once by the frozen encoder"
+    else:
+        why = "small images: stage 1 trains on the images as they are"
+    stage1 = pick("stage1_augment", photos and frozen and lite0, why)
     settings.stage1_augment = stage1
     if not settings.stage2_blocks and not stage1:
         return

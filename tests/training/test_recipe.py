@@ -209,6 +209,9 @@ def test_photos_train_on_augmented_copies_that_keep_the_answers():
     # small scans (digits) train stage 1 on the images as they are, and are never mirrored
     digits = choose(_profile(side=8)).settings
     assert not digits.stage1_augment and not digits.augment_mirror and digits.augment_zoom == 1
+    # copies are encoded by the frozen pretrained EfficientNet-Lite0; a small CNN trains on the images as they are
+    small = choose(crops, overrides={"image_encoder": "small_cnn"})
+    assert not small.settings.stage1_augment and "lacks" in small.choices["stage1_augment"]["why"]
     # explicit choices win
     assert not choose(crops, overrides={"stage1_augment": False}).settings.stage1_augment
     assert choose(crops, overrides={"augment_views": 2}).settings.augment_views == 2

@@ -165,6 +165,12 @@ def test_augmented_copies_are_made_only_when_the_time_left_allows(sixteen_rows, 
     short = _stage1_copies(settings, 10.0, lambda: 60.0, distributed.SINGLE)
     assert short["copies"] == 1 and "about 40 s of the 60 s left" in short["why"]
     assert _stage1_copies(replace(settings, stage1_augment=False), 10.0, None, distributed.SINGLE) == {"copies": 1}
+    assert _stage1_copies(settings, 10.0, None, distributed.SINGLE, cacheable=False)["copies"] == 1
+    # a small CNN asked for copies trains on the images as they are
+    from mmdemo.training.loop import train as train_loop
+
+    small = train_loop(read_csv(sixteen_rows), None, replace(settings, epochs=1, batch_size=4), config=tiny_config())
+    assert small.stages[0]["augmented_copies"]["copies"] == 1 and len(small.history) == 1
     # a real run whose budget is nearly spent after encoding trains on the images as they are, and says so
     from mmdemo.training.loop import train
 
