@@ -15,32 +15,22 @@ from pathlib import Path
 import numpy as np
 
 from ..datasets.csv_table import Example
-from ..datasets.splits import near_duplicate_groups
+from ..datasets.splits import UnionFind, near_duplicate_groups
 
 
 def sources(examples: list[Example], same_content: dict[Path, Path] | None = None) -> list[str]:
     """Each row's source key: images joined by a shared group value, identical content
     (``same_content``: image -> the first image with its content) or near-identity."""
-    parent: dict = {}
-
-    def find(x):
-        while parent.setdefault(x, x) != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    def join(a, b) -> None:
-        parent[find(a)] = find(b)
-
+    sets = UnionFind()
     images = sorted({e.image for e in examples})
     for image, leader in near_duplicate_groups(tuple(images)).items():
-        join(("image", image), ("image", leader))
+        sets.join(("image", image), ("image", leader))
     for image, first in (same_content or {}).items():
-        join(("image", image), ("image", first))
+        sets.join(("image", image), ("image", first))
     for e in examples:
         if e.group:
-            join(("image", e.image), ("group", e.group))
-    return [str(find(("image", e.image))) for e in examples]
+            sets.join(("image", e.image), ("group", e.group))
+    return [str(sets.find(("image", e.image))) for e in examples]
 
 
 def assign_folds(keys: list[str], k: int, seed: int = 0) -> np.ndarray:

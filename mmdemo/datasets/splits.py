@@ -134,20 +134,30 @@ def train_val_split(
     return split.train, split.val
 
 
-def _merge_image_groups(examples: list[Example]) -> dict:
-    """Groups that share an image become one group (union-find over images and group values)."""
-    parent: dict = {}
+class UnionFind:
+    """Disjoint sets of hashable keys: ``join`` merges two keys' sets, ``find`` names a key's set."""
 
-    def find(x):
+    def __init__(self):
+        self.parent: dict = {}
+
+    def find(self, x):
+        parent = self.parent
         while parent.setdefault(x, x) != x:
             parent[x] = parent[parent[x]]
             x = parent[x]
         return x
 
+    def join(self, a, b) -> None:
+        self.parent[self.find(a)] = self.find(b)
+
+
+def _merge_image_groups(examples: list[Example]) -> dict:
+    """Groups that share an image become one group (union-find over images and group values)."""
+    sets = UnionFind()
     for e in examples:
         if e.group:
-            parent[find(("image", e.image))] = find(("group", e.group))
-    return {e.image: str(find(("image", e.image))) for e in examples}
+            sets.join(("image", e.image), ("group", e.group))
+    return {e.image: str(sets.find(("image", e.image))) for e in examples}
 
 
 def _split_groups(examples: list[Example], group_of: dict, fraction: float, seed: int) -> Split:
