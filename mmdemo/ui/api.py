@@ -27,6 +27,7 @@ components typed it): optional, and None means "not set". The owner token comes 
 # signature as written, and a string there would type every output as "Any"
 import functools
 import inspect
+import os
 from pathlib import Path
 
 import gradio as gr
@@ -237,12 +238,32 @@ class FinetuneAPI:
         return self.tab.delete(_text(name), self.tab.owner(owner_token, profile))
 
 
+def example_image(examples: gr.Examples, path: str):
+    """The API page's sample image: a shipped example that the sample reaches from any folder.
+    On a Hugging Face Space, the Space's own address of the copy the app serves (Gradio's copy in
+    its file cache, which the cache sweeper keeps): anyone can run the sample, and the app
+    downloads the image from itself. Elsewhere, the example's absolute path: the sample runs from
+    any folder of the machine that serves the app (Gradio refuses to download from a local address,
+    127.0.0.1 or a private network, so a URL would fail there); from another machine, pass an
+    image of your own."""
+    served = examples.dataset.samples[0][0]  # the copy's FileData: its url is relative to the app
+    local = Path(path).resolve()
+
+    def payload() -> dict:  # asked when the API page is first opened
+        host = os.environ.get("SPACE_HOST", "").strip()
+        if host:
+            return file_example(f"https://{host}{served['url']}", served["orig_name"])
+        return file_example(str(local), local.name)
+
+    return payload
+
+
 def declare_api(predict: PredictView, finetune: FinetuneTab) -> None:
     """Declare the named endpoints, in the order the API page lists them (inside the Blocks)."""
     app = finetune.app
     examples = app.examples()
-    if examples:  # the API page's sample code uses a shipped example, so it runs as it is
-        api_example(predict.image, file_example(examples[0][0]))
+    if examples and predict.examples is not None:  # the API page's sample uses a shipped example, so it runs as shown
+        api_example(predict.image, example_image(predict.examples, examples[0][0]))
         api_example(predict.text, examples[0][1])
     names = ", ".join(app.registry.names())
     api_type(

@@ -111,18 +111,14 @@ def api_type(component: gr.components.Component, schema: dict) -> gr.components.
 def api_example(component: gr.components.Component, value) -> gr.components.Component:
     """The value the API page's sample code passes for this component (``example_payload``, which
     Blocks reads through ``example_inputs``): a shipped example instead of Gradio's stock image
-    and "Hello!!"."""
-    component.example_payload = lambda: value  # type: ignore[method-assign]
+    and "Hello!!". ``value`` may be a function giving it when the page asks (an address the app
+    knows only once it is served)."""
+    component.example_payload = value if callable(value) else lambda: value  # type: ignore[method-assign]
     return component
 
 
-def file_example(path: str) -> dict:
-    """A local file as the API page shows it: ``handle_file('<path>')``, relative to the
-    working directory when it lies inside it (the repository root for ``python app.py``)."""
-    shown = Path(path)
-    try:
-        shown = shown.resolve().relative_to(Path.cwd())
-    except ValueError:
-        pass
-    # the API page writes handle_file('<url>') for a FileData with a url
-    return {"path": str(shown), "url": str(shown), "meta": {"_type": "gradio.FileData"}, "orig_name": shown.name}
+def file_example(location: str, name: str) -> dict:
+    """A file as the API page's sample passes it: ``handle_file('<location>')`` (the page writes
+    that for a FileData with a url); ``location`` is an address (gradio_client sends it, and the
+    app downloads it) or an absolute path (the client uploads the file)."""
+    return {"path": location, "url": location, "meta": {"_type": "gradio.FileData"}, "orig_name": name}

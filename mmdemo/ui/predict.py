@@ -386,6 +386,7 @@ class PredictView(NamedTuple):
     text: gr.Textbox
     inputs: list  # image, text, checkpoint, method, opacity, owner token
     outputs: list  # as PREDICT_OUTPUTS
+    examples: gr.Examples | None = None  # the shipped examples (the API page's sample uses the first)
 
 
 def predict_tab(app: App, owner_token: gr.BrowserState, saved_tab: gr.BrowserState | None = None) -> PredictView:
@@ -532,4 +533,4 @@ def predict_tab(app: App, owner_token: gr.BrowserState, saved_tab: gr.BrowserSta
         words.select(pt.select_word, [state, opacity, image], views, api_visibility="private", queue=False)
         opacity.release(pt.change_opacity, [state, opacity, image], views, api_visibility="private", queue=False)
         refresh.click(pt.refresh_list, [owner_token], checkpoint, api_visibility="private", queue=False)
-    return PredictView(pt, checkpoint, image, text, inputs, outputs)
+    return PredictView(pt, checkpoint, image, text, inputs, outputs, example_set)

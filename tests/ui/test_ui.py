@@ -210,7 +210,8 @@ def test_api_page_names_and_types_every_parameter(server):
     assert predict["image"]["python_type"]["type"] == "filepath" and not predict["image"]["parameter_has_default"]
     assert predict["question"]["python_type"]["type"] == "str"
     # the sample code passes a shipped example scene and its question, not a stock image and "Hello!!"
-    assert predict["image"]["example_input"]["path"].endswith("examples/scene_1.png")
+    example = predict["image"]["example_input"]  # the shipped file, reachable from any folder
+    assert Path(example["url"]).is_absolute() and example["url"].endswith("examples/scene_1.png")
     assert predict["question"]["example_input"] == "What shape is the red object?"
     assert predict["checkpoint"]["python_type"]["type"] == "str"  # not Literal[...]: fine-tuned ones come and go
     assert "sort-of-clevr" in predict["checkpoint"]["python_type"]["description"]
@@ -270,6 +271,48 @@ def test_api_page_names_and_types_every_parameter(server):
         assert columns[column]["python_type"]["type"] == "str"
         assert columns[column]["parameter_has_default"] and columns[column]["parameter_default"] is None
     assert columns["start_from"]["python_type"]["type"] == "str"
+
+
+def _predict_sample(url: str) -> str:
+    """The /predict sample code the API page shows (it renders what /info sends)."""
+    import urllib.request
+
+    with urllib.request.urlopen(url + "gradio_api/info") as response:
+        return json.load(response)["named_endpoints"]["/predict"]["code_snippets"]["python"]
+
+
+def test_the_api_pages_sample_runs_as_shown_from_another_folder(server, tmp_path):
+    """The /predict sample, copied into a file and run from a folder that is not the repository's
+    root: it gets an answer for the shipped example scene."""
+    import subprocess
+    import sys
+
+    sample = _predict_sample(server.local_url)
+    assert "handle_file('/" in sample and "handle_file('checkpoints/" not in sample
+    (tmp_path / "sample.py").write_text(sample)
+    run = subprocess.run(
+        [sys.executable, "sample.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "'label':" in run.stdout  # the answer, printed
+
+
+def test_on_a_space_the_sample_image_is_the_spaces_own_address(app, server, monkeypatch):
+    """On a Space anyone can run the sample: its image is the example the Space serves, at the
+    Space's address, with no path of the server's disk in it."""
+    monkeypatch.setenv("SPACE_HOST", "someone-mmdemo.hf.space")
+    demo = ui.create_demo(app)
+    try:
+        url = demo.get_api_info()["named_endpoints"]["/predict"]["parameters"][0]["example_input"]["url"]
+    finally:
+        demo.close()
+    assert url.startswith("https://someone-mmdemo.hf.space/gradio_api/file=") and url.endswith("/scene_1.png")
+    assert "checkpoints" not in url
+    import urllib.request
+
+    served = url.replace("https://someone-mmdemo.hf.space/", server.local_url)  # the same copy, served here
+    with urllib.request.urlopen(served) as response:
+        assert response.status == 200 and Image.open(response).size == (75, 75)
 
 
 def test_no_hidden_widget_carries_the_api(server):
