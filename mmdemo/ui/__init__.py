@@ -61,7 +61,7 @@ def create_demo(app: App) -> gr.Blocks:
         with gr.Tabs(elem_id="tabs", overflow_behavior="wrap") as tabs:  # every tab in sight on a phone
             predict = predict_tab(app, token, saved_tab)
             finetune, load = finetune_tab(app, predict.checkpoint, token, tabs, saved, saved_tab)
-            evaluate_tab(app, PredictLink(tabs, predict.image, predict.text, predict.checkpoint), token)
+            evaluate_tab(app, PredictLink(tabs, predict), token)
             compare_tab(app, token)
         declare_api(predict, finetune)  # every named endpoint, in one place (ui/api.py)
         demo.load(

@@ -33,6 +33,7 @@ from ..imaging import decode_image
 from ..model.checkpoint import CARD_FILE
 from .common import markdown_text
 from .identity import owner_of, refuse, unexpected, visitor_of
+from .predict import PredictView, answer_after
 
 BENCHMARK = "Built-in Sort-of-CLEVR benchmark"
 UPLOAD = "My labelled CSV"
@@ -42,12 +43,10 @@ RATING_CHOICES = [(text, key) for key, text in RATING_TEXT.items()]
 
 
 class PredictLink(NamedTuple):
-    """Predict & Explain's inputs that "Open in Predict & Explain" fills, and the tabs."""
+    """The tabs, and Predict & Explain, whose inputs "Open in Predict & Explain" fills before it answers."""
 
     tabs: gr.Tabs
-    image: gr.Image
-    text: gr.Textbox
-    checkpoint: gr.Dropdown
+    predict: PredictView
 
 
 class Evaluation:
@@ -314,9 +313,11 @@ class Evaluation:
         return result.rows[index]
 
     def open_in_predict(self, token=None, profile: gr.OAuthProfile | None = None):
+        """Predict & Explain opened on the selected row: its image, question, checkpoint and method
+        (it then answers, ui/predict.py ``answer_after``)."""
         visitor = self.visitor(token, profile)
-        r = self._selected(visitor)
-        return gr.Tabs(selected="predict"), r.image, r.text, self._result(visitor).checkpoint
+        r, result = self._selected(visitor), self._result(visitor)
+        return gr.Tabs(selected="predict"), r.image, r.text, result.checkpoint, result.method
 
     def export_selected(self, token=None, profile: gr.OAuthProfile | None = None):
         """The selected example's prediction (recomputed with its word maps) as overlay PNG + JSON."""
@@ -610,9 +611,11 @@ def evaluate_tab(
         slice_column.input(ev.choose_slice, [slice_column, token], result_views, api_name=False)
         confusion.select(ev.confusion_cell, token, [*filters, rows, count], api_name=False)
         rows.select(ev.select_row, token, [overlay, detail], api_name=False)
-        open_predict.click(
-            ev.open_in_predict, token, [link.tabs, link.image, link.text, link.checkpoint], api_name=False
+        image, text, checkpoint_p, method_p = link.predict.inputs[:4]
+        opened = open_predict.click(
+            ev.open_in_predict, token, [link.tabs, image, text, checkpoint_p, method_p], api_name=False
         )
+        answer_after(link.predict, opened, app.limits.predict_concurrency)
         export.click(ev.export_selected, token, export_file, api_name=False)
         tab.select(ev.ratings_table, token, [ratings_table, ratings_note], api_visibility="private", queue=False)
         save_rating.click(ev.rate, [rating, comment, token], [rating_status, ratings_table, comment], api_name=False)

@@ -41,6 +41,13 @@ SHOW_ANSWER_JS = """() => {
 }"""
 
 
+# another tab filled the inputs and opened this one: its top in view (the answer comes next)
+SHOW_TAB_TOP_JS = """() => {
+  const tabs = document.getElementById('tabs');
+  if (tabs) window.scrollTo({top: window.scrollY + tabs.getBoundingClientRect().top});
+}"""
+
+
 class ImagePath(gr.Image):
     """gr.Image that hands the handler the uploaded file as it is: Gradio 6.31's own
     preprocessing opens every upload with PIL (and with an image_mode converts it), before any
@@ -483,7 +490,7 @@ def predict_tab(app: App, owner_token: gr.BrowserState, saved_tab: gr.BrowserSta
                 )
         with gr.Row():
             with gr.Column(scale=3, min_width=300):
-                matrix = gr.Plot(label="Word x region relevance")
+                matrix = gr.Plot(label="Word x region relevance", elem_id="word-region-matrix")
             with gr.Column(scale=1, min_width=200):
                 regions = gr.Image(label="Regions", elem_id="region-grid", interactive=False, format="png", buttons=[])
         modality = gr.Plot(label="Modality contributions")
@@ -534,3 +541,18 @@ def predict_tab(app: App, owner_token: gr.BrowserState, saved_tab: gr.BrowserSta
         opacity.release(pt.change_opacity, [state, opacity, image], views, api_visibility="private", queue=False)
         refresh.click(pt.refresh_list, [owner_token], checkpoint, api_visibility="private", queue=False)
     return PredictView(pt, checkpoint, image, text, inputs, outputs, example_set)
+
+
+def answer_after(view: PredictView, event, concurrency_limit: int) -> None:
+    """Once ``event`` (of another tab) has filled the inputs and opened this tab: the tab's top in
+    view, the answer at once, then the answer in view, as after a click on Predict."""
+    shown = event.then(None, None, None, js=SHOW_TAB_TOP_JS, api_visibility="private", queue=False)
+    answered = shown.then(
+        view.tab.predict,
+        view.inputs,
+        view.outputs,
+        api_name=False,
+        concurrency_limit=concurrency_limit,
+        concurrency_id="predict",
+    )
+    answered.success(None, None, None, js=SHOW_ANSWER_JS, api_visibility="private", queue=False)

@@ -249,10 +249,20 @@ def test_a_row_exports_and_opens_in_predict_and_explain(page):
         document = json.loads(z.read("prediction.json"))
     assert document["settings"]["question"] == question and document["settings"]["checkpoint"] == "sort-of-clevr"
     assert len(document["word_maps"]) == len(document["tokens"]) > 0
+    page.locator("#eval-open").scroll_into_view_if_needed()
+    assert page.evaluate("window.scrollY") > 300, "the button is far down the Evaluate tab"
     page.locator("#eval-open").click()
     expect(page.get_by_role("tab", name="Predict & Explain")).to_have_attribute("aria-selected", "true")
     expect(page.locator("#text-input textarea")).to_have_value(question)
     expect(page.locator("#image-input img")).to_be_visible(timeout=30_000)
+    # it answers at once, at the top of the tab: the answer, its overlay and its charts in sight
+    expect(page.locator("#prediction")).to_contain_text("%", timeout=60_000)
+    expect(page.locator("#timing")).to_contain_text("from sort-of-clevr")
+    expect(page.locator("#overlay img")).to_be_visible()
+    expect(page.locator("#prediction")).to_be_in_viewport()
+    expect(page.get_by_role("tab", name="Predict & Explain")).to_be_in_viewport()
+    expect(page.locator("#overlay img")).to_be_in_viewport()
+    expect(page.locator("#word-region-matrix .js-plotly-plot")).to_be_visible()
     page.get_by_role("tab", name="Evaluate").click()
 
 
