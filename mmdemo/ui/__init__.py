@@ -14,6 +14,7 @@ import gradio as gr
 from ..app.backend import App
 from . import gradio_patches
 from .api import declare_api
+from .common import reopen_tab
 from .compare import compare_tab
 from .evaluate import PredictLink, evaluate_tab
 from .finetune import FinetuneTab, csv_columns, finetune_tab
@@ -61,13 +62,15 @@ def create_demo(app: App) -> gr.Blocks:
         with gr.Tabs(elem_id="tabs", overflow_behavior="wrap") as tabs:  # every tab in sight on a phone
             predict = predict_tab(app, token, saved_tab)
             finetune, load = finetune_tab(app, predict.checkpoint, token, tabs, saved, saved_tab)
-            evaluate_tab(app, PredictLink(tabs, predict), token)
-            compare_tab(app, token)
+            evaluate = evaluate_tab(app, PredictLink(tabs, predict), token, saved_tab=saved_tab)
+            compare_tab(app, token, saved_tab)
         declare_api(predict, finetune)  # every named endpoint, in one place (ui/api.py)
         demo.load(
             finetune.page_load, load.poll_inputs, [*load.poll_outputs, token], api_visibility="private", queue=False
         )
         demo.load(finetune.restore, load.restore_inputs, load.restore_outputs, api_visibility="private", queue=False)
+        demo.load(reopen_tab, saved_tab, tabs, api_visibility="private", queue=False)
+        demo.load(evaluate.tab.restore, evaluate.load_inputs, evaluate.load_outputs, api_visibility="private")
     gradio_patches.check(demo)  # the Gradio the patches were written for, or a RuntimeError naming what differs
     gradio_patches.checked_inputs(demo)  # left-out trailing inputs filled, numbers checked in words
     return demo

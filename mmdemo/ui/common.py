@@ -122,3 +122,14 @@ def file_example(location: str, name: str) -> dict:
     that for a FileData with a url); ``location`` is an address (gradio_client sends it, and the
     app downloads it) or an absolute path (the client uploads the file)."""
     return {"path": location, "url": location, "meta": {"_type": "gradio.FileData"}, "orig_name": name}
+
+
+# tabs that a reload opens again when they were the open one; Predict & Explain is the first
+# tab, and Fine-tune reopens itself (FinetuneTab.restore, also during training)
+REOPENED_TABS = ("evaluate", "compare")
+
+
+def reopen_tab(tab_id: str | None):
+    """The tabs' update at page load: the tab the browser remembers as the open one, for those
+    in ``REOPENED_TABS``."""
+    return gr.update(selected=tab_id) if tab_id in REOPENED_TABS else gr.skip()

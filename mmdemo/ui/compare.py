@@ -172,14 +172,20 @@ class CompareTab:
         )
         return scores_before, overlay_before, scores_after, overlay_after, summary
 
+    @staticmethod
+    def remember_tab() -> str:
+        return "compare"
 
-def compare_tab(app: App, owner_token: gr.BrowserState) -> CompareTab:
+
+def compare_tab(app: App, owner_token: gr.BrowserState, saved_tab: gr.BrowserState | None = None) -> CompareTab:
     """The tab's components and events; every event sends ``owner_token`` (ui/identity.py).
     A checkpoint name not in a list reaches the handlers (allow_custom_value), which answer
     "unknown checkpoint" for another visitor's, instead of Gradio's choice check."""
     ct = CompareTab(app)
     names, default = app.registry.names(), app.default_checkpoint()
-    with gr.Tab("Compare & What-if", id="compare"):
+    with gr.Tab("Compare & What-if", id="compare") as tab:
+        if saved_tab is not None:  # a reload opens this tab again (ui/common.py reopen_tab)
+            tab.select(ct.remember_tab, None, saved_tab, api_visibility="private", queue=False)
         gr.Markdown("### Side by side\nOne image and question through two checkpoints, or raw vs gradient.")
         with gr.Row():
             image = gr.Image(type="filepath", label="Image", elem_id="cmp-image")

@@ -40,6 +40,9 @@ UPLOAD = "My labelled CSV"
 ALL = "(all)"
 MAX_TABLE_ROWS = 500  # rows shown in the examples table at once (filters narrow them down)
 RATING_CHOICES = [(text, key) for key, text in RATING_TEXT.items()]
+# what ``Evaluation.views`` fills, in its order
+RESULT_VIEWS = ("status", "summary", "reliability", "slice_column", "slice_table", "confusion", "wrong_only",
+                "true_label", "predicted", "slice_value", "out_of_scope", "rows", "count")  # fmt: skip
 
 
 class PredictLink(NamedTuple):
@@ -199,6 +202,24 @@ class Evaluation:
             table,
             count,
         )
+
+    def restore(self, token=None, profile: gr.OAuthProfile | None = None):
+        """After a reload: the visitor's last evaluation as the tab shows a finished one (kept on
+        the server for the visitor's owner token, not for the page), or nothing when there is none."""
+        nothing = (gr.skip(),) * len(RESULT_VIEWS)
+        if not (isinstance(token, str) and token) and not self.app.shared:
+            return nothing
+        try:
+            visitor = self.visitor(token, profile)
+        except gr.Error:
+            return nothing
+        if self.results.get(visitor) is None:
+            return nothing
+        return self.views(visitor)
+
+    @staticmethod
+    def remember_tab() -> str:
+        return "evaluate"
 
     @staticmethod
     def _reliability(calibration: dict) -> go.Figure:
@@ -478,14 +499,30 @@ class Evaluation:
         return text, table
 
 
+class EvaluateView(NamedTuple):
+    """What the page runs for this tab when it loads (ui/__init__.py): the visitor's last
+    evaluation brought back after a reload."""
+
+    tab: Evaluation
+    load_inputs: list
+    load_outputs: list
+
+
 def evaluate_tab(
-    app: App, link: PredictLink, owner_token: gr.BrowserState, ratings: RatingStore | None = None
-) -> Evaluation:
-    """The tab's components and events; every event sends ``owner_token`` (ui/identity.py)."""
+    app: App,
+    link: PredictLink,
+    owner_token: gr.BrowserState,
+    ratings: RatingStore | None = None,
+    saved_tab: gr.BrowserState | None = None,
+) -> EvaluateView:
+    """The tab's components and events; every event sends ``owner_token`` (ui/identity.py);
+    ``saved_tab`` remembers in the browser that this tab was the open one."""
     ev = Evaluation(app, ratings)
     token = owner_token
     names = app.registry.names()
     with gr.Tab("Evaluate", id="evaluate") as tab:
+        if saved_tab is not None:  # a reload opens this tab again (ui/common.py reopen_tab)
+            tab.select(ev.remember_tab, None, saved_tab, api_visibility="private", queue=False)
         gr.Markdown(
             "Evaluate a checkpoint on a labelled data set: a CSV (image,text,label; other columns become slices) "
             "plus a zip of its images, or the built-in Sort-of-CLEVR benchmark. Click a confusion-matrix cell "
@@ -595,6 +632,7 @@ def evaluate_tab(
             dropdown.focus(ev.names, token, dropdown, api_name=False, queue=False)
         filters = [wrong_only, true_label, predicted, slice_value, out_of_scope]
         result_views = [status, summary, reliability, slice_column, slice_table, confusion, *filters, rows, count]
+        assert len(result_views) == len(RESULT_VIEWS)
         run.click(
             ev.run,
             [checkpoint, method, source, scenes, csv_file, zip_file, token],
@@ -629,4 +667,4 @@ def evaluate_tab(
             concurrency_limit=1,
             concurrency_id="evaluate",
         )
-    return ev
+    return EvaluateView(ev, [token], result_views)

@@ -212,6 +212,23 @@ def test_wrong_only_lists_only_wrong_rows(page, site):
     expect(page.locator("#eval-count")).to_contain_text(f"{site['n']} of {site['n']} rows match")
 
 
+def test_a_reload_brings_back_the_open_tab_and_the_evaluation(page, site):
+    """The evaluation is kept for the visitor's owner token, not for the page: a reload opens the
+    tab that was open and shows the evaluation again; Compare & What-if is remembered too."""
+    evaluate = page.get_by_role("tab", name="Evaluate")
+    expect(evaluate).to_have_attribute("aria-selected", "true")
+    page.reload()
+    expect(evaluate).to_have_attribute("aria-selected", "true", timeout=30_000)
+    expect(page.locator("#eval-status")).to_contain_text(f"done: {site['n']} rows", timeout=30_000)
+    expect(page.locator("#eval-count")).to_contain_text(f"{site['n']} of {site['n']} rows match")
+    assert len(_rows(page, "eval-rows")) == site["n"]
+    page.get_by_role("tab", name="Compare & What-if").click()
+    page.reload()
+    expect(page.get_by_role("tab", name="Compare & What-if")).to_have_attribute("aria-selected", "true", timeout=30_000)
+    evaluate.click()
+    expect(page.locator("#eval-status")).to_contain_text(f"done: {site['n']} rows")
+
+
 def test_confusion_cell_lists_exactly_its_rows(page, site):
     confusion = _rows(page, "eval-confusion")
     headers = page.locator("#eval-confusion th[role=columnheader]").evaluate_all(
