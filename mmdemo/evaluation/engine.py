@@ -31,6 +31,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -40,6 +41,7 @@ from ..datasets.csv_table import Example, read_csv
 from ..datasets.sortofclevr import RADIUS, generate
 from ..explain.faithfulness import dataset_faithfulness, reinitialise, sample_indices
 from ..explain.methods import DEFAULT_METHOD, METHODS
+from ..explain.relations import Box, find_objects
 from ..imaging import decode_image
 from ..inference.predictor import Predictor
 from ..metrics import classification_report
@@ -424,6 +426,56 @@ def disagreements(a: EvalResult, b: EvalResult) -> list[tuple[RowResult, RowResu
     """Rows (matched by CSV row) that the two results answer differently."""
     by_row = {r.row: r for r in b.rows}
     return [(r, by_row[r.row]) for r in a.rows if r.row in by_row and by_row[r.row].prediction != r.prediction]
+
+
+class PeakShift(NamedTuple):
+    """A row whose two heatmaps peak in different places: ``where_a`` and ``where_b`` say where,
+    in words ("the object at (12, 40)", "region row 2, column 5")."""
+
+    a: RowResult
+    b: RowResult
+    where_a: str
+    where_b: str
+
+
+def _peak_place(row: RowResult, boxes: list[Box]) -> tuple[tuple, str]:
+    """Where a row's heatmap peaks: the object under (or nearest) its peak when the image is a
+    scene of objects on a plain background (``boxes``), else the heatmap's hottest grid cell. A
+    key to compare, and the words to show."""
+    if boxes:
+        x, y = row.peak_xy
+
+        def gap(box: Box) -> float:  # 0 inside the box
+            return max(box[0] - x, 0.0, x - box[2]) ** 2 + max(box[1] - y, 0.0, y - box[3]) ** 2
+
+        box = min(boxes, key=gap)
+        return box, f"the object at ({(box[0] + box[2]) / 2:.0f}, {(box[1] + box[3]) / 2:.0f})"
+    grid = np.asarray(row.heatmap, dtype=np.float64)
+    r, c = np.unravel_index(int(grid.argmax()), grid.shape)
+    return (int(r), int(c)), f"region row {r + 1}, column {c + 1} of {grid.shape[0]} x {grid.shape[1]}"
+
+
+def peak_shifts(a: EvalResult, b: EvalResult) -> list[PeakShift]:
+    """Rows (matched by CSV row) whose heatmaps in ``a`` and ``b`` peak on different objects
+    (scenes of flat-coloured objects, relations.find_objects) or, for other images, in different
+    cells of the heatmap's grid: what a comparison of two explanation methods can find, since
+    the method changes the explanation, never the answer."""
+    by_row = {r.row: r for r in b.rows}
+    objects: dict[str, list[Box]] = {}
+    shifts = []
+    for ra in a.rows:
+        rb = by_row.get(ra.row)
+        if rb is None:
+            continue
+        if ra.image not in objects:
+            try:
+                objects[ra.image] = find_objects(decode_image(ra.image, name=Path(ra.image).name))
+            except ValueError:  # the image is gone since the run: its grid cells still compare
+                objects[ra.image] = []
+        (key_a, where_a), (key_b, where_b) = _peak_place(ra, objects[ra.image]), _peak_place(rb, objects[ra.image])
+        if key_a != key_b:
+            shifts.append(PeakShift(ra, rb, where_a, where_b))
+    return shifts
 
 
 def image_digest(path: str | Path) -> str:

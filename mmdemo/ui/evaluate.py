@@ -40,6 +40,8 @@ UPLOAD = "My labelled CSV"
 ALL = "(all)"
 MAX_TABLE_ROWS = 500  # rows shown in the examples table at once (filters narrow them down)
 RATING_CHOICES = [(text, key) for key, text in RATING_TEXT.items()]
+COMPARE_HEADERS = ["#", "row", "image", "question", "label", "prediction"]
+ANSWER_HEADERS = [*COMPARE_HEADERS[:5], "A predicted", "A confidence", "B predicted", "B confidence"]
 # what ``Evaluation.views`` fills, in its order
 RESULT_VIEWS = ("status", "summary", "reliability", "slice_column", "slice_table", "confusion", "wrong_only",
                 "true_label", "predicted", "slice_value", "out_of_scope", "rows", "count")  # fmt: skip
@@ -458,13 +460,20 @@ class Evaluation:
         profile: gr.OAuthProfile | None = None,
         progress=gr.Progress(),  # noqa: B008 (how Gradio injects a progress bar)
     ):
-        """The same rows through a second checkpoint (or method); the rows where they disagree.
-        Nothing is stored: the visitor's evaluation stays as it was."""
+        """The same rows through a second checkpoint: the rows where the answers differ; or through
+        the same checkpoint with the other explanation method, which never changes an answer: the
+        rows where the two heatmaps peak on different objects (engine.peak_shifts). Nothing is
+        stored: the visitor's evaluation stays as it was."""
         visitor = self.visitor(token, profile)
         state = self._state(visitor)
         result = state["result"]
         checkpoint_b = checkpoint_b or result.checkpoint
         method_b = method_b or DEFAULT_METHOD
+        if checkpoint_b == result.checkpoint and method_b == result.method:
+            raise refuse(
+                f"The evaluation used {result.checkpoint} with {result.method}: choose a second checkpoint (to see "
+                "where the answers differ) or the other explanation method (to see where the heatmaps point elsewhere)."
+            )
         stop = self._stops[visitor] = threading.Event()
         data: evalset.EvalSet = state["data"]
         done_rows = {r.row for r in result.rows}
@@ -484,19 +493,32 @@ class Evaluation:
             raise unexpected("the comparison", e) from None
         finally:
             self._stops.pop(visitor, None)
-        pairs = evalset.disagreements(result, other)
+        rows = [r for r in result.rows if r.row in {o.row for o in other.rows}]
         b_acc = sum(r.correct for r in other.rows) / max(1, len(other.rows))
-        a_acc = sum(r.correct for r in result.rows if r.row in {o.row for o in other.rows}) / max(1, len(other.rows))
+        a_acc = sum(r.correct for r in rows) / max(1, len(rows))
+        a_name, b_name = f"`{result.checkpoint}` ({result.method})", f"`{checkpoint_b}` ({method_b})"
+        if checkpoint_b == result.checkpoint:  # the method changes the heatmap, never the answer
+            shifts = evalset.peak_shifts(result, other)
+            text = (
+                f"{a_name} and {b_name} give the same answers ({100 * a_acc:.2f} %) on the same {len(other.rows)} rows;"
+                f" **{len(shifts)} rows where the two heatmaps peak on different objects** (or, for images that are"
+                " not scenes of objects, in different regions)."
+            )
+            table = [[s.a.index, s.a.row, s.a.image_name, s.a.text, s.a.label, s.a.prediction, s.where_a, s.where_b]
+                     for s in shifts[:MAX_TABLE_ROWS]]  # fmt: skip
+            headers = [*COMPARE_HEADERS[:6], f"A peaks on ({result.method})", f"B peaks on ({method_b})"]
+            return text, gr.update(value=table, headers=headers)
+        pairs = evalset.disagreements(result, other)
         text = (
-            f"`{result.checkpoint}` ({result.method}): {100 * a_acc:.2f} % · `{checkpoint_b}` ({method_b}): "
-            f"{100 * b_acc:.2f} % on the same {len(other.rows)} rows; **{len(pairs)} rows where they disagree**."
+            f"{a_name}: {100 * a_acc:.2f} % · {b_name}: {100 * b_acc:.2f} % on the same {len(other.rows)} rows;"
+            f" **{len(pairs)} rows where the answers differ**."
         )
         table = [
             [a.index, a.row, a.image_name, a.text, a.label, a.prediction, round(a.confidence, 4), b.prediction,
              round(b.confidence, 4)]
             for a, b in pairs[:MAX_TABLE_ROWS]
         ]  # fmt: skip
-        return text, table
+        return text, gr.update(value=table, headers=ANSWER_HEADERS)
 
 
 class EvaluateView(NamedTuple):
@@ -603,7 +625,11 @@ def evaluate_tab(
                 ratings_file = gr.File(label="Ratings CSV", interactive=False, elem_id="eval-ratings-file")
                 make_report = gr.Button("Download the evaluation report (HTML)", elem_id="eval-report")
                 report_file = gr.File(label="Report", interactive=False, elem_id="eval-report-file")
-        gr.Markdown("**Compare on this data set** with a second checkpoint or the other explanation method.")
+        gr.Markdown(
+            "**Compare on this data set** with a second checkpoint (the rows where the answers differ), or with the "
+            "other explanation method of the same checkpoint (the rows where the heatmaps point at different objects: "
+            "the method changes the heatmap, never the answer)."
+        )
         with gr.Row():
             checkpoint_b = gr.Dropdown(
                 names, value=app.default_checkpoint(), label="Second checkpoint", elem_id="eval-checkpoint-b",
@@ -612,21 +638,7 @@ def evaluate_tab(
             method_b = gr.Radio(list(METHODS), value=DEFAULT_METHOD, label="Its explanation", elem_id="eval-method-b")
             compare = gr.Button("Compare", elem_id="eval-compare")
         compare_text = gr.Markdown(elem_id="eval-compare-summary")
-        compare_rows = gr.Dataframe(
-            headers=[
-                "#",
-                "row",
-                "image",
-                "question",
-                "label",
-                "A predicted",
-                "A confidence",
-                "B predicted",
-                "B confidence",
-            ],
-            interactive=False,
-            elem_id="eval-disagree",
-        )
+        compare_rows = gr.Dataframe(headers=ANSWER_HEADERS, interactive=False, elem_id="eval-disagree")
 
         for dropdown in (checkpoint, checkpoint_b):  # fine-tuned checkpoints appear when the list opens
             dropdown.focus(ev.names, token, dropdown, api_name=False, queue=False)

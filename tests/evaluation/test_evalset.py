@@ -144,6 +144,35 @@ def test_disagreements_between_methods(predictor, result, tmp_path):
     assert [(a.row, b.prediction) for a, b in pairs] == [(flipped.row, "nothing")]
 
 
+def test_peak_shifts_name_rows_whose_heatmaps_peak_on_different_objects(tmp_path):
+    """Two objects on white: a peak that moves within one object is no shift, one that moves to
+    the other object is; an image that is no scene compares the heatmap's hottest cells."""
+    scene = Image.new("RGB", (75, 75), "white")
+    scene.paste((255, 0, 0), (5, 5, 16, 16))
+    scene.paste((0, 0, 255), (50, 50, 61, 61))
+    scene.save(tmp_path / "scene.png")
+    photo = tmp_path / "photo.png"
+    Image.effect_noise((40, 40), 60).convert("RGB").save(photo)
+
+    def row(i, image, peak, hot):
+        grid = [[0.0] * 4 for _ in range(4)]
+        grid[hot[0]][hot[1]] = 1.0
+        return evalset.RowResult(i, i + 2, str(image), "x", "q", "l", "l", 0.9, True, {"l": 0.9}, peak, grid, {})
+
+    def result(rows):
+        return evalset.EvalResult("tiny", "raw", "set", ["l"], rows, [])
+
+    a = result([row(0, tmp_path / "scene.png", (8, 8), (0, 0)), row(1, tmp_path / "scene.png", (8, 8), (0, 0)),
+                row(2, photo, (5, 5), (0, 0))])  # fmt: skip
+    b = result([row(0, tmp_path / "scene.png", (14, 12), (1, 1)), row(1, tmp_path / "scene.png", (55, 57), (3, 3)),
+                row(2, photo, (30, 30), (3, 2))])  # fmt: skip
+    shifts = evalset.peak_shifts(a, b)
+    assert [(s.a.row, s.where_a, s.where_b) for s in shifts] == [
+        (3, "the object at (10, 10)", "the object at (56, 56)"),
+        (4, "region row 1, column 1 of 4 x 4", "region row 4, column 3 of 4 x 4"),
+    ]
+
+
 def test_blank_squares_fill_with_the_background():
     image = Image.new("RGB", (75, 75), (255, 255, 255))
     image.paste((255, 0, 0), (30, 30, 40, 40))  # a red square at (30..39, 30..39)

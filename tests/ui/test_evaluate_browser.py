@@ -427,10 +427,29 @@ def test_compare_on_the_data_set_lists_disagreements(page, site):
     _pick(page, "eval-checkpoint-b", "other")
     page.locator("#eval-compare").click()
     summary = page.locator("#eval-compare-summary")
-    expect(summary).to_contain_text("rows where they disagree", timeout=300_000)
-    n = int(re.search(r"(\d+) rows where they disagree", summary.inner_text()).group(1))
+    expect(summary).to_contain_text("rows where the answers differ", timeout=300_000)
+    n = int(re.search(r"(\d+) rows where the answers differ", summary.inner_text()).group(1))
     rows = _rows(page, "eval-disagree")
     assert 0 < n == len(rows) and all(r[5] != r[7] for r in rows)  # A predicted != B predicted
+
+
+def test_compare_with_the_other_method_lists_rows_whose_heatmaps_peak_elsewhere(page, site):
+    """The method never changes an answer: comparing raw with gradient lists the rows where the
+    two heatmaps peak on different objects of the scene, each object named."""
+    _pick(page, "eval-checkpoint-b", "sort-of-clevr")
+    page.locator("#eval-method-b").get_by_label("gradient").check()
+    page.locator("#eval-compare").click()
+    summary = page.locator("#eval-compare-summary")
+    expect(summary).to_contain_text("heatmaps peak on different objects", timeout=300_000)
+    expect(summary).to_contain_text("give the same answers")
+    n = int(re.search(r"(\d+) rows where the two heatmaps", summary.inner_text()).group(1))
+    headers = page.locator("#eval-disagree th[role=columnheader]").evaluate_all("hs => hs.map(h => h.innerText.trim())")
+    assert headers[-2:] == ["A peaks on (raw)", "B peaks on (gradient)"]
+    rows = _rows(page, "eval-disagree")
+    assert 0 < n == len(rows) and all(r[6] != r[7] and r[6].startswith("the object at (") for r in rows)
+    page.locator("#eval-method-b").get_by_label("raw").check()  # the same checkpoint and method: nothing to compare
+    page.locator("#eval-compare").click()
+    expect(page.get_by_text("choose a second checkpoint").first).to_be_visible(timeout=30_000)
 
 
 def test_a_long_run_shows_progress_and_stops(browser, site):
