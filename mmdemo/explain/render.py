@@ -363,12 +363,12 @@ def reliability_figure(calibration: dict) -> go.Figure:
                 mode="lines+markers",
             )
         )
-    fig.update_layout(
-        title="Reliability (validation)",
+    fig.update_layout(  # no title: the component's label names it (a title collides with it on a phone)
         xaxis={"title": "confidence", "range": [0, 1]},
         yaxis={"title": "accuracy", "range": [0, 1]},
-        height=320,
-        margin={"l": 10, "r": 10, "t": 40, "b": 10},
-        legend={"orientation": "h"},
+        height=360,
+        margin={"l": 10, "r": 10, "t": 20, "b": 10},
+        # below the x-axis title, not on it
+        legend={"orientation": "h", "yanchor": "top", "y": -0.28, "x": 0},
     )
     return fig

@@ -25,17 +25,30 @@ gradio_patches.bound_queue_analytics()  # before any Blocks is made: its queue r
 
 __all__ = ["App", "CSS", "FinetuneTab", "PredictTab", "create_demo", "csv_columns"]
 
-# Small pictures (a 75 px scene) are enlarged in the view only, without blurring them.
+# Small pictures (a 75 px scene) are enlarged in the view only, without blurring them, in every
+# tab that takes one.
 CSS = """
-#image-input img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }
-#overlay img, #word-maps img, #region-grid img { image-rendering: pixelated; }
+#image-input img, #cmp-image img, #wi-image img {
+  image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain;
+}
+#overlay img, #word-maps img, #region-grid img, #cmp-overlay-a img, #cmp-overlay-b img,
+#wi-overlay-before img, #wi-overlay-after img, #eval-overlay img { image-rendering: pixelated; }
 #overlay, #word-maps, #region-grid { padding-top: 40px; }
 #capabilities-text { padding: 4px 12px; }
+/* a plan's or a report's long lines wrap instead of running out of sight */
+#job-plan pre, #preflight pre, #job-plan code, #preflight code { white-space: pre-wrap; overflow-wrap: anywhere; }
+/* a plot's own title and axes start below the block's label */
+.block:has(> .js-plotly-plot), .block:has(.js-plotly-plot) { padding-top: 36px; }
 /* a phone's first screen holds the image, the question, Predict and the first example */
 @media (max-width: 640px) {
   #image-input { height: 244px !important; }
   #examples thead { display: none; }
   #examples td.image .container { width: 48px; height: 48px; }
+  /* no Plotly toolbar over the labels and titles on a phone (a touch zooms and pans anyway) */
+  .js-plotly-plot .modebar-container { display: none !important; }
+  /* tables fit the screen: every column in sight, narrow cells */
+  #per-class table, #eval-slices table, #eval-confusion table { table-layout: auto; width: 100% !important; }
+  #per-class th, #per-class td { min-width: 0 !important; padding: 2px 4px !important; font-size: 12px; }
 }
 """
 

@@ -188,7 +188,7 @@ def compare_tab(app: App, owner_token: gr.BrowserState, saved_tab: gr.BrowserSta
             tab.select(ct.remember_tab, None, saved_tab, api_visibility="private", queue=False)
         gr.Markdown("### Side by side\nOne image and question through two checkpoints, or raw vs gradient.")
         with gr.Row():
-            image = gr.Image(type="filepath", label="Image", elem_id="cmp-image")
+            image = gr.Image(type="filepath", label="Image", elem_id="cmp-image", height=300)
             with gr.Column():
                 text = gr.Textbox(label="Question", elem_id="cmp-text")
                 with gr.Row():
@@ -219,7 +219,7 @@ def compare_tab(app: App, owner_token: gr.BrowserState, saved_tab: gr.BrowserSta
         )
         state = gr.State(None)
         with gr.Row():
-            wi_image = gr.Image(type="filepath", label="Image", elem_id="wi-image")
+            wi_image = gr.Image(type="filepath", label="Image", elem_id="wi-image", height=300)
             edited = gr.Image(
                 label="Edited image (click to blank a square)",
                 interactive=False,

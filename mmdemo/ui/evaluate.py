@@ -239,12 +239,11 @@ class Evaluation:
                 go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="calibrated", line={"dash": "dash"}),
             ]
         )
-        fig.update_layout(
-            title=f"Reliability (ECE {calibration['ece']:.4f})",
+        fig.update_layout(  # no title: the block's label names it and the summary gives the ECE
             xaxis={"title": "confidence", "range": [0, 1]},
             yaxis={"title": "accuracy", "range": [0, 1]},
             height=320,
-            margin={"l": 10, "r": 10, "t": 40, "b": 10},
+            margin={"l": 10, "r": 10, "t": 20, "b": 10},
             showlegend=False,
         )
         return fig

@@ -467,6 +467,12 @@ def predict_tab(app: App, owner_token: gr.BrowserState, saved_tab: gr.BrowserSta
                 label = gr.Label(num_top_classes=3, label="Answer", elem_id="prediction")
                 banner = gr.Markdown(label="Out of scope", elem_id="scope-banner")
                 details = gr.Markdown(label="Details", elem_id="timing")
+                # above the overlay: a click on a word redraws the overlay, which stays in sight below it
+                words = gr.HighlightedText(
+                    label="Word importance (click a word)",
+                    elem_id="words",
+                    interactive=False,
+                )
                 # JPEG: pictures sent with every answer encode much faster than as webp (the default) or
                 # png (python -m mmdemo bench-app --stages shows Gradio's encoding per component)
                 overlay = gr.Image(
@@ -475,11 +481,6 @@ def predict_tab(app: App, owner_token: gr.BrowserState, saved_tab: gr.BrowserSta
                     interactive=False,
                     buttons=["download"],
                     format="jpeg",
-                )
-                words = gr.HighlightedText(
-                    label="Word importance (click a word)",
-                    elem_id="words",
-                    interactive=False,
                 )
                 grid = gr.Image(
                     label="Every word's map",

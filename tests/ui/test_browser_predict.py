@@ -89,6 +89,25 @@ def test_clicking_a_word_shows_its_map_and_marks_it(page):
     expect(page.locator("#words")).not_to_contain_text("[orange]")
 
 
+@pytest.mark.parametrize("viewport", [DESKTOP, PHONE], ids=["desktop", "phone"])
+def test_a_clicked_word_keeps_the_overlay_it_changes_in_sight(chromium, url, viewport):
+    """The word list is above the overlay: the visitor scrolled to the words clicks one and sees
+    the overlay change right below it, without scrolling back up."""
+    context = chromium.new_context(viewport=viewport)
+    page = context.new_page()
+    page.goto(url)
+    page.locator("#examples").get_by_text("What shape is the object closest to the orange object?").click()
+    expect(page.locator("#prediction")).to_contain_text("%", timeout=60_000)
+    expect(page.locator("#overlay img")).to_be_visible(timeout=30_000)
+    assert page.locator("#words").bounding_box()["y"] < page.locator("#overlay").bounding_box()["y"]
+    word = page.locator("#words").get_by_text("orange", exact=True)
+    word.scroll_into_view_if_needed()
+    word.click()
+    expect(page.locator("#overlay")).to_contain_text("Where the model looked for “orange”", timeout=10_000)
+    expect(page.locator("#overlay img")).to_be_in_viewport(ratio=0.5)
+    context.close()
+
+
 def test_the_question_builder_fills_the_question(page):
     page.locator("#capabilities").get_by_text("What this checkpoint can answer").click()
     # its text says the examples are above it
@@ -133,6 +152,9 @@ def test_layout_fits_the_screen_after_an_answer(chromium, url, viewport):
     # the input scene (75 px) is shown large
     image = page.locator("#image-input img").bounding_box()
     assert image["height"] >= 200
+    if viewport is PHONE:  # no Plotly toolbar over the labels and titles
+        toolbars = page.locator(".modebar-container").evaluate_all("bars => bars.filter(b => b.offsetParent).length")
+        assert toolbars == 0
     context.close()
 
 

@@ -365,6 +365,9 @@ def test_compare_shows_two_heatmaps_for_two_checkpoints(browser, site):
     page = _new_page(browser, site["url"])
     page.get_by_role("tab", name="Compare & What-if").click()
     page.locator("#cmp-image input[type=file]").set_input_files(str(site["root"] / "set" / "images" / "0000.png"))
+    # the 75 px scene is shown enlarged, as in Predict & Explain, not tiny in a big box
+    expect(page.locator("#cmp-image img")).to_be_visible(timeout=30_000)
+    assert page.locator("#cmp-image img").bounding_box()["height"] >= 200
     page.locator("#cmp-text textarea").fill("What shape is the red object?")
     _pick(page, "cmp-checkpoint-b", "other")
     page.locator("#cmp-method-b").get_by_label("raw").check()  # the same method: only the weights differ
