@@ -25,12 +25,15 @@ import plotly.graph_objects as go
 
 from ..app.backend import App
 from ..app.settings import data_dir
+from ..audit.core import AuditResult, run_audit, sort_findings
+from ..datasets.csv_table import read_csv
 from ..evaluation import engine as evalset
 from ..evaluation import report
 from ..evaluation.ratings import RATING_TEXT, Rating, RatingStore, RatingsUnavailable, export_all
 from ..explain.methods import DEFAULT_METHOD, METHODS
 from ..imaging import decode_image
 from ..model.checkpoint import CARD_FILE
+from ..training.settings import Stopped
 from .common import markdown_text
 from .identity import owner_of, refuse, unexpected, visitor_of
 from .predict import PredictView, answer_after
@@ -44,7 +47,10 @@ COMPARE_HEADERS = ["#", "row", "image", "question", "label", "prediction"]
 ANSWER_HEADERS = [*COMPARE_HEADERS[:5], "A predicted", "A confidence", "B predicted", "B confidence"]
 # what ``Evaluation.views`` fills, in its order
 RESULT_VIEWS = ("status", "summary", "reliability", "slice_column", "slice_table", "confusion", "wrong_only",
-                "true_label", "predicted", "slice_value", "out_of_scope", "rows", "count")  # fmt: skip
+                "true_label", "predicted", "slice_value", "out_of_scope", "rows", "count", "audit_summary",
+                "audit_rows")  # fmt: skip
+MIN_AUDIT_ROWS = 20  # the audit judges a row's label by what the other rows teach: fewer cannot teach it
+AUDIT_HEADERS = ["row", "image", "text", "given label", "suggested label", "score"]
 
 
 class PredictLink(NamedTuple):
@@ -203,6 +209,7 @@ class Evaluation:
             gr.update(value=False),
             table,
             count,
+            *self._audit_views(visitor),
         )
 
     def restore(self, token=None, profile: gr.OAuthProfile | None = None):
@@ -307,6 +314,89 @@ class Evaluation:
         true_label, predicted = labels[row], labels[col - 1]
         table, count = self._rows_view(visitor, False, true_label, predicted, ALL, False)
         return False, true_label, predicted, ALL, False, table, count
+
+    # -- the data audit of the evaluated set -------------------------------------------------
+    def audit(
+        self,
+        token=None,
+        profile: gr.OAuthProfile | None = None,
+        progress=gr.Progress(),  # noqa: B008 (how Gradio injects a progress bar)
+    ):
+        """Audit the visitor's evaluated upload (mmdemo.audit, as ``python -m mmdemo audit``): its
+        wrong labels, duplicates and outliers; kept with the visitor's evaluation."""
+        visitor = self.visitor(token, profile)
+        state = self._state(visitor)
+        data: evalset.EvalSet = state["data"]
+        if data.folder is None:
+            raise refuse(
+                "The audit checks a labelled CSV you uploaded: choose My labelled CSV, evaluate it, then audit it."
+            )
+        n, most = len(data.examples), self.app.limits.max_csv_rows
+        if n < MIN_AUDIT_ROWS:
+            raise refuse(
+                f"This set has {n} rows, too few to audit: the audit judges each label by what the other rows teach "
+                f"about it, and needs at least {MIN_AUDIT_ROWS} rows."
+            )
+        if n > most:
+            raise refuse(f"This set has {n:,} rows; the audit takes at most {most:,} here.")
+        stop = self._stops[visitor] = threading.Event()
+
+        def report(event: dict) -> None:
+            done, total = event.get("done"), event.get("total")
+            desc = event.get("message") or f"audit: {event['stage']}"
+            progress((done, total) if done is not None and total else None, desc=desc)
+
+        try:
+            dataset = read_csv(data.folder / "data.csv", data.image_column, "text", "label", confine=True)
+            progress(None, desc=f"auditing {n} rows")
+            audited = run_audit(dataset, report, should_stop=stop.is_set, device=self.app.registry.device)
+        except Stopped:
+            raise refuse("The audit was stopped; nothing was kept.") from None
+        except ValueError as e:
+            raise refuse(str(e)) from None
+        except Exception as e:  # noqa: BLE001 - the server keeps serving
+            raise unexpected("the audit", e) from None
+        finally:
+            self._stops.pop(visitor, None)
+        state["audit"] = audited
+        return self._audit_views(visitor)
+
+    def _audit_views(self, visitor: str):
+        """The audit's summary (accuracy with and without the rows flagged as label issues) and its
+        flagged rows; empty before an audit of this evaluation."""
+        state = self._state(visitor)
+        audited: AuditResult | None = state.get("audit")
+        if audited is None:
+            return "", gr.update(value=[], headers=AUDIT_HEADERS)
+        result: evalset.EvalResult = state["result"]
+        flagged = [f for f in sort_findings(audited.findings) if f.issue == "label"]
+        rows = {f.row for f in flagged}
+        kept = [r for r in result.rows if r.row not in rows]
+
+        def accuracy(rows) -> str:
+            return f"{100 * sum(r.correct for r in rows) / len(rows):.2f} %" if rows else "no rows"
+
+        dropped = len(result.rows) - len(kept)
+        counts = audited.counts
+        others = ", ".join(
+            f"{counts[k]} {name}"
+            for k, name in (
+                ("duplicate", "identical copies"),
+                ("near_duplicate", "near-copies"),
+                ("outlier", "outliers"),
+            )
+            if counts[k]
+        )
+        summary = (
+            f"**Audit**: {len(flagged)} rows whose label looks wrong (of {audited.rows} audited, in"
+            f" {audited.seconds:.0f} s). **Accuracy** {accuracy(result.rows)} on all {len(result.rows)} rows evaluated"
+            f" · **{accuracy(kept)} without the {dropped} flagged** ({len(kept)} rows)."
+            + (f" Also found: {others}." if others else "")
+        )
+        table = [
+            [f.row, f.image, f.text, f.label, f.suggested_label, round(f.score, 4)] for f in flagged[:MAX_TABLE_ROWS]
+        ]
+        return summary, gr.update(value=table, headers=AUDIT_HEADERS)
 
     # -- one example -----------------------------------------------------------------------
     def select_row(self, evt: gr.SelectData, token=None, profile: gr.OAuthProfile | None = None):
@@ -639,10 +729,21 @@ def evaluate_tab(
         compare_text = gr.Markdown(elem_id="eval-compare-summary")
         compare_rows = gr.Dataframe(headers=ANSWER_HEADERS, interactive=False, elem_id="eval-disagree")
 
+        gr.Markdown(
+            "**Audit this data set**: after an evaluation of your CSV, look for rows whose label looks wrong (and for "
+            "copies and outliers), and see the accuracy with and without the rows flagged. Stop ends it."
+        )
+        audit = gr.Button("Audit the labels of this set", elem_id="eval-audit")
+        audit_summary = gr.Markdown(elem_id="eval-audit-summary")
+        audit_rows = gr.Dataframe(
+            headers=AUDIT_HEADERS, interactive=False, max_height=420, label="Rows flagged", elem_id="eval-audit-rows"
+        )
+
         for dropdown in (checkpoint, checkpoint_b):  # fine-tuned checkpoints appear when the list opens
             dropdown.focus(ev.names, token, dropdown, api_name=False, queue=False)
         filters = [wrong_only, true_label, predicted, slice_value, out_of_scope]
-        result_views = [status, summary, reliability, slice_column, slice_table, confusion, *filters, rows, count]
+        result_views = [status, summary, reliability, slice_column, slice_table, confusion, *filters, rows, count,
+                        audit_summary, audit_rows]  # fmt: skip
         assert len(result_views) == len(RESULT_VIEWS)
         run.click(
             ev.run,
@@ -674,6 +775,14 @@ def evaluate_tab(
             ev.compare_dataset,
             [checkpoint_b, method_b, token],
             [compare_text, compare_rows],
+            api_name=False,
+            concurrency_limit=1,
+            concurrency_id="evaluate",
+        )
+        audit.click(
+            ev.audit,
+            token,
+            [audit_summary, audit_rows],
             api_name=False,
             concurrency_limit=1,
             concurrency_id="evaluate",

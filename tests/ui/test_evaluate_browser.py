@@ -36,6 +36,7 @@ from mmdemo.inference.predictor import Predictor  # noqa: E402
 from mmdemo.model.checkpoint import save_checkpoint  # noqa: E402
 from mmdemo.model.classifier import build_model  # noqa: E402
 
+from ..audit.scans import write_scans, wrong_rows  # noqa: E402
 from ..browser import browser as chromium_browser  # noqa: E402
 from ..browser import serve  # noqa: E402
 from ..conftest import tiny_config  # noqa: E402
@@ -98,6 +99,7 @@ def site(tmp_path_factory):
     torch.manual_seed(1)
     save_checkpoint(build_model(tiny_config(labels=LABELS)), shipped / "other")
     (shipped / "real").symlink_to(SHIPPED, target_is_directory=True)
+    save_checkpoint(build_model(tiny_config(labels=["bright", "dark", "no", "yes"])), shipped / "scans")
 
     # a labelled set: half the rows labelled with the tiny model's own answer (right), half not
     csv_path = generate(root / "set", 2, seed=5, phrasing="canonical")
@@ -325,7 +327,9 @@ def test_ratings_survive_a_restart_and_two_raters_lose_nothing(page, browser, si
     try:
         with serve(app) as url:
             fresh = _new_page(browser, url)
+            fresh.wait_for_function("() => localStorage.getItem('mmdemo-owner-token')")  # the page has its token
             fresh.get_by_role("tab", name="Evaluate").click()
+            expect(fresh.locator("#eval-ratings-summary")).to_contain_text("sort-of-clevr")
             summary = _rows(fresh, "eval-ratings-summary")
             assert ["sort-of-clevr", "0", "1", "1", "2"] in summary
             fresh.locator("#eval-export-ratings").click()
@@ -478,3 +482,55 @@ def test_a_long_run_shows_progress_and_stops(browser, site):
     finally:
         gate.released.set()
         site["registry"].gate = None
+
+
+def _evaluate_upload(page, csv_path, zip_path, checkpoint: str):
+    page.get_by_role("tab", name="Evaluate").click()
+    _pick(page, "eval-checkpoint", checkpoint)
+    page.get_by_label("My labelled CSV").check()
+    page.locator("#eval-csv input[type=file]").set_input_files(str(csv_path))
+    page.locator("#eval-zip input[type=file]").set_input_files(str(zip_path))
+    expect(page.locator("#eval-zip").get_by_role("cell", name="images.zip", exact=True)).to_be_visible(timeout=60_000)
+    page.locator("#eval-run").click()
+    expect(page.locator("#eval-status")).to_contain_text("done", timeout=300_000)
+
+
+def test_the_audit_flags_the_wrong_labels_and_gives_the_accuracy_without_them(browser, site, tmp_path):
+    """An evaluated upload with three deliberately wrong labels: Audit lists exactly those rows with
+    the label they should have, and the accuracy with and without them; a set too small to audit
+    is told so in words."""
+    small = write_scans(tmp_path / "small", n=5)
+    small_zip = shutil.make_archive(
+        str(tmp_path / "small" / "images"), "zip", root_dir=tmp_path / "small", base_dir="img"
+    )
+    wrong = (4, 11, 26)
+    scans = write_scans(tmp_path / "scans", n=40, wrong=wrong)
+    scans_zip = shutil.make_archive(
+        str(tmp_path / "scans" / "images"), "zip", root_dir=tmp_path / "scans", base_dir="img"
+    )
+    page = _new_page(browser, site["url"])
+    _evaluate_upload(page, small, small_zip, "scans")
+    page.locator("#eval-audit").click()
+    expect(page.get_by_text("too few to audit").first).to_be_visible(timeout=60_000)
+
+    page.context.close()
+
+    page = _new_page(browser, site["url"])
+    _evaluate_upload(page, scans, scans_zip, "scans")
+    expect(page.locator("#eval-status")).to_contain_text("done: 80 rows")
+    page.locator("#eval-audit").click()
+    summary = page.locator("#eval-audit-summary")
+    expect(summary).to_contain_text("3 rows whose label looks wrong", timeout=300_000)
+    flagged = _rows(page, "eval-audit-rows")
+    assert {int(r[0]) for r in flagged} == wrong_rows(scans, wrong)
+    first = "Is it bright or dark?"
+    for row, image, text, given, suggested, _score in flagged:
+        assert text == first and {given, suggested} == {"bright", "dark"}, (row, image, given, suggested)
+    # the two accuracies, from the evaluation's own rows
+    evaluated = _rows(page, "eval-rows")
+    correct = [r[COLUMNS.index("correct")] == "yes" for r in evaluated]
+    kept = [c for r, c in zip(evaluated, correct) if int(r[1]) not in {int(f[0]) for f in flagged}]
+    text = summary.inner_text()
+    assert f"{100 * sum(correct) / len(correct):.2f} % on all 80 rows" in text
+    assert f"{100 * sum(kept) / len(kept):.2f} % without the 3 flagged (77 rows)" in text
+    page.context.close()
