@@ -10,6 +10,7 @@ server (``App.owner``), never a name sent by the client.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import secrets
@@ -357,9 +358,11 @@ class App:
         overwrite: bool,
         val_fraction: float,
         time_limit_s: float | None = None,
+        review: dict | None = None,
     ) -> dict:
         """Queue a fine-tune job: the recipe chooses every setting not in ``overrides``, within
-        ``time_limit_s`` (default: the recipe's budget, capped by the server's job time limit)."""
+        ``time_limit_s`` (default: the recipe's budget, capped by the server's job time limit);
+        ``review``: an audit's decisions to apply (``start_reviewed_job``)."""
         self.registry.target(name, owner, overwrite)  # refuse before the data is read
         dataset, source, upload = self.prepare_upload(csv_file, zip_file, columns)
         try:
@@ -367,13 +370,102 @@ class App:
             if hint and not dataset.examples:
                 raise ValueError(hint)
             status = self.jobs.start(
-                owner, dataset, source, overrides, name, base, overwrite, val_fraction, time_limit_s
+                owner, dataset, source, overrides, name, base, overwrite, val_fraction, time_limit_s, review
             )
         except BaseException:
             upload.remove()
             raise
         upload.keep()  # the job deletes it when it ends (or, when it can resume, when it expires)
         return status
+
+    # --- the data audit and its review ----------------------------------------------------
+    def start_audit(self, owner: str, csv_file: str, zip_file: str | None, columns: tuple[str, ...],
+                    base: str | None = None) -> dict:  # fmt: skip
+        """Queue an audit of the upload (wrong labels, duplicates, outliers) as the visitor's job,
+        with ``base``'s encoders when one is given (else the recipe's)."""
+        dataset, source, upload = self.prepare_upload(csv_file, zip_file, columns)
+        try:
+            hint = missing_images_hint(dataset, bool(zip_file))
+            if hint and not dataset.examples:
+                raise ValueError(hint)
+            init = self.registry.path(base, owner) if base else None
+            status = self.jobs.start_audit(owner, dataset, source, init, file_digest(source.csv))
+        except BaseException:
+            upload.remove()
+            raise
+        upload.keep()  # the audit keeps it while it is the visitor's latest job (the review's pictures)
+        return status
+
+    def audit_review(self, owner: str) -> dict | None:
+        """The visitor's latest audit: its state, findings (most sure first), decisions and the
+        folder its pictures are in; None when they have none."""
+        record = self.jobs.audit(owner)
+        if record is None:
+            return None
+        return {
+            "id": record["id"],
+            "state": record["state"],
+            "message": record["message"],
+            "findings": record["audit"].get("findings", []),
+            "more": record["audit"].get("more", 0),
+            "counts": record["audit"].get("counts", {}),
+            "summary": record["audit"].get("summary", ""),
+            "decisions": record.get("decisions", {}),
+            "folder": record["data"]["folder"],
+            "csv_name": record["data"].get("name", "data.csv"),
+        }
+
+    def decide(self, owner: str, rows: list[int], action: str | None, label: str | None = None) -> dict:
+        """The visitor's decision for flagged rows of their latest audit (None: undo it)."""
+        from ..audit.review import check_decision
+
+        decision = None if action is None else check_decision(action, label)
+        self.jobs.decide(owner, [int(r) for r in rows], decision)
+        return self.audit_review(owner)
+
+    def review_csv(self, owner: str) -> str:
+        """The review as a CSV (every finding with its decision), one file per visitor, replaced."""
+        from ..audit.review import write_decisions
+
+        review = self.audit_review(owner)
+        if review is None or review["state"] != "done":
+            raise ValueError("audit the data first: there is no finished audit of yours to download")
+        folder = self.work_dir / "reviews" / owner
+        folder.mkdir(parents=True, exist_ok=True)
+        return str(write_decisions(review["findings"], review["decisions"], folder / "review.csv"))
+
+    def start_reviewed_job(
+        self,
+        owner: str,
+        csv_file: str,
+        zip_file: str | None,
+        columns: tuple[str, ...],
+        overrides: dict | None,
+        name: str,
+        base: str | None,
+        overwrite: bool,
+        val_fraction: float,
+        time_limit_s: float | None = None,
+    ) -> dict:
+        """Queue a fine-tune on the upload with the visitor's review of its audit applied (the
+        rows excluded left out, the relabelled ones with their new label); the upload is unchanged,
+        and the training record and the model card list the decisions."""
+        from ..audit.review import review_record
+
+        review = self.audit_review(owner)
+        if review is None or review["state"] != "done":
+            raise ValueError("audit the data first (press 'Audit data' and wait for it to finish)")
+        if not csv_file or file_digest(Path(csv_file)) != self.jobs.audit(owner)["digest"]:
+            raise ValueError(
+                "the CSV is not the one that was audited: press 'Audit data' again for this CSV, or upload the"
+                f" audited one ({review['csv_name']})"
+            )
+        record = review_record(review["decisions"], review["findings"], review["counts"])
+        decisions = {row: d for row, d in review["decisions"].items() if d["action"] != "keep"}
+        return self.start_job(
+            owner, csv_file, zip_file, columns, overrides, name, base, overwrite, val_fraction, time_limit_s,
+            review={"decisions": decisions, "record": record, "audit": review["id"]},
+        )  # fmt: skip
 
     def resume_job(self, owner: str, job: str | None = None, time_limit_s: float | None = None) -> dict:
         """Continue the owner's stopped, interrupted or time-limited job from its last saved epoch."""
@@ -392,6 +484,15 @@ class App:
         self.jobs.close()
         if self._own_work_dir:
             shutil.rmtree(self.work_dir, ignore_errors=True)
+
+
+def file_digest(path: Path) -> str:
+    """The SHA-256 of a file's content (an uploaded CSV: the review applies to that content only)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def read_task(path: Path) -> tuple[list[str], dict, dict]:

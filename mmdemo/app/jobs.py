@@ -50,6 +50,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+from ..audit.review import apply_review
 from ..datasets.csv_table import Dataset, check_trainable
 from ..folders import alive, process_tag, still_running
 from ..training.finetune import FinetuneRequest, plan, resume_dir
@@ -166,7 +167,7 @@ class JobManager:
         return {
             Path(r["data"]["folder"])
             for r in self.records()
-            if r["state"] in UNFINISHED or r["state"] == "interrupted" or resumable(r)
+            if r["state"] in UNFINISHED or r["state"] == "interrupted" or resumable(r) or reviewable(r)
         }
 
     # --- what a visitor sees -------------------------------------------------------------
@@ -238,10 +239,14 @@ class JobManager:
         overwrite: bool = False,
         val_fraction: float = 0.1,
         time_limit_s: float | None = None,
+        review: dict | None = None,
     ) -> dict:
         """Queue a job trained by the recipe, with ``overrides`` (settings the visitor set) winning
         over its choices, within ``time_limit_s`` (default: the recipe's budget, capped by the
-        server's job time limit); ValueError (nothing queued) names what is wrong."""
+        server's job time limit); ``review``: an audit's decisions (``{"decisions", "record"}``),
+        applied by the worker to the rows it reads. ValueError (nothing queued) names what is wrong."""
+        if review:  # planned and checked on the rows the job will train on
+            dataset = apply_review(dataset, review["decisions"])
         check_trainable(dataset)
         target = self.registry.target(name, owner, overwrite)
         init = self.registry.path(base, owner) if base else None
@@ -283,10 +288,79 @@ class JobManager:
                 "time_limit_s": time_limit_s,
                 "data": {k: str(v) for k, v in source._asdict().items()},
             }
+            if review:
+                record["review"] = review
             clock.enter(record, "queued", record["created"])  # the job's clock starts: waiting
             write_record(self._path(job_id), record)
         self._wake.set()
         return self.status(owner)
+
+    def start_audit(self, owner: str, dataset: Dataset, source: DataSource, base: Path | None, digest: str) -> dict:
+        """Queue an audit of ``dataset`` (audit/core.py ``run_audit``, with ``base``'s encoders
+        when given) as a job of ``owner``: it waits its turn like a fine-tune, shows its progress,
+        and Stop ends it. Its findings stay in its record with the visitor's review decisions
+        (``decide``); its upload folder stays while it is the visitor's latest job, for the review's
+        pictures. ``digest``: the uploaded CSV's content hash (the review applies to that CSV only)."""
+        check_trainable(dataset)
+        with self._lock:
+            records = self.records()
+            self._check_room(owner, records)
+            for older in (r for r in records if r["owner"] == owner and r["state"] in FINISHED):
+                _drop_resume(older)  # only the latest job keeps its data
+            job_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(4)}"
+            record = {
+                "id": job_id,
+                "kind": "audit",
+                "owner": owner,
+                "state": "queued",
+                "message": "waiting for its turn",
+                "created": time.time(),
+                "started": 0.0,
+                "finished": 0.0,
+                "progress": 0.0,
+                "epoch": 0,
+                "epochs": 0,
+                "history": [],
+                "report": {},
+                "checkpoint": "",
+                "target": str(self.dir / f"{job_id}.audit"),  # never written: an audit saves no checkpoint
+                "base": str(base) if base else None,
+                "overrides": {},
+                "plan": f"audit of {len(dataset.examples):,} rows: wrong labels, duplicates and outliers",
+                "time_limit_s": 0.0,
+                "digest": digest,
+                "audit": {},
+                "decisions": {},
+                "data": {k: str(v) for k, v in source._asdict().items()},
+            }
+            clock.enter(record, "queued", record["created"])
+            write_record(self._path(job_id), record)
+        self._wake.set()
+        return self.status(owner)
+
+    def audit(self, owner: str) -> dict | None:
+        """The visitor's latest audit record (findings, decisions, state), or None."""
+        mine = [r for r in self.records() if r["owner"] == owner and r.get("kind") == "audit"]
+        return mine[-1] if mine else None
+
+    def decide(self, owner: str, rows: list[int], decision: dict | None) -> dict:
+        """Record the visitor's decision (``review.check_decision``; None: undo) for ``rows`` of
+        their latest finished audit; returns that audit's record."""
+        with self._lock:
+            record = self.audit(owner)
+            if record is None or record["state"] != "done":
+                raise ValueError("audit the data first: there is no finished audit of yours to review")
+            flagged = {int(f["row"]) for f in record["audit"].get("findings", [])}
+            unknown = sorted(set(rows) - flagged)
+            if unknown:
+                raise ValueError(f"row {unknown[0]} is not among the audit's findings")
+            for row in rows:
+                if decision is None:
+                    record["decisions"].pop(str(row), None)
+                else:
+                    record["decisions"][str(row)] = decision
+            write_record(self._path(record["id"]), record)
+            return record
 
     def resume(self, owner: str, job: str | None = None, time_limit_s: float | None = None) -> dict:
         """Queue the visitor's stopped, interrupted or time-limited job (its id or checkpoint
@@ -509,8 +583,9 @@ class JobManager:
                 record.update(message=f"stopped during {was}{kept}")
             else:
                 why = "killed, possibly out of memory" if code in (-9, 137) else f"exit code {code}"
+                what = "audit" if record.get("kind") == "audit" else "training"
                 clock.enter(record, "failed")
-                record.update(message=f"the training process ended unexpectedly ({why})")
+                record.update(message=f"the {what} process ended unexpectedly ({why})")
             record["finished"] = time.time()
             log.warning("job %s: %s", record["id"], record["message"])
         self._finish(record)
@@ -525,7 +600,7 @@ class JobManager:
         """Make the record final; its upload folder goes unless the run can be resumed (or it
         was interrupted: kept for the time to live, as its message says)."""
         write_record(self._path(record["id"]), record)
-        if not resumable(record) and record["state"] != "interrupted":
+        if not resumable(record) and not reviewable(record) and record["state"] != "interrupted":
             shutil.rmtree(record["data"]["folder"], ignore_errors=True)
 
 
@@ -555,6 +630,11 @@ def resumable(record: dict) -> bool:
         and (resume_dir(Path(record["target"])) / "state.json").is_file()
         and Path(record["data"]["folder"]).is_dir()
     )
+
+
+def reviewable(record: dict) -> bool:
+    """Whether a record is a finished audit whose findings can be reviewed (it keeps its data)."""
+    return record.get("kind") == "audit" and record["state"] == "done"
 
 
 def _drop_resume(record: dict) -> None:
@@ -604,4 +684,5 @@ def _public(record: dict, queued: list[str], stopping: bool, can_resume: bool = 
         "time_limit_s": record.get("time_limit_s") or 0.0,
         "stopped_by": record.get("stopped_by"),
         "resumable": can_resume,
+        "kind": record.get("kind", "finetune"),
     }

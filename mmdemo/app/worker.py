@@ -147,6 +147,9 @@ def run_job(record_path: str, link: ServerLink) -> None:
         # the part of preparing no plan estimates (starting Python, importing torch), on the one clock
         startup_s=round(max(0.0, time.time() - record["started"]), 1) if record.get("started") else 0.0,
     )
+    if record.get("kind") == "audit":
+        run_audit_job(record, link, update)
+        return
     try:
         source = record["data"]
         if record.get("resume"):  # continue from the last saved epoch (finetune.resume)
@@ -162,6 +165,11 @@ def run_job(record_path: str, link: ServerLink) -> None:
                 confine=True,
                 group_column=source.get("group_column") or None,
             )
+            review = record.get("review")
+            if review:  # an audit's decisions, applied to the rows read (the upload is unchanged)
+                from ..audit.review import apply_review
+
+                dataset = apply_review(dataset, review["decisions"])
             request = FinetuneRequest(
                 dataset=dataset,
                 out=Path(record["target"]),
@@ -171,6 +179,7 @@ def run_job(record_path: str, link: ServerLink) -> None:
                 overwrite=record["overwrite"],
                 description=f"Fine-tuned in the mmdemo app on {source.get('name', 'an uploaded CSV')}.",
                 time_limit_s=record.get("time_limit_s"),
+                review=review["record"] if review else None,
             )
             result = finetune(request, progress, link.is_set)
     except (ValueError, RuntimeError) as e:  # the data or the stop: a one-line reason
@@ -209,6 +218,123 @@ def run_job(record_path: str, link: ServerLink) -> None:
             result.checkpoint.name,
             metrics.get("val_accuracy", float("nan")),
         ),
+    )
+
+
+AUDIT_PHASES = {"hash images": 0.05, "encode": 0.45, "labels": 0.9, "images": 1.0}  # progress at each phase's end
+AUDIT_CHUNKS = {"encode images": ("hash images", "encode"), "label folds": ("encode", "labels")}
+MAX_FINDINGS = 2000  # kept in the record for the review (audit.csv from the CLI has them all)
+REVIEW_FOLDER = ".review"  # in the upload folder: the findings' pictures, small
+THUMBNAIL_PX = 256
+MIN_THUMBNAIL_PX = 128
+MAX_THUMBNAILS = 600  # the review list's pictures (the surest findings'); the rest are listed without one
+
+
+def thumbnails(findings: list[dict], images: dict[int, Path], folder: Path) -> None:
+    """A small copy of each finding's picture (``finding["thumbnail"]``: its file name in
+    ``folder``), so the review list never sends a large upload to the browser."""
+    from PIL import Image, ImageOps
+
+    folder.mkdir(exist_ok=True)
+    for i, finding in enumerate(findings):
+        name = f"{finding['row']}.png"
+        if i >= MAX_THUMBNAILS:
+            finding["thumbnail"] = ""
+            continue
+        finding["thumbnail"] = name
+        if (folder / name).is_file():
+            continue
+        try:
+            with Image.open(images[finding["row"]]) as image:
+                image.draft("RGB", (THUMBNAIL_PX, THUMBNAIL_PX))  # a JPEG decodes at the size needed
+                image = ImageOps.exif_transpose(image)
+                image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
+                if max(image.size) < MIN_THUMBNAIL_PX:  # a small scan, enlarged with its pixels kept sharp
+                    scale = MIN_THUMBNAIL_PX // max(image.size) + 1
+                    image = image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
+                image.convert("RGB").save(folder / name)
+        except (OSError, KeyError, ValueError):  # shown without its picture
+            finding["thumbnail"] = ""
+
+
+def run_audit_job(record: dict, link: ServerLink, update) -> None:
+    """An audit job (``jobs.JobManager.start_audit``): the data audited with ``run_audit``, its
+    findings (most sure first) kept in the record for the visitor's review."""
+    from dataclasses import asdict
+
+    import torch
+
+    from ..audit.core import run_audit
+    from ..datasets.csv_table import read_csv
+    from ..training.recipe import cpu_threads
+    from ..training.settings import Stopped
+
+    def progress(event: dict) -> None:
+        stage = event["stage"]
+        if stage == "audit":
+            update(force=True, progress=AUDIT_PHASES.get(event["phase"], record["progress"]),
+                   message=f"auditing: {event['message']}")  # fmt: skip
+        elif stage in AUDIT_CHUNKS and event.get("total"):
+            low, high = (AUDIT_PHASES[p] for p in AUDIT_CHUNKS[stage])
+            update(progress=low + (high - low) * event["done"] / event["total"],
+                   message=f"auditing: {stage} {event['done']:,}/{event['total']:,}")  # fmt: skip
+
+    source = record["data"]
+    try:
+        dataset = read_csv(
+            source["csv"],
+            source["image_column"],
+            source["text_column"],
+            source["label_column"],
+            image_root=source["folder"],
+            confine=True,
+            group_column=source.get("group_column") or None,
+        )
+        torch.set_num_threads(max(1, cpu_threads()[0]))
+        update(force=True, state="running", message=f"auditing {len(dataset.examples):,} rows", progress=0.01)
+        result = run_audit(
+            dataset,
+            progress,
+            link.is_set,
+            checkpoint=Path(record["base"]) if record.get("base") else None,
+            image_column=source["image_column"],
+        )
+    except Stopped as e:
+        if link.gone.is_set() and not link.stop.is_set():
+            update(force=True, state="interrupted", message="the server stopped during the audit; audit again",
+                   finished=time.time())  # fmt: skip
+        else:
+            update(force=True, state="stopped", message=str(e), finished=time.time())
+        return
+    except ValueError as e:
+        update(force=True, state="failed", message=str(e), finished=time.time())
+        return
+    except Exception as e:  # a bug: the traceback goes to the log, the user gets its type and text
+        log.exception("audit %s failed", record["id"])
+        update(force=True, state="failed", message=f"the audit failed: {type(e).__name__}: {e}", finished=time.time())
+        return
+    findings = sorted(result.findings, key=lambda f: (f.score, f.issue, f.row))[:MAX_FINDINGS]  # surest first
+    kept = [asdict(f) for f in findings]
+    thumbnails(kept, {e.row: e.image for e in dataset.examples}, Path(source["folder"]) / REVIEW_FOLDER)
+    counts = result.counts
+    names = {"label": "label issue", "near_duplicate": "near duplicate"}
+    found = ", ".join(f"{n} {names.get(i, i)}{'s' * (n != 1)}" for i, n in counts.items() if n)
+    update(
+        force=True,
+        state="done",
+        progress=1.0,
+        finished=time.time(),
+        audit={
+            "findings": kept,
+            "more": max(0, len(result.findings) - MAX_FINDINGS),
+            "counts": counts,
+            "summary": result.summary(),
+            "rows": result.rows,
+            "images": result.images,
+            "seconds": result.seconds,
+        },
+        message=f"audit done in {result.seconds:.0f} s: {found or 'nothing found'}"
+        + ("; review the findings below" if findings else ""),
     )
 
 

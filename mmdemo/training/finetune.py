@@ -60,6 +60,7 @@ class FinetuneRequest:
     command: str | None = None  # the command line that ran it (CLI)
     overrides: dict = field(default_factory=dict)  # explicit settings / architecture for the recipe
     calibrate: bool = True  # fit a temperature on the validation split
+    review: dict | None = None  # audit/review.py review_record: the rows excluded or relabelled (applied already)
 
 
 @dataclass
@@ -236,9 +237,10 @@ def training_record(
         validation = f"{request.val_fraction:.0%} of the images held out for validation"
     settings = recipe.settings
     world = env_world_size()
+    reviewed = f"; {request.review['summary']}" if request.review else ""
     record = {
         "description": request.description or f"Fine-tuned with mmdemo on {dataset.csv_path.name}.",
-        "data": f"{dataset.csv_path.name}: {len(dataset.examples)} rows; {validation}",
+        "data": f"{dataset.csv_path.name}: {len(dataset.examples)} rows{reviewed}; {validation}",
         "init": request.init.name if request.init else "new model (pretrained encoders from their packages)",
         "settings": {k: v for k, v in asdict(settings).items()},
         "recipe": recipe.choices,
@@ -259,6 +261,8 @@ def training_record(
     }
     if not best.get("complete", True):
         record["best_epoch_note"] = f"the best epoch ({best['epoch']}) was cut short by the {stopped_by or 'stop'}"
+    if request.review:
+        record["review"] = request.review
     if request.command:
         record = {"command": request.command, **record}
     return record
@@ -404,6 +408,7 @@ def _request_to_json(request: FinetuneRequest) -> dict:
         "command": request.command,
         "overrides": request.overrides,
         "calibrate": request.calibrate,
+        "review": request.review,
     }
 
 
@@ -421,4 +426,5 @@ def _request_from_json(data: dict) -> FinetuneRequest:
         command=data["command"],
         overrides=data["overrides"],
         calibrate=data["calibrate"],
+        review=data.get("review"),
     )

@@ -35,6 +35,7 @@ from ..explain import render
 from ..training.recipe import format_seconds
 from .common import code_block, input_error, markdown_text
 from .identity import owner_of, refuse, unexpected
+from .review import review_section
 from .zerogpu import finetune_device
 
 NEW_MODEL = "(new model)"
@@ -167,7 +168,7 @@ def status_text(status: dict) -> str:
     if state == "running":
         if left is not None and status["progress"] < 1:
             line += f" - about {_clock(left)} left"
-        elif status["progress"] == 0:
+        elif status["progress"] == 0 and status.get("kind") != "audit":
             line += " - preparing the data (loading and encoding the images) before the first training step"
     return line
 
@@ -175,7 +176,7 @@ def status_text(status: dict) -> str:
 def plan_text(status: dict) -> str:
     """The job's training plan (what the recipe chose and why, the estimate), as planned at its
     start; empty before any job."""
-    if not status.get("plan"):
+    if not status.get("plan") or status.get("kind") == "audit":  # an audit says what it does in its status
         return ""
     return "Training plan of this job:\n```\n" + status["plan"] + "\n```"
 
@@ -382,9 +383,10 @@ class FinetuneTab:
         class_weights=None,
         time_budget_minutes=None,
         group_col=None,
+        reviewed: bool = False,
     ) -> dict:
         """Validates everything and queues the job of ``owner``; settings given as None are the
-        recipe's choice."""
+        recipe's choice. ``reviewed``: train with the owner's review of their audit applied."""
         try:
             name = validate_name(name)
             overrides = overrides_of(epochs, lr, batch_size, freeze, class_weights)
@@ -392,7 +394,8 @@ class FinetuneTab:
                 overrides["device"] = finetune_device()
             if not 0 < float(val_split) < 1:
                 raise ValueError(f"the validation split must be between 0 and 1, got {val_split}")
-            return self.app.start_job(
+            start = self.app.start_reviewed_job if reviewed else self.app.start_job
+            return start(
                 owner,
                 csv_file,
                 zip_file,
@@ -437,6 +440,25 @@ class FinetuneTab:
             class_weights=class_weights, time_budget_minutes=time_budget_minutes, group_col=group_column,
         )  # fmt: skip
         return (*status_views(status), status.get("owner_token") or owner_token)
+
+    def start_reviewed_form(
+        self, csv_file, zip_file, image_column, text_column, label_column, start_from, epochs, learning_rate,
+        batch_size, freeze, validation_split, name, overwrite, class_weights, owner_token, time_budget_minutes,
+        automatic, edited=None, group_column=None, profile: gr.OAuthProfile | None = None,
+    ):  # fmt: skip
+        """Train on the reviewed data: as Start, with the visitor's decisions on their audit applied."""
+        owner = self.owner(owner_token, profile)
+        if owner is None:
+            raise refuse("Audit the data first (press 'Audit data' and wait for it to finish).")
+        epochs, learning_rate, batch_size, freeze, class_weights = custom_values(
+            automatic, edited, epochs, learning_rate, batch_size, freeze, class_weights
+        )
+        status = self.start(
+            csv_file, zip_file, image_column, text_column, label_column, start_from, epochs, learning_rate,
+            batch_size, freeze, validation_split, name, overwrite, owner, class_weights, time_budget_minutes,
+            group_column, reviewed=True,
+        )  # fmt: skip
+        return status_views(status)
 
     def resume(self, owner: str | None, job: str | None = None, time_budget_minutes=None) -> dict:
         """Continues the owner's stopped, interrupted or time-limited job from its last saved epoch."""
@@ -600,6 +622,7 @@ def finetune_tab(
         columns_note = gr.Markdown(label="Column roles", elem_id="columns-note")
         check = gr.Button("Check data")
         report = gr.Markdown(label="Pre-flight report", elem_id="preflight")
+        review_at = gr.Column()  # the data audit's section goes here (laid out once Start from exists)
         with gr.Row():
             base = gr.Dropdown(
                 [NEW_MODEL, *names],
@@ -653,6 +676,9 @@ def finetune_tab(
                 visible=False,
                 elem_id="resume-button",
             )
+        with review_at:
+            review = review_section(app, [csv_file, zip_file, image_col, text_col, label_col, group_col, base],
+                                    owner_token)  # fmt: skip
         status_md = gr.Markdown(label="Job status", elem_id="job-status")
         status_bar = gr.HTML()
         job_plan = gr.Markdown(elem_id="job-plan")
@@ -716,6 +742,15 @@ def finetune_tab(
             concurrency_limit=1,
             concurrency_id="train",
         )
+        review.train.click(
+            ft.start_reviewed_form,
+            [*columns_in, base, epochs, lr, batch_size, freeze, val_split, name, overwrite, class_weights,
+             owner_token, time_budget, automatic, edited, group_col],
+            status_outputs,
+            api_visibility="private",
+            concurrency_limit=1,
+            concurrency_id="train",
+        )  # fmt: skip
         stop.click(ft.stop_form, [owner_token], None, api_visibility="private")
         download.click(ft.download, [download_name, owner_token], download_file, api_visibility="private")
 
