@@ -56,10 +56,17 @@ IMAGE_POOLING = {1: "mean", 2: "mean+std"}
 SYNONYM_COS = 0.75  # input-embedding cosine at which an unseen word stands for a known one
 
 MESSAGES = {
-    "image": "this image does not look like the training data",
+    "image": "this image is unlike the training images",
     "text": "this question is unlike the training questions",
     "ignores_image": "the answer ignores the image",
 }
+# only to recognise that an unknown word is a colour: the colours a model knows come from its
+# training texts and answers (ScopeStats.vocabulary, label_words)
+COLOUR_WORDS = frozenset(
+    "red green blue yellow orange purple violet pink brown black white gray grey cyan magenta teal"
+    " turquoise beige maroon navy lime olive gold silver indigo".split()
+)
+NAMED_WORDS = 3  # unknown words a message names at most
 
 _WORD = re.compile(r"[a-z0-9]+")
 
@@ -253,6 +260,25 @@ def text_problems(ws: list[str], stats: ScopeStats, synonyms: dict[str, str]) ->
     return unseen, problems, len(unseen) / max(1, len(ws))
 
 
+def known_colours(stats: ScopeStats) -> list[str]:
+    """The colour words of the training texts and answers, most frequent first."""
+    seen = dict.fromkeys(w for w in [*stats.vocabulary, *stats.label_words] if w in COLOUR_WORDS)
+    return list(seen)
+
+
+def text_message(unseen: list[str], stats: ScopeStats) -> str:
+    """Why a question is out of scope, in the visitor's words: the unknown words by name (a colour
+    the model does not know as such, with the colours it knows), else the generic reason."""
+    colours = known_colours(stats)
+    parts = []
+    for word in list(dict.fromkeys(unseen))[:NAMED_WORDS]:
+        if word in COLOUR_WORDS and colours:
+            parts.append(f"{word} is not a colour this model knows (it knows {', '.join(colours)})")
+        else:
+            parts.append(f"'{word}' is not a word this model was trained on")
+    return "; ".join(parts) or MESSAGES["text"]
+
+
 def assess(
     stats: ScopeStats | None,
     image_vec: torch.Tensor,
@@ -278,7 +304,7 @@ def assess(
         "in_scope": not reasons,
         "fitted": True,
         "reasons": reasons,
-        "messages": [MESSAGES[r] for r in reasons],
+        "messages": [text_message(unseen, stats) if r == "text" else MESSAGES[r] for r in reasons],
         "image_distance": round(distance, 3),
         "image_threshold": round(stats.image_threshold, 3),
         "text_similarity": round(similarity, 4),

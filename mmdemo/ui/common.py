@@ -39,6 +39,17 @@ def markdown_text(text: str) -> str:
     return MARKDOWN_SPECIAL.sub(r"\\\1", html.escape(one_line, quote=False))
 
 
+def answer_lead(prediction, share: str) -> str:
+    """How a line about one prediction starts: the answer in bold with its probability
+    (``share``, already formatted), or, when the model abstains (out of scope), the abstention
+    first and the answer only as its best guess."""
+    label = markdown_text(prediction.label)
+    if prediction.in_scope:
+        return f"**{label}** ({share})"
+    reasons = "; ".join(prediction.scope.get("messages") or ["this input is unlike the training data"])
+    return f"**Not sure: {markdown_text(reasons)}** — its best guess would be {label} ({share})"
+
+
 def code_block(text: str) -> str:
     """``text`` as a fenced code block that nothing in it can close: the fence is longer than any
     run of backticks inside (Markdown shows a code block's content as text, HTML included)."""

@@ -17,6 +17,7 @@ from ..explain import render
 from ..explain.counterfactual import blank_squares
 from ..explain.methods import DEFAULT_METHOD, METHODS
 from ..imaging import decode_image
+from .common import answer_lead
 from .identity import owner_of, refuse
 
 OPACITY = 0.55
@@ -102,8 +103,8 @@ class CompareTab:
         name_b = f"`{checkpoint_b}` ({method_b})"
         pa, pb = a.explanation.peak_xy, b.explanation.peak_xy
         summary = (
-            f"{name_a}: **{a.label}** ({100 * a.scores[a.label]:.1f} %), peak at ({pa[0]:.0f}, {pa[1]:.0f}) · "
-            f"{name_b}: **{b.label}** ({100 * b.scores[b.label]:.1f} %), peak at ({pb[0]:.0f}, {pb[1]:.0f}) · "
+            f"{name_a}: {answer_lead(a, f'{100 * a.scores[a.label]:.1f} %')}, peak at ({pa[0]:.0f}, {pa[1]:.0f}) · "
+            f"{name_b}: {answer_lead(b, f'{100 * b.scores[b.label]:.1f} %')}, peak at ({pb[0]:.0f}, {pb[1]:.0f}) · "
             + ("they **agree**." if a.label == b.label else "they **disagree**.")
         )
         return scores_a, overlay_a, scores_b, overlay_b, summary

@@ -25,7 +25,7 @@ from ..app.backend import Answer, App
 from ..explain import render
 from ..explain.methods import DEFAULT_METHOD, METHODS, peak_xy
 from ..imaging import decode_image
-from .common import BoundedSlider, ChoiceRadio, input_error, markdown_text
+from .common import BoundedSlider, ChoiceRadio, answer_lead, input_error, markdown_text
 from .gradio_patches import inline_image_to_cache, plot_value
 from .identity import owner_of, unexpected
 from .zerogpu import gpu
@@ -197,7 +197,7 @@ class PredictTab:
         e = prediction.explanation
         result = prediction.scores if prediction.in_scope else "no confident answer (out of scope)"
         details = (
-            f"**{markdown_text(prediction.label)}** ({prediction.scores[prediction.label]:.0%}) from "
+            f"{answer_lead(prediction, f'{prediction.scores[prediction.label]:.0%}')} from "
             f"`{state['checkpoint']}`, {state['method']} attention. Inference {answer.elapsed_ms:.0f} ms on "
             f"{answer.device} (model {prediction.forward_ms:.0f} ms)."
         )

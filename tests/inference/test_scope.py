@@ -87,7 +87,7 @@ def test_assess_names_each_reason():
     ok = scope.assess(stats, torch.zeros(3), text_vec, ws, {}, 0.5)
     assert ok["in_scope"] and ok["reasons"] == []
     far = scope.assess(stats, torch.tensor([5.0, 0, 0]), text_vec, ws, {}, 0.5)
-    assert far["reasons"] == ["image"] and far["messages"] == ["this image does not look like the training data"]
+    assert far["reasons"] == ["image"] and far["messages"] == ["this image is unlike the training images"]
     ignored = scope.assess(stats, torch.zeros(3), text_vec, ws, {}, 0.001)
     assert ignored["reasons"] == ["ignores_image"] and not ignored["in_scope"]
     odd = scope.assess(stats, torch.zeros(3), text_vec, scope.words("tell me a joke"), {}, 0.5)
@@ -98,6 +98,21 @@ def test_assess_names_each_reason():
         "reasons": [],
         "note": "this checkpoint has no scope statistics",
     }
+
+
+def test_an_unknown_word_is_named_and_an_unknown_colour_lists_the_known_ones():
+    stats = _stats()
+    text_vec = torch.tensor([1.0, 0, 0, 0])
+    purple = scope.assess(stats, torch.zeros(3), text_vec, scope.words("What shape is the purple object?"), {}, 0.5)
+    assert purple["messages"] == ["purple is not a colour this model knows (it knows blue, gray, green, red)"]
+    joke = scope.assess(stats, torch.zeros(3), text_vec, scope.words("tell me a joke"), {}, 0.5)
+    assert joke["messages"] == [
+        "'tell' is not a word this model was trained on; 'me' is not a word this model was trained on;"
+        " 'a' is not a word this model was trained on"
+    ]
+    # no unknown word: the generic reason
+    two = scope.assess(stats, torch.zeros(3), text_vec, scope.words("what shape is the red blue object"), {}, 0.5)
+    assert two["messages"] == ["this question is unlike the training questions"]
 
 
 def test_a_scope_block_without_its_file_is_an_error(tiny_checkpoint, tmp_path):

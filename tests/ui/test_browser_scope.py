@@ -55,12 +55,19 @@ def test_banner_for_out_of_scope_input_only(served):
     page, image = served
     _ask(page, image, "is the purple square on the left?")
     banner = page.locator("#scope-banner")
-    playwright.expect(banner).to_contain_text("this question is unlike the training questions", timeout=60_000)
+    # the unknown word is named, as a colour, with the colours the model knows
+    known = "purple is not a colour this model knows (it knows red, green, blue, gray)"
+    playwright.expect(banner).to_contain_text(known, timeout=60_000)
     playwright.expect(page.locator("#prediction")).to_contain_text("no confident answer")
+    # the details line leads with the abstention, the answer only as a best guess
+    details = page.locator("#timing")
+    playwright.expect(details.locator("strong").first).to_have_text(f"Not sure: {known}")
+    playwright.expect(details).to_contain_text("its best guess would be")
 
     _ask(page, image, "is the gray square on the left?")
     playwright.expect(page.locator("#prediction")).to_contain_text("%", timeout=60_000)
     playwright.expect(banner).not_to_contain_text("Out of scope")
+    playwright.expect(details).not_to_contain_text("Not sure")
 
 
 def test_banner_when_the_answer_ignores_the_image(served):
