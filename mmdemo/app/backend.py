@@ -250,10 +250,7 @@ class App:
         if not isinstance(text, str) or not text.strip():
             raise ValueError("Please type a question or a description of the image.")
         if len(text) > self.limits.max_text_chars:
-            raise ValueError(
-                f"the text has {len(text):,} characters, over the limit of {self.limits.max_text_chars:,}"
-                " (MMDEMO_MAX_TEXT_CHARS)"
-            )
+            raise ValueError(f"The question has {len(text):,} characters; the most is {self.limits.max_text_chars:,}.")
         if is_blank(text):
             raise ValueError(
                 "Please type a question or a description of the image: the text holds only invisible characters"
@@ -278,9 +275,7 @@ class App:
         limits = self.limits
         size = Path(csv_file).stat().st_size
         if size > limits.max_csv_mb * 1e6:
-            raise ValueError(
-                f"the CSV is {size / 1e6:,.1f} MB, over the limit of {limits.max_csv_mb:,} MB (MMDEMO_MAX_CSV_MB)"
-            )
+            raise ValueError(f"the CSV is {size / 1e6:,.1f} MB, over the limit of {limits.max_csv_mb:,} MB")
         with open(csv_file, "rb") as f:
             magic = f.read(4)
         packed = next((kind for kind, start in COMPRESSED_MAGIC.items() if magic.startswith(start)), None)

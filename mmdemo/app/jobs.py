@@ -204,9 +204,7 @@ class JobManager:
         if minutes is None:
             return min(DEFAULT_BUDGET_S, limit_min * 60)
         if not 1 <= float(minutes) <= limit_min:
-            raise ValueError(
-                f"the time budget must be 1-{limit_min} minutes (MMDEMO_JOB_TIME_LIMIT_MIN), got {minutes:g}"
-            )
+            raise ValueError(f"the time budget must be 1-{limit_min} minutes on this server, got {minutes:g}")
         return float(minutes) * 60
 
     def plan(
@@ -223,9 +221,7 @@ class JobManager:
         )
         recipe = plan(request)
         if not 1 <= recipe.settings.epochs <= self.limits.max_epochs:
-            raise ValueError(
-                f"epochs must be 1-{self.limits.max_epochs} (MMDEMO_MAX_EPOCHS), got {recipe.settings.epochs}"
-            )
+            raise ValueError(f"epochs must be 1-{self.limits.max_epochs} on this server, got {recipe.settings.epochs}")
         return recipe
 
     def start(
@@ -404,15 +400,9 @@ class JobManager:
     def _check_room(self, owner: str, records: list[dict]) -> None:
         mine = [r for r in records if r["owner"] == owner and r["state"] in UNFINISHED]
         if len(mine) >= self.limits.max_jobs_per_visitor:
-            raise ValueError(
-                f"you already have a fine-tune job {mine[-1]['state']}; wait for it or stop it first"
-                f" (MMDEMO_MAX_JOBS_PER_VISITOR={self.limits.max_jobs_per_visitor})"
-            )
+            raise ValueError(f"you already have a fine-tune job {mine[-1]['state']}; wait for it or stop it first")
         if sum(r["state"] == "queued" for r in records) >= self.limits.max_queued_jobs:
-            raise ValueError(
-                f"queue full: {self.limits.max_queued_jobs} fine-tune jobs are waiting; try again later"
-                " (MMDEMO_MAX_QUEUED_JOBS)"
-            )
+            raise ValueError(f"queue full: {self.limits.max_queued_jobs} fine-tune jobs are waiting; try again later")
 
     def stop(self, owner: str) -> dict:
         """Stop the visitor's unfinished job, at any phase."""

@@ -146,14 +146,13 @@ class CheckpointRegistry:
             raise ValueError(f"a checkpoint named {name!r} already exists; choose another name or confirm overwriting")
         if name not in owned and len(owned) >= self.limits.max_checkpoints:
             raise ValueError(
-                f"you have {len(owned)} checkpoints, the limit per visitor (MMDEMO_MAX_CHECKPOINTS={self.limits.max_checkpoints});"
-                " delete one first"
+                f"you have {len(owned)} checkpoints, the limit per visitor on this server; delete one first"
             )
         used = self.disk_usage(owner)
         if used > self.limits.max_visitor_disk_mb * 1e6:
             raise ValueError(
-                f"your checkpoints use {used / 1e6:,.0f} MB, over the limit of {self.limits.max_visitor_disk_mb:,} MB"
-                " (MMDEMO_MAX_VISITOR_DISK_MB); delete one first"
+                f"your checkpoints use {used / 1e6:,.0f} MB, over the limit of {self.limits.max_visitor_disk_mb:,} MB;"
+                " delete one first"
             )
         return self.writable_dir / owner / name
 

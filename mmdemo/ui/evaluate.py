@@ -139,7 +139,10 @@ class Evaluation:
     def stop(self, token=None, profile: gr.OAuthProfile | None = None) -> None:
         """Ask this visitor's run to stop after its current batch (a toast says so; the run's
         own output, which may come first, then shows what was done)."""
-        event = self._stops.get(self.visitor(token, profile))
+        try:
+            event = self._stops.get(self.visitor(token, profile))
+        except gr.Error:  # a page without its token yet has started nothing
+            event = None
         if event is None or event.is_set():
             gr.Info("Nothing to stop.")
             return

@@ -69,6 +69,8 @@ def csv_columns(csv_file):
     return [gr.update(choices=header, value=v) for v in (guess.image, guess.text, guess.label)]
 
 
+NOTHING_TO_STOP = "No fine-tune job of yours is running: there is nothing to stop."
+NOTHING_TO_RESUME = "You have no stopped fine-tune job to resume: start one with Start."
 NO_GROUP = "(none)"  # the group column's choice for "no group column": rows are grouped by image
 
 
@@ -470,8 +472,12 @@ class FinetuneTab:
             raise refuse(str(e)) from None
 
     def resume_form(self, time_budget_minutes, owner_token=None, profile: gr.OAuthProfile | None = None):
-        """Resume: the visitor's latest job, for the time budget in the form."""
-        return status_views(self.resume(self.owner(owner_token, profile), None, time_budget_minutes))
+        """Resume: the visitor's latest job, for the time budget in the form (a page without a
+        job yet is told so in its own words, not the API's)."""
+        owner = self.owner(owner_token, profile)
+        if owner is None:
+            raise refuse(NOTHING_TO_RESUME)
+        return status_views(self.resume(owner, None, time_budget_minutes))
 
     def stop(self, owner: str | None) -> dict:
         """Stops the owner's job, at any phase."""
@@ -480,8 +486,13 @@ class FinetuneTab:
         return self.app.jobs.stop(owner)
 
     def stop_form(self, owner_token=None, profile: gr.OAuthProfile | None = None) -> None:
-        """Stop; the poll shows the job stopping."""
-        self.stop(self.owner(owner_token, profile))
+        """Stop; the poll shows the job stopping. Without a job of the visitor's, a note says there
+        is nothing to stop (the API's refusal names its owner_token, which a page never sees)."""
+        owner = self.owner(owner_token, profile)
+        if owner is None or not self.app.jobs.running(owner):
+            gr.Warning(NOTHING_TO_STOP)
+            return
+        self.stop(owner)
 
     def status(self, owner: str | None) -> dict:
         """The owner's latest job."""

@@ -36,6 +36,8 @@ from .common import input_error
 log = logging.getLogger("mmdemo.ui")
 
 STORAGE_KEY = "mmdemo-owner-token"
+# a page's event sent before the page received its token (just after it loaded)
+PAGE_NOT_READY = "The page is still starting: wait a moment and try again (or reload the page)."
 # Public by design (see the module docstring): Gradio publishes a BrowserState's key in /config.
 PUBLIC_STORAGE_KEY = "mmdemo-public-browser-storage"
 
@@ -72,8 +74,8 @@ def visitor_of(app: App, token, profile=None) -> str:
     token = token if isinstance(token, str) and token else None
     try:
         return app.visitor(token, _username(profile))
-    except ValueError as e:
-        raise refuse(str(e)) from None
+    except ValueError:  # only the page asks (no API endpoint keeps an evaluation): its own words
+        raise refuse(PAGE_NOT_READY) from None
 
 
 def refuse(message: str) -> gr.Error:

@@ -220,10 +220,16 @@ class PredictTab:
         )
 
     def check_inputs(self, image, question, checkpoint, method, opacity, owner_token=None):
-        """The page's validator: marks a missing image or question on its own input, before any model work."""
+        """The page's validator: marks a missing image, or a missing or too long question, on its own
+        input, before any model work."""
+        problem = None if question and str(question).strip() else "Type a question, or build one below."
+        try:
+            problem = problem or (self.app.check_text(str(question)) and None)
+        except ValueError as e:
+            problem = str(e)
         return (
             gr.validate(bool(image), "Upload an image or pick an example."),
-            gr.validate(bool(question and str(question).strip()), "Type a question, or build one below."),
+            gr.validate(problem is None, problem or ""),
             gr.validate(True, ""),
             gr.validate(True, ""),
             gr.validate(True, ""),

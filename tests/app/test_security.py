@@ -173,7 +173,7 @@ def test_an_evaluation_is_stopped_only_with_its_visitors_token(app, tmp_path):
 
 
 def test_huge_text_is_refused_before_any_work(app):
-    with pytest.raises(ValueError, match="52,428,800 characters, over the limit of 2,000"):
+    with pytest.raises(ValueError, match="The question has 52,428,800 characters; the most is 2,000."):
         app.check_text("a" * 50 * 1024 * 1024)
 
 
