@@ -673,6 +673,8 @@ def _public(record: dict, queued: list[str], stopping: bool, can_resume: bool = 
         "startup_s": record.get("startup_s", 0.0),  # the worker's start-up (measured), not in the estimate
         "time_limit_s": record.get("time_limit_s") or 0.0,
         "stopped_by": record.get("stopped_by"),
+        # the finished model beside the checkpoint it started from (training/finetune.py start_comparison)
+        "start_comparison": record.get("start_comparison"),
         "resumable": can_resume,
         "kind": record.get("kind", "finetune"),
     }

@@ -202,6 +202,16 @@ def run_job(record_path: str, link: ServerLink) -> None:
         return
     state = "stopped" if result.stopped_by == "stop" else "done"
     resumes = saved_epoch(Path(record["target"])) if result.stopped_by in ("stop", "time limit") else 0
+    comparison = result.record.get("start_comparison")  # how it does beside the checkpoint it started from
+    ending = ending_words(
+        record["history"],
+        record["epoch"],
+        result.stopped_by,
+        result.record["best_epoch"],
+        resumes,
+        result.checkpoint.name,
+        metrics.get("val_accuracy", float("nan")),
+    )
     update(
         force=True,
         state=state,
@@ -209,15 +219,8 @@ def run_job(record_path: str, link: ServerLink) -> None:
         report={**result.report, "calibration": result.record.get("calibration")},  # the tab's diagram
         finished=time.time(),
         stopped_by=result.stopped_by,
-        message=ending_words(
-            record["history"],
-            record["epoch"],
-            result.stopped_by,
-            result.record["best_epoch"],
-            resumes,
-            result.checkpoint.name,
-            metrics.get("val_accuracy", float("nan")),
-        ),
+        start_comparison=comparison,
+        message=ending,
     )
 
 

@@ -177,7 +177,10 @@ def _train_run(args, rank: int) -> int:
         "throughput": record["throughput"],
         "world_size": record.get("world_size", 1),
         "optimizer_steps": record.get("optimizer_steps"),
+        "start_comparison": record.get("start_comparison"),
     }
+    if record.get("start_comparison"):
+        print(record["start_comparison"]["summary"], file=sys.stderr)
     print(json.dumps(summary))
     return 0
 

@@ -38,6 +38,8 @@ def app_model_card(name: str, data: dict) -> str:
     lines.append("")
     if training.get("data"):
         lines.append(f"**Training data**: {training['data']}")
+    if training.get("start_comparison"):  # training/finetune.py start_comparison
+        lines.append(f"**Compared with the starting checkpoint**: {training['start_comparison']['summary']}")
     for command in training.get("data_commands", []):
         lines.append(f"- `{command}`")
     lines.append("")

@@ -197,8 +197,11 @@ def model_card(name: str, data: dict) -> str:
         if "command" in training:
             lines += ["```", training["command"], "```", ""]
         for key, value in training.items():
-            if key not in ("command", "description", "metrics", "benchmark", "history", "calibration", "stages"):
+            skip = ("command", "description", "metrics", "benchmark", "history", "calibration", "stages")
+            if key not in (*skip, "start_comparison"):
                 lines.append(f"- {key}: {value}")
+    if training.get("start_comparison"):  # training/finetune.py start_comparison
+        lines += ["", "## Compared with the starting checkpoint", "", training["start_comparison"]["summary"]]
     if training.get("stages"):
         lines += ["", "## Stages", ""]
         lines += [stage_line(stage) for stage in training["stages"]]

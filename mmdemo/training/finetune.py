@@ -34,14 +34,17 @@ from safetensors.torch import load_file, save_file
 
 from ..datasets.csv_table import Dataset, Example, check_trainable
 from ..datasets.splits import make_split
-from ..device import env_rank, env_world_size
+from ..device import env_rank, env_world_size, resolve_device
 from ..folders import new_folder, replace_folder
+from ..metrics import expected_calibration_error
 from ..model.checkpoint import load_checkpoint, read_config, save_checkpoint
-from ..model.classifier import ModelConfig
+from ..model.classifier import ModelConfig, MultimodalClassifier
 from . import recipe as recipes
 from .calibration import calibration_report, fit_temperature
+from .features import Encoded
 from .loop import train
 from .scope_fit import fit_and_save
+from .scoring import predict_encoded
 from .settings import Progress, TrainSettings, TrainState
 
 
@@ -131,7 +134,8 @@ def finetune(
         time_limit = recipes.DEFAULT_BUDGET_S
     progress = progress or (lambda event: None)
     progress({"stage": "plan", "message": recipe.describe(), "estimate_s": recipe.estimate_s})
-    split = make_split(request.dataset, request.val_dataset, request.val_fraction, recipe.settings.seed).record()
+    made = make_split(request.dataset, request.val_dataset, request.val_fraction, recipe.settings.seed)
+    split = made.record()
     progress({"stage": "split", "message": split["description"]})
 
     started = time.monotonic()
@@ -181,6 +185,16 @@ def finetune(
         temperature = fit_temperature(result.val_logits, result.val_targets)
         result.model.config.temperature = temperature
         record["calibration"] = calibration_report(result.val_logits, result.val_targets, temperature)
+    if init is not None and result.val_logits is not None and made.val:
+        progress({"stage": "compare", "message": f"scoring {request.init.name!r} on the validation rows"})
+        record["start_comparison"] = start_comparison(
+            init,
+            request.init.name,
+            made.val,
+            (result.val_logits, result.val_targets),
+            result.model.config.temperature,
+            recipe.settings.device,
+        )
     # the one place the final model is saved, with the out-of-scope statistics of this run's data
     save_checkpoint(result.model, out, training=record, overwrite=True)
     fit_and_save(
@@ -195,6 +209,68 @@ def finetune(
     if stopped_by not in ("stop", "time limit"):
         shutil.rmtree(resume_dir(out), ignore_errors=True)
     return FinetuneResult(out, record, result.best_metrics.get("report", {}), stopped_by)
+
+
+def _accuracy_and_ece(logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> tuple[float, float]:
+    """Accuracy over every row (a row whose label the model lacks, target -1, is wrong) and the
+    expected calibration error of the probabilities as served (softmax of logits / temperature)."""
+    confidence, predicted = (logits.float() / temperature).softmax(-1).max(-1)
+    correct = (predicted == targets).tolist()
+    return sum(correct) / max(1, len(correct)), expected_calibration_error(confidence.tolist(), correct)
+
+
+def start_comparison(
+    init: MultimodalClassifier,
+    name: str,
+    val_examples: list[Example],
+    new: tuple[torch.Tensor, torch.Tensor],
+    new_temperature: float,
+    device: str | None = None,
+) -> dict:
+    """The starting checkpoint ``init`` scored on the new model's validation rows, beside the new
+    model (``new``: its validation logits and targets, in the same row order): accuracy and ECE of
+    each, and whether the new model is worse. A row whose label ``init`` does not have counts as
+    wrong for it. ``summary`` says it in a sentence (the model card, the app, the CLI)."""
+    run_on = resolve_device(device)
+    init = init.to(run_on).eval()
+    encoded = Encoded(init, val_examples, run_on, lambda event: None)
+    index = {label: i for i, label in enumerate(init.config.labels)}
+    targets = torch.tensor([index.get(e.label, -1) for e in val_examples])
+    with torch.no_grad():
+        logits = predict_encoded(init, encoded, run_on)
+    init.cpu()
+    accuracy, ece = _accuracy_and_ece(logits, targets, init.config.temperature)
+    new_accuracy, new_ece = _accuracy_and_ece(*new, new_temperature)
+    unknown = int((targets < 0).sum())
+    comparison = {
+        "checkpoint": name,
+        "rows": len(val_examples),
+        "accuracy": round(accuracy, 4),
+        "ece": round(ece, 4),
+        "new_accuracy": round(new_accuracy, 4),
+        "new_ece": round(new_ece, 4),
+        "unknown_label_rows": unknown,
+        "worse": new_accuracy < accuracy,
+    }
+    comparison["summary"] = comparison_words(comparison)
+    return comparison
+
+
+def comparison_words(c: dict) -> str:
+    """A start comparison (``start_comparison``) in one or two sentences."""
+    figures = (
+        f"validation accuracy {c['new_accuracy']:.2f} against {c['accuracy']:.2f} for {c['checkpoint']!r}"
+        f" on the same {c['rows']:,} validation rows"
+    )
+    if c["unknown_label_rows"]:
+        figures += f" ({c['unknown_label_rows']:,} of them have labels {c['checkpoint']!r} does not know: wrong for it)"
+    calibration = f" Calibration error (ECE) {c['new_ece']:.2f} against {c['ece']:.2f}."
+    if c["worse"]:
+        return (
+            f"The new model is worse than the one it started from: {figures}. Keep using {c['checkpoint']!r}, or"
+            " train again with more data, more epochs or a lower learning rate." + calibration
+        )
+    return f"The new model is at least as good as the one it started from: {figures}." + calibration
 
 
 def _new_model_config(request: FinetuneRequest, recipe: recipes.Recipe) -> ModelConfig | None:

@@ -167,6 +167,10 @@ def status_text(status: dict) -> str:
         )
     if status.get("resumable"):
         line += " - press Resume to continue it from its last saved epoch"
+    comparison = status.get("start_comparison")
+    if comparison and state in ("done", "stopped"):
+        words = markdown_text(comparison["summary"])  # names checkpoints: text, not Markdown
+        line += f"\n\n**⚠ {words}**" if comparison["worse"] else f"\n\n{words}"
     if state == "running":
         if left is not None and status["progress"] < 1:
             line += f" - about {_clock(left)} left"
