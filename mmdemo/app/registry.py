@@ -119,6 +119,16 @@ class CheckpointRegistry:
             raise ValueError(f"unknown checkpoint {name!r}; available: {', '.join(paths) or 'none'}")
         return paths[name]
 
+    def is_loaded(self, name: str, owner: str | None = None) -> bool:
+        """Whether ``predictor(name, owner)`` answers from the cache (no load from disk)."""
+        try:
+            path = self.path(name, owner)
+            key = (str(path), (path / WEIGHTS_FILE).stat().st_mtime)
+        except (ValueError, OSError):
+            return True  # nothing to load: predictor() refuses it at once
+        with self._lock:
+            return key in self._predictors
+
     def predictor(self, name: str, owner: str | None = None) -> Predictor:
         """A predictor per checkpoint, cached (keyed by the weights' mtime, so a replaced
         checkpoint is reloaded)."""

@@ -155,6 +155,7 @@ class PredictTab:
         opacity: float = DEFAULT_OPACITY,
         owner_token: str | None = None,
         profile: gr.OAuthProfile | None = None,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008 (how Gradio injects a progress bar)
     ):
         """Answer a question about an image and explain the answer.
 
@@ -165,7 +166,15 @@ class PredictTab:
         opacity: heatmap opacity in the overlay, 0 to 1
         owner_token: the owner token /start_finetune returned, to use your own checkpoints (optional)
         """
-        return self.answer(image, question, checkpoint, method, opacity, self.owner(owner_token, profile))
+        owner = self.owner(owner_token, profile)
+        self.say_first_load(checkpoint, owner, progress)
+        return self.answer(image, question, checkpoint, method, opacity, owner)
+
+    def say_first_load(self, checkpoint: str | None, owner: str | None, progress: gr.Progress) -> None:
+        """A checkpoint's first use loads it from disk (seconds): the answer's place says so."""
+        name = checkpoint or self.app.default_checkpoint()
+        if name and not self.app.registry.is_loaded(str(name), owner):
+            progress(0, desc=f"loading checkpoint '{name}' (first use)")
 
     @gpu()  # ZeroGPU: one answer is one short GPU call (ui/zerogpu.py)
     def answer(
@@ -245,11 +254,14 @@ class PredictTab:
         opacity: float,
         owner_token: str | None = None,
         profile: gr.OAuthProfile | None = None,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008 (how Gradio injects a progress bar)
     ):
         """A new checkpoint or method answers again, so no stale result stays on screen."""
         if not image or not question or not str(question).strip():
             return (gr.skip(),) * (len(PREDICT_OUTPUTS) - 1) + (None,)
-        return self.answer(image, question, checkpoint, method, opacity, self.owner(owner_token, profile))
+        owner = self.owner(owner_token, profile)
+        self.say_first_load(checkpoint, owner, progress)
+        return self.answer(image, question, checkpoint, method, opacity, owner)
 
     def map_note(self, state: dict) -> str:
         """What the overlay shows, in words; for closest/furthest questions, which object is which."""
