@@ -522,7 +522,7 @@ class JobManager:
         path = self._path(record["id"]).resolve()
         now = time.time()
         clock.enter(record, "preparing", now)  # preparing counts from here, the worker's start-up included
-        record.update(message="preparing: starting the worker", started=now, server=self._tag)
+        record.update(message="preparing: starting the worker process", started=now, server=self._tag)
         write_record(path, record)
         self._stop_requested_at = None
         self._running_id = record["id"]

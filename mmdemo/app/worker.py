@@ -32,6 +32,14 @@ from . import clock
 log = logging.getLogger("mmdemo.app.worker")
 
 PROGRESS_WRITE_INTERVAL_S = 0.5
+# the data's preparation phases (training/features.py Encoded), in the status line's words
+PREPARING_WORDS = {
+    "load images": "reading the images",
+    "encode images": "encoding the images",
+    "encode augmented copies": "encoding augmented copies of the images",
+    "tokenize texts": "reading the questions",
+    "encode texts": "encoding the questions",
+}
 STOP_LINE = b"stop\n"
 
 
@@ -123,9 +131,10 @@ def run_job(record_path: str, link: ServerLink) -> None:
         elif stage == "epoch":
             update(force=True, history=record["history"] + [{k: v for k, v in event.items() if k != "stage"}])
         elif "total" in event:
-            update(message=f"preparing: {stage} {event['done']}/{event['total']}")
-        elif "message" in event:
-            update(message=f"preparing: {event['message']}")
+            words = PREPARING_WORDS.get(stage, stage)
+            update(message=f"preparing: {words} {event['done']:,}/{event['total']:,}")
+        elif "message" in event:  # a new phase: shown at once, however short
+            update(force=True, message=f"preparing: {event['message']}")
 
     def interrupted(was: str) -> dict:
         """The final state when the server went away: resumable when an epoch was saved."""

@@ -147,7 +147,7 @@ class Encoded:
                     px = normalize_pixels(augment(self.pixels[index], params[index]), config).to(device)
                     chunks.append(model.image_encoder.forward_below(px, top).float().cpu())
                     done, total = v * len(self.pixels) + start + len(px), len(self.views) * len(self.pixels)
-                    progress({"stage": "encode images", "done": done, "total": total})
+                    progress({"stage": "encode augmented copies", "done": done, "total": total})
                     if should_stop is not None and done < total and should_stop():
                         raise Stopped(
                             f"stopped while preparing the data (augmented copies {done:,}/{total:,}), before the"

@@ -126,13 +126,17 @@ def finetune(
     if out.exists() and not request.overwrite and _resume is None:
         raise ValueError(f"{out.name} already exists; choose another name or allow overwriting")
     check_trainable(request.dataset)
+    progress = progress or (lambda event: None)
+    if request.init:
+        progress({"stage": "prepare", "message": f"loading the model {request.init.name!r}"})
     init = load_checkpoint(request.init) if request.init else None
+    if _recipe is None:
+        progress({"stage": "prepare", "message": "choosing the settings (timing this machine)"})
     recipe = _recipe or plan(request)
     config = _new_model_config(request, recipe)
     time_limit = request.time_limit_s
     if time_limit is None and request.settings is None:
         time_limit = recipes.DEFAULT_BUDGET_S
-    progress = progress or (lambda event: None)
     progress({"stage": "plan", "message": recipe.describe(), "estimate_s": recipe.estimate_s})
     made = make_split(request.dataset, request.val_dataset, request.val_fraction, recipe.settings.seed)
     split = made.record()

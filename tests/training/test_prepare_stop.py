@@ -84,11 +84,11 @@ def test_a_job_with_many_distinct_texts_shows_counts_and_stops_while_preparing(t
     while time.monotonic() < deadline:
         status = jobs.status(OWNER)
         messages.append(status["message"])
-        if "texts" in status["message"] or status["state"] not in ("queued", "preparing"):
+        if "questions" in status["message"] or status["state"] not in ("queued", "preparing"):
             break
         time.sleep(0.05)
     assert status["state"] == "preparing", messages  # 40,000 texts: still preparing
-    assert re.search(r"preparing: (tokenize|encode) texts \d+/\d+", status["message"]), status
+    assert re.search(r"preparing: (reading|encoding) the questions [\d,]+/[\d,]+", status["message"]), status
     jobs.stop(OWNER)
     status = jobs.wait(OWNER, 60)
     jobs.close()
