@@ -295,20 +295,24 @@ def faithfulness(
     n: int = FAITHFULNESS_ROWS,
     methods: Sequence[str] = METHODS,
     steps: int = 8,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> dict | None:
     """Faithfulness of both explanation methods on ``n`` (image file, text) pairs spread evenly
     over ``pairs``: mean deletion / insertion areas and the rank correlation with the heatmaps
     of the checkpoint's model with its fusion re-initialised (a second copy, loaded from
     ``checkpoint``; the predictor's own model is not touched). None when there is nothing to
-    measure (``n`` = 0 or no rows)."""
+    measure (``n`` = 0 or no rows). ``progress(what, done, total)`` as each row is measured."""
     picked = [pairs[i] for i in sample_indices(len(pairs), n)]
     if not picked:
         return None
+    if progress:
+        progress("loading a copy of the model with its fusion re-initialised", 0, len(picked))
     model = load_checkpoint(checkpoint)
     reinitialise(model.fusion)
     randomised = Predictor(model, predictor.device, backend="torch")  # two batches: no ONNX export
     images = [decode_image(image, name=Path(image).name) for image, _ in picked]
-    result = dataset_faithfulness(predictor, randomised, images, [text for _, text in picked], methods, steps)
+    texts = [text for _, text in picked]
+    result = dataset_faithfulness(predictor, randomised, images, texts, methods, steps, progress=progress)
     result["sampled_from"] = len(pairs)
     return result
 

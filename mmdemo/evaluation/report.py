@@ -17,6 +17,7 @@ import json
 import re
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -179,10 +180,12 @@ def build_report(
     n_errors: int = 8,
     *,
     recorded: dict | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> str:
     """The evaluation report as one self-contained HTML document. ``faithfulness``: measured on
     a sample of this data set (evalset.faithfulness); ``recorded``: the checkpoint's own
-    benchmark figures (recorded_faithfulness)."""
+    benchmark figures (recorded_faithfulness). ``progress(what, done, total)`` as each error's
+    heatmap is drawn."""
     summary = summarize(result)
     e = html.escape
     out = [
@@ -282,7 +285,9 @@ def build_report(
             "<p>The wrong answers given with the highest confidence, with the heatmap of where the model looked.</p>"
         )
         out.append("<div class='errors'>")
-        for r in errors:
+        for done, r in enumerate(errors):
+            if progress:
+                progress("drawing the heatmaps of the worst errors", done, len(errors))
             out.append(
                 f"<div class='err'><img alt='heatmap for row {r.row}' src='{_png_data_uri(row_overlay(r))}'>"
                 f"<div><b>{e(r.text)}</b></div><div>true: {e(r.label)} · predicted: "

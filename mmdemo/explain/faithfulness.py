@@ -147,6 +147,7 @@ def dataset_faithfulness(
     steps: int = 8,
     random_orders: int = 2,
     batch_size: int = 16,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> dict:
     """Per explanation method, means over the rows: deletion area (hottest first, and in random
     order), insertion area, and the rank correlation between each heatmap and the heatmap of
@@ -154,12 +155,15 @@ def dataset_faithfulness(
     heatmap depends on what the model learned, near 1 that it would look the same untrained).
 
     ``predictor`` and ``randomised`` are service Predictors (``predict_batch``,
-    ``probabilities``, ``labels``); curves use the answer each row's prediction gives."""
+    ``probabilities``, ``labels``); curves use the answer each row's prediction gives.
+    ``progress(what, done, total)`` after each row's curves."""
+    progress = progress or (lambda what, done, total: None)
     images, texts = list(images), list(texts)
     result: dict = {"rows": len(images), "steps": steps, "random_orders": random_orders}
     random_aucs: dict[tuple[int, str], float] = {}
     for method in methods:
         original, shuffled = [], []
+        progress(f"explaining the sampled rows with {method} attention", 0, len(images))
         for start in range(0, len(images), batch_size):
             chunk = slice(start, start + batch_size)
             original += predictor.predict_batch(images[chunk], texts[chunk], method)
@@ -181,6 +185,7 @@ def dataset_faithfulness(
             m.setdefault("random_deletion_auc", known)
             random_aucs[(i, p.label)] = m["random_deletion_auc"]
             measured.append(m)
+            progress(f"measuring how faithful the {method} heatmaps are", i + 1, len(images))
         correlations = [
             rank_correlation(a.explanation.heatmap, b.explanation.heatmap) for a, b in zip(original, shuffled)
         ]

@@ -107,6 +107,8 @@ class Evaluation:
             data = self._dataset(source, scenes, csv_file, zip_file)
             try:  # nothing is kept of a refused or failed run: its files go with it
                 self.results.room(visitor, min(len(data.examples), evalset.MAX_ROWS))
+                if not self.app.registry.is_loaded(checkpoint, owner):
+                    progress(0, desc=f"loading checkpoint '{checkpoint}' (first use)")
                 predictor = self.app.registry.predictor(checkpoint, owner)
                 progress(0, desc=f"evaluating {len(data.examples)} rows")
                 result = evalset.evaluate(
@@ -521,7 +523,18 @@ class Evaluation:
         return str(out)
 
     # -- report and comparison -------------------------------------------------------------
-    def download_report(self, token=None, profile: gr.OAuthProfile | None = None) -> str:
+    def download_report(
+        self,
+        token=None,
+        profile: gr.OAuthProfile | None = None,
+        progress=gr.Progress(),  # noqa: B008 (how Gradio injects a progress bar)
+    ) -> str:
+        """The HTML report of the visitor's evaluation; its slow steps (measuring faithfulness,
+        drawing the errors' heatmaps) show where they are."""
+
+        def step(what: str, done: int, total: int) -> None:
+            progress(done / max(1, total), desc=f"{what} {done}/{total}")
+
         visitor = self.visitor(token, profile)
         result = self._result(visitor)
         card, faithfulness, recorded = "", None, None
@@ -532,14 +545,16 @@ class Evaluation:
             recorded = report.recorded_faithfulness(path)
             # both methods' faithfulness on a bounded sample of the rows evaluated
             pairs = [(r.image, r.text) for r in result.rows]
-            faithfulness = evalset.faithfulness(path, self.app.registry.predictor(result.checkpoint, owner), pairs)
+            predictor = self.app.registry.predictor(result.checkpoint, owner)
+            faithfulness = evalset.faithfulness(path, predictor, pairs, progress=step)
         except ValueError:
             pass  # the checkpoint (or an image) is gone since the run: report without them
         try:
             ratings = self.ratings.summary(rater=self._shown_rater(visitor))
         except RatingsUnavailable:
             ratings = None  # the report says there are none
-        html = report.build_report(result, card, ratings, faithfulness, recorded=recorded)
+        html = report.build_report(result, card, ratings, faithfulness, recorded=recorded, progress=step)
+        progress(1.0, desc="writing the report")
         out = Path(tempfile.mkdtemp(prefix="report-", dir=self.app.work_dir)) / f"report-{result.checkpoint}.html"
         out.write_text(html, encoding="utf-8")
         return str(out)

@@ -340,6 +340,19 @@ def test_ratings_survive_a_restart_and_two_raters_lose_nothing(page, browser, si
         os.environ.pop("MMDEMO_RATINGS_EXPORT_ALL", None)
 
 
+def test_the_report_shows_which_step_it_is_on(page, site):
+    gate = site["registry"].gate = Gate(0)  # the first explanation of the sampled rows waits
+    try:
+        page.locator("#eval-report").click()
+        file = page.locator("#eval-report-file")
+        expect(file).to_contain_text("explaining the sampled rows with raw attention 0/", timeout=60_000)
+        gate.released.set()
+        expect(file.locator("a").first).to_be_visible(timeout=120_000)
+    finally:
+        gate.released.set()
+        site["registry"].gate = None
+
+
 def test_report_downloads_and_opens_offline(page, browser):
     page.locator("#eval-report").click()
     html = _download(page, "eval-report-file").read_text()
