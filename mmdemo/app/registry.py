@@ -126,8 +126,8 @@ class CheckpointRegistry:
             key = (str(path), (path / WEIGHTS_FILE).stat().st_mtime)
         except (ValueError, OSError):
             return True  # nothing to load: predictor() refuses it at once
-        with self._lock:
-            return key in self._predictors
+        # no lock: a load in progress holds it for seconds, and a membership test is atomic
+        return key in self._predictors
 
     def predictor(self, name: str, owner: str | None = None) -> Predictor:
         """A predictor per checkpoint, cached (keyed by the weights' mtime, so a replaced
