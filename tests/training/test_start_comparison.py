@@ -4,6 +4,8 @@ label the starting checkpoint lacks count as wrong for it, and ``worse`` says wh
 
 import csv
 import json
+import subprocess
+import sys
 
 import numpy as np
 import torch
@@ -67,3 +69,16 @@ def test_a_new_model_records_no_comparison(tmp_path):
     settings = TrainSettings(epochs=1, batch_size=8, freeze=[], seed=0)
     result = finetune(FinetuneRequest(train, tmp_path / "new", settings, config=tiny_config()))
     assert "start_comparison" not in result.record
+
+
+def test_train_prints_the_comparison_with_the_starting_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    start = save_checkpoint(build_model(tiny_config(labels=["blue", "red"])), tmp_path / "start")
+    train_csv = _write(tmp_path, "train.csv", range(8))
+    val_csv = _write(tmp_path, "val.csv", range(8, 12))
+    args = ["train", "--csv", train_csv, "--val-csv", val_csv, "--init", str(start), "--out", str(tmp_path / "new")]
+    run = subprocess.run([sys.executable, "-m", "mmdemo", *args, "--epochs", "1"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    comparison = json.loads(run.stdout.strip().splitlines()[-1])["start_comparison"]
+    assert comparison["checkpoint"] == "start" and comparison["rows"] == 8
+    assert comparison["summary"] in run.stderr
