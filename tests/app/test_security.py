@@ -159,8 +159,7 @@ def test_an_evaluation_is_stopped_only_with_its_visitors_token(app, tmp_path):
     alice, bob = app.new_token(), app.new_token()
     running = evaluation._stops[app.visitor(alice)] = threading.Event()  # alice's run, between two batches
     evaluation.stop(bob)  # "Nothing to stop." for bob
-    with pytest.raises(gr.Error, match="no owner token"):
-        evaluation.stop(None)
+    evaluation.stop(None)  # a page without its token yet has started nothing: "Nothing to stop." too
     assert not running.is_set()
     evaluation.stop(alice)
     assert running.is_set()
