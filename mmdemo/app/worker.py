@@ -133,6 +133,8 @@ def run_job(record_path: str, link: ServerLink) -> None:
         elif "total" in event:
             words = PREPARING_WORDS.get(stage, stage)
             update(message=f"preparing: {words} {event['done']:,}/{event['total']:,}")
+        elif stage == "compare":  # after training: the starting checkpoint on the same validation rows
+            update(force=True, message=event["message"])
         elif "message" in event:  # a new phase: shown at once, however short
             update(force=True, message=f"preparing: {event['message']}")
 
