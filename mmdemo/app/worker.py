@@ -32,14 +32,6 @@ from . import clock
 log = logging.getLogger("mmdemo.app.worker")
 
 PROGRESS_WRITE_INTERVAL_S = 0.5
-# the data's preparation phases (training/features.py Encoded), in the status line's words
-PREPARING_WORDS = {
-    "load images": "reading the images",
-    "encode images": "encoding the images",
-    "encode augmented copies": "encoding augmented copies of the images",
-    "tokenize texts": "reading the questions",
-    "encode texts": "encoding the questions",
-}
 STOP_LINE = b"stop\n"
 
 
@@ -93,6 +85,7 @@ def run_job(record_path: str, link: ServerLink) -> None:
     ``link.is_set()`` ends it at its next step."""
     from ..datasets.csv_table import read_csv
     from ..folders import process_tag
+    from ..training.features import PHASE_WORDS
     from ..training.finetune import FinetuneRequest, finetune, resume, resume_dir
 
     path = Path(record_path)
@@ -131,7 +124,7 @@ def run_job(record_path: str, link: ServerLink) -> None:
         elif stage == "epoch":
             update(force=True, history=record["history"] + [{k: v for k, v in event.items() if k != "stage"}])
         elif "total" in event:
-            words = PREPARING_WORDS.get(stage, stage)
+            words = PHASE_WORDS.get(stage, stage)
             update(message=f"preparing: {words} {event['done']:,}/{event['total']:,}")
         elif stage == "compare":  # after training: the starting checkpoint on the same validation rows
             update(force=True, message=event["message"])

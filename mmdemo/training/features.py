@@ -28,6 +28,14 @@ from . import distributed
 from .augment import IDENTITY, augment, augment_views
 from .settings import Progress, Stopped, TrainSettings
 
+# the preparation phases (progress events' "stage"), in the words a status line shows them
+PHASE_WORDS = {
+    "load images": "reading the images",
+    "encode images": "encoding the images",
+    "encode augmented copies": "encoding augmented copies of the images",
+    "tokenize texts": "reading the questions",
+    "encode texts": "encoding the questions",
+}
 TEXT_CHUNK = 1024  # distinct texts tokenized between two progress events and stop checks
 ENCODE_CHUNK = 256  # distinct texts encoded (frozen text encoder) per forward
 
@@ -57,8 +65,8 @@ class Encoded:
             progress({"stage": stage, "done": done, "total": total})
             if done < total and stop():  # between two chunks (a one-chunk phase is not interrupted)
                 raise Stopped(
-                    f"stopped while preparing the data ({stage} {done:,}/{total:,}), before the first training "
-                    "step; nothing was saved"
+                    f"stopped while preparing the data ({PHASE_WORDS.get(stage, stage)} {done:,}/{total:,}), before the"
+                    " first training step; nothing was saved"
                 )
 
         self.image_index: dict = {}
@@ -150,7 +158,7 @@ class Encoded:
                     progress({"stage": "encode augmented copies", "done": done, "total": total})
                     if should_stop is not None and done < total and should_stop():
                         raise Stopped(
-                            f"stopped while preparing the data (augmented copies {done:,}/{total:,}), before the"
+                            f"stopped while preparing the data (encoding augmented copies {done:,}/{total:,}), before the"
                             " first training step; nothing was saved"
                         )
                 copies.append(torch.cat(chunks))

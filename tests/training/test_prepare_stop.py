@@ -54,12 +54,15 @@ def test_texts_are_tokenized_in_chunks_with_counts_as_one_call_would(tmp_path):
     assert torch.equal(encoded.attention_mask, whole.attention_mask)
 
 
-@pytest.mark.parametrize("frozen, stage", [([], "tokenize texts"), (["text_encoder"], "encode texts")])
-def test_stop_ends_preparation_between_chunks(tmp_path, frozen, stage):
+@pytest.mark.parametrize(
+    "frozen, stage, words",
+    [([], "tokenize texts", "reading the questions"), (["text_encoder"], "encode texts", "encoding the questions")],
+)
+def test_stop_ends_preparation_between_chunks(tmp_path, frozen, stage, words):
     model = build_model(tiny_config(labels=["blue", "red"], frozen=frozen))
     examples = _examples(tmp_path, 3 * TEXT_CHUNK)
     events = []
-    with pytest.raises(Stopped, match=rf"stopped while preparing the data \({stage} [\d,]+/3,072\)"):
+    with pytest.raises(Stopped, match=rf"stopped while preparing the data \({words} [\d,]+/3,072\)"):
         Encoded(
             model, examples, torch.device("cpu"), events.append, should_stop=lambda: bool(events[-1]["stage"] == stage)
         )
@@ -94,5 +97,5 @@ def test_a_job_with_many_distinct_texts_shows_counts_and_stops_while_preparing(t
     jobs.close()
     assert status["state"] == "stopped", status
     # the worker stopped itself between two chunks (not terminated), and says where it was
-    assert "stopped while preparing the data (" in status["message"] and "texts" in status["message"], status
+    assert "stopped while preparing the data (" in status["message"] and "questions" in status["message"], status
     assert "many-texts" not in registry.names(OWNER)

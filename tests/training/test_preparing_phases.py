@@ -1,13 +1,13 @@
 """What a fine-tune reports before its first training step, in order: loading the starting
 model, choosing the settings, then counts for each preparation phase, each of which the job's
-status line has words for (app/worker.py PREPARING_WORDS)."""
+status line has words for (training/features.py PHASE_WORDS)."""
 
 import torch
 
-from mmdemo.app.worker import PREPARING_WORDS
 from mmdemo.datasets.csv_table import read_csv
 from mmdemo.model.checkpoint import save_checkpoint
 from mmdemo.model.classifier import build_model
+from mmdemo.training.features import PHASE_WORDS
 from mmdemo.training.finetune import FinetuneRequest, finetune
 
 from ..conftest import tiny_config
@@ -24,4 +24,4 @@ def test_a_fine_tune_reports_each_phase_before_training(tmp_path):
     assert messages[:2] == ["loading the model 's'", "choosing the settings (timing this machine)"]
     first_step = next(i for i, e in enumerate(events) if e["stage"] == "train")
     counted = {e["stage"] for e in events[:first_step] if "total" in e}
-    assert {"encode images", "encode texts"} <= counted <= set(PREPARING_WORDS)
+    assert {"encode images", "encode texts"} <= counted <= set(PHASE_WORDS)
