@@ -415,9 +415,14 @@ class Evaluation:
             return gr.skip(), gr.skip()
         self._state(visitor)["selected"] = index
         top = sorted(r.scores.items(), key=lambda kv: -kv[1])[:3]
+        label, share = markdown_text(r.prediction), f"{100 * r.confidence:.1f} %"
+        if r.in_scope is False:  # an abstention leads with the abstention, as in Predict & Explain
+            answer = f"**Not sure: out of scope** — its best guess would be {label} ({share})"
+        else:
+            answer = f"predicted **{label}** ({share})"
         detail = (
             f"**Row {r.row}** · {markdown_text(r.image_name)} · *{markdown_text(r.text)}*  \n"
-            f"true **{markdown_text(r.label)}**, predicted **{markdown_text(r.prediction)}** ({100 * r.confidence:.1f} %) "
+            f"true **{markdown_text(r.label)}**, {answer} "
             f"{'✓ right' if r.correct else '✗ wrong'} · top 3: " + ", ".join(f"{k} {100 * v:.1f} %" for k, v in top)
         )
         return report.row_overlay(r), detail

@@ -3,6 +3,7 @@ an in-scope one, and the model card opens. A tiny checkpoint with fitted scope s
 stands in for the shipped one (same pattern as test_browser.py)."""
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -83,6 +84,28 @@ def test_banner_when_the_answer_ignores_the_image(served):
     page.get_by_role("option", name="sort-of-clevr").click()
     _ask(page, image, "is the gray square on the left?")
     playwright.expect(banner).not_to_contain_text("Out of scope", timeout=60_000)
+
+
+def test_an_evaluated_row_the_model_abstains_on_leads_with_not_sure(served, tmp_path):
+    page, image = served
+    data = image.parent.parent  # data.csv and img/
+    archive = shutil.make_archive(str(tmp_path / "img"), "zip", root_dir=data, base_dir="img")
+    page.get_by_role("tab", name="Evaluate").click()
+    page.locator("#eval-checkpoint input").click()
+    page.get_by_role("option", name="blind", exact=True).click()  # every answer ignores the image
+    page.get_by_label("My labelled CSV").check()
+    page.locator("#eval-csv input[type=file]").set_input_files(str(data / "data.csv"))
+    page.locator("#eval-zip input[type=file]").set_input_files(archive)
+    playwright.expect(page.locator("#eval-zip").get_by_role("cell", name="img.zip", exact=True)).to_be_visible(
+        timeout=60_000
+    )
+    page.locator("#eval-run").click()
+    playwright.expect(page.locator("#eval-status")).to_contain_text("done", timeout=120_000)
+    page.locator("#eval-rows [data-testid=cell-0-3]").click()
+    detail = page.locator("#eval-detail")
+    playwright.expect(detail.locator("strong").nth(2)).to_have_text("Not sure: out of scope", timeout=30_000)
+    playwright.expect(detail).to_contain_text("its best guess would be")
+    page.get_by_role("tab", name="Predict & Explain").click()
 
 
 def test_model_card_opens(served):
