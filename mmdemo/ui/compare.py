@@ -86,6 +86,13 @@ class CompareTab:
         e = prediction.explanation
         return prediction.scores, render.overlay(image, e.heatmap, OPACITY, e.peak_xy), prediction
 
+    def say_first_load(self, checkpoints, owner: str | None, progress) -> None:
+        """A checkpoint's first use loads it from disk (seconds): the results' place says so."""
+        names = [c or self.app.default_checkpoint() for c in checkpoints]
+        cold = [n for n in dict.fromkeys(names) if n and not self.app.registry.is_loaded(str(n), owner)]
+        if cold:
+            progress(0, desc=f"loading checkpoint {', '.join(repr(str(n)) for n in cold)} (first use)")
+
     def names(self, token, profile: gr.OAuthProfile | None = None):
         """The checkpoint list the visitor may use (fine-tuned ones appear when a list opens)."""
         return gr.update(choices=self.app.registry.names(self.owner(token, profile)))
@@ -94,9 +101,11 @@ class CompareTab:
     def compare(
         self, image_path, text, checkpoint_a, method_a, checkpoint_b, method_b, token=None,
         profile: gr.OAuthProfile | None = None,
+        progress=gr.Progress(),  # noqa: B008 (how Gradio injects a progress bar)
     ):  # fmt: skip
         owner = self.owner(token, profile)
         image = _image(image_path)
+        self.say_first_load([checkpoint_a, checkpoint_b], owner, progress)
         scores_a, overlay_a, a = self._predict(image, text, checkpoint_a, method_a, owner)
         scores_b, overlay_b, b = self._predict(image, text, checkpoint_b, method_b, owner)
         name_a = f"`{checkpoint_a}` ({method_a})"
@@ -146,9 +155,11 @@ class CompareTab:
     def what_if(
         self, state, text, edited_text, checkpoint, method, image=None, token=None,
         profile: gr.OAuthProfile | None = None,
+        progress=gr.Progress(),  # noqa: B008 (how Gradio injects a progress bar)
     ):  # fmt: skip
         """Prediction and heatmap of the original input and of the edited one."""
         owner = self.owner(token, profile)
+        self.say_first_load([checkpoint], owner, progress)
         state = mine(state, image)
         if not state or not state.get("image"):
             raise refuse("Please upload an image.")
