@@ -72,6 +72,7 @@ def test_an_example_is_answered_by_the_chosen_checkpoint_and_a_new_choice_answer
 def test_clicking_a_word_shows_its_map_and_marks_it(page):
     page.locator("#examples").get_by_text("What shape is the object closest to the orange object?").click()
     expect(page.locator("#prediction")).to_contain_text("%", timeout=60_000)
+    expect(page.locator("#prediction")).not_to_contain_text("first use", timeout=60_000)  # loaded
     overlay = page.locator("#overlay img")
     expect(overlay).to_be_visible(timeout=30_000)
     whole = overlay.get_attribute("src")
@@ -98,6 +99,7 @@ def test_a_clicked_word_keeps_the_overlay_it_changes_in_sight(chromium, url, vie
     page.goto(url)
     page.locator("#examples").get_by_text("What shape is the object closest to the orange object?").click()
     expect(page.locator("#prediction")).to_contain_text("%", timeout=60_000)
+    expect(page.locator("#prediction")).not_to_contain_text("first use", timeout=60_000)  # loaded
     expect(page.locator("#overlay img")).to_be_visible(timeout=30_000)
     assert page.locator("#words").bounding_box()["y"] < page.locator("#overlay").bounding_box()["y"]
     word = page.locator("#words").get_by_text("orange", exact=True)
@@ -140,6 +142,7 @@ def test_layout_fits_the_screen_after_an_answer(chromium, url, viewport):
     page.goto(url)
     page.locator("#examples").get_by_text("What shape is the object closest to the orange object?").click()
     expect(page.locator("#prediction")).to_contain_text("%", timeout=60_000)
+    expect(page.locator("#prediction")).not_to_contain_text("first use", timeout=60_000)  # loaded
     expect(page.locator("#word-maps img")).to_be_visible(timeout=30_000)
     page.get_by_text("Explanation as JSON").click()
     page.wait_for_timeout(1000)

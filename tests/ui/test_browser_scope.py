@@ -67,6 +67,7 @@ def test_banner_for_out_of_scope_input_only(served):
 
     _ask(page, image, "is the gray square on the left?")
     playwright.expect(page.locator("#prediction")).to_contain_text("%", timeout=60_000)
+    playwright.expect(page.locator("#prediction")).not_to_contain_text("first use", timeout=60_000)  # loaded
     playwright.expect(banner).not_to_contain_text("Out of scope")
     playwright.expect(details).not_to_contain_text("Not sure")
 
@@ -120,6 +121,7 @@ def test_deletion_curve_on_demand(served):
     page, image = served
     _ask(page, image, "is the red square on the left?")
     playwright.expect(page.locator("#prediction")).to_contain_text("%", timeout=60_000)
+    playwright.expect(page.locator("#prediction")).not_to_contain_text("first use", timeout=60_000)  # loaded
     page.locator("#deletion-button").click()
     playwright.expect(page.locator("#deletion-summary")).to_contain_text("Deletion area", timeout=60_000)
     playwright.expect(page.locator("#deletion-plot .js-plotly-plot")).to_be_visible(timeout=30_000)

@@ -276,6 +276,7 @@ def test_a_row_exports_and_opens_in_predict_and_explain(page):
     expect(page.locator("#image-input img")).to_be_visible(timeout=30_000)
     # it answers at once, at the top of the tab: the answer, its overlay and its charts in sight
     expect(page.locator("#prediction")).to_contain_text("%", timeout=60_000)
+    expect(page.locator("#prediction")).not_to_contain_text("first use", timeout=60_000)  # loaded
     expect(page.locator("#timing")).to_contain_text("from sort-of-clevr")
     expect(page.locator("#overlay img")).to_be_visible()
     expect(page.locator("#prediction")).to_be_in_viewport()
