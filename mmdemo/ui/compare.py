@@ -179,8 +179,8 @@ class CompareTab:
             else f"the answer is **unchanged** ({before.label})"
         )
         summary = (
-            f"Edit: {', '.join(changes) or 'none'}. Before: {before.label} ({100 * before.scores[before.label]:.1f} %); "
-            f"after: {after.label} ({100 * after.scores[after.label]:.1f} %); {verdict}."
+            f"Edit: {', '.join(changes) or 'none'}. Before: {answer_lead(before, f'{100 * before.scores[before.label]:.1f} %')}; "
+            f"after: {answer_lead(after, f'{100 * after.scores[after.label]:.1f} %')}; {verdict}."
         )
         return scores_before, overlay_before, scores_after, overlay_after, summary
 

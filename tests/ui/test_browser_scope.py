@@ -109,6 +109,21 @@ def test_an_evaluated_row_the_model_abstains_on_leads_with_not_sure(served, tmp_
     page.get_by_role("tab", name="Predict & Explain").click()
 
 
+def test_what_if_leads_with_not_sure_where_the_model_abstains(served):
+    page, image = served
+    page.get_by_role("tab", name="Compare & What-if").click()
+    page.locator("#wi-image input[type=file]").set_input_files(str(image))
+    page.locator("#wi-text textarea").fill("is the gray square on the left?")
+    page.locator("#wi-edit-text textarea").fill("is the red square on the left?")
+    page.locator("#wi-checkpoint input").click()
+    page.get_by_role("option", name="blind", exact=True).click()  # every answer ignores the image
+    page.locator("#wi-run").click()
+    summary = page.locator("#wi-summary")
+    playwright.expect(summary).to_contain_text("Before: Not sure: the answer ignores the image —", timeout=60_000)
+    playwright.expect(summary).to_contain_text("after: Not sure: the answer ignores the image — its best guess")
+    page.get_by_role("tab", name="Predict & Explain").click()
+
+
 def test_model_card_opens(served):
     page, _ = served
     page.get_by_text("Model card").click()
