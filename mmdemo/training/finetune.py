@@ -261,9 +261,11 @@ def start_comparison(
 
 
 def comparison_words(c: dict) -> str:
-    """A start comparison (``start_comparison``) in one or two sentences."""
+    """A start comparison (``start_comparison``) in one or two sentences; accuracies with two
+    decimals, or three where two would print a difference as equal figures."""
+    digits = 2 if f"{c['new_accuracy']:.2f}" != f"{c['accuracy']:.2f}" or c["new_accuracy"] == c["accuracy"] else 3
     figures = (
-        f"validation accuracy {c['new_accuracy']:.2f} against {c['accuracy']:.2f} for {c['checkpoint']!r}"
+        f"validation accuracy {c['new_accuracy']:.{digits}f} against {c['accuracy']:.{digits}f} for {c['checkpoint']!r}"
         f" on the same {c['rows']:,} validation rows"
     )
     if c["unknown_label_rows"]:

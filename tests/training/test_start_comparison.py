@@ -82,3 +82,16 @@ def test_train_prints_the_comparison_with_the_starting_checkpoint(tmp_path):
     comparison = json.loads(run.stdout.strip().splitlines()[-1])["start_comparison"]
     assert comparison["checkpoint"] == "start" and comparison["rows"] == 8
     assert comparison["summary"] in run.stderr
+
+
+def test_the_comparison_says_which_model_is_better():
+    from mmdemo.training.finetune import comparison_words
+
+    c = dict(checkpoint="base", rows=120, accuracy=0.99, ece=0.02, new_accuracy=0.63, new_ece=0.2, unknown_label_rows=0)
+    assert comparison_words({**c, "worse": True}).startswith(
+        "The new model is worse than the one it started from: validation accuracy 0.63 against 0.99 for 'base'"
+        " on the same 120 validation rows. Keep using 'base', or"
+    )
+    better = comparison_words({**c, "new_accuracy": 0.995, "worse": False})  # a difference two decimals hide
+    assert better.startswith("The new model is at least as good as the one it started from: validation accuracy 0.995")
+    assert "against 0.990 for 'base'" in better
