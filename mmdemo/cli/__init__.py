@@ -1,5 +1,5 @@
 """The command line, ``python -m mmdemo COMMAND``: the parser and ``main``; each command's flags and
-handler live in the module of its group (predict, train, evaluate, audit, data, bench).
+handler live in the module of its group (predict, train, evaluate, audit, add_classes, data, bench).
 
 Results go to stdout as JSON (one object, on the last line); progress and messages to stderr.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import audit, bench, data, evaluate, predict, train
+from . import add_classes, audit, bench, data, evaluate, predict, train
 
 # in the order ``python -m mmdemo --help`` lists them
 COMMANDS = (
@@ -19,6 +19,7 @@ COMMANDS = (
     train.add_train,
     evaluate.add_evaluate,
     audit.add_audit,
+    add_classes.add_add_classes,
     train.add_fit_scope,
     data.add_make_sort_of_clevr,
     data.add_make_real_benchmark,
@@ -28,6 +29,7 @@ COMMANDS = (
     bench.add_bench_scope,
     bench.add_bench_train,
     audit.add_bench_audit,
+    add_classes.add_bench_add_classes,
 )
 
 

@@ -20,6 +20,7 @@ from .evaluate import PredictLink, evaluate_tab
 from .finetune import FinetuneTab, csv_columns, finetune_tab
 from .identity import browser_state, token_component
 from .predict import PredictTab, predict_tab
+from .teach import teach_tab
 
 gradio_patches.bound_queue_analytics()  # before any Blocks is made: its queue reads them
 
@@ -75,6 +76,7 @@ def create_demo(app: App) -> gr.Blocks:
         with gr.Tabs(elem_id="tabs", overflow_behavior="wrap") as tabs:  # every tab in sight on a phone
             predict = predict_tab(app, token, saved_tab)
             finetune, load = finetune_tab(app, predict.checkpoint, token, tabs, saved, saved_tab)
+            teach_tab(app, predict.checkpoint, token, saved_tab)
             evaluate = evaluate_tab(app, PredictLink(tabs, predict), token, saved_tab=saved_tab)
             compare_tab(app, token, saved_tab)
         declare_api(predict, finetune)  # every named endpoint, in one place (ui/api.py)

@@ -137,7 +137,7 @@ def file_example(location: str, name: str) -> dict:
 
 # tabs that a reload opens again when they were the open one; Predict & Explain is the first
 # tab, and Fine-tune reopens itself (FinetuneTab.restore, also during training)
-REOPENED_TABS = ("evaluate", "compare")
+REOPENED_TABS = ("teach", "evaluate", "compare")
 
 
 def reopen_tab(tab_id: str | None):

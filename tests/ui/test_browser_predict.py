@@ -163,7 +163,7 @@ def test_layout_fits_the_screen_after_an_answer(chromium, url, viewport):
 
 FIRST_SCREEN = {"image": "#image-input", "question": "#text-input", "Predict": "#predict-button",
                 "first example": "#examples tbody tr"}  # fmt: skip
-TABS = ["Predict & Explain", "Fine-tune", "Evaluate", "Compare & What-if"]
+TABS = ["Predict & Explain", "Fine-tune", "Teach", "Evaluate", "Compare & What-if"]
 
 
 def inside(box: dict | None, viewport: dict) -> bool:
