@@ -138,7 +138,7 @@ def _pictures_dataset(app, folder: Path, pictures: list[str], text: str | None, 
         try:
             decode_image(source, shown, app.limits.max_image_pixels)  # checked before it is kept
         except ValueError as e:
-            raise ValueError(f"picture {i + 1} ({shown}): {e}") from None
+            raise ValueError(f"picture {i + 1}: {e}") from None
         kept = f"images/{i:02d}{source.suffix.lower()}"
         shutil.copyfile(source, folder / kept)
         rows.append({"image": kept, "text": text, "label": label})

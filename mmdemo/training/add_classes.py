@@ -500,7 +500,9 @@ def _add_classes(request: AddClassesRequest, progress: Progress, started: float,
     model.config.temperature = start.config.temperature
     calibration = None
     if len(val_targets):
-        temperature = fit_temperature(val_logits, val_targets)
+        # never sharper than the starting model's: the held-out rows are mostly old rows the model
+        # answers surely, and a new label taught from a few examples is answered less surely than them
+        temperature = max(fit_temperature(val_logits, val_targets), start.config.temperature)
         calibration = calibration_report(val_logits, val_targets, temperature)
         calibration["data"] = calibration_data
         model.config.temperature = temperature
