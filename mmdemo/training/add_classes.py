@@ -105,8 +105,12 @@ class AddClassesResult:
 
 
 def replay_csv(checkpoint: Path) -> Path | None:
-    """The training CSV a checkpoint's record names (``train --csv``) when it is still there."""
-    command = read_card(checkpoint).get("command", "")
+    """The training CSV a checkpoint's record names (``csv``, or ``train --csv`` in its command,
+    relative to the current folder) when it is still there."""
+    record = read_card(checkpoint)
+    if record.get("csv") and Path(record["csv"]).is_file():
+        return Path(record["csv"])
+    command = record.get("command", "")
     try:
         argv = shlex.split(command)
     except ValueError:

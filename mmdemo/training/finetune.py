@@ -345,8 +345,8 @@ def training_record(
         record["best_epoch_note"] = f"the best epoch ({best['epoch']}) was cut short by the {stopped_by or 'stop'}"
     if request.review:
         record["review"] = request.review
-    if request.command:
-        record = {"command": request.command, **record}
+    if request.command:  # a command line's run: where its CSV is (add-classes replays its rows)
+        record = {"command": request.command, "csv": str(Path(request.dataset.csv_path).resolve()), **record}
     return record
 
 

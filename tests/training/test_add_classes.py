@@ -17,7 +17,7 @@ from mmdemo.datasets.csv_table import read_csv
 from mmdemo.inference.predictor import Predictor
 from mmdemo.model.checkpoint import save_checkpoint
 from mmdemo.model.classifier import build_model
-from mmdemo.training.add_classes import MAX_EXAMPLES, AddClassesRequest, add_classes, check_request
+from mmdemo.training.add_classes import MAX_EXAMPLES, AddClassesRequest, add_classes, check_request, replay_csv
 from mmdemo.training.finetune import FinetuneRequest, finetune
 
 from ..conftest import tiny_config
@@ -146,3 +146,21 @@ def test_the_command_saves_a_checkpoint_and_prints_what_it_taught(start, tmp_pat
     assert Predictor.from_checkpoint(out).labels[-1] == "7"
     assert main(argv) == 2  # --out exists: refused, not replaced
     assert "already exists" in capsys.readouterr().err
+
+
+def test_the_training_csv_of_a_command_line_run_is_found_from_any_folder(start, tmp_path, monkeypatch, capsys):
+    _, data, root = start
+    out = tmp_path / "cli-model"
+    monkeypatch.chdir(root)
+    argv = ["train", "--csv", "train.csv", "--out", str(out), "--epochs", "1", "--image-encoder", "small_cnn",
+            "--text-encoder", "gru", "--image-size", "32", "--fusion-dim", "32", "--fusion-heads", "2",
+            "--fusion-layers", "1", "--region-layers", "1"]  # fmt: skip
+    assert main(argv) == 0
+    capsys.readouterr()
+    monkeypatch.chdir(tmp_path)  # elsewhere: the relative path in the command no longer leads to it
+    assert replay_csv(out) == (root / "train.csv").resolve()
+    (root / "train.csv").rename(root / "moved.csv")
+    try:
+        assert replay_csv(out) is None  # gone: nothing to replay, not an error
+    finally:
+        (root / "moved.csv").rename(root / "train.csv")
