@@ -83,7 +83,6 @@ class ServerLink:
 def run_job(record_path: str, link: ServerLink) -> None:
     """Run the job of the record at ``record_path`` to its end, writing its progress there;
     ``link.is_set()`` ends it at its next step."""
-    from ..datasets.csv_table import read_csv
     from ..folders import process_tag
     from ..training.features import PHASE_WORDS
     from ..training.finetune import FinetuneRequest, finetune, resume, resume_dir
@@ -160,15 +159,7 @@ def run_job(record_path: str, link: ServerLink) -> None:
             update(force=True, history=saved_history(Path(record["target"])))
             result = resume(Path(record["target"]), record.get("time_limit_s"), progress, link.is_set)
         else:
-            dataset = read_csv(
-                source["csv"],
-                source["image_column"],
-                source["text_column"],
-                source["label_column"],
-                image_root=source["folder"],
-                confine=True,
-                group_column=source.get("group_column") or None,
-            )
+            dataset = read_upload(source)
             review = record.get("review")
             if review:  # an audit's decisions, applied to the rows read (the upload is unchanged)
                 from ..audit.review import apply_review
@@ -264,6 +255,22 @@ def thumbnails(findings: list[dict], images: dict[int, Path], folder: Path) -> N
             finding["thumbnail"] = ""
 
 
+def read_upload(source: dict):
+    """The job's upload as a data set: its CSV with the visitor's columns, images confined to
+    its folder."""
+    from ..datasets.csv_table import read_csv
+
+    return read_csv(
+        source["csv"],
+        source["image_column"],
+        source["text_column"],
+        source["label_column"],
+        image_root=source["folder"],
+        confine=True,
+        group_column=source.get("group_column") or None,
+    )
+
+
 def run_audit_job(record: dict, link: ServerLink, update) -> None:
     """An audit job (``jobs.JobManager.start_audit``): the data audited with ``run_audit``, its
     findings (most sure first) kept in the record for the visitor's review."""
@@ -272,7 +279,6 @@ def run_audit_job(record: dict, link: ServerLink, update) -> None:
     import torch
 
     from ..audit.core import run_audit
-    from ..datasets.csv_table import read_csv
     from ..training.recipe import cpu_threads
     from ..training.settings import Stopped
 
@@ -288,15 +294,7 @@ def run_audit_job(record: dict, link: ServerLink, update) -> None:
 
     source = record["data"]
     try:
-        dataset = read_csv(
-            source["csv"],
-            source["image_column"],
-            source["text_column"],
-            source["label_column"],
-            image_root=source["folder"],
-            confine=True,
-            group_column=source.get("group_column") or None,
-        )
+        dataset = read_upload(source)
         torch.set_num_threads(max(1, cpu_threads()[0]))
         update(force=True, state="running", message=f"auditing {len(dataset.examples):,} rows", progress=0.01)
         result = run_audit(
