@@ -210,6 +210,9 @@ def finetune(
         recipe.settings.seed,
         recipe.settings.device,
     )
+    from .similar_fit import save_training_index  # the similar-examples index: this run's training rows only
+
+    save_training_index(out, result.model, made.train, request.dataset.csv_path, recipe.settings.device)
     if stopped_by not in ("stop", "time limit"):
         shutil.rmtree(resume_dir(out), ignore_errors=True)
     return FinetuneResult(out, record, result.best_metrics.get("report", {}), stopped_by)
