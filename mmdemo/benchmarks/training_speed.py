@@ -22,17 +22,24 @@ import torch.nn.functional as F
 from ..model.classifier import ModelConfig
 from ..model.encoders import LITE0_CUTS
 from ..model.fusion import CrossModalFusion
+from ..training.contrastive import ContrastiveLoss
 
 TEXT_DIM, TOKENS = 384, 12  # all-MiniLM-L6-v2 states of a short question
 QUESTIONS_PER_IMAGE = 3
 
 
 def step_samples_per_s(
-    image_size: int, batch_size: int = 64, steps: int = 20, threads: int | None = None, seed: int = 0
+    image_size: int,
+    batch_size: int = 64,
+    steps: int = 20,
+    threads: int | None = None,
+    seed: int = 0,
+    contrastive: float = 0.0,
 ) -> dict:
     """Samples per second of the training step at ``image_size`` (the median of ``steps`` steps
-    after 3 warm-up steps), with the regions the fusion reads; torch's thread count and random
-    generators are left as they were."""
+    after 3 warm-up steps), with the regions the fusion reads; ``contrastive``: the weight of the
+    image–text contrastive loss added as ``train --contrastive`` adds it (0: without); torch's
+    thread count and random generators are left as they were."""
     before = torch.get_num_threads()
     with torch.random.fork_rng(devices=[]):
         try:
@@ -51,6 +58,9 @@ def step_samples_per_s(
                 torch.nn.Linear(config.fusion_dim, len(config.labels)),
             )
             params = list(fusion.parameters()) + list(head.parameters())
+            loss_module = ContrastiveLoss(config.fusion_dim) if contrastive else None
+            if loss_module is not None:
+                params += list(loss_module.parameters())
             optimizer = torch.optim.AdamW(params, lr=1e-3, fused=True)
             images = -(-batch_size // QUESTIONS_PER_IMAGE)
             grid = -(-image_size // 16)
@@ -66,6 +76,9 @@ def step_samples_per_s(
             def step() -> None:
                 summary, _, _ = fusion(feature_map, text_states, mask, drop_image, None, image_index, pixels)
                 loss = F.cross_entropy(head(summary), targets)
+                if loss_module is not None:
+                    per_row = loss_module(fusion, feature_map, pixels, text_states, mask, image_index)
+                    loss = loss + contrastive * per_row.mean()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -80,6 +93,7 @@ def step_samples_per_s(
             median = sorted(times)[len(times) // 2]
             return {
                 "image_size": image_size,
+                "contrastive": contrastive,
                 "regions": grid * grid,
                 "batch_size": batch_size,
                 "threads": torch.get_num_threads(),

@@ -28,6 +28,7 @@ COMMANDS = (
     bench.add_bench_sort_of_clevr,
     bench.add_bench_scope,
     bench.add_bench_train,
+    bench.add_bench_contrastive,
     audit.add_bench_audit,
     add_classes.add_bench_add_classes,
 )

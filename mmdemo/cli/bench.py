@@ -1,6 +1,7 @@
 """The developer benchmarks: ``bench`` (a checkpoint's speed), ``bench-app`` (the app over HTTP, or
 /predict's stages), ``stress`` (the shared-server load test), ``bench-sort-of-clevr`` and
-``bench-scope``, ``bench-train`` (training steps on cached features). Each prints its figures as one JSON object on the last stdout line; the code that
+``bench-scope``, ``bench-train`` (training steps on cached features), ``bench-contrastive`` (an A/B of
+the contrastive loss). Each prints its figures as one JSON object on the last stdout line; the code that
 measures is in mmdemo/benchmarks/."""
 
 from __future__ import annotations
@@ -86,6 +87,47 @@ def add_bench_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=20, help="timed steps per size (the median is reported)")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     p.set_defaults(func=_bench_train)
+
+
+def add_bench_contrastive(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench-contrastive",
+        help="A/B of train --contrastive W on real-data benchmarks: test accuracy and ECE per weight",
+    )
+    p.add_argument(
+        "--kinds", nargs="+", choices=["digits", "photo-patches", "photo-crops"], default=["digits", "photo-crops"]
+    )
+    p.add_argument("--weights", type=float, nargs="+", default=[0.0, 0.1, 0.5], help="contrastive weights (0: without)")
+    p.add_argument("--epochs", type=int, default=8, help="epochs of every arm (fixed, so every arm does the same work)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workdir", type=Path, default=Path("data/bench-contrastive"), help="data and checkpoints")
+    p.add_argument(
+        "--step-overhead",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time a training step on cached features with and without the loss (1 thread)",
+    )
+    p.set_defaults(func=_bench_contrastive)
+
+
+def _bench_contrastive(args) -> int:
+    from ..benchmarks.contrastive import contrastive_ab, step_overhead, table
+
+    if args.epochs < 1 or any(w < 0 for w in args.weights):
+        raise ValueError("--epochs must be at least 1 and every --weights value at least 0")
+    result = contrastive_ab(
+        args.kinds, args.weights, args.epochs, args.seed, args.workdir, lambda line: print(line, file=sys.stderr)
+    )
+    print(table(result["arms"]), file=sys.stderr)
+    if args.step_overhead:
+        result["step_overhead"] = step_overhead()
+        for f in result["step_overhead"]:
+            print(
+                f"{f['image_size']} px step: {f['step_ms']} ms, {f['step_ms_with_loss']} ms with the loss",
+                file=sys.stderr,
+            )
+    print(json.dumps(result))
+    return 0
 
 
 def _bench_train(args) -> int:

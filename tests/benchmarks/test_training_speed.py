@@ -25,3 +25,8 @@ def test_the_command_prints_one_figure_per_size_and_names_a_bad_size():
     assert [f["image_size"] for f in figures["sizes"]] == [32, 48] and "48 px:" in done.stderr
     bad = run("--sizes", "4")
     assert bad.returncode == 2 and "--sizes: 4 px is outside 16..1024" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_the_step_can_add_the_contrastive_loss():
+    with_loss = step_samples_per_s(32, batch_size=6, steps=2, threads=1, contrastive=0.5)
+    assert with_loss["contrastive"] == 0.5 and with_loss["step_ms"] > 0
