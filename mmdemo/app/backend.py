@@ -35,6 +35,7 @@ from ..training.settings import TrainSettings
 from .jobs import DataSource, JobManager
 from .registry import SHARED, CheckpointRegistry, hf_owner, owner_id
 from .settings import Limits, shared_mode
+from .similar import SimilarExample, SimilarExamples
 from .uploads import UploadFolder, make_upload_dir, sweep_uploads
 
 log = logging.getLogger("mmdemo.app")
@@ -86,6 +87,7 @@ class App:
         self.work_dir = Path(work_dir or make_upload_dir("work"))
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self._example_dataset: tuple[str, str] | None = None
+        self.similar = SimilarExamples(self.registry, self.limits.max_image_pixels)
 
     # --- who is asking -------------------------------------------------------------------
     @staticmethod
@@ -201,6 +203,13 @@ class App:
             str(predictor.device),
             predictor.config.max_tokens,
         )
+
+    def similar_examples(
+        self, checkpoint: str, image: str, question: str, owner: str | None = None
+    ) -> list[SimilarExample]:
+        """The training rows of ``checkpoint`` most like an answered image and question, with their
+        pictures ([] for a checkpoint without a similar-examples index; app/similar.py)."""
+        return self.similar.find(checkpoint, owner, image, question)
 
     def examples(self) -> list[list[str]]:
         """(image, question) pairs shipped with the default checkpoint, for the gallery."""

@@ -1,7 +1,8 @@
 """The command line, ``python -m mmdemo COMMAND``: the parser and ``main``; each command's flags and
-handler live in the module of its group (predict, train, evaluate, audit, add_classes, data, bench).
+handler live in the module of its group (predict, train, evaluate, audit, add_classes, data, bench, similar).
 
-Results go to stdout as JSON (one object, on the last line); progress and messages to stderr.
+Results go to stdout as JSON (one object, on the last line; ``similar``: one per line); progress and messages to
+stderr.
 """
 
 from __future__ import annotations
@@ -9,11 +10,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import add_classes, audit, bench, data, evaluate, predict, train
+from . import add_classes, audit, bench, data, evaluate, predict, similar, train
 
 # in the order ``python -m mmdemo --help`` lists them
 COMMANDS = (
     predict.add_predict,
+    similar.add_similar,
     bench.add_bench,
     predict.add_export,
     train.add_train,
@@ -21,6 +23,7 @@ COMMANDS = (
     audit.add_audit,
     add_classes.add_add_classes,
     train.add_fit_scope,
+    similar.add_index_similar,
     data.add_make_sort_of_clevr,
     data.add_make_real_benchmark,
     bench.add_bench_app,
@@ -31,6 +34,7 @@ COMMANDS = (
     bench.add_bench_contrastive,
     audit.add_bench_audit,
     add_classes.add_bench_add_classes,
+    similar.add_bench_similar,
 )
 
 

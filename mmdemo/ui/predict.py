@@ -28,6 +28,7 @@ from ..imaging import decode_image
 from .common import BoundedSlider, ChoiceRadio, answer_lead, input_error, markdown_text
 from .gradio_patches import inline_image_to_cache, plot_value
 from .identity import owner_of, unexpected
+from .similar import similar_panel
 from .zerogpu import gpu
 
 DEFAULT_OPACITY = 0.55
@@ -507,6 +508,7 @@ def predict_tab(app: App, owner_token: gr.BrowserState, saved_tab: gr.BrowserSta
                     buttons=["fullscreen"],
                     format="jpeg",
                 )
+                similar_panel(app, state, image)  # the most similar training examples, after each answer
         with gr.Row():
             with gr.Column(scale=3, min_width=300):
                 matrix = gr.Plot(label="Word x region relevance", elem_id="word-region-matrix")
