@@ -13,6 +13,12 @@ def add_make_sort_of_clevr(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--images", type=int, default=10_000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--phrasing", choices=("train", "canonical", "held-out"), default="train")
+    p.add_argument(
+        "--tasks",
+        action="store_true",
+        help="several label columns instead: each row names one object; shape, side, height and nearest_shape"
+        " answer about it",
+    )
     p.set_defaults(func=_make_sort_of_clevr)
 
 
@@ -29,8 +35,12 @@ def add_make_real_benchmark(sub: argparse._SubParsersAction) -> None:
 
 
 def _make_sort_of_clevr(args) -> int:
-    from ..datasets.sortofclevr import generate
+    from ..datasets.sortofclevr import generate, generate_tasks
 
+    if args.tasks:
+        path = generate_tasks(args.out, args.images, args.seed)
+        print(json.dumps({"csv": str(path), "images": args.images, "rows": args.images * 6}))
+        return 0
     path = generate(args.out, args.images, args.seed, args.phrasing)
     print(json.dumps({"csv": str(path), "images": args.images, "rows": args.images * 20}))
     return 0

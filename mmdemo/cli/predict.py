@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from ..explain.methods import DEFAULT_METHOD, METHODS
-from .common import DEFAULT_CHECKPOINT, add_common, add_engine, load_predictor, read_rows
+from .common import DEFAULT_CHECKPOINT, ColumnList, add_common, add_engine, load_predictor, read_rows
 
 
 def add_predict(sub: argparse._SubParsersAction) -> None:
@@ -20,8 +20,14 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--csv", type=Path, help="batch mode: CSV with columns image,text (paths relative to the CSV)")
     p.add_argument("--out", type=Path, help="batch mode: output CSV")
     p.add_argument("--image-column", default="image")
-    p.add_argument("--text-column", default="text")
+    p.add_argument(
+        "--text-column",
+        action=ColumnList,
+        default=["text"],
+        help="batch mode: the text column; several (repeated or comma-separated) are joined as training joined them",
+    )
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--task", help="explain this task's answer (a model with several label columns; default: the first)")
     p.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD, help="explanation method")
     add_engine(p)
     p.set_defaults(func=_predict)
@@ -44,7 +50,7 @@ def _predict(args) -> int:
         return _predict_csv(args)
     if not args.image or args.text is None:
         raise ValueError("predict needs --image and --text (or --csv and --out)")
-    prediction = load_predictor(args).predict(args.image, args.text, args.method)
+    prediction = load_predictor(args).predict(args.image, args.text, args.method, args.task)
     print(json.dumps(prediction.to_json()))
     return 0
 
@@ -52,15 +58,23 @@ def _predict(args) -> int:
 def _predict_csv(args) -> int:
     from tqdm import tqdm
 
+    from ..datasets.csv_table import join_texts
     from ..imaging import decode_image
 
-    rows, fields = read_rows(args.csv, [args.image_column, args.text_column])
+    text_columns = args.text_column
+    rows, fields = read_rows(args.csv, [args.image_column, *text_columns])
     rank, world = _distributed_rank()
     predictor = load_predictor(args)
+    predictor.task_index(args.task)  # an unknown task fails before any row
     scope_fields = ("in_scope", "scope_reasons", "image_distance", "text_similarity", "image_reliance")
+    # a model with several tasks: each task's answer too (``prediction`` is the first task's)
+    task_fields = [f"{kind}_{t}" for t in predictor.task_names for kind in ("prediction", "confidence")]
+    task_fields = task_fields if len(predictor.task_names) > 1 else []
     out_fields = fields + [
-        f for f in ("prediction", "confidence", *scope_fields, "peak_x", "peak_y", "error") if f not in fields
-    ]
+        f for f in ("prediction", "confidence", *task_fields, *scope_fields, "peak_x", "peak_y", "error")
+        if f not in fields
+    ]  # fmt: skip
+    text_of = lambda row: join_texts([(row[c] or "").strip() for c in text_columns])  # noqa: E731
     root = args.csv.resolve().parent
     # under torchrun each process takes every world-th batch: the batches (and so every figure)
     # are the ones a single process would make, and rank 0 writes them back in input order
@@ -72,9 +86,9 @@ def _predict_csv(args) -> int:
             for row in batch:
                 # a row that fails is not an answer in scope
                 row.update(prediction="", confidence="", peak_x="", peak_y="", error="", in_scope="false")
-                row.update({f: "" for f in scope_fields[1:]})
+                row.update({f: "" for f in (*scope_fields[1:], *task_fields)})
                 try:
-                    if not (row[args.text_column] or "").strip():
+                    if not text_of(row):
                         raise ValueError("the text is empty")
                     ready.append(
                         (row, decode_image(root / (row[args.image_column] or ""), name=row[args.image_column]))
@@ -84,7 +98,7 @@ def _predict_csv(args) -> int:
             if ready:
                 try:
                     results = predictor.predict_batch(
-                        [im for _, im in ready], [r[args.text_column] for r, _ in ready], args.method
+                        [im for _, im in ready], [text_of(r) for r, _ in ready], args.method, args.task
                     )
                 except (ValueError, RuntimeError) as e:  # keep going: mark the whole batch
                     results = [None] * len(ready)
@@ -103,6 +117,9 @@ def _predict_csv(args) -> int:
                             peak_x=f"{result.explanation.peak_xy[0]:.1f}",
                             peak_y=f"{result.explanation.peak_xy[1]:.1f}",
                         )
+                        for name, answer in result.tasks.items() if task_fields else ():
+                            row[f"prediction_{name}"] = answer["label"]
+                            row[f"confidence_{name}"] = f"{answer['confidence']:.4f}"
             bar.update(len(batch) * world)
     if world > 1:
         rows = _merge_shards(rows, starts, args.batch_size, rank, world)

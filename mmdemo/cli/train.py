@@ -31,7 +31,12 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--resume", type=Path, metavar="DIR", help="continue the stopped run that was saving to checkpoint DIR"
     )
-    add_columns(p)
+    add_columns(p, several=True)
+    p.add_argument(
+        "--task-weights",
+        help="with several label columns: the loss weight of each task, comma-separated in the columns' order"
+        " (default: 1 each)",
+    )
     p.add_argument(
         "--group-column",
         help="column naming each row's source (a product, a patient, a scene, the photo a crop was cut from):"
@@ -142,6 +147,8 @@ def _train_run(args, rank: int) -> int:
         overrides = {
             k: getattr(args, k) for k in TRAIN_SETTING_FLAGS + ARCHITECTURE_FLAGS if getattr(args, k) is not None
         }
+        if args.task_weights:
+            overrides["task_weights"] = _task_weights(args.task_weights, dataset.task_names())
         if args.device:
             overrides["device"] = args.device
         request = FinetuneRequest(
@@ -183,6 +190,20 @@ def _train_run(args, rank: int) -> int:
         print(record["start_comparison"]["summary"], file=sys.stderr)
     print(json.dumps(summary))
     return 0
+
+
+def _task_weights(text: str, tasks: list[str]) -> list[float]:
+    """``--task-weights 1,0.5`` -> one positive weight per task."""
+    try:
+        weights = [float(w) for w in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--task-weights takes numbers separated by commas, got {text!r}") from None
+    if len(weights) != len(tasks) or not all(w >= 0 for w in weights) or not any(weights):
+        raise ValueError(
+            f"--task-weights needs {len(tasks)} weights of 0 or more, not all 0 (one per label column: {', '.join(tasks)}),"
+            f" got {text!r}"
+        )
+    return weights
 
 
 def _launcher() -> str:

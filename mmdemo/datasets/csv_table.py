@@ -27,6 +27,20 @@ SEPARATORS = ",;\t|"
 SEPARATOR_NAMES = {",": "',' (comma)", ";": "';' (semicolon)", "\t": "tab", "|": "'|' (bar)"}
 MAX_HEADER_CHARS = 65536
 NAMED_ROWS = 5  # rows named in a one-line summary (the rest are counted)
+# several text columns are joined with the WordPiece tokenizer's separator token (the text
+# encoders' tokenizer, model/encoders.py), in the order the columns are given
+TEXT_SEPARATOR = " [SEP] "
+
+
+def column_list(columns: str | list[str] | tuple[str, ...]) -> list[str]:
+    """Column names from one name, a comma-separated list, or a list of either."""
+    names = [columns] if isinstance(columns, str) else list(columns)
+    return [c.strip() for name in names for c in name.split(",") if c.strip()]
+
+
+def join_texts(parts: list[str]) -> str:
+    """One text from several text columns' values (empty ones left out), in column order."""
+    return TEXT_SEPARATOR.join(p for p in parts if p)
 
 
 def sniff_separator(header_line: str) -> str:
@@ -55,8 +69,13 @@ class Example:
     row: int
     image: Path
     text: str
-    label: str
+    label: str  # the first task's label ("" when a row of several tasks has none for it)
     group: str = ""  # the row's source (a product, a patient, a scene) from a group column, if any
+    labels: dict[str, str] = field(default_factory=dict)  # task -> label ("" = none) when there are several tasks
+
+    def task_label(self, task: str, first: bool) -> str:
+        """This row's label for ``task`` ("" when it has none); ``first``: it is the first task."""
+        return self.label if first else self.labels.get(task, "")
 
 
 @dataclass
@@ -69,6 +88,22 @@ class Dataset:
     warnings: list[str] = field(default_factory=list)
     separator: str = ","
     group_column: str = ""  # the column that named each row's group, if any
+    tasks: list[str] = field(default_factory=list)  # the label columns, when there are several
+    task_counts: dict[str, dict[str, int]] = field(default_factory=dict)  # task -> label -> rows
+    empty_labels: dict[str, int] = field(default_factory=dict)  # task -> rows without a label for it
+    text_columns: list[str] = field(default_factory=list)  # when several are joined
+    truncated_rows: int | None = None  # rows whose text is cut at the model's token limit (count_truncated)
+    max_tokens: int | None = None
+
+    def task_names(self) -> list[str]:
+        """The tasks this data trains: its label columns ("label" for one unnamed column)."""
+        return self.tasks or ["label"]
+
+    def task_labels(self) -> list[list[str]]:
+        """Each task's labels, sorted."""
+        if not self.tasks:
+            return [self.labels]
+        return [sorted(self.task_counts[t]) for t in self.tasks]
 
     def report(self) -> str:
         """The pre-flight report, as plain text."""
@@ -79,7 +114,26 @@ class Dataset:
             lines.append(f"  row {row}: {reason}")
         if len(self.rejected) > 50:
             lines.append(f"  ... and {len(self.rejected) - 50} more rejected rows")
-        lines.append("class counts: " + ", ".join(f"{k}={v}" for k, v in self.class_counts.items()))
+        if self.tasks:
+            lines.append(f"{len(self.tasks)} tasks, one per label column: " + ", ".join(self.tasks))
+            for task in self.tasks:
+                counts = ", ".join(f"{k}={v}" for k, v in self.task_counts[task].items())
+                empty = self.empty_labels.get(task, 0)
+                lines.append(
+                    f"  {task}: {counts}"
+                    + (f"; {empty} rows without a {task} (they train the other tasks)" if empty else "")
+                )
+        else:
+            lines.append("class counts: " + ", ".join(f"{k}={v}" for k, v in self.class_counts.items()))
+        if self.text_columns:
+            lines.append(
+                f"text: the columns {', '.join(self.text_columns)} joined in this order, separated by{TEXT_SEPARATOR.rstrip()}"
+            )
+        if self.truncated_rows:
+            lines.append(
+                f"{self.truncated_rows} rows have a text longer than the model's limit of {self.max_tokens} tokens:"
+                " the rest of their text is not read"
+            )
         if self.group_column:
             ungrouped = sum(1 for e in self.examples if not e.group)
             lines.append(
@@ -98,8 +152,8 @@ class Dataset:
 def read_csv(
     csv_path: str | os.PathLike,
     image_column: str = "image",
-    text_column: str = "text",
-    label_column: str = "label",
+    text_column: str | list[str] = "text",
+    label_column: str | list[str] = "label",
     image_root: str | os.PathLike | None = None,
     check_images: bool = True,
     confine: bool = False,
@@ -116,7 +170,17 @@ def read_csv(
     ``max_rows``, ``max_text_chars`` and ``max_pixels`` bound web uploads (the CLI passes none).
     ``group_column`` names each row's source: rows of one group are never split between training
     and validation (splits.py); a row with an empty group is grouped by its image.
+    Several ``text_column``s are joined (join_texts); several ``label_column``s are several tasks:
+    a row needs a label in one of them, and an empty cell leaves that task out for the row.
     """
+    text_columns, label_columns = column_list(text_column), column_list(label_column)
+    if not text_columns or not label_columns:
+        raise ValueError("name at least one text column and one label column")
+    repeated = sorted({c for c in label_columns + text_columns if (label_columns + text_columns).count(c) > 1})
+    if repeated:
+        raise ValueError(f"column(s) {repeated} named more than once among the text and label columns")
+    text_column, label_column = text_columns[0], label_columns[0]
+    several = len(label_columns) > 1
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise ValueError(f"CSV file not found: {csv_path.name}")
@@ -129,7 +193,7 @@ def read_csv(
             duplicated = sorted({c for c in found if found.count(c) > 1})
             if duplicated:
                 raise ValueError(f"{csv_path.name}: the header names column(s) {duplicated} more than once")
-            expected = [image_column, text_column, label_column] + ([group_column] if group_column else [])
+            expected = [image_column, *text_columns, *label_columns] + ([group_column] if group_column else [])
             missing = [c for c in expected if c not in found]
             if missing:
                 raise ValueError(f"{csv_path.name}: missing column(s) {missing}; expected {expected}, found {found}")
@@ -149,18 +213,27 @@ def read_csv(
     for i, values in enumerate(raw):
         row = i + 2
         image = (values.get(image_column) or "").strip()
-        text = (values.get(text_column) or "").strip()
+        parts = [(values.get(c) or "").strip() for c in text_columns]
+        text = join_texts([p for p in parts if p and not is_blank(p)])
         label = (values.get(label_column) or "").strip()
         if not image:
             rejected.append((row, f"empty {image_column}"))
             continue
         if not text or is_blank(text):  # zero-width characters only: nothing a reader sees
-            rejected.append((row, f"empty {text_column}"))
+            rejected.append((row, f"empty {' and '.join(text_columns)}"))
             continue
-        if not label:
+        answers = {}
+        if several:  # an empty cell (or a missing-value mark) leaves that task out for this row
+            answers = {c: (values.get(c) or "").strip() for c in label_columns}
+            answers = {c: ("" if v.lower() in MISSING_LABELS else v) for c, v in answers.items()}
+            if not any(answers.values()):
+                rejected.append((row, f"no label in any of {', '.join(label_columns)}"))
+                continue
+            label = answers[label_column]
+        elif not label:
             rejected.append((row, f"empty {label_column}"))
             continue
-        if label.lower() in MISSING_LABELS:
+        elif label.lower() in MISSING_LABELS:
             rejected.append((row, f"{label_column} {label!r} marks a missing value, not a class"))
             continue
         if max_text_chars is not None and len(text) > max_text_chars:
@@ -179,9 +252,9 @@ def read_csv(
             rejected.append((row, checked[path]))
             continue
         group = (values.get(group_column) or "").strip() if group_column else ""
-        examples.append(Example(row, path, text, label, group))
+        examples.append(Example(row, path, text, label, group, answers))
 
-    counts = Counter(e.label for e in examples)
+    counts = Counter(e.label for e in examples if e.label)
     class_counts = dict(sorted(counts.items()))
     dataset = Dataset(csv_path, examples, rejected, sorted(counts), class_counts, separator=separator)
     if counts and min(counts.values()) * IMBALANCE_RATIO <= max(counts.values()):
@@ -192,7 +265,29 @@ def read_csv(
             " (consider class weights)"
         )
     dataset.group_column = group_column or ""
+    if len(text_columns) > 1:
+        dataset.text_columns = text_columns
+    if several:
+        dataset.tasks = label_columns
+        for task in label_columns:
+            task_counts = Counter(e.labels[task] for e in examples if e.labels[task])
+            dataset.task_counts[task] = dict(sorted(task_counts.items()))
+            dataset.empty_labels[task] = sum(1 for e in examples if not e.labels[task])
     return dataset
+
+
+def count_truncated(dataset: Dataset, tokenizer, max_tokens: int) -> int:
+    """How many rows' texts are longer than ``max_tokens`` tokens (the model reads no further);
+    kept on ``dataset`` for its report."""
+    texts = sorted({e.text for e in dataset.examples})
+    long = set()
+    for start in range(0, len(texts), 1024):
+        chunk = texts[start : start + 1024]
+        lengths = [len(ids) for ids in tokenizer(chunk, add_special_tokens=True)["input_ids"]]
+        long.update(t for t, n in zip(chunk, lengths) if n > max_tokens)
+    dataset.truncated_rows = sum(1 for e in dataset.examples if e.text in long)
+    dataset.max_tokens = max_tokens
+    return dataset.truncated_rows
 
 
 def _image_error(path: Path, name: str, max_pixels: int = MAX_PIXELS) -> str | None:
@@ -210,6 +305,12 @@ def check_trainable(dataset: Dataset) -> None:
     if not dataset.examples:
         reasons = "; ".join(f"row {r}: {m}" for r, m in dataset.rejected[:3])
         raise ValueError(f"{dataset.csv_path.name}: no valid rows" + (f" ({reasons} ...)" if reasons else ""))
+    for task, counts in dataset.task_counts.items():
+        if len(counts) < 2:
+            raise ValueError(
+                f"{dataset.csv_path.name}: the label column {task!r} has {len(counts)} distinct value(s)"
+                f" ({', '.join(counts)}); a task needs at least 2"
+            )
     if len(dataset.labels) < 2:
         raise ValueError(
             f"{dataset.csv_path.name}: a classifier needs at least 2 classes, found {len(dataset.labels)}"

@@ -220,6 +220,42 @@ def generate(out_dir: str | Path, n_images: int, seed: int, phrasing: str = "tra
     return csv_path
 
 
+# several answers per row: one request names one object; each label column is a task about it
+TASK_REQUESTS = (
+    "Tell me about the {c} object.",
+    "Describe the {c} shape.",
+    "What about the {c} one?",
+    "The {c} object, please.",
+    "Look at the {c} thing.",
+)
+TASK_COLUMNS = {"shape": "shape", "side": "horizontal", "height": "vertical", "nearest_shape": "closest"}
+
+
+def generate_tasks(out_dir: str | Path, n_images: int, seed: int, per_image: int = 6) -> Path:
+    """A data set with several label columns: each row names one object of a scene ("Tell me
+    about the red object.") and the columns shape, side, height and nearest_shape answer the
+    shape, left/right, top/bottom and closest-object questions about it. ``per_image`` rows
+    (distinct colours) per scene. Writes ``out_dir/images/*.png`` and ``out_dir/data.csv``."""
+    out_dir = Path(out_dir)
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    digits = max(4, math.ceil(math.log10(max(n_images, 2))))
+    csv_path = out_dir / "data.csv"
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["image", "text", *TASK_COLUMNS, "color"])
+        writer.writeheader()
+        for i in range(n_images):
+            scene = random_scene(rng)
+            name = f"images/{i:0{digits}d}.png"
+            render(scene).save(out_dir / name)
+            for j in rng.permutation(len(COLORS))[:per_image]:
+                color = list(COLORS)[int(j)]
+                text = TASK_REQUESTS[int(rng.integers(len(TASK_REQUESTS)))].format(c=color)
+                answers = {column: answer(scene, qtype, color)[0] for column, qtype in TASK_COLUMNS.items()}
+                writer.writerow({"image": name, "text": text, **answers, "color": color})
+    return csv_path
+
+
 def write_examples(folder: str | Path, seed: int = 2024) -> Path:
     """Six scenes, one canonical question of each type, for the app's examples gallery:
     ``folder/scene_N.png`` and ``folder/examples.csv`` (image,text,label)."""

@@ -109,12 +109,14 @@ class ServingGraph(nn.Module):
             regions, text_states[text_index], attention_mask[text_index], drop_text
         )
         pooled = pooled_image(feature_map), pooled_text(text_states, attention_mask)
-        return (model.head(summary), *cross, *text_self, *pooled)
+        extra = tuple(head(summary) for head in model.heads()[1:])  # further tasks' logits
+        return (model.head(summary), *cross, *text_self, *extra, *pooled)
 
 
 def _output(outputs: list[torch.Tensor], layers: int, grid: tuple[int, int]) -> Served:
     attention = outputs[1 : 1 + 2 * layers]
-    output = ModelOutput(outputs[0], tuple(attention[:layers]), tuple(attention[layers:]), grid)
+    extra = tuple(outputs[1 + 2 * layers : -2])
+    output = ModelOutput(outputs[0], tuple(attention[:layers]), tuple(attention[layers:]), grid, extra)
     return Served(output, outputs[-2], outputs[-1])
 
 
@@ -192,7 +194,7 @@ def _threads_per_process() -> int:
 
 def export_serving_graph(model: MultimodalClassifier, target) -> None:
     """The serving graph as ONNX, written to a path or a BytesIO; every row count is dynamic."""
-    names = [*output_names(model.config.fusion_layers), "image_features", "text_features"]
+    names = [*output_names(model.config), "image_features", "text_features"]
     to_onnx(
         ServingGraph(model).cpu(),
         tuple(example_rows(model)),

@@ -5,7 +5,8 @@ Inputs: ``pixels`` float32 (N, 3, S, S), preprocessed as the checkpoint's config
 S x S, then (x / 255 - pixel_mean) / pixel_std); ``input_ids`` and ``attention_mask`` int64
 (N, T) from the text model's WordPiece tokenizer. Outputs: ``logits`` (N, labels) first, then
 the cross-attention (N, H, 1 + T, R) and text self-attention (N, H, 1 + T, 1 + T) of each
-fusion layer (what the explanations are made from). N and T are dynamic. Probabilities are
+fusion layer (what the explanations are made from), then, for a model with several tasks,
+``logits_<task>`` of each further task (``logits`` is the first task's). N and T are dynamic. Probabilities are
 softmax(logits / temperature); the labels, temperature and preprocessing travel in the ONNX
 file's metadata (``mmdemo_config``, the checkpoint's model config as JSON).
 
@@ -25,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..model.classifier import MultimodalClassifier
+from ..model.classifier import ModelConfig, MultimodalClassifier
 from ..model.encoders import fuse_conv_bn
 
 OPSET = 17
@@ -62,11 +63,19 @@ class ModelGraph(nn.Module):
 
     def forward(self, pixels: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor):
         out = self.model(pixels, input_ids, attention_mask)
-        return (out.logits, *out.cross_attention, *out.text_attention)
+        return (out.logits, *out.cross_attention, *out.text_attention, *out.extra_logits)
 
 
-def output_names(layers: int) -> list[str]:
-    return ["logits", *[f"cross_attention_{i}" for i in range(layers)], *[f"text_attention_{i}" for i in range(layers)]]
+def output_names(config: ModelConfig) -> list[str]:
+    """``logits`` (the first task's), the attention of each layer, then ``logits_<task>`` for
+    each further task."""
+    layers = config.fusion_layers
+    return [
+        "logits",
+        *[f"cross_attention_{i}" for i in range(layers)],
+        *[f"text_attention_{i}" for i in range(layers)],
+        *[f"logits_{t['name']}" for t in config.extra_tasks],
+    ]
 
 
 def export_onnx(model: MultimodalClassifier, out: str | os.PathLike) -> dict:
@@ -78,7 +87,7 @@ def export_onnx(model: MultimodalClassifier, out: str | os.PathLike) -> dict:
     fuse_conv_bn(model.image_encoder)  # the same arithmetic, fewer nodes
     s = config.image_size
     ids = torch.full((2, 8), 101, dtype=torch.long)  # example shapes for the tracer; values do not matter
-    names = output_names(config.fusion_layers)
+    names = output_names(config)
     rows = {0: "batch"}
     buffer = io.BytesIO()
     to_onnx(
@@ -105,6 +114,15 @@ def export_onnx(model: MultimodalClassifier, out: str | os.PathLike) -> dict:
         "inputs": ["pixels", "input_ids", "attention_mask"],
         "outputs": names,
         "labels": list(config.labels),
+        "tasks": {
+            name: {"labels": labels, "output": output, "temperature": t}
+            for name, labels, output, t in zip(
+                config.task_names(),
+                config.task_labels(),
+                ["logits"] + names[1 + 2 * config.fusion_layers :],
+                config.task_temperatures(),
+            )
+        },
         "image_size": s,
         "pixel_mean": config.pixel_mean,
         "pixel_std": config.pixel_std,

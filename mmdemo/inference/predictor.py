@@ -38,6 +38,10 @@ class Prediction:
     image_size: tuple[int, int]  # (width, height) of the decoded input image
     forward_ms: float  # model time for the batch this sample was in (preprocessing excluded)
     scope: dict = field(default_factory=lambda: scope_stats.assess(None, None, None, [], {}, 1.0))
+    # every task's answer, the first task's (label, scores) first: name -> {label, confidence,
+    # scores, in_scope}; the explanation is of ``explained_task``'s answer
+    tasks: dict[str, dict] = field(default_factory=dict)
+    explained_task: str = ""
 
     @property
     def in_scope(self) -> bool:
@@ -63,6 +67,8 @@ class Prediction:
             "method": e.method,
             "truncated": self.truncated,
             "image_size": list(self.image_size),
+            "tasks": self.tasks,
+            "explained_task": self.explained_task,
         }
 
 
@@ -99,10 +105,11 @@ class Predictor:
         self.backend = self.engine.name
         self.tokenizer = load_tokenizer(self.config.text_model)
         self.labels = list(self.config.labels)
+        self.task_names = self.config.task_names()
         self.scope = scope
         self.embedding_table = scope_stats.embedding_table(self.model.text_encoder, self.tokenizer.vocab_size)
         # requests that arrive together (the app's concurrent /predict calls) share a forward
-        self._batcher = MicroBatcher(lambda items, method: self.analyse_batch(*zip(*items), method))
+        self._batcher = MicroBatcher(lambda items, key: self.analyse_batch(*zip(*items), *key))
 
     @classmethod
     def from_checkpoint(
@@ -123,23 +130,39 @@ class Predictor:
         """The serving path's forward, one row per (image, text) pair (what ``bench`` times)."""
         return self.engine(Rows.plain(pixels, input_ids.to(self.device), attention_mask.to(self.device))).output
 
-    def predict(self, image: ImageSource, text: str, method: str = DEFAULT_METHOD) -> Prediction:
-        """Classify one (image, text) pair and explain the answer."""
-        return self.predict_batch([decode_image(image)], [text], method)[0]
+    def predict(
+        self, image: ImageSource, text: str, method: str = DEFAULT_METHOD, task: str | None = None
+    ) -> Prediction:
+        """Classify one (image, text) pair and explain the answer (of ``task``: default the first)."""
+        return self.predict_batch([decode_image(image)], [text], method, task)[0]
 
-    def predict_batch(self, images: list, texts: list[str], method: str = DEFAULT_METHOD) -> list[Prediction]:
+    def predict_batch(
+        self, images: list, texts: list[str], method: str = DEFAULT_METHOD, task: str | None = None
+    ) -> list[Prediction]:
         """Classify decoded RGB images with their texts, one explanation per sample."""
-        return [prediction for prediction, _ in self._run(images, texts, method, modalities=False)]
+        return [prediction for prediction, _ in self._run(images, texts, method, modalities=False, task=task)]
 
-    def analyse(self, image: ImageSource, text: str, method: str = DEFAULT_METHOD) -> Analysis:
+    def analyse(self, image: ImageSource, text: str, method: str = DEFAULT_METHOD, task: str | None = None) -> Analysis:
         """Answer, explanation and modality contributions from one encoder pass. Calls made
         at the same time from several threads are batched together."""
         image = decode_image(image)
         self.tokens([text])  # a bad text fails here, alone, not in a batch with others
-        return self._batcher((image, text), method)
+        self.task_index(task)  # an unknown task too
+        return self._batcher((image, text), (method, task))
 
-    def analyse_batch(self, images: list, texts: list[str], method: str = DEFAULT_METHOD) -> list[Analysis]:
-        return [Analysis(p, c) for p, c in self._run(images, texts, method, modalities=True)]
+    def analyse_batch(
+        self, images: list, texts: list[str], method: str = DEFAULT_METHOD, task: str | None = None
+    ) -> list[Analysis]:
+        """``task``: the task whose answer is explained, and whose contributions are given."""
+        return [Analysis(p, c) for p, c in self._run(images, texts, method, modalities=True, task=task)]
+
+    def task_index(self, task: str | None) -> int:
+        """The index of a task by name (None: the first)."""
+        if task is None:
+            return 0
+        if task not in self.task_names:
+            raise ValueError(f"this model has no task {str(task)[:60]!r}; its tasks are {', '.join(self.task_names)}")
+        return self.task_names.index(task)
 
     def modality_contributions(self, image: ImageSource, text: str) -> dict[str, dict[str, float]]:
         """Probabilities with both modalities, the image only, and the text only."""
@@ -157,10 +180,14 @@ class Predictor:
             out.append((logits.float() / self.config.temperature).softmax(-1).cpu().numpy())
         return np.concatenate(out)
 
-    def _run(self, images: list, texts: list[str], method: str, modalities: bool) -> list[tuple]:
+    def _run(
+        self, images: list, texts: list[str], method: str, modalities: bool, task: str | None = None
+    ) -> list[tuple]:
         """Encode once, fuse the rows asked for, explain each sample: (Prediction, contributions
         or None) per sample. With scope statistics the text-only rows are always fused: "the
-        answer ignores the image" compares the answer with them."""
+        answer ignores the image" compares the answer with them. ``task``: whose answer the
+        explanation and the contributions are of (default: the first task's)."""
+        explained = self.task_index(task)
         if method not in METHODS:
             raise ValueError(f"explanation method must be one of {METHODS}, got {method!r}")
         if len(images) != len(texts):
@@ -172,28 +199,57 @@ class Predictor:
         with_others = modalities or self.scope is not None
         if method == "gradient":
             out, grads, modality_logits, image_features, text_features = self._fuse_with_gradients(
-                pixels, ids, mask, with_others
+                pixels, ids, mask, with_others, explained
             )
         else:
             rows = (Rows.with_modalities if with_others else Rows.plain)(pixels, ids, mask)
             served, grads = self.engine(rows), None
             out, image_features, text_features = served
-            modality_logits = out.logits[len(images) :]
+            modality_logits = [logits[len(images) :] for logits in out.task_logits()]
         n = len(images)
-        probs = (out.logits[:n].float() / self.config.temperature).softmax(-1).cpu()
-        others = (modality_logits.float() / self.config.temperature).softmax(-1).cpu() if with_others else None
-        scopes = self._assess_scope(texts, image_features, text_features, probs, others[n:] if with_others else None)
+        temperatures = self.config.task_temperatures()
+        probs = [(logits[:n].float() / t).softmax(-1).cpu() for logits, t in zip(out.task_logits(), temperatures)]
+        others = (
+            [(logits.float() / t).softmax(-1).cpu() for logits, t in zip(modality_logits, temperatures)]
+            if with_others
+            else None
+        )
+        scopes = self._assess_scope(
+            texts, image_features, text_features, probs[0], others[0][n:] if with_others else None
+        )
         forward_ms = (time.perf_counter() - start) * 1000
         results = []
         for i, image in enumerate(images):
-            prediction = self._explain_sample(i, out, grads, probs[i], text_batch, mask, image, method, forward_ms)
+            prediction = self._explain_sample(i, out, grads, probs[0][i], text_batch, mask, image, method, forward_ms)
             prediction.scope = scopes[i]
+            prediction.explained_task = self.task_names[explained]
+            prediction.tasks = {
+                name: self._task_answer(labels, p[i], scopes[i])
+                for name, labels, p in zip(self.task_names, self.config.task_labels(), probs)
+            }
             contributions = None
             if modalities:
-                rows = {"both": probs[i], "image only": others[i], "text only": others[n + i]}
-                contributions = {name: self._scores(row) for name, row in rows.items()}
+                labels = self.config.task_labels()[explained]
+                rows = {
+                    "both": probs[explained][i],
+                    "image only": others[explained][i],
+                    "text only": others[explained][n + i],
+                }
+                contributions = {name: self._scores(row, labels) for name, row in rows.items()}
             results.append((prediction, contributions))
         return results
+
+    @staticmethod
+    def _task_answer(labels: list[str], probs: torch.Tensor, scope: dict) -> dict:
+        """One task's answer: its label, confidence and scores; the out-of-scope verdict reads the
+        inputs (and the first task's reliance on the image), so it is the same for every task."""
+        top = int(probs.argmax())
+        return {
+            "label": labels[top],
+            "confidence": round(float(probs[top]), 6),
+            "scores": {label: float(p) for label, p in zip(labels, probs)},
+            "in_scope": bool(scope["in_scope"]),
+        }
 
     def _assess_scope(self, texts, image_features, text_features, probs, text_only) -> list[dict]:
         """Each sample's out-of-scope assessment (scope.py) from the pooled encoder features and
@@ -209,9 +265,9 @@ class Predictor:
             results.append(scope_stats.assess(self.scope, image_vec, text_vec, ws, synonyms, float(reliance[i])))
         return results
 
-    def _fuse_with_gradients(self, pixels, ids, mask, modalities: bool):
-        """Eager forward with the gradient of each sample's target logit w.r.t. the attention;
-        also the pooled encoder features (what the out-of-scope check reads)."""
+    def _fuse_with_gradients(self, pixels, ids, mask, modalities: bool, task: int = 0):
+        """Eager forward with the gradient of each sample's target logit (of ``task``) w.r.t. the
+        attention; also the pooled encoder features (what the out-of-scope check reads)."""
         n = len(ids)
         with autocast(self.device, self.dtype):
             with torch.no_grad():
@@ -219,7 +275,7 @@ class Predictor:
                 text_states = self.model.encode_text(ids, mask)
             with torch.enable_grad():
                 out = self.model.forward_fusion(feature_map, text_states, mask, pixels=pixels)
-                logits = out.logits.float()
+                logits = out.task_logits()[task].float()
                 target = logits.argmax(-1)
                 # samples are independent, so the gradient of the summed target logits
                 # gives each sample the gradient of its own target logit
@@ -238,9 +294,10 @@ class Predictor:
                         drop_text=~flags,
                         image_index=torch.arange(n, device=self.device).repeat(2),
                         pixels=pixels,
-                    ).logits
+                    ).task_logits()
         detached = out._replace(
-            logits=logits.detach(),
+            logits=out.logits.detach().float(),
+            extra_logits=tuple(x.detach().float() for x in out.extra_logits),
             cross_attention=tuple(a.detach() for a in out.cross_attention),
             text_attention=tuple(a.detach() for a in out.text_attention),
         )
@@ -276,5 +333,5 @@ class Predictor:
             forward_ms=forward_ms,
         )
 
-    def _scores(self, probs: torch.Tensor) -> dict[str, float]:
-        return {label: float(p) for label, p in zip(self.labels, probs)}
+    def _scores(self, probs: torch.Tensor, labels: list[str] | None = None) -> dict[str, float]:
+        return {label: float(p) for label, p in zip(labels or self.labels, probs)}

@@ -59,12 +59,26 @@ class ModelConfig:
     # encoders trained away from their package's weights (by this or an earlier run): stored
     # even when frozen later, e.g. when a checkpoint whose encoder trained is fine-tuned again
     trained_parts: list[str] = field(default_factory=list)
+    # several answers from one model: ``labels`` and ``temperature`` are the first task's, named
+    # ``task`` (its label column; "" in checkpoints from before tasks had names); each further
+    # task, {"name", "labels", "temperature"}, has its own head reading the same fused summary
+    task: str = ""
+    extra_tasks: list[dict] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        if len(self.labels) < 2:
-            raise ValueError(f"a classifier needs at least 2 labels, got {self.labels}")
-        if len(set(self.labels)) != len(self.labels):
-            raise ValueError(f"labels must be unique, got {self.labels}")
+        for name, labels in [(self.task or "label", self.labels)] + [
+            (t["name"], t["labels"]) for t in self.extra_tasks
+        ]:
+            if len(labels) < 2:
+                raise ValueError(f"a classifier needs at least 2 labels, got {labels} for {name!r}")
+            if len(set(labels)) != len(labels):
+                raise ValueError(f"labels must be unique, got {labels} for {name!r}")
+        names = self.task_names()
+        if len(set(names)) != len(names):
+            raise ValueError(f"task names must be unique, got {names}")
+        for t in self.extra_tasks:
+            if set(t) != {"name", "labels", "temperature"} or not t["temperature"] > 0:
+                raise ValueError(f"a task is {{name, labels, temperature > 0}}, got {t}")
         if self.image_encoder not in IMAGE_ENCODERS:
             raise ValueError(f"image_encoder must be one of {IMAGE_ENCODERS}, got {self.image_encoder!r}")
         if self.text_encoder not in TEXT_ENCODERS:
@@ -106,6 +120,23 @@ class ModelConfig:
             return ()
         return top_block_prefixes(self.image_stride, self.image_tuned_blocks)
 
+    def task_names(self) -> list[str]:
+        """Every task's name, the first task's first ("label" when it has none)."""
+        return [self.task or "label"] + [t["name"] for t in self.extra_tasks]
+
+    def task_labels(self) -> list[list[str]]:
+        """Every task's labels, in the order of ``task_names``."""
+        return [self.labels] + [t["labels"] for t in self.extra_tasks]
+
+    def task_temperatures(self) -> list[float]:
+        return [self.temperature] + [t["temperature"] for t in self.extra_tasks]
+
+    def set_task_temperature(self, index: int, temperature: float) -> None:
+        if index == 0:
+            self.temperature = temperature
+        else:
+            self.extra_tasks[index - 1]["temperature"] = temperature
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -123,6 +154,11 @@ class ModelOutput(NamedTuple):
     cross_attention: tuple[torch.Tensor, ...]  # per layer (B, H, 1 + T, R): [summary; tokens] -> regions
     text_attention: tuple[torch.Tensor, ...]  # per layer (B, H, 1 + T, 1 + T)
     grid: tuple[int, int]  # (h, w) of the region grid, R = h * w
+    extra_logits: tuple[torch.Tensor, ...] = ()  # (B, L_t) per further task (config.extra_tasks)
+
+    def task_logits(self) -> tuple[torch.Tensor, ...]:
+        """Every task's logits, the first task's (``logits``) first."""
+        return (self.logits, *self.extra_logits)
 
 
 class MultimodalClassifier(nn.Module):
@@ -133,6 +169,7 @@ class MultimodalClassifier(nn.Module):
         text_encoder: nn.Module,
         fusion: CrossModalFusion,
         head: nn.Module,
+        extra_heads: nn.ModuleList | None = None,
     ):
         super().__init__()
         self.config = config
@@ -140,7 +177,13 @@ class MultimodalClassifier(nn.Module):
         self.text_encoder = text_encoder
         self.fusion = fusion
         self.head = head
+        if extra_heads:  # a one-task model has no such module: its state dict is as before
+            self.extra_heads = extra_heads
         self.set_frozen(config.frozen)
+
+    def heads(self) -> list[nn.Module]:
+        """Every task's head, the first task's first."""
+        return [self.head, *getattr(self, "extra_heads", ())]
 
     def set_frozen(self, parts: list[str]) -> None:
         """Freeze the named encoders (no gradients, BatchNorm/dropout kept in eval mode)."""
@@ -188,7 +231,8 @@ class MultimodalClassifier(nn.Module):
         summary, cross, text_self = self.fusion(
             feature_map, text_states, attention_mask, drop_image, drop_text, image_index, pixels
         )
-        return ModelOutput(self.head(summary), cross, text_self, tuple(feature_map.shape[-2:]))
+        extra = tuple(head(summary) for head in self.heads()[1:])
+        return ModelOutput(self.head(summary), cross, text_self, tuple(feature_map.shape[-2:]), extra)
 
     def forward(
         self,
@@ -250,10 +294,17 @@ def build_model(config: ModelConfig, pretrained: bool = True) -> MultimodalClass
         config.dropout,
         patch_size=image_encoder.output_stride if config.patch_embedding else 0,
     )
-    head = nn.Sequential(
+    extra_heads = nn.ModuleList([make_head(config, len(t["labels"])) for t in config.extra_tasks])
+    return MultimodalClassifier(
+        config, image_encoder, text_encoder, fusion, make_head(config, len(config.labels)), extra_heads
+    )
+
+
+def make_head(config: ModelConfig, n_labels: int) -> nn.Sequential:
+    """A task's head: the fused summary (2 x fusion_dim) -> one logit per label."""
+    return nn.Sequential(
         nn.Linear(2 * config.fusion_dim, config.fusion_dim),
         nn.GELU(),
         nn.Dropout(config.dropout),
-        nn.Linear(config.fusion_dim, len(config.labels)),
+        nn.Linear(config.fusion_dim, n_labels),
     )
-    return MultimodalClassifier(config, image_encoder, text_encoder, fusion, head)

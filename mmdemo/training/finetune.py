@@ -36,7 +36,7 @@ from ..datasets.csv_table import Dataset, Example, check_trainable
 from ..datasets.splits import make_split
 from ..device import env_rank, env_world_size, resolve_device
 from ..folders import new_folder, replace_folder
-from ..metrics import expected_calibration_error
+from ..metrics import classification_report, expected_calibration_error
 from ..model.checkpoint import load_checkpoint, read_config, save_checkpoint
 from ..model.classifier import ModelConfig, MultimodalClassifier
 from . import recipe as recipes
@@ -189,6 +189,8 @@ def finetune(
         temperature = fit_temperature(result.val_logits, result.val_targets)
         result.model.config.temperature = temperature
         record["calibration"] = calibration_report(result.val_logits, result.val_targets, temperature)
+    if result.task_val:
+        record["tasks"] = task_records(result, request.dataset, request.calibrate)
     if init is not None and result.val_logits is not None and made.val:
         progress({"stage": "compare", "message": f"scoring {request.init.name!r} on the validation rows"})
         record["start_comparison"] = start_comparison(
@@ -216,6 +218,32 @@ def finetune(
     if stopped_by not in ("stop", "time limit"):
         shutil.rmtree(resume_dir(out), ignore_errors=True)
     return FinetuneResult(out, record, result.best_metrics.get("report", {}), stopped_by)
+
+
+def task_records(result, dataset: Dataset, calibrate: bool) -> dict:
+    """Each task's part of the training record: its labels, validation figures (accuracy, macro
+    F1, per class), baselines, the rows without a label for it, and its calibration, whose
+    temperature is set on the model (the first task's is ``config.temperature``)."""
+    config = result.model.config
+    history_tasks = result.best_metrics.get("tasks", {})
+    records = {}
+    for t, (name, labels) in enumerate(zip(config.task_names(), config.task_labels())):
+        logits, targets = result.task_val[t]
+        known = targets >= 0
+        truth = [labels[j] for j in targets[known].tolist()]
+        predicted = [labels[j] for j in logits[known].argmax(-1).tolist()]
+        task = {
+            "labels": list(labels),
+            "rows_without_label": dataset.empty_labels.get(name, 0),
+            "metrics": {**history_tasks.get(name, {}), "report": classification_report(truth, predicted, list(labels))},
+            "baselines": result.task_baselines[t] if t < len(result.task_baselines) else {},
+        }
+        if calibrate and known.any():
+            temperature = fit_temperature(logits, targets) if t else config.temperature
+            config.set_task_temperature(t, temperature)
+            task["calibration"] = calibration_report(logits, targets, temperature)
+        records[name] = task
+    return records
 
 
 def _accuracy_and_ece(logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> tuple[float, float]:
@@ -465,7 +493,8 @@ def _dataset_to_json(dataset: Dataset | None) -> dict | None:
         return None
     return {
         "csv_path": str(dataset.csv_path),
-        "examples": [[e.row, str(e.image), e.text, e.label, e.group] for e in dataset.examples],
+        "examples": [[e.row, str(e.image), e.text, e.label, e.group, e.labels] for e in dataset.examples],
+        "tasks": dataset.tasks,
     }
 
 
@@ -475,8 +504,15 @@ def _dataset_from_json(data: dict | None) -> Dataset | None:
     examples = [Example(row, Path(image), *rest) for row, image, *rest in data["examples"]]
     counts: dict[str, int] = {}
     for e in examples:
-        counts[e.label] = counts.get(e.label, 0) + 1
-    return Dataset(Path(data["csv_path"]), examples, [], sorted(counts), dict(sorted(counts.items())))
+        if e.label:
+            counts[e.label] = counts.get(e.label, 0) + 1
+    dataset = Dataset(Path(data["csv_path"]), examples, [], sorted(counts), dict(sorted(counts.items())))
+    dataset.tasks = data.get("tasks", [])
+    for task in dataset.tasks:
+        values = [e.labels.get(task, "") for e in examples]
+        dataset.task_counts[task] = {v: values.count(v) for v in sorted(set(values) - {""})}
+        dataset.empty_labels[task] = values.count("")
+    return dataset
 
 
 def _request_to_json(request: FinetuneRequest) -> dict:

@@ -35,7 +35,7 @@ from ..datasets.csv_table import Dataset
 from ..datasets.splits import train_val_split
 from ..device import autocast, resolve_device
 from ..metrics import classification_report
-from ..model.classifier import PARTS, ModelConfig, MultimodalClassifier, build_model
+from ..model.classifier import PARTS, ModelConfig, MultimodalClassifier, build_model, make_head
 from . import distributed
 from .augment import modality_dropout
 from .features import Encoded
@@ -50,12 +50,22 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def model_for(labels: list[str], init: MultimodalClassifier | None, config: ModelConfig | None) -> MultimodalClassifier:
+def model_for(
+    labels: list[str],
+    init: MultimodalClassifier | None,
+    config: ModelConfig | None,
+    tasks: list[tuple[str, list[str]]] | None = None,
+) -> MultimodalClassifier:
     """The model to train: ``init`` (a loaded checkpoint) with its head resized when the data
-    has labels it does not know, or a new model from ``config``."""
+    has labels it does not know, or a new model from ``config``. ``tasks``: (name, labels) of
+    each task when the data has several label columns (``labels`` is then the first's): one
+    head per task; an ``init`` keeps the heads of the tasks it has by name."""
+    extra = [{"name": name, "labels": list(task_labels), "temperature": 1.0} for name, task_labels in (tasks or [])[1:]]
     if init is None:
         config = copy.deepcopy(config) if config else ModelConfig(labels=list(labels))
         config.labels = list(labels)
+        if tasks:
+            config.task, config.extra_tasks = tasks[0][0], extra
         return build_model(config)
     model = copy.deepcopy(init)
     # what the checkpoint stored stays stored, even if this run freezes it (its weights are not
@@ -64,9 +74,69 @@ def model_for(labels: list[str], init: MultimodalClassifier | None, config: Mode
     model.config.trained_parts = sorted(set(model.config.trained_parts) | stored)
     if set(labels) - set(model.config.labels):
         model.config.labels = list(labels)
-        last = model.head[-1]
-        model.head[-1] = nn.Linear(last.in_features, len(labels))
+        _resize(model.head, len(labels))
+    if tasks:
+        known = dict(zip(init.config.task_names()[1:], init.heads()[1:]))
+        old = {t["name"]: t for t in init.config.extra_tasks}
+        heads = []
+        for task in extra:
+            head = known.get(task["name"])
+            if head is None:
+                head = make_head(model.config, len(task["labels"]))
+            elif set(task["labels"]) - set(old[task["name"]]["labels"]):
+                _resize(head, len(task["labels"]))
+            else:
+                task["labels"] = list(old[task["name"]]["labels"])
+            heads.append(head)
+        model.config.task, model.config.extra_tasks = tasks[0][0], extra
+        if hasattr(model, "extra_heads"):
+            del model.extra_heads
+        if heads:
+            model.extra_heads = nn.ModuleList(heads)
     return model
+
+
+def _resize(head: nn.Sequential, n_labels: int) -> None:
+    """A new last layer for a head whose task has new labels."""
+    last = head[-1]
+    head[-1] = nn.Linear(last.in_features, n_labels)
+
+
+def data_tasks(
+    dataset: Dataset, val_dataset: Dataset | None, train_examples, val_examples
+) -> list[tuple[str, list[str]]]:
+    """(name, labels) of each task of the data: one per label column when it has several, else
+    none (one task, the model's labels)."""
+    if not dataset.tasks:
+        return []
+    if val_dataset is not None and val_dataset.tasks != dataset.tasks:
+        raise ValueError(
+            f"the validation data's label columns ({', '.join(val_dataset.task_names())}) are not the training"
+            f" data's ({', '.join(dataset.tasks)})"
+        )
+    rows = list(train_examples) + list(val_examples)
+    result = []
+    for i, task in enumerate(dataset.tasks):
+        labels = sorted({e.task_label(task, i == 0) for e in rows} - {""})
+        if len(labels) < 2:
+            raise ValueError(f"the label column {task!r} needs at least 2 classes, found {labels}")
+        result.append((task, labels))
+    return result
+
+
+def task_targets(model: MultimodalClassifier, examples, tasks: list[str]) -> torch.Tensor:
+    """(N, tasks) label index of each row for each of the model's tasks; -1 where the row has no
+    label for the task, or one the model does not know."""
+    columns = []
+    names = model.config.task_names()
+    for i, labels in enumerate(model.config.task_labels()):
+        index = {label: j for j, label in enumerate(labels)}
+        task = tasks[i] if i < len(tasks) else names[i]
+        if i > 0 and i >= len(tasks):  # a task this data does not train
+            columns.append(torch.full((len(examples),), -1))
+            continue
+        columns.append(torch.tensor([index.get(e.task_label(task, i == 0), -1) for e in examples], dtype=torch.long))
+    return torch.stack(columns, 1)
 
 
 def grouped_batches(rows_image: torch.Tensor, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
@@ -109,16 +179,16 @@ def train(
     if not ctx.is_main:  # rank 0 reports (and, through the callbacks, writes)
         progress, on_best, on_epoch = (lambda event: None), None, None
     train_examples, val_examples = train_val_split(dataset, val_dataset, val_fraction, settings.seed)
-    labels = sorted({e.label for e in train_examples} | {e.label for e in val_examples})
+    tasks = data_tasks(dataset, val_dataset, train_examples, val_examples)
+    labels = tasks[0][1] if tasks else sorted({e.label for e in train_examples} | {e.label for e in val_examples})
     if len(labels) < 2:
         raise ValueError(f"training needs at least 2 classes, found {labels}")
 
-    model = model_for(labels, init, config)
+    model = model_for(labels, init, config, tasks)
     model.set_frozen(settings.freeze)
     trained = {part for part in PARTS if part not in settings.freeze}  # this run moves their weights
     model.config.trained_parts = sorted(set(model.config.trained_parts) | trained)
     model.to(device)
-    label_index = {label: i for i, label in enumerate(model.config.labels)}
     progress({"stage": "prepare", "message": f"preparing {len(train_examples)} training rows"})
     encode_start = time.perf_counter()
     train_enc = Encoded(model, train_examples, device, progress, ctx, should_stop)
@@ -129,11 +199,14 @@ def train(
         train_enc.cache_below(model, 0, settings, device, progress, None if ctx.distributed else should_stop)
     elif "why" in copies:
         progress({"stage": "prepare", "message": f"no augmented copies: {copies['why']}"})
-    targets = torch.tensor([label_index[e.label] for e in train_examples])
-    val_targets = torch.tensor([label_index.get(e.label, -1) for e in val_examples])
+    task_names = [name for name, _ in tasks]
+    targets = task_targets(model, train_examples, task_names)  # (N, tasks)
+    val_targets = task_targets(model, val_examples, task_names)
     prepare_seconds = time.perf_counter() - start_time
 
-    weight = _class_weight(targets, len(label_index), device) if settings.class_weights else None
+    weight = None
+    if settings.class_weights:
+        weight = [_class_weight(targets[:, t], len(ls), device) for t, ls in enumerate(model.config.task_labels())]
     loop = _Loop(model, train_enc, val_enc, targets, val_targets, weight, settings, device, progress, should_stop, ctx)
     loop.on_best, loop.on_epoch = on_best, on_epoch
     steps = math.ceil(len(targets) / (settings.batch_size * ctx.world_size))  # per process, global batches
@@ -204,8 +277,15 @@ def train(
     if result.stages and settings.stage1_augment:
         result.stages[0]["augmented_copies"] = copies
     if val_enc is not None and loop.history:
-        result.val_logits, result.val_targets = predict_encoded(model, val_enc, device, ctx=ctx), val_targets
-        result.baselines = modality_baselines(model, val_enc, val_targets, targets, device, ctx)
+        val_logits = predict_encoded(model, val_enc, device, ctx=ctx, tasks=True)
+        result.val_logits, result.val_targets = val_logits[0], val_targets[:, 0]
+        result.baselines = modality_baselines(model, val_enc, val_targets[:, 0], targets[:, 0], device, ctx)
+        if len(val_logits) > 1:
+            result.task_val = [(logits, val_targets[:, t]) for t, logits in enumerate(val_logits)]
+            result.task_baselines = [
+                modality_baselines(model, val_enc, val_targets[:, t], targets[:, t], device, ctx, task=t)
+                for t in range(len(val_logits))
+            ]
     result.model = model.cpu()
     return result
 
@@ -283,7 +363,7 @@ class _Loop:
                 "epoch": epoch,
                 "training_stage": self.stage,
                 "train_loss": totals.loss,
-                "train_accuracy": totals.correct / totals.seen,
+                "train_accuracy": totals.correct / max(1, totals.answered),
                 "complete": totals.seen == len(self.targets),  # False: cut short by a stop or the time limit
                 "optimizer_steps": totals.steps,
                 "samples_per_s": round(totals.seen / (time.perf_counter() - epoch_start), 1),  # all processes
@@ -352,7 +432,7 @@ def _adamw(groups: list[dict], weight_decay: float) -> torch.optim.AdamW:
 def _optimizer(model: MultimodalClassifier, settings: TrainSettings, steps_per_epoch: int):
     """AdamW with the encoders' own learning rate, warm-up then cosine decay over all epochs."""
     encoder_params = [p for part in PARTS if part not in settings.freeze for p in getattr(model, part).parameters()]
-    head_params = list(model.fusion.parameters()) + list(model.head.parameters())
+    head_params = list(model.fusion.parameters()) + [p for head in model.heads() for p in head.parameters()]
     groups = [{"params": head_params, "lr": settings.lr}]
     if encoder_params:
         groups.append({"params": encoder_params, "lr": settings.encoder_lr})
@@ -366,7 +446,7 @@ def _stage2_optimizer(model: MultimodalClassifier, blocks: list[nn.Module], sett
     """AdamW for stage 2: the fusion and head at ``stage2_lr``, the k-th block from the top at
     ``stage2_lr * layer_decay**k`` (features further down are more generic: they move less);
     no weight decay on BatchNorm scales and shifts; warm-up then cosine decay over stage 2."""
-    head_params = list(model.fusion.parameters()) + list(model.head.parameters())
+    head_params = list(model.fusion.parameters()) + [p for head in model.heads() for p in head.parameters()]
     groups = [{"params": head_params, "lr": settings.stage2_lr}]
     for k, block in enumerate(blocks, start=1):
         lr = settings.stage2_lr * settings.layer_decay**k
@@ -386,9 +466,9 @@ class TrainStep(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, encoded: Encoded, rows, drop_image, drop_text, device: torch.device) -> torch.Tensor:
+    def forward(self, encoded: Encoded, rows, drop_image, drop_text, device: torch.device) -> tuple[torch.Tensor, ...]:
         fm, px, ts, mask, index = encoded.batch(self.model, rows, device)
-        return self.model.forward_fusion(fm, ts, mask, drop_image, drop_text, index, px).logits  # (B, L)
+        return self.model.forward_fusion(fm, ts, mask, drop_image, drop_text, index, px).task_logits()  # (B, L_t) each
 
     def frozen_names(self) -> list[str]:
         """Parameters and buffers of the frozen encoders (identical on every process)."""
@@ -399,9 +479,10 @@ class TrainStep(nn.Module):
 
 class EpochTotals(NamedTuple):
     loss: float  # mean training loss
-    correct: int  # rows predicted right (all processes)
+    correct: int  # answers predicted right, over every task (all processes)
     seen: int  # rows trained on (all processes)
     steps: int  # optimizer steps
+    answered: int  # labels trained on, over every task (``seen`` for one task)
 
 
 def _train_epoch(
@@ -416,7 +497,8 @@ def _train_epoch(
     model.train()
     step = TrainStep(model)
     step = ctx.wrap(step, ignore=step.frozen_names())
-    total_loss, correct, seen, seen_all, steps = 0.0, 0, 0, 0, 0
+    total_loss, correct, seen, answered, seen_all, steps = 0.0, 0, 0, 0, 0, 0
+    task_weights = settings.task_weights or [1.0] * targets.shape[1]
     batches = grouped_batches(encoded.rows_image, settings.batch_size * ctx.world_size, generator)
     for i, batch in enumerate(batches):
         if ctx.agree(should_stop):
@@ -425,15 +507,24 @@ def _train_epoch(
         lo, hi = ctx.share(len(batch))
         share = slice(lo, hi) if hi > lo else slice(0, 1)  # no rows of its own: one row, weight 0
         rows, scale = batch[share], float(hi > lo)
-        y = targets[rows].to(device)
+        y = targets[rows].to(device)  # (b, tasks), -1: no label for that task
         with autocast(device):
-            logits = step(encoded, rows, drop_image[share].to(device), drop_text[share].to(device), device)
+            task_logits = step(encoded, rows, drop_image[share].to(device), drop_text[share].to(device), device)
+        loss = torch.zeros((), device=device)
+        for t, logits in enumerate(task_logits):
+            known = y[:, t] >= 0
+            w = weight[t] if weight is not None else None
             per_row = F.cross_entropy(
-                logits.float(), y, weight=weight, label_smoothing=settings.label_smoothing, reduction="none"
+                logits.float()[known], y[known, t], weight=w, label_smoothing=settings.label_smoothing, reduction="none"
             )
-        # the mean over the global batch (weighted: over the sum of its rows' class weights)
-        denominator = weight[targets[batch].to(device)].sum() if weight is not None else len(batch)
-        loss = per_row.sum() * scale / denominator
+            # the mean over the global batch's labelled rows (weighted: over the sum of their class weights)
+            labelled = targets[batch, t]
+            labelled = labelled[labelled >= 0].to(device)
+            denominator = (w[labelled].sum() if w is not None else torch.tensor(float(len(labelled)))).clamp(min=1)
+            loss = loss + task_weights[t] * per_row.sum() * scale / denominator
+            if scale:
+                correct += int((logits.argmax(-1)[known] == y[known, t]).sum())
+                answered += int(known.sum())
         optimizer.zero_grad(set_to_none=True)
         (loss * ctx.world_size).backward()  # DDP divides the summed gradients by world_size
         if settings.grad_clip:
@@ -442,7 +533,6 @@ def _train_epoch(
         scheduler.step()
         steps += 1
         total_loss += loss.item() * len(batch)  # this process's part of the global batch's loss
-        correct += int((logits.argmax(-1) == y).sum()) if scale else 0
         seen += len(rows) if scale else 0
         seen_all += len(batch)
         progress(
@@ -455,26 +545,48 @@ def _train_epoch(
                 "loss": total_loss * ctx.world_size / seen_all,  # rank 0's estimate under torchrun
             }
         )
-    total_loss, correct, seen = ctx.sum([total_loss, correct, seen])
-    return EpochTotals(total_loss / max(1, seen), int(correct), int(seen), steps)
+    total_loss, correct, seen, answered = ctx.sum([total_loss, correct, seen, answered])
+    return EpochTotals(total_loss / max(1, seen), int(correct), int(seen), steps, int(answered))
 
 
 def _validate(model, encoded, targets, device, record, ctx=distributed.SINGLE) -> tuple[dict, tuple]:
     """Adds validation loss, accuracy and macro F1 to ``record``; returns the report and the
     score epochs are ranked by (accuracy, then lower loss); under torchrun every process gets
-    the same logits, so the same score."""
+    the same logits, so the same score. With several tasks, the first task's figures are the
+    record's, each task's are under ``tasks``, and the score is the mean over the tasks."""
     if encoded is None:
         return {}, (record["train_accuracy"], -record["train_loss"])
-    logits = predict_encoded(model, encoded, device, ctx=ctx)
-    known = targets >= 0
-    record["val_loss"] = float(F.cross_entropy(logits[known], targets[known])) if known.any() else float("nan")
-    report = _report(model.config.labels, logits, targets, encoded.labels)
-    record["val_accuracy"], record["val_macro_f1"] = report["accuracy"], report["macro_f1"]
-    return report, (report["accuracy"], -record["val_loss"])
+    all_logits = predict_encoded(model, encoded, device, ctx=ctx, tasks=True)
+    names, scores, losses = model.config.task_names(), [], []
+    for t, (logits, labels) in enumerate(zip(all_logits, model.config.task_labels())):
+        y = targets[:, t]
+        known = y >= 0
+        loss = float(F.cross_entropy(logits[known], y[known])) if known.any() else float("nan")
+        truth = encoded.labels if t == 0 else [labels[j] if j >= 0 else "" for j in y.tolist()]
+        report = _report(labels, logits, truth)
+        if t == 0:
+            first = report
+            record["val_loss"], record["val_accuracy"], record["val_macro_f1"] = (
+                loss,
+                report["accuracy"],
+                report["macro_f1"],
+            )
+        if len(all_logits) > 1:
+            task = {"val_loss": loss, "val_accuracy": report["accuracy"], "val_macro_f1": report["macro_f1"]}
+            record.setdefault("tasks", {})[names[t]] = task
+        if known.any():
+            scores.append(report["accuracy"])
+            losses.append(loss)
+    if len(all_logits) == 1:
+        return first, (first["accuracy"], -record["val_loss"])
+    return first, (sum(scores) / len(scores), -sum(losses) / len(losses))
 
 
-def _report(labels: list[str], logits: torch.Tensor, targets: torch.Tensor, truth: list[str]) -> dict:
-    predicted = [labels[j] for j in logits.argmax(-1).tolist()]
+def _report(labels: list[str], logits: torch.Tensor, truth: list[str]) -> dict:
+    """The classification report of the rows that have a label ("" = none for this task)."""
+    keep = [i for i, t in enumerate(truth) if t]
+    predicted = [labels[j] for j in logits[keep].argmax(-1).tolist()]
+    truth = [truth[i] for i in keep]
     return classification_report(truth, predicted, labels + sorted(set(truth) - set(labels)))
 
 

@@ -76,11 +76,17 @@ SHARPNESS_WORDS = frozenset(
     "sharp sharpness blur blurred blurry focus focused unfocused crisp detail detailed texture textured smooth"
     " noise noisy grain grainy quality resolution pixelated".split()
 )
-# ... about size, position, counts or the whole frame: never zoomed then
+# ... about size, counts or the whole frame: never zoomed then
 SIZE_WORDS = frozenset(
     "size big bigger biggest small smaller smallest large larger largest tiny huge many count number close"
     " closer far zoom zoomed whole entire edge edges corner corners border frame centre center cropped".split()
 )
+# ... about where things are in the picture: never shifted nor zoomed then (a shifted or
+# zoomed-in copy moves what was near the top towards the middle or the bottom)
+POSITION_WORDS = frozenset(
+    "top bottom upper lower above below left right side position where height middle half".split()
+)
+SIZE_WORDS |= POSITION_WORDS
 PHOTO_ZOOM = 0.6  # a zoomed copy of a photo keeps a part 60..100 % of its side
 PHOTO_BLUR = 1.0  # pixels of blur at 128 px, at most (scaled with the image size)
 STAGE1_VIEWS = 4  # augmented copies of each photo for stage 1, at most ...
@@ -95,7 +101,7 @@ class DataProfile:
     class_counts: dict[str, int]
     image_side: int  # median shorter side of (a sample of) the images, in pixels
     imbalance: float = 1.0  # largest / smallest count among answers that compete (see profile)
-    words: frozenset[str] = frozenset()  # the words of the questions, lower case
+    words: frozenset[str] = frozenset()  # the words of the questions, the labels and the label columns, lower case
 
 
 class Speed(NamedTuple):
@@ -155,8 +161,17 @@ def profile(dataset: Dataset, sample: int = 200) -> DataProfile:
         class_counts=dict(dataset.class_counts),
         image_side=int(statistics.median(sides)) if sides else 224,
         imbalance=imbalance(dataset),
-        words=frozenset(w for text in {e.text for e in dataset.examples} for w in re.findall(r"[a-z]+", text.lower())),
+        words=frozenset(w for text in _worded(dataset) for w in re.findall(r"[a-z]+", text.lower())),
     )
+
+
+def _worded(dataset: Dataset) -> set[str]:
+    """Texts whose words say what the data is about: the questions, and every task's labels and
+    label column name (a column "side" with labels left / right is about direction)."""
+    texts = {e.text for e in dataset.examples}
+    for name, labels in zip(dataset.task_names(), dataset.task_labels()):
+        texts |= set(labels) | ({name.replace("_", " ")} if dataset.tasks else set())
+    return texts
 
 
 def imbalance(dataset: Dataset, min_rows: int = 20) -> float:
@@ -165,13 +180,17 @@ def imbalance(dataset: Dataset, min_rows: int = 20) -> float:
     Answers of different questions do not compete ("7" never answers "even or odd?"), so a
     digit being rarer than "odd" is not imbalance. Questions asked at least ``min_rows`` times
     are measured one by one; with free-form questions (none repeated that often) all rows are."""
-    by_text: dict[str, Counter] = defaultdict(Counter)
-    for e in dataset.examples:
-        by_text[e.text][e.label] += 1
-    groups = [c for c in by_text.values() if sum(c.values()) >= min_rows]
-    if not groups:
-        groups = [Counter(e.label for e in dataset.examples)]
-    return max(max(c.values()) / min(c.values()) for c in groups)
+    ratios = []
+    for i, task in enumerate(dataset.task_names()):  # answers of different tasks do not compete either
+        by_text: dict[str, Counter] = defaultdict(Counter)
+        for e in dataset.examples:
+            if e.task_label(task, i == 0):
+                by_text[e.text][e.task_label(task, i == 0)] += 1
+        groups = [c for c in by_text.values() if sum(c.values()) >= min_rows]
+        if not groups:
+            groups = [sum(by_text.values(), Counter())]
+        ratios += [max(c.values()) / min(c.values()) for c in groups if c]
+    return max(ratios, default=1.0)
 
 
 def image_size_for(side: int) -> tuple[int, str]:
@@ -358,7 +377,14 @@ def _choose_augmentation(
         views = 4 if image_size <= 128 else 2
         why = f"{views} copies of each training image (the first as it is), encoded once below the trained blocks"
     settings.augment_views = pick("augment_views", views, why)
-    settings.augment_shift = pick("augment_shift", 0.06, "shifted by up to 6 % of the side")
+    placed = sorted(data.words & POSITION_WORDS)
+    settings.augment_shift = pick(
+        "augment_shift",
+        0.0 if placed else 0.06,
+        f"not shifted: the questions ask about {', '.join(placed[:4])}"
+        if placed
+        else "shifted by up to 6 % of the side",
+    )
     blur = round(PHOTO_BLUR * image_size / 128, 2)
     for name, words, value, off, yes, no, small in (
         ("augment_zoom", SIZE_WORDS, PHOTO_ZOOM, 1.0, f"zoomed in on a random part of {PHOTO_ZOOM:.0%}..100 % of"

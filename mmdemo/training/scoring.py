@@ -24,9 +24,11 @@ def predict_encoded(
     batch_size: int = 256,
     drop: str | None = None,
     ctx: distributed.Context = distributed.SINGLE,
-) -> torch.Tensor:
+    tasks: bool = False,
+) -> torch.Tensor | list[torch.Tensor]:
     """(N, L) logits of every row, in row order; ``drop`` "image" or "text" masks that modality.
-    Under torchrun (``ctx``) each process runs its share of the batches and all get every row."""
+    Under torchrun (``ctx``) each process runs its share of the batches and all get every row.
+    ``tasks``: a list of every task's (N, L_t) logits, the first task's first."""
     model.eval()
     # group by image so trained image encoders still run once per image
     order = torch.argsort(encoded.rows_image, stable=True)
@@ -41,12 +43,14 @@ def predict_encoded(
             with autocast(device):
                 fm, px, ts, mask, index = encoded.batch(model, chunk, device)
                 out = model.forward_fusion(fm, ts, mask, drop_image, drop_text, image_index=index, pixels=px)
-                all_logits.append(out.logits.float().cpu())
+                all_logits.append(torch.cat(out.task_logits(), -1).float().cpu())
         return torch.cat(all_logits)
 
-    logits = torch.empty(len(order), len(model.config.labels))
+    sizes = [len(labels) for labels in model.config.task_labels()]
+    logits = torch.empty(len(order), sum(sizes))
     logits[order] = ctx.map_concat(len(chunks), run)
-    return logits
+    per_task = list(logits.split(sizes, -1))
+    return per_task if tasks else per_task[0]
 
 
 def evaluate_model(
@@ -76,13 +80,22 @@ def evaluate_model(
 
 @torch.no_grad()
 def modality_baselines(
-    model, encoded: Encoded, targets: torch.Tensor, train_targets: torch.Tensor, device, ctx=distributed.SINGLE
+    model,
+    encoded: Encoded,
+    targets: torch.Tensor,
+    train_targets: torch.Tensor,
+    device,
+    ctx=distributed.SINGLE,
+    task: int = 0,
 ) -> dict:
     """Validation accuracy of the majority class and of the model shown one modality only (the
-    other masked as in modality dropout): what the multimodal model adds over each alone."""
-    majority = int(torch.bincount(train_targets).argmax())
+    other masked as in modality dropout): what the multimodal model adds over each alone.
+    ``task``: which task's answers (rows without a label for it, target -1, are left out)."""
+    known, train_known = targets >= 0, train_targets >= 0
+    targets = targets[known]
+    majority = int(torch.bincount(train_targets[train_known]).argmax())
     result = {"majority": float((targets == majority).float().mean())}
     for name, drop in (("image_only", "text"), ("text_only", "image")):
-        logits = predict_encoded(model, encoded, device, drop=drop, ctx=ctx)
+        logits = predict_encoded(model, encoded, device, drop=drop, ctx=ctx, tasks=True)[task][known]
         result[name] = float((logits.argmax(-1) == targets).float().mean())
     return result

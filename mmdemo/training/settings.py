@@ -58,6 +58,9 @@ class TrainSettings:
     augment_mirror: bool = False
     augment_blur: float = 0.0
     stage1_augment: bool = False
+    # several tasks: the loss is the sum over the tasks of each task's weight times its loss
+    # (None: 1 each)
+    task_weights: list[float] | None = None
 
 
 @dataclass
@@ -75,6 +78,9 @@ class TrainResult:
     baselines: dict = field(default_factory=dict)  # validation accuracy: majority, image only, text only
     stages: list[dict] = field(default_factory=list)  # what each stage did (or why it did not run)
     world_size: int = 1  # processes that trained it (torchrun)
+    # several tasks: (logits, targets) of every task on the validation rows, and their baselines
+    task_val: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    task_baselines: list[dict] = field(default_factory=list)
 
 
 @dataclass
