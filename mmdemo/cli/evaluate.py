@@ -1,5 +1,7 @@
 """``evaluate``: accuracy, macro F1, calibration, per-class figures, slices and faithfulness on a labelled CSV
-or fresh Sort-of-CLEVR scenes, optionally as an HTML report."""
+or fresh Sort-of-CLEVR scenes, optionally as an HTML report. A checkpoint of several tasks is evaluated
+on each task whose column the CSV has (or on the ``--label-column``s given): the figures at the top of
+the JSON are the first task's, ``tasks`` holds every task's."""
 
 from __future__ import annotations
 
@@ -29,13 +31,49 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
         metavar="N",
         help="measure both explanation methods' faithfulness on N rows spread over the set (0: skip)",
     )
-    add_columns(p)
+    add_columns(p, several=True)
     p.set_defaults(func=_evaluate)
 
 
-def _evaluate(args) -> int:
+def _task_columns(args) -> tuple[list[str], list[str]]:
+    """The label columns to read and the checkpoint's task each answers (evaluation/engine.py
+    task_columns): the tasks' own columns unless ``--label-column`` was given."""
+    from ..evaluation.engine import csv_header, task_columns
+    from ..model.checkpoint import read_config
+
+    given = args.label_column if getattr(args, "_label_column_given", False) else None
+    return task_columns(csv_header(args.csv), read_config(args.checkpoint).task_names(), given)
+
+
+def _task_line(name: str, report: dict, temperature: float) -> str:
+    return (f"{name}accuracy {report['accuracy']:.4f}  macro-F1 {report['macro_f1']:.4f}  ECE {report['ece']:.4f}"
+            f"  (n = {report['n']}, temperature {temperature:.3f})")  # fmt: skip
+
+
+def _print_classes(report: dict, indent: str = "  ") -> None:
+    for label, c in report["per_class"].items():
+        print(f"{indent}{label:>12}: precision {c['precision']:.3f} recall {c['recall']:.3f} f1 {c['f1']:.3f}"
+              f" support {c['support']}", file=sys.stderr)  # fmt: skip
+
+
+def _slices(args, dataset, predictions: list[str], column_of_label: str) -> dict:
+    """Accuracy per value of each ``--slice-by`` column, over the rows with a label in ``column_of_label``."""
     from collections import defaultdict
 
+    rows, _ = read_rows(args.csv, list(args.slice_by))
+    by_row = {i + 2: row for i, row in enumerate(rows)}  # Example.row counts the header as row 1
+    slices = {}
+    for column in args.slice_by:
+        hits = defaultdict(list)
+        for example, predicted in zip(dataset.examples, predictions):
+            label = example.labels.get(column_of_label, "") if example.labels else example.label
+            if label:
+                hits[by_row[example.row][column]].append(predicted == label)
+        slices[column] = {v: {"n": len(h), "accuracy": sum(h) / len(h)} for v, h in sorted(hits.items())}
+    return slices
+
+
+def _evaluate(args) -> int:
     from ..model.checkpoint import load_checkpoint
     from ..training.scoring import evaluate_model
 
@@ -43,27 +81,30 @@ def _evaluate(args) -> int:
         return _evaluate_report(args)
     if not args.csv:
         raise ValueError("evaluate needs --csv FILE (or --benchmark N)")
+    columns, tasks = _task_columns(args)
+    args.label_column = columns
     dataset = read_dataset(args.csv, args)
     if not dataset.examples:
         raise ValueError(f"{args.csv.name}: no valid rows to evaluate")
     model = load_checkpoint(args.checkpoint)
-    report = evaluate_model(model, dataset.examples, args.device)
+    names = model.config.task_names()
+    several = tasks != names[:1]
+    report = evaluate_model(model, dataset.examples, args.device, tasks=dict(zip(columns, tasks)) if several else None)
     predictions = report.pop("predictions")
     report.pop("confidences")
     if args.slice_by:
-        rows, _ = read_rows(args.csv, list(args.slice_by))
-        by_row = {i + 2: row for i, row in enumerate(rows)}  # Example.row counts the header as row 1
-        report["slices"] = {}
-        for column in args.slice_by:
-            hits = defaultdict(list)
-            for example, predicted in zip(dataset.examples, predictions):
-                hits[by_row[example.row][column]].append(predicted == example.label)
-            report["slices"][column] = {v: {"n": len(h), "accuracy": sum(h) / len(h)} for v, h in sorted(hits.items())}
-    print(f"accuracy {report['accuracy']:.4f}  macro-F1 {report['macro_f1']:.4f}  ECE {report['ece']:.4f}"
-          f"  (n = {report['n']}, temperature {model.config.temperature:.3f})", file=sys.stderr)  # fmt: skip
-    for label, c in report["per_class"].items():
-        print(f"  {label:>12}: precision {c['precision']:.3f} recall {c['recall']:.3f} f1 {c['f1']:.3f}"
-              f" support {c['support']}", file=sys.stderr)  # fmt: skip
+        report["slices"] = _slices(args, dataset, predictions, columns[0])
+    temperatures = dict(zip(names, model.config.task_temperatures()))
+    if not several:
+        print(_task_line("", report, model.config.temperature), file=sys.stderr)
+        _print_classes(report)
+    for (column, task), figures in zip(zip(columns, tasks), report.get("tasks", {}).values()):
+        figures.pop("confidences")
+        task_predictions = figures.pop("predictions")
+        if args.slice_by:
+            figures["slices"] = _slices(args, dataset, task_predictions, column)
+        print(_task_line(f"{task}: ", figures, temperatures[task]), file=sys.stderr)
+        _print_classes(figures, "    ")
     for column, values in report.get("slices", {}).items():
         for value, s in values.items():
             print(f"  {column}={value}: accuracy {s['accuracy']:.4f} (n = {s['n']})", file=sys.stderr)
@@ -100,7 +141,13 @@ def _evaluate_report(args) -> int:
         raise ValueError("evaluate needs either --csv FILE or --benchmark N")
     with tempfile.TemporaryDirectory(prefix="mmdemo-benchmark-") as scratch:
         if args.csv:
-            data = evalset.load_csv_set(args.csv, None, None, args.image_column, args.text_column, args.label_column)
+            from ..model.checkpoint import read_config
+
+            given = args.label_column if getattr(args, "_label_column_given", False) else None
+            names = read_config(args.checkpoint).task_names()
+            data = evalset.load_csv_set(
+                args.csv, None, None, args.image_column, args.text_column, given, task_names=names
+            )
         else:
             data = evalset.benchmark_set(scratch, args.benchmark)
         return _evaluate_set(args, data)
@@ -125,6 +172,15 @@ def _evaluate_set(args, data) -> int:
     out["confusion"] = {k: summary["confusion"][k] for k in ("labels", "matrix")}
     if "pointing" in summary:
         out["pointing"] = summary["pointing"]
+    if summary.get("tasks"):
+        keys = ("n", "accuracy", "macro_f1", "ece", "per_class", "calibration")
+        out["tasks"] = {
+            task: {**{k: s[k] for k in keys}, "confusion": {k: s["confusion"][k] for k in ("labels", "matrix")}}
+            for task, s in summary["tasks"].items()
+        }
+        for task, s in out["tasks"].items():
+            print(f"{task}: accuracy {s['accuracy']:.4f}  macro-F1 {s['macro_f1']:.4f}  ECE {s['ece']:.4f}"
+                  f"  (n = {s['n']})", file=sys.stderr)  # fmt: skip
     out["faithfulness"] = _faithfulness(args, predictor, [(r.image, r.text) for r in result.rows])
     if args.report:
         ratings = RatingStore(data_dir()).summary()

@@ -16,6 +16,11 @@ the heatmap (grid) and its peak; ``summarize`` turns them into accuracy, macro-F
 (ECE, 15 equal-width bins of top-label confidence), accuracy per value of a chosen column, and
 the confusion matrix, each confusion cell with the indices of its rows.
 
+A checkpoint of several tasks is evaluated on every task whose label column the CSV has
+(``task_columns``): the result is the first such task's, and ``EvalResult.tasks`` holds each
+task's own result, over the rows with a label for it, so every summary, filter and figure
+works on one task at a time (``task_result``). Each task's heatmap explains its own answer.
+
 No gradio here: the UI (mmdemo/ui/evaluate.py) and the CLI call these functions.
 """
 
@@ -37,7 +42,7 @@ import numpy as np
 from PIL import Image
 
 from ..datasets.archives import extract_zip
-from ..datasets.csv_table import Example, read_csv
+from ..datasets.csv_table import Example, column_list, read_csv, read_separator
 from ..datasets.sortofclevr import RADIUS, generate
 from ..explain.faithfulness import dataset_faithfulness, reinitialise, sample_indices
 from ..explain.methods import DEFAULT_METHOD, METHODS
@@ -69,6 +74,10 @@ class EvalSet:
     image_column: str = "image"
     extra_columns: list[str] = field(default_factory=list)  # every column but image, text, label
     folder: Path | None = None  # the upload's own folder (extracted zip), None for files in place
+    label_columns: list[str] = field(default_factory=lambda: ["label"])
+    # the checkpoint's task each label column answers, in the same order; empty: the one label
+    # column answers the checkpoint's first task
+    tasks: list[str] = field(default_factory=list)
 
     def delete(self) -> None:
         """Remove the upload's folder (the UI does when the visitor's next run replaces it)."""
@@ -99,13 +108,25 @@ class EvalResult:
     checkpoint: str
     method: str
     dataset: str
-    labels: list[str]  # the model's labels
+    labels: list[str]  # the model's labels (of ``task``)
     rows: list[RowResult]
     slice_columns: list[str]
     rejected: list[tuple[int, str]] = field(default_factory=list)
     n_total: int = 0  # rows that were to be evaluated
     stopped: bool = False  # stopped before the end: rows holds what was done
     seconds: float = 0.0
+    task: str = ""  # the task whose answers the rows hold ("" : the checkpoint's only one)
+    # several tasks evaluated: each task's own result (the first's rows are this result's)
+    tasks: dict[str, EvalResult] = field(default_factory=dict)
+
+
+def task_result(result: EvalResult, task: str | None = None) -> EvalResult:
+    """The result of one task (None, or a result of one task: the result itself)."""
+    if not task or not result.tasks:
+        return result
+    if task not in result.tasks:
+        raise ValueError(f"this evaluation has no task {str(task)[:60]!r}; its tasks are {', '.join(result.tasks)}")
+    return result.tasks[task]
 
 
 Progress = Callable[[int, int], None]  # (rows done, rows in all)
@@ -135,9 +156,43 @@ def _slice_columns(fields: list[str], rows: list[dict[str, str]], used: set[str]
 
 
 def _raw_rows(csv_path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    separator = read_separator(csv_path)
     with open(csv_path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
+        reader = csv.DictReader(f, delimiter=separator)
         return list(reader.fieldnames or []), list(reader)
+
+
+def csv_header(csv_path: str | Path) -> list[str]:
+    """A CSV's column names (none when the file cannot be read: reading it fails later, with its message)."""
+    try:
+        separator = read_separator(csv_path)
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+            return [c.strip() for c in next(csv.reader(f, delimiter=separator), [])]
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []
+
+
+def task_columns(
+    header: list[str], task_names: list[str], given: str | list[str] | None = None
+) -> tuple[list[str], list[str]]:
+    """The label columns to evaluate a checkpoint on, and the task each answers. Without
+    ``given`` columns: every task whose name is a column, when the checkpoint has several tasks
+    (or when the CSV has no ``label`` column), else ``label``. Given columns named as tasks
+    answer those tasks; others answer the tasks in order (the first column the first task)."""
+    if given is None:
+        named = [t for t in task_names if t in header]
+        if named and (len(task_names) > 1 or "label" not in header):
+            return named, named
+        given = "label"
+    columns = column_list(given)
+    if all(c in task_names for c in columns):
+        return columns, columns
+    if len(columns) > len(task_names):
+        raise ValueError(
+            f"{len(columns)} label columns ({', '.join(columns)}) but the checkpoint answers "
+            f"{len(task_names)} task(s): {', '.join(task_names)}"
+        )
+    return columns, task_names[: len(columns)]
 
 
 def load_csv_set(
@@ -145,12 +200,15 @@ def load_csv_set(
     zip_path: str | Path | None = None,
     work_dir: str | Path | None = None,
     image_column: str = "image",
-    text_column: str = "text",
-    label_column: str = "label",
+    text_column: str | list[str] = "text",
+    label_column: str | list[str] | None = None,
+    task_names: list[str] | None = None,
 ) -> EvalSet:
     """A labelled CSV (+ a zip of its images) -> EvalSet. With a zip, or with ``work_dir``
     (an upload), the CSV is copied next to the extracted images and every image path must stay
-    inside that folder; without either, paths are relative to the CSV's own folder."""
+    inside that folder; without either, paths are relative to the CSV's own folder.
+    ``task_names``: the checkpoint's tasks, whose columns are read (``task_columns``; None: one
+    task, the ``label_column``, default ``label``)."""
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise ValueError(f"CSV file not found: {csv_path.name}")
@@ -166,7 +224,13 @@ def load_csv_set(
         target.write_bytes(csv_path.read_bytes())
         csv_path = target
     try:
-        dataset = read_csv(csv_path, image_column, text_column, label_column, confine=confine)
+        if task_names is None:
+            label_columns, tasks = column_list(label_column or "label"), []
+        else:
+            label_columns, tasks = task_columns(csv_header(csv_path), task_names, label_column)
+        if task_names and tasks == task_names[:1]:
+            tasks = []  # the first task alone: evaluated as a checkpoint of one task is
+        dataset = read_csv(csv_path, image_column, text_column, label_columns, confine=confine)
     except ValueError:
         if folder is not None:
             shutil.rmtree(folder, ignore_errors=True)
@@ -178,7 +242,7 @@ def load_csv_set(
         raise ValueError(f"{csv_path.name}: no valid rows to evaluate" + (f" ({reasons} ...)" if reasons else ""))
     fields, raw = _raw_rows(csv_path)
     columns = {i + 2: row for i, row in enumerate(raw)}
-    used = {image_column, text_column, label_column}
+    used = {image_column, *column_list(text_column), *label_columns}
     return EvalSet(
         extra_columns=[f for f in fields if f not in used],
         name=csv_path.name,
@@ -189,6 +253,8 @@ def load_csv_set(
         report=dataset.report(),
         image_column=image_column,
         folder=folder,
+        label_columns=label_columns,
+        tasks=tasks,
     )
 
 
@@ -231,7 +297,8 @@ def evaluate(
     max_rows: int | None = None,
 ) -> EvalResult:
     """Predict every row in batches of ``batch_size`` consecutive CSV rows (as batch predict
-    does). ``should_stop`` is checked between batches; a stopped run keeps the rows done."""
+    does). ``should_stop`` is checked between batches; a stopped run keeps the rows done.
+    With ``evalset.tasks``, each task's rows go to its own result (``EvalResult.tasks``)."""
     start = time.perf_counter()
     examples = evalset.examples
     if max_rows is not None and len(examples) > max_rows:
@@ -239,20 +306,31 @@ def evaluate(
     batches: dict[int, list[Example]] = defaultdict(list)
     for example in examples:
         batches[(example.row - 2) // batch_size].append(example)
-    result = EvalResult(
-        checkpoint=checkpoint,
-        method=method,
-        dataset=evalset.name,
-        labels=list(predictor.labels),
-        rows=[],
-        slice_columns=evalset.slice_columns,
-        rejected=list(evalset.rejected),
-        n_total=len(examples),
-    )
+    # (label column, task, its labels) per task evaluated; task None: the checkpoint's first, as ever
+    if evalset.tasks:
+        labels = dict(zip(predictor.task_names, predictor.config.task_labels()))
+        answered = [(c, t, labels[t]) for c, t in zip(evalset.label_columns, evalset.tasks)]
+    else:
+        answered = [(evalset.label_columns[0], None, list(predictor.labels))]
+    results = {
+        task: EvalResult(
+            checkpoint=checkpoint,
+            method=method,
+            dataset=evalset.name,
+            labels=list(labels),
+            rows=[],
+            slice_columns=evalset.slice_columns,
+            rejected=list(evalset.rejected),
+            n_total=sum(1 for e in examples if _label(e, column)),
+            task=task or "",
+        )
+        for column, task, labels in answered
+    }
     images: dict[Path, Image.Image] = {}
+    done, stopped = 0, False
     for key in sorted(batches):
         if should_stop and should_stop():
-            result.stopped = True
+            stopped = True
             break
         batch = batches[key]
         decoded = []
@@ -261,31 +339,64 @@ def evaluate(
                 images.clear()  # keep one batch's images: rows of one scene are consecutive
                 images[e.image] = decode_image(e.image, name=e.image.name)
             decoded.append(images[e.image])
-        predictions = predictor.predict_batch(decoded, [e.text for e in batch], method)
-        for e, p in zip(batch, predictions):
-            values = evalset.columns.get(e.row, {})
-            result.rows.append(
-                RowResult(
-                    index=len(result.rows),
-                    row=e.row,
-                    image=str(e.image),
-                    image_name=values.get(evalset.image_column) or e.image.name,
-                    text=e.text,
-                    label=e.label,
-                    prediction=p.label,
-                    confidence=p.scores[p.label],
-                    correct=p.label == e.label,
-                    scores=p.scores,
-                    peak_xy=p.explanation.peak_xy,
-                    heatmap=[[round(float(v), 4) for v in r] for r in p.explanation.heatmap],
-                    slices={c: values.get(c, "") for c in evalset.extra_columns},
-                    in_scope=_in_scope(p),
-                )
-            )
+        texts = [e.text for e in batch]
+        predictions = predictor.predict_batch(decoded, texts, method)
+        heatmaps: dict[int, list[list[float]]] = {}  # one list per explanation, shared by the tasks it explains
+        for column, task, _ in answered:
+            # the heatmap explains this task's answer: the raw one is the same for every task
+            # (attention does not depend on the head), the gradient one is not
+            own = predictions
+            if task is not None and method != "raw" and task != predictor.task_names[0]:
+                own = predictor.predict_batch(decoded, texts, method, task)
+            rows = results[task].rows
+            for e, p, q in zip(batch, predictions, own):
+                label = _label(e, column)
+                if label:
+                    if id(q) not in heatmaps:
+                        heatmaps[id(q)] = [[round(float(v), 4) for v in r] for r in q.explanation.heatmap]
+                    answer = p if task is None else p.tasks[task]
+                    rows.append(_row(len(rows), e, label, answer, q, heatmaps[id(q)], evalset))
+        done += len(batch)
         if progress:
-            progress(len(result.rows), len(examples))
-    result.seconds = time.perf_counter() - start
-    return result
+            progress(done, len(examples))
+    seconds = time.perf_counter() - start
+    for r in results.values():
+        r.stopped, r.seconds = stopped, seconds
+    first = next(iter(results.values()))
+    if len(results) > 1:
+        first = EvalResult(**{**first.__dict__, "tasks": results})
+    return first
+
+
+def _label(e: Example, column: str) -> str:
+    """A row's label in ``column`` ("" when it has none): rows read with one label column keep it in ``label``."""
+    return e.labels.get(column, "") if e.labels else e.label
+
+
+def _row(index: int, e: Example, label: str, answer, explained, heatmap: list, evalset: EvalSet) -> RowResult:
+    """One row's result: ``answer`` is the Prediction (one task) or a task's answer dict
+    (Prediction.tasks), ``explained`` the Prediction whose ``heatmap`` explains it."""
+    values = evalset.columns.get(e.row, {})
+    if isinstance(answer, dict):
+        prediction, scores = answer["label"], answer["scores"]
+    else:
+        prediction, scores = answer.label, answer.scores
+    return RowResult(
+        index=index,
+        row=e.row,
+        image=str(e.image),
+        image_name=values.get(evalset.image_column) or e.image.name,
+        text=e.text,
+        label=label,
+        prediction=prediction,
+        confidence=scores[prediction],
+        correct=prediction == label,
+        scores=scores,
+        peak_xy=explained.explanation.peak_xy,
+        heatmap=heatmap,
+        slices={c: values.get(c, "") for c in evalset.extra_columns},
+        in_scope=_in_scope(explained),
+    )
 
 
 def faithfulness(
@@ -355,7 +466,8 @@ def _pointing(rows: list[RowResult]) -> dict | None:
 
 def summarize(result: EvalResult, slice_column: str | None = None) -> dict:
     """Accuracy, macro-F1, per-class figures, calibration, accuracy per slice value, and the
-    confusion matrix with the row indices of each cell."""
+    confusion matrix with the row indices of each cell; with several tasks, the first task's,
+    and ``tasks``: each task's summary."""
     rows = result.rows
     truth = [r.label for r in rows]
     predicted = [r.prediction for r in rows]
@@ -392,6 +504,8 @@ def summarize(result: EvalResult, slice_column: str | None = None) -> dict:
         stopped=result.stopped,
         seconds=round(result.seconds, 2),
     )
+    if result.tasks:
+        report["tasks"] = {task: summarize(r, slice_column) for task, r in result.tasks.items()}
     return report
 
 
@@ -519,7 +633,9 @@ class ResultStore:
     @staticmethod
     def _rows(item: dict) -> int:
         result = item.get("result")
-        return len(result.rows) if isinstance(result, EvalResult) else 0
+        if not isinstance(result, EvalResult):
+            return 0
+        return sum(len(r.rows) for r in result.tasks.values()) if result.tasks else len(result.rows)
 
     def _expire(self, now: float) -> None:
         for visitor in [v for v, t in self._used.items() if now - t > self.ttl_s]:

@@ -185,7 +185,8 @@ def build_report(
     """The evaluation report as one self-contained HTML document. ``faithfulness``: measured on
     a sample of this data set (evalset.faithfulness); ``recorded``: the checkpoint's own
     benchmark figures (recorded_faithfulness). ``progress(what, done, total)`` as each error's
-    heatmap is drawn."""
+    heatmap is drawn. With several tasks: a table of every task's figures, then a section per
+    task (metrics, calibration, slices, worst errors)."""
     summary = summarize(result)
     e = html.escape
     out = [
@@ -198,7 +199,51 @@ def build_report(
     if result.stopped:
         out.append(f"<p class='bad'>The evaluation was stopped early: {len(result.rows)} of {result.n_total} rows.</p>")
 
-    out.append("<h2>Metrics</h2>")
+    if not result.tasks:
+        out += _metrics_html(result, summary, "h2", "h3")
+        out += _faithfulness_html(summary, faithfulness, recorded)
+        out += _slices_and_errors_html(result, n_errors, progress, "h2", "h3")
+    else:
+        out.append("<h2>Tasks</h2>")
+        out.append(
+            f"<p>The checkpoint answers {len(result.tasks)} tasks, each evaluated on the rows with a label for it; "
+            "each heatmap explains its own task's answer.</p>"
+        )
+        out.append(
+            _table(
+                ["task", "rows", "accuracy", "macro-F1", "ECE (15 bins)"],
+                [
+                    [task, s["rows_evaluated"], _pct(s["accuracy"]), f"{s['macro_f1']:.4f}", f"{s['ece']:.4f}"]
+                    for task, s in summary["tasks"].items()
+                ],
+            )
+        )
+        for task, sub in result.tasks.items():
+            out.append(f"<h2>Task: {e(task)}</h2>")
+            out += _metrics_html(sub, summary["tasks"][task], "h3", "h4")
+            out += _slices_and_errors_html(sub, n_errors, progress, "h3", "h4")
+        out += _faithfulness_html(summary, faithfulness, recorded)
+
+    out.append("<h2>Stakeholder ratings of the explanations</h2>")
+    if ratings_summary:
+        out.append(
+            _table(
+                ["checkpoint", *[RATING_TEXT[r] for r in RATINGS], "total"],
+                [[name, *[s[r] for r in RATINGS], s["total"]] for name, s in ratings_summary.items()],
+            )
+        )
+    else:
+        out.append("<p class='muted'>No ratings yet.</p>")
+
+    out.append("<h2>Model card</h2>")
+    out.append(f"<div class='card'>{_card_html(card_markdown)}</div>" if card_markdown else "<p>No model card.</p>")
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def _metrics_html(result: EvalResult, summary: dict, h2: str, h3: str) -> list[str]:
+    """Metrics, per-class figures, the confusion matrix and the reliability diagram of one task."""
+    out = [f"<{h2}>Metrics</{h2}>"]
     metrics = [
         ["rows evaluated", f"{summary['rows_evaluated']:,}"],
         ["rows rejected (unreadable or incomplete)", f"{summary['rows_rejected']:,}"],
@@ -210,7 +255,7 @@ def build_report(
     if "out_of_scope" in summary:
         metrics.append(["flagged out of scope", f"{summary['out_of_scope']:,}"])
     out.append(_table(["metric", "value"], metrics))
-    out.append("<h3>Per class</h3>")
+    out.append(f"<{h3}>Per class</{h3}>")
     out.append(
         _table(
             ["label", "precision", "recall", "F1", "support"],
@@ -223,7 +268,7 @@ def build_report(
     )
     labels, matrix = summary["confusion"]["labels"], summary["confusion"]["matrix"]
     used = [i for i, label in enumerate(labels) if sum(matrix[i]) or sum(row[i] for row in matrix)]
-    out.append("<h3>Confusion matrix (rows: true label, columns: predicted)</h3>")
+    out.append(f"<{h3}>Confusion matrix (rows: true label, columns: predicted)</{h3}>")
     out.append(
         _table(
             ["true \\ predicted", *[labels[j] for j in used]],
@@ -231,14 +276,18 @@ def build_report(
         )
     )
 
-    out.append("<h2>Calibration</h2>")
+    out.append(f"<{h2}>Calibration</{h2}>")
     out.append(
         f"<p>Expected calibration error {summary['ece']:.4f}: bars are the accuracy of the rows whose "
         "confidence falls in each bin; a calibrated model's bars reach the diagonal.</p>"
     )
     out.append(reliability_svg(summary["calibration"]))
+    return out
 
-    out.append("<h2>Faithfulness and pointing</h2>")
+
+def _faithfulness_html(summary: dict, faithfulness: dict | None, recorded: dict | None) -> list[str]:
+    """Pointing and faithfulness of the heatmaps (of the first task's answers)."""
+    out = ["<h2>Faithfulness and pointing</h2>"]
     if "pointing" in summary:
         p = summary["pointing"]
         out.append(
@@ -265,52 +314,44 @@ def build_report(
         out.append(_table(FAITHFULNESS_HEADERS, faithfulness_rows(recorded)))
     if not faithfulness and not recorded and "pointing" not in summary:
         out.append("<p class='muted'>Not measured for this checkpoint and data set.</p>")
+    return out
 
-    out.append("<h2>Slices</h2>")
+
+def _slices_and_errors_html(
+    result: EvalResult, n_errors: int, progress: Callable[[str, int, int], None] | None, h2: str, h3: str
+) -> list[str]:
+    """Accuracy per slice value and the worst errors with their heatmaps, of one task."""
+    e = html.escape
+    out = [f"<{h2}>Slices</{h2}>"]
     if not result.slice_columns:
         out.append("<p class='muted'>The data set has no column to slice by.</p>")
     for column in result.slice_columns:
         values = summarize(result, column)["slices"]["values"]
-        out.append(f"<h3>Accuracy per {e(column)}</h3>")
+        out.append(f"<{h3}>Accuracy per {e(column)}</{h3}>")
         out.append(_table([column, "rows", "accuracy"], [[v, s["n"], _pct(s["accuracy"])] for v, s in values.items()]))
         if len(values) <= 30:
             out.append(bars_svg({v: s["accuracy"] for v, s in values.items()}))
 
-    out.append("<h2>Worst errors</h2>")
+    out.append(f"<{h2}>Worst errors</{h2}>")
     errors = worst_errors(result, n_errors)
     if not errors:
         out.append("<p>No errors.</p>")
-    else:
+        return out
+    out.append(
+        "<p>The wrong answers given with the highest confidence, with the heatmap of where the model looked.</p>"
+    )
+    out.append("<div class='errors'>")
+    for done, r in enumerate(errors):
+        if progress:
+            progress("drawing the heatmaps of the worst errors", done, len(errors))
         out.append(
-            "<p>The wrong answers given with the highest confidence, with the heatmap of where the model looked.</p>"
+            f"<div class='err'><img alt='heatmap for row {r.row}' src='{_png_data_uri(row_overlay(r))}'>"
+            f"<div><b>{e(r.text)}</b></div><div>true: {e(r.label)} · predicted: "
+            f"<span class='bad'>{e(r.prediction)}</span> ({_pct(r.confidence)})</div>"
+            f"<div class='muted'>row {r.row}, {e(r.image_name)}</div></div>"
         )
-        out.append("<div class='errors'>")
-        for done, r in enumerate(errors):
-            if progress:
-                progress("drawing the heatmaps of the worst errors", done, len(errors))
-            out.append(
-                f"<div class='err'><img alt='heatmap for row {r.row}' src='{_png_data_uri(row_overlay(r))}'>"
-                f"<div><b>{e(r.text)}</b></div><div>true: {e(r.label)} · predicted: "
-                f"<span class='bad'>{e(r.prediction)}</span> ({_pct(r.confidence)})</div>"
-                f"<div class='muted'>row {r.row}, {e(r.image_name)}</div></div>"
-            )
-        out.append("</div>")
-
-    out.append("<h2>Stakeholder ratings of the explanations</h2>")
-    if ratings_summary:
-        out.append(
-            _table(
-                ["checkpoint", *[RATING_TEXT[r] for r in RATINGS], "total"],
-                [[name, *[s[r] for r in RATINGS], s["total"]] for name, s in ratings_summary.items()],
-            )
-        )
-    else:
-        out.append("<p class='muted'>No ratings yet.</p>")
-
-    out.append("<h2>Model card</h2>")
-    out.append(f"<div class='card'>{_card_html(card_markdown)}</div>" if card_markdown else "<p>No model card.</p>")
-    out.append("</body></html>")
-    return "\n".join(out)
+    out.append("</div>")
+    return out
 
 
 def export_prediction(

@@ -58,20 +58,46 @@ def evaluate_model(
     examples: list[Example],
     device: torch.device | str | None = None,
     progress: Progress | None = None,
+    *,
+    tasks: dict[str, str] | None = None,
 ) -> dict:
-    """The classification report of ``model`` on labelled examples (unknown labels count as errors)."""
+    """The classification report of ``model`` on labelled examples (unknown labels count as errors).
+    ``tasks``: label column -> the model's task it answers, in column order; None: ``Example.label`` answers the first task. With more than that, the
+    report is the first column's task's, plus ``tasks``: every task's report, each over the rows
+    with a label for it, with its ``predictions`` and ``confidences`` for every row."""
     device = resolve_device(device) if not isinstance(device, torch.device) else device
     model = model.to(device)
     encoded = Encoded(model, examples, device, progress or (lambda event: None))
-    logits = predict_encoded(model, encoded, device)
-    labels = model.config.labels
+    config = model.config
+    names = config.task_names()
+    columns = list(tasks or {})
+    if not tasks or (len(tasks) == 1 and tasks[columns[0]] == names[0]):
+        logits = predict_encoded(model, encoded, device)
+        return _task_report(logits, config.labels, config.temperature, [e.label for e in examples])
+    every = predict_encoded(model, encoded, device, tasks=True)
+    reports = {}
+    for column, task in tasks.items():
+        t = names.index(task)
+        # rows read with one label column keep it in ``label``, with several in ``labels``
+        truth = [e.labels.get(column, "") if e.labels else e.label for e in examples]
+        reports[task] = _task_report(every[t], config.task_labels()[t], config.task_temperatures()[t], truth)
+    first = reports[tasks[columns[0]]]
+    return {**first, "tasks": reports}
+
+
+def _task_report(logits: torch.Tensor, labels: list[str], temperature: float, truth: list[str]) -> dict:
+    """One task's report over the rows with a label ("" = none: left out); ``predictions`` and
+    ``confidences`` of every row."""
     predicted = [labels[i] for i in logits.argmax(-1).tolist()]
-    truth = [e.label for e in examples]
-    all_labels = labels + sorted(set(truth) - set(labels))
-    report = classification_report(truth, predicted, all_labels)
     # confidence as the Predictor reports it: softmax of logits / the fitted temperature
-    confidences = (logits / model.config.temperature).softmax(-1).max(-1).values.tolist()
-    report["reliability"] = reliability(confidences, [t == p for t, p in zip(truth, predicted)])
+    confidences = (logits / temperature).softmax(-1).max(-1).values.tolist()
+    known = [i for i, t in enumerate(truth) if t]
+    truth_known, predicted_known = [truth[i] for i in known], [predicted[i] for i in known]
+    all_labels = list(labels) + sorted(set(truth_known) - set(labels))
+    report = classification_report(truth_known, predicted_known, all_labels)
+    report["reliability"] = reliability(
+        [confidences[i] for i in known], [t == p for t, p in zip(truth_known, predicted_known)]
+    )
     report["ece"] = report["reliability"]["ece"]
     report["predictions"] = predicted
     report["confidences"] = confidences

@@ -83,3 +83,54 @@ def test_bench_sort_of_clevr_faithfulness_part(tiny_checkpoint, tmp_path):
     assert "canonical" not in bench and "pointing" not in bench  # only the part asked for
     assert bench["faithfulness"]["rows"] == 2 and bench["faithfulness"]["sampled_from"] == 20
     assert {"raw", "gradient"} <= set(bench["faithfulness"])
+
+
+@pytest.mark.slow  # three CLI processes
+def test_evaluate_reports_every_task_of_a_checkpoint_of_several(tmp_path):
+    from ..evaluation.test_tasks import save_two_task_checkpoint, write_two_task_set
+
+    checkpoint = save_two_task_checkpoint(tmp_path / "two-tasks")
+    csv_path = write_two_task_set(tmp_path / "set")
+    common = ("evaluate", "--checkpoint", str(checkpoint), "--csv", str(csv_path), "--faithfulness-rows", "0")
+    plain = _run(*common, "--slice-by", "kind")
+    summary = json.loads(plain.stdout.strip().splitlines()[-1])
+    assert set(summary["tasks"]) == {"colour", "place"}
+    place = summary["tasks"]["place"]
+    assert place["n"] == 11 and place["confusion"]["labels"] == ["left", "middle", "right"]  # row 6 has no place
+    assert set(place["per_class"]) == {"left", "middle", "right"} and 0 <= place["ece"] <= 1
+    assert sum(s["n"] for s in place["slices"]["kind"].values()) == 11
+    for key in ("n", "accuracy", "macro_f1", "ece", "per_class", "confusion"):
+        assert summary[key] == summary["tasks"]["colour"][key]  # the first task at the top, as before
+    assert f"place: accuracy {place['accuracy']:.4f}" in plain.stderr
+    assert f"colour: accuracy {summary['accuracy']:.4f}" in plain.stderr
+
+    # row by row (the report's path): the same figures, and a section per task in the report
+    report = _run(*common, "--report", str(tmp_path / "r.html"))
+    by_rows = json.loads(report.stdout.strip().splitlines()[-1])
+    for task in ("colour", "place"):
+        assert by_rows["tasks"][task]["accuracy"] == summary["tasks"][task]["accuracy"]
+        assert by_rows["tasks"][task]["confusion"] == summary["tasks"][task]["confusion"]
+    html = (tmp_path / "r.html").read_text()
+    assert "<h2>Task: colour</h2>" in html and "<h2>Task: place</h2>" in html
+
+    # one column given: that task alone, at the top
+    alone = json.loads(_run(*common, "--label-column", "place").stdout.strip().splitlines()[-1])
+    assert alone["accuracy"] == place["accuracy"] and alone["confusion"] == place["confusion"]
+
+
+@pytest.mark.slow  # a CLI process
+def test_evaluate_of_a_checkpoint_of_one_task_prints_what_it_always_did(tiny_checkpoint, tmp_path):
+    csv_path = _write_set(tmp_path / "set", n=6)
+    result = _run("evaluate", "--checkpoint", str(tiny_checkpoint), "--csv", str(csv_path), "--faithfulness-rows", "0")
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert list(summary) == [
+        "n",
+        "accuracy",
+        "macro_f1",
+        "per_class",
+        "confusion",
+        "reliability",
+        "ece",
+        "faithfulness",
+    ]
+    assert result.stderr.count("accuracy ") == 1 and "label:" not in result.stderr
