@@ -309,6 +309,11 @@ def evaluate(
     # (label column, task, its labels) per task evaluated; task None: the checkpoint's first, as ever
     if evalset.tasks:
         labels = dict(zip(predictor.task_names, predictor.config.task_labels()))
+        missing = [t for t in evalset.tasks if t not in labels]
+        if missing:
+            raise ValueError(
+                f"{checkpoint} has no task {', '.join(missing)} (its tasks: {', '.join(predictor.task_names)})"
+            )
         answered = [(c, t, labels[t]) for c, t in zip(evalset.label_columns, evalset.tasks)]
     else:
         answered = [(evalset.label_columns[0], None, list(predictor.labels))]

@@ -2,7 +2,8 @@
 benchmark -> accuracy, macro-F1, calibration, accuracy per slice, a confusion matrix whose
 cells list their rows, a filterable table of examples with their heatmaps (one click opens
 one in Predict & Explain), ratings of the explanations, a data-set comparison with a second
-checkpoint or method, and the downloadable HTML report.
+checkpoint or method, and the downloadable HTML report. For a checkpoint of several tasks, a task
+selector switches every figure, filter and row to the task chosen (the report holds them all).
 
 Every handler takes the visitor's owner token (ui/identity.py) and acts for the visitor the
 server resolves from it: results are kept per visitor (``evalset.ResultStore``: only a finished
@@ -32,7 +33,7 @@ from ..evaluation import report
 from ..evaluation.ratings import RATING_TEXT, Rating, RatingStore, RatingsUnavailable, export_all
 from ..explain.methods import DEFAULT_METHOD, METHODS
 from ..imaging import decode_image
-from ..model.checkpoint import CARD_FILE
+from ..model.checkpoint import CARD_FILE, read_config
 from ..training.settings import Stopped
 from .common import markdown_text
 from .identity import owner_of, refuse, unexpected, visitor_of
@@ -48,7 +49,7 @@ ANSWER_HEADERS = [*COMPARE_HEADERS[:5], "A predicted", "A confidence", "B predic
 # what ``Evaluation.views`` fills, in its order
 RESULT_VIEWS = ("status", "summary", "reliability", "slice_column", "slice_table", "confusion", "wrong_only",
                 "true_label", "predicted", "slice_value", "out_of_scope", "rows", "count", "audit_summary",
-                "audit_rows")  # fmt: skip
+                "audit_rows", "task")  # fmt: skip
 MIN_AUDIT_ROWS = 20  # the audit judges a row's label by what the other rows teach: fewer cannot teach it
 AUDIT_HEADERS = ["row", "image", "text", "given label", "suggested label", "score"]
 
@@ -80,11 +81,14 @@ class Evaluation:
         return owner_of(self.app, token, profile)
 
     # -- running ---------------------------------------------------------------------------
-    def _dataset(self, source, scenes, csv_file, zip_file) -> evalset.EvalSet:
+    def _dataset(self, source, scenes, csv_file, zip_file, checkpoint: str, owner: str | None) -> evalset.EvalSet:
+        """The data set to evaluate; an upload is read with a label column per task of the
+        checkpoint that it has a column for (engine.task_columns)."""
         if source == UPLOAD:
             if not csv_file:
                 raise ValueError("Upload a labelled CSV (image,text,label), or choose the built-in benchmark.")
-            return evalset.load_csv_set(csv_file, zip_file or None, self.app.work_dir)
+            tasks = read_config(self.app.registry.path(checkpoint, owner)).task_names()
+            return evalset.load_csv_set(csv_file, zip_file or None, self.app.work_dir, task_names=tasks)
         return evalset.benchmark_set(self.app.work_dir / "benchmark", int(scenes or 5))
 
     def run(
@@ -104,7 +108,7 @@ class Evaluation:
         checkpoint = checkpoint or self.app.default_checkpoint()
         method = method or DEFAULT_METHOD
         try:
-            data = self._dataset(source, scenes, csv_file, zip_file)
+            data = self._dataset(source, scenes, csv_file, zip_file, checkpoint, owner)
             try:  # nothing is kept of a refused or failed run: its files go with it
                 self.results.room(visitor, min(len(data.examples), evalset.MAX_ROWS))
                 if not self.app.registry.is_loaded(checkpoint, owner):
@@ -121,7 +125,8 @@ class Evaluation:
                     max_rows=evalset.MAX_ROWS,
                 )
                 first_slice = result.slice_columns[0] if result.slice_columns else None
-                self.results.put(visitor, result=result, data=data, slice=first_slice)
+                first_task = next(iter(result.tasks), None)
+                self.results.put(visitor, result=result, data=data, slice=first_slice, task=first_task)
             except BaseException:
                 data.delete()
                 raise
@@ -159,12 +164,16 @@ class Evaluation:
 
     # -- views -----------------------------------------------------------------------------
     def _result(self, visitor: str) -> evalset.EvalResult:
-        return self._state(visitor)["result"]
+        """The visitor's evaluation, of the task chosen when it has several."""
+        state = self._state(visitor)
+        return evalset.task_result(state["result"], state.get("task"))
 
     def views(self, visitor: str):
-        """Every result view: status, summary, reliability, slices, confusion, filters, rows."""
+        """Every result view: status, summary, reliability, slices, confusion, filters, rows, and
+        the task selector (shown for an evaluation of several tasks); all of the task chosen."""
         state = self._state(visitor)
-        result: evalset.EvalResult = state["result"]
+        everything: evalset.EvalResult = state["result"]
+        result = self._result(visitor)
         column = state.get("slice")
         summary = evalset.summarize(result, column)
         status = (
@@ -189,6 +198,13 @@ class Evaluation:
             lines.append(f"Heatmap peak inside the asked object: {100 * p['peak_in_asked_object']:.1f} % (n={p['n']})")
         if "out_of_scope" in summary:
             lines.append(f"Flagged out of scope: {summary['out_of_scope']} rows")
+        if everything.tasks:
+            each = evalset.summarize(everything)["tasks"]
+            lines.insert(
+                0,
+                f"**Task {markdown_text(result.task)}** (rows with a label for it) · every task: "
+                + ", ".join(f"{markdown_text(t)} {100 * s['accuracy']:.2f} %" for t, s in each.items()),
+            )
         labels, matrix = summary["confusion"]["labels"], summary["confusion"]["matrix"]
         used = [i for i, label in enumerate(labels) if sum(matrix[i]) or sum(row[i] for row in matrix)]
         state["confusion_labels"] = [labels[i] for i in used]
@@ -215,6 +231,7 @@ class Evaluation:
             table,
             count,
             *self._audit_views(visitor),
+            gr.update(choices=list(everything.tasks), value=state.get("task"), visible=bool(everything.tasks)),
         )
 
     def restore(self, token=None, profile: gr.OAuthProfile | None = None):
@@ -262,7 +279,7 @@ class Evaluation:
 
     def _rows_view(self, visitor, wrong_only, true_label, predicted, slice_value, out_of_scope):
         state = self._state(visitor)
-        result = state["result"]
+        result = self._result(visitor)
         column = state.get("slice")
         rows = evalset.filter_rows(
             result,
@@ -309,6 +326,19 @@ class Evaluation:
         self._state(visitor)["slice"] = column or None
         return self.views(visitor)
 
+    def choose_task(self, task, token=None, profile: gr.OAuthProfile | None = None):
+        """Every view switched to another task of the evaluation (its filters reset, no row selected)."""
+        visitor = self.visitor(token, profile)
+        state = self._state(visitor)
+        try:
+            evalset.task_result(state["result"], task)
+        except ValueError as e:
+            raise refuse(str(e)) from None
+        if state["result"].tasks:
+            state["task"] = task
+            state.pop("selected", None)
+        return self.views(visitor)
+
     def confusion_cell(self, evt: gr.SelectData, token=None, profile: gr.OAuthProfile | None = None):
         """A click on a confusion-matrix count: the filters set to that cell, its rows listed."""
         visitor = self.visitor(token, profile)
@@ -351,8 +381,10 @@ class Evaluation:
             desc = event.get("message") or f"audit: {event['stage']}"
             progress((done, total) if done is not None and total else None, desc=desc)
 
+        task = state.get("task")
+        column = data.label_columns[data.tasks.index(task)] if task in data.tasks else data.label_columns[0]
         try:
-            dataset = read_csv(data.folder / "data.csv", data.image_column, "text", "label", confine=True)
+            dataset = read_csv(data.folder / "data.csv", data.image_column, "text", column, confine=True)
             progress(None, desc=f"auditing {n} rows")
             audited = run_audit(dataset, report, should_stop=stop.is_set, device=self.app.registry.device)
         except Stopped:
@@ -363,7 +395,7 @@ class Evaluation:
             raise unexpected("the audit", e) from None
         finally:
             self._stops.pop(visitor, None)
-        state["audit"] = audited
+        state["audit"], state["audit_task"] = audited, task
         return self._audit_views(visitor)
 
     def _audit_views(self, visitor: str):
@@ -371,9 +403,9 @@ class Evaluation:
         flagged rows; empty before an audit of this evaluation."""
         state = self._state(visitor)
         audited: AuditResult | None = state.get("audit")
-        if audited is None:
+        if audited is None or state.get("audit_task") != state.get("task"):  # an audit is of one task's labels
             return "", gr.update(value=[], headers=AUDIT_HEADERS)
-        result: evalset.EvalResult = state["result"]
+        result = self._result(visitor)
         flagged = [f for f in sort_findings(audited.findings) if f.issue == "label"]
         rows = {f.row for f in flagged}
         kept = [r for r in result.rows if r.row not in rows]
@@ -448,7 +480,7 @@ class Evaluation:
         try:
             predictor = self.app.registry.predictor(result.checkpoint, self.owner(token, profile))
             image = decode_image(r.image, name=r.image_name)
-            prediction = predictor.predict_batch([image], [r.text], result.method)[0]
+            prediction = predictor.predict_batch([image], [r.text], result.method, result.task or None)[0]
         except ValueError as e:
             raise refuse(str(e)) from None
         settings = {
@@ -541,7 +573,7 @@ class Evaluation:
             progress(done / max(1, total), desc=f"{what} {done}/{total}")
 
         visitor = self.visitor(token, profile)
-        result = self._result(visitor)
+        result = self._state(visitor)["result"]  # every task's
         card, faithfulness, recorded = "", None, None
         try:
             owner = self.owner(token, profile)
@@ -578,7 +610,7 @@ class Evaluation:
         stored: the visitor's evaluation stays as it was."""
         visitor = self.visitor(token, profile)
         state = self._state(visitor)
-        result = state["result"]
+        result = self._result(visitor)
         checkpoint_b = checkpoint_b or result.checkpoint
         method_b = method_b or DEFAULT_METHOD
         if checkpoint_b == result.checkpoint and method_b == result.method:
@@ -599,6 +631,7 @@ class Evaluation:
                 progress=lambda done, total: progress(done / total, desc=f"{done} / {total} rows"),
                 should_stop=stop.is_set,
             )
+            other = evalset.task_result(other, state.get("task"))  # the same task's answers
         except (ValueError, TypeError) as e:
             raise refuse(str(e)) from None
         except Exception as e:  # noqa: BLE001 - the server keeps serving
@@ -686,6 +719,8 @@ def evaluate_tab(
             run = gr.Button("Evaluate", variant="primary", elem_id="eval-run")
             stop = gr.Button("Stop", variant="stop", elem_id="eval-stop")
         status = gr.Markdown(elem_id="eval-status")
+        # shown for a checkpoint of several tasks: every view below is of the task chosen
+        task = gr.Radio([], label="Task", visible=False, elem_id="eval-task")
         summary = gr.Markdown(elem_id="eval-summary")
         with gr.Row():
             reliability = gr.Plot(label="Calibration (reliability diagram)")
@@ -766,7 +801,7 @@ def evaluate_tab(
             dropdown.focus(ev.names, token, dropdown, api_name=False, queue=False)
         filters = [wrong_only, true_label, predicted, slice_value, out_of_scope]
         result_views = [status, summary, reliability, slice_column, slice_table, confusion, *filters, rows, count,
-                        audit_summary, audit_rows]  # fmt: skip
+                        audit_summary, audit_rows, task]  # fmt: skip
         assert len(result_views) == len(RESULT_VIEWS)
         run.click(
             ev.run,
@@ -782,6 +817,7 @@ def evaluate_tab(
         for f in filters:
             f.input(ev.filter, [*filters, token], [rows, count], api_name=False)
         slice_column.input(ev.choose_slice, [slice_column, token], result_views, api_name=False)
+        task.input(ev.choose_task, [task, token], result_views, api_name=False)
         confusion.select(ev.confusion_cell, token, [*filters, rows, count], api_name=False)
         rows.select(ev.select_row, token, [overlay, detail], api_name=False)
         image, text, checkpoint_p, method_p = link.predict.inputs[:4]
