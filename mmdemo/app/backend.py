@@ -30,6 +30,7 @@ from ..explain.relations import relation_objects
 from ..imaging import decode_image
 from ..inference.predictor import Prediction
 from ..model.card import app_model_card
+from ..model.checkpoint import read_config
 from ..model.preprocess import broken_character, is_blank
 from ..training.settings import TrainSettings
 from .jobs import DataSource, JobManager
@@ -152,6 +153,7 @@ class App:
         checkpoint: str | None = None,
         method: str | None = DEFAULT_METHOD,
         owner: str | None = None,
+        task: str | None = None,
     ) -> Answer:
         """/predict's use case: the inputs checked (the question first, so a huge text is refused
         at once), the image decoded within the pixel limit, the answer, explanation and modality
@@ -169,7 +171,9 @@ class App:
         predictor = self.registry.predictor(str(checkpoint), owner)
         decoded = decode_image(image, name="the image", max_pixels=self.limits.max_image_pixels)
         start = time.perf_counter()
-        prediction, contributions = predictor.analyse(decoded, question, method)  # one encoder pass
+        if task is not None and task not in predictor.task_names:  # a selector left from another checkpoint
+            task = None
+        prediction, contributions = predictor.analyse(decoded, question, method, task)  # one encoder pass
         elapsed_ms = (time.perf_counter() - start) * 1000
         e = prediction.explanation
         explanation = prediction.to_json()
@@ -180,6 +184,7 @@ class App:
             "checkpoint": checkpoint,
             "owner": owner,  # decided on the server; the state never leaves it
             "label": prediction.label,
+            "task": prediction.explained_task,
             "method": method,
             "question": question,
             "words": e.words,
@@ -221,6 +226,10 @@ class App:
             return []
         rows = list(csv.DictReader(open(listing, newline="")))
         return [[str(listing.parent / r["image"]), r["text"]] for r in rows]
+
+    def task_names(self, name: str, owner: str | None = None) -> list[str]:
+        """The tasks a checkpoint answers (one per label column it was trained on), from its config."""
+        return read_config(self.registry.path(name, owner)).task_names()
 
     def capabilities(self, name: str, owner: str | None = None) -> tuple[list[str], dict, dict]:
         """What a checkpoint can answer: (labels, task, benchmark); see ``read_task``."""
@@ -296,7 +305,17 @@ class App:
                 extract_zip(zip_file, upload.path, limits.max_zip_entries, limits.max_zip_mb * 1_000_000)
             csv_path = upload.path / "data.csv"
             shutil.copyfile(csv_file, csv_path)
-            image_col, text_col, label_col = (c or d for c, d in zip(columns, ("image", "text", "label")))
+            for given, what in (
+                (columns[1], "Pick at least one text column."),
+                (columns[2], "Tick at least one label column."),
+            ):
+                if isinstance(given, list | tuple) and not given:
+                    raise ValueError(what)
+            # several text or label columns come as a list (the form) or comma-separated (the API)
+            image_col, text_col, label_col = (
+                (list(c) if isinstance(c, list | tuple) else c) or d
+                for c, d in zip(columns, ("image", "text", "label"))
+            )
             group_col = (columns[3] if len(columns) > 3 else None) or None  # optional: the rows' sources
             dataset = read_csv(
                 csv_path,

@@ -78,10 +78,15 @@ class DataSource(NamedTuple):
     folder: Path
     csv: Path
     image_column: str = "image"
-    text_column: str = "text"
-    label_column: str = "label"
+    text_column: str | list[str] = "text"  # several: joined in this order
+    label_column: str | list[str] = "label"  # several: one task each
     name: str = "data.csv"  # the name the user uploaded it under (for the model card)
     group_column: str = ""  # the column naming each row's source (the split keeps a group together)
+
+
+def source_record(source: DataSource) -> dict:
+    """A job's data source as its record keeps it: paths as text, several columns as a list."""
+    return {k: list(v) if isinstance(v, list | tuple) else str(v) for k, v in source._asdict().items()}
 
 
 class JobManager:
@@ -282,7 +287,7 @@ class JobManager:
                 "estimate_s": round(recipe.estimate_s, 1),
                 "startup_s": self._startup_s,
                 "time_limit_s": time_limit_s,
-                "data": {k: str(v) for k, v in source._asdict().items()},
+                "data": source_record(source),
             }
             if review:
                 record["review"] = review
@@ -327,7 +332,7 @@ class JobManager:
                 "digest": digest,
                 "audit": {},
                 "decisions": {},
-                "data": {k: str(v) for k, v in source._asdict().items()},
+                "data": source_record(source),
             }
             clock.enter(record, "queued", record["created"])
             write_record(self._path(job_id), record)

@@ -91,6 +91,20 @@ class ChoiceRadio(gr.Radio):
         return payload
 
 
+class OpenRadio(gr.Radio):
+    """gr.Radio whose choices change with another input (a checkpoint's tasks): any short text
+    passes, and the handler checks it against what it belongs to. Gradio 6.31's own check would
+    refuse an API caller's value that the page's current choices lack."""
+
+    is_template = True  # the browser side is gr.Radio's
+
+    def preprocess(self, payload):
+        return None if payload is None else str(payload)[:200]
+
+    def api_info_as_input(self) -> dict:
+        return {"type": "string"}
+
+
 class BoundedSlider(gr.Slider):
     """gr.Slider whose value, from a page or an API caller, is a number within its bounds: one
     outside them is brought to the nearest bound, one that is no number is refused naming the

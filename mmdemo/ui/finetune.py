@@ -66,7 +66,19 @@ def csv_columns(csv_file):
         return [gr.update(choices=[], value=None)] * 3
     header, rows = _read_head(csv_file)
     guess = guess_columns(header, rows)
-    return [gr.update(choices=header, value=v) for v in (guess.image, guess.text, guess.label)]
+    # several text columns are joined in the order picked; each ticked label column is one task
+    return [
+        gr.update(choices=header, value=guess.image),
+        gr.update(choices=header, value=[guess.text] if guess.text else []),
+        gr.update(choices=header, value=[guess.label] if guess.label else []),
+    ]
+
+
+def several(value) -> list[str]:
+    """The columns a multi-column field holds (a list; a single name from an older form or the API)."""
+    if not value:
+        return []
+    return [value] if isinstance(value, str) else [str(v) for v in value]
 
 
 NOTHING_TO_STOP = "No fine-tune job of yours is running: there is nothing to stop."
@@ -569,8 +581,10 @@ class FinetuneTab:
             value = values.get(key)
             if key in ("csv_file", "zip_file"):
                 updates.append(value if value and Path(value).is_file() else gr.skip())
-            elif key in ("image_col", "text_col", "label_col"):
+            elif key == "image_col":
                 updates.append(gr.update(choices=header, value=value) if value else gr.skip())
+            elif key in ("text_col", "label_col"):
+                updates.append(gr.update(choices=header, value=several(value)) if value else gr.skip())
             elif key == "group_col":
                 updates.append(gr.update(choices=[NO_GROUP, *header], value=value) if value else gr.skip())
             else:
@@ -623,8 +637,20 @@ def finetune_tab(
         example_button = gr.Button("Use example dataset", elem_id="example-dataset")
         with gr.Row():
             image_col = gr.Dropdown([], label="Image column", allow_custom_value=True, elem_id="image-column")
-            text_col = gr.Dropdown([], label="Text column", allow_custom_value=True, elem_id="text-column")
-            label_col = gr.Dropdown([], label="Label column", allow_custom_value=True, elem_id="label-column")
+            text_col = gr.Dropdown(
+                [],
+                label="Text column(s)",
+                multiselect=True,
+                allow_custom_value=True,
+                elem_id="text-column",
+                info="several are joined in the order picked",
+            )
+            label_col = gr.CheckboxGroup(
+                [],
+                label="Label column(s)",
+                elem_id="label-column",
+                info="tick several to train one model that answers each (a task per column)",
+            )
         group_col = gr.Dropdown(
             [NO_GROUP],
             value=NO_GROUP,

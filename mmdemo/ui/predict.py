@@ -25,7 +25,7 @@ from ..app.backend import Answer, App
 from ..explain import render
 from ..explain.methods import DEFAULT_METHOD, METHODS, peak_xy
 from ..imaging import decode_image
-from .common import BoundedSlider, ChoiceRadio, answer_lead, input_error, markdown_text
+from .common import BoundedSlider, ChoiceRadio, OpenRadio, answer_lead, input_error, markdown_text
 from .gradio_patches import inline_image_to_cache, plot_value
 from .identity import owner_of, unexpected
 from .similar import similar_panel
@@ -155,6 +155,7 @@ class PredictTab:
         method: str = DEFAULT_METHOD,
         opacity: float = DEFAULT_OPACITY,
         owner_token: str | None = None,
+        task: str | None = None,
         profile: gr.OAuthProfile | None = None,
         progress: gr.Progress = gr.Progress(),  # noqa: B008 (how Gradio injects a progress bar)
     ):
@@ -166,10 +167,11 @@ class PredictTab:
         method: explanation method, "raw" (default) or "gradient"
         opacity: heatmap opacity in the overlay, 0 to 1
         owner_token: the owner token /start_finetune returned, to use your own checkpoints (optional)
+        task: for a checkpoint trained on several label columns, the task whose answer is explained (default: the first)
         """
         owner = self.owner(owner_token, profile)
         self.say_first_load(checkpoint, owner, progress)
-        return self.answer(image, question, checkpoint, method, opacity, owner)
+        return self.answer(image, question, checkpoint, method, opacity, owner, task)
 
     def say_first_load(self, checkpoint: str | None, owner: str | None, progress: gr.Progress) -> None:
         """A checkpoint's first use loads it from disk (seconds): the answer's place says so."""
@@ -186,6 +188,7 @@ class PredictTab:
         method: str | None = DEFAULT_METHOD,
         opacity: float | None = DEFAULT_OPACITY,
         owner: str | None = None,
+        task: str | None = None,
     ):
         """Component values for every output of the tab (and of /predict), from ``App.answer``;
         ``owner`` is decided on the server."""
@@ -194,7 +197,7 @@ class PredictTab:
         except (TypeError, ValueError):
             raise input_error("predict", "the opacity must be a number from 0 to 1") from None
         try:
-            answer = self.app.answer(image, question, checkpoint, method, owner)
+            answer = self.app.answer(image, question, checkpoint, method, owner, task or None)
         except ValueError as e:
             raise input_error("predict", str(e)) from None
         except Exception as e:  # noqa: BLE001 - the server keeps serving; the log has the traceback
@@ -205,7 +208,8 @@ class PredictTab:
         """The tab's outputs drawn from an answer (explain/render.py), in the order of ``PredictView.outputs``."""
         prediction, state, image = answer.prediction, answer.state, answer.image
         e = prediction.explanation
-        result = prediction.scores if prediction.in_scope else "no confident answer (out of scope)"
+        explained = prediction.tasks.get(prediction.explained_task, {"scores": prediction.scores})
+        result = explained["scores"] if prediction.in_scope else "no confident answer (out of scope)"
         details = (
             f"{answer_lead(prediction, f'{prediction.scores[prediction.label]:.0%}')} from "
             f"`{state['checkpoint']}`, {state['method']} attention. Inference {answer.elapsed_ms:.0f} ms on "
@@ -226,10 +230,11 @@ class PredictTab:
             plot(render.modality_chart(answer.contributions)),
             details,
             scope_banner(prediction),
+            task_answers(prediction),
             state,
         )
 
-    def check_inputs(self, image, question, checkpoint, method, opacity, owner_token=None):
+    def check_inputs(self, image, question, checkpoint, method, opacity, owner_token=None, task=None):
         """The page's validator: marks a missing image, or a missing or too long question, on its own
         input, before any model work."""
         problem = None if question and str(question).strip() else "Type a question, or build one below."
@@ -244,6 +249,7 @@ class PredictTab:
             gr.validate(True, ""),
             gr.validate(True, ""),
             gr.validate(True, ""),
+            gr.validate(True, ""),
         )
 
     def rerun(
@@ -254,15 +260,30 @@ class PredictTab:
         method: str,
         opacity: float,
         owner_token: str | None = None,
+        task: str | None = None,
         profile: gr.OAuthProfile | None = None,
         progress: gr.Progress = gr.Progress(),  # noqa: B008 (how Gradio injects a progress bar)
     ):
-        """A new checkpoint or method answers again, so no stale result stays on screen."""
+        """A new checkpoint, method or task answers again, so no stale result stays on screen."""
         if not image or not question or not str(question).strip():
             return (gr.skip(),) * (len(PREDICT_OUTPUTS) - 1) + (None,)
         owner = self.owner(owner_token, profile)
         self.say_first_load(checkpoint, owner, progress)
-        return self.answer(image, question, checkpoint, method, opacity, owner)
+        return self.answer(image, question, checkpoint, method, opacity, owner, task)
+
+    def task_choices(self, checkpoint: str | None, owner_token=None, profile: gr.OAuthProfile | None = None):
+        """The task selector for a checkpoint (shown when it answers several tasks), and the
+        explanation method: with several tasks, gradient, which explains the selected task's
+        answer (raw attention is the same for every task)."""
+        try:
+            names = self.app.task_names(checkpoint, self.owner(owner_token, profile)) if checkpoint else []
+        except (ValueError, OSError):
+            names = []
+        several = len(names) > 1
+        return (
+            gr.update(choices=names, value=names[0] if several else None, visible=several),
+            gr.update(value="gradient") if several else gr.skip(),
+        )
 
     def map_note(self, state: dict) -> str:
         """What the overlay shows, in words; for closest/furthest questions, which object is which."""
@@ -398,7 +419,19 @@ class PredictTab:
 
 # what the tab's answer fills, in ``PredictTab.views``' order (the state last: never sent to a client)
 PREDICT_OUTPUTS = ("label", "explanation", "overlay", "words", "grid", "matrix", "regions", "modality", "details",
-                   "banner", "state")  # fmt: skip
+                   "banner", "answers", "state")  # fmt: skip
+
+
+def task_answers(prediction) -> str:
+    """Every task's answer, as a table (a checkpoint with several label columns); the explained
+    task's marked. Empty for a one-task checkpoint (its answer is the Answer above)."""
+    if len(prediction.tasks) < 2:
+        return ""
+    rows = ["| Task | Answer | Confidence |", "|---|---|---|"]
+    for name, answer in prediction.tasks.items():
+        mark = " (explained below)" if name == prediction.explained_task else ""
+        rows.append(f"| {markdown_text(name)}{mark} | {markdown_text(answer['label'])} | {answer['confidence']:.0%} |")
+    return "\n".join(rows)
 
 
 class PredictView(NamedTuple):
@@ -410,7 +443,7 @@ class PredictView(NamedTuple):
     checkpoint: gr.Dropdown
     image: gr.Image
     text: gr.Textbox
-    inputs: list  # image, text, checkpoint, method, opacity, owner token
+    inputs: list  # image, text, checkpoint, method, opacity, owner token, task
     outputs: list  # as PREDICT_OUTPUTS
     examples: gr.Examples | None = None  # the shipped examples (the API page's sample uses the first)
 
@@ -484,6 +517,16 @@ def predict_tab(app: App, owner_token: gr.BrowserState, saved_tab: gr.BrowserSta
                 opacity = BoundedSlider(0, 1, value=DEFAULT_OPACITY, step=0.05, label="Heatmap opacity")
             with gr.Column(scale=7, min_width=300):
                 label = gr.Label(num_top_classes=3, label="Answer", elem_id="prediction")
+                task_names = app.task_names(default) if default else []
+                task = OpenRadio(
+                    task_names,
+                    value=task_names[0] if len(task_names) > 1 else None,
+                    label="Task: the answer the maps explain",
+                    info="this checkpoint answers one task per label column it was trained on",
+                    visible=len(task_names) > 1,
+                    elem_id="task",
+                )
+                answers = gr.Markdown(label="Answer per task", elem_id="task-answers")
                 banner = gr.Markdown(label="Out of scope", elem_id="scope-banner")
                 details = gr.Markdown(label="Details", elem_id="timing")
                 # above the overlay: a click on a word redraws the overlay, which stays in sight below it
@@ -526,8 +569,8 @@ def predict_tab(app: App, owner_token: gr.BrowserState, saved_tab: gr.BrowserSta
         with gr.Accordion("Model card", open=False):
             card = gr.Markdown(app.model_card(default), elem_id="model-card")
 
-        inputs = [image, text, checkpoint, method, opacity, owner_token]
-        outputs = [label, explanation, overlay, words, grid, matrix, regions, modality, details, banner, state]
+        inputs = [image, text, checkpoint, method, opacity, owner_token, task]
+        outputs = [label, explanation, overlay, words, grid, matrix, regions, modality, details, banner, answers, state]
         if saved_tab is not None:
             tab.select(pt.remember_tab, None, saved_tab, api_visibility="private", queue=False)
         # several requests at once (MMDEMO_PREDICT_CONCURRENCY): those that meet in Predictor.analyse share one
@@ -536,7 +579,7 @@ def predict_tab(app: App, owner_token: gr.BrowserState, saved_tab: gr.BrowserSta
         answered = [
             button.click(pt.predict, inputs, outputs, validator=pt.check_inputs, **common),
             text.submit(pt.predict, inputs, outputs, validator=pt.check_inputs, **common),
-            *(control.input(pt.rerun, inputs, outputs, **common) for control in (checkpoint, method)),
+            *(control.input(pt.rerun, inputs, outputs, **common) for control in (checkpoint, method, task)),
         ]
         if example_set is not None:  # an example answers with the checkpoint and method chosen now
             answered.append(example_set.load_input_event.then(pt.predict, inputs, outputs, **common))
@@ -553,6 +596,10 @@ def predict_tab(app: App, owner_token: gr.BrowserState, saved_tab: gr.BrowserSta
             pt.describe, [checkpoint, owner_token], [capabilities, kind, slot, card], api_visibility="private",
             queue=False,
         )  # fmt: skip
+        # also when a fine-tune selects its new checkpoint here
+        checkpoint.change(
+            pt.task_choices, [checkpoint, owner_token], [task, method], api_visibility="private", queue=False
+        )
         for control in (kind, slot):
             control.input(
                 pt.fill_question, [checkpoint, kind, slot, owner_token], text, api_visibility="private", queue=False

@@ -63,7 +63,7 @@ def test_audit_review_exclude_and_train_on_the_reviewed_data(chromium, url, app,
     csv_path, archive = scans
     context, page = open_tab(chromium, url)
     page.locator("#csv-upload input[type=file]").set_input_files(str(csv_path))
-    expect(page.locator("#label-column input")).to_have_value("label", timeout=30_000)
+    expect(page.locator("#label-column label.selected")).to_have_text(["label"], timeout=30_000)
     page.locator("#zip-upload input[type=file]").set_input_files(archive)
     expect(page.locator("#zip-upload").get_by_role("cell", name="images.zip", exact=True)).to_be_visible(timeout=30_000)
     page.locator("#start-from input").fill("sort-of-clevr")  # its small encoders: a quick audit

@@ -35,7 +35,7 @@ def app(tmp_path_factory):
 
 
 def test_predict_handler_maps_results_to_components(app, fixture_path):
-    scores, explanation, overlay, words, grid, matrix, regions, modality, info, banner, state = ui.PredictTab(
+    scores, explanation, overlay, words, grid, matrix, regions, modality, info, banner, answers, state = ui.PredictTab(
         app
     ).answer(fixture_path("chelsea.jpg"), "Where is the cat?", "sort-of-clevr", "gradient", 0.5)
     assert set(scores) == {"circle", "square", "left", "right"} and sum(scores.values()) == pytest.approx(1, abs=1e-5)
@@ -51,6 +51,7 @@ def test_predict_handler_maps_results_to_components(app, fixture_path):
     assert "ms on cpu" in info
     # no scope statistics in this checkpoint: in scope, no banner, the answer is shown
     assert explanation["in_scope"] is True and explanation["scope"]["fitted"] is False and banner == ""
+    assert answers == "" and list(explanation["tasks"]) == ["label"]  # one task: no table of answers
     # selecting a word redraws the overlay from that word's own map and marks the word, without the model
     overlay, words, new_grid, new_state = redraw(
         state, 0.5, gr.SelectData(None, {"index": 3, "value": "cat", "selected": True})
@@ -84,13 +85,14 @@ def test_csv_columns_are_guessed_from_the_content(tmp_path):
         + "".join(f"img_{i}.jpg,a photo of thing number {i},{'cat' if i % 2 else 'dog'}\n" for i in range(26))
     )
     updates = ui.csv_columns(str(tmp_path / "d.csv"))
-    assert [u["value"] for u in updates] == ["filename", "caption", "category"]
+    # the text and label fields take several columns: the guess is one of each
+    assert [u["value"] for u in updates] == ["filename", ["caption"], ["category"]]
 
 
 def test_csv_columns_are_guessed_by_name_without_rows(tmp_path):
     (tmp_path / "d.csv").write_text("Path,Question,Answer,extra\n")
     updates = ui.csv_columns(str(tmp_path / "d.csv"))
-    assert [u["value"] for u in updates] == ["Path", "Question", "Answer"]
+    assert [u["value"] for u in updates] == ["Path", ["Question"], ["Answer"]]
 
 
 def _free_port():
@@ -206,7 +208,8 @@ def test_api_page_names_and_types_every_parameter(server):
         assert endpoint["description"], name
 
     predict = {p["parameter_name"]: p for p in endpoints["/predict"]["parameters"]}
-    assert list(predict) == ["image", "question", "checkpoint", "method", "opacity", "owner_token"]
+    assert list(predict) == ["image", "question", "checkpoint", "method", "opacity", "owner_token", "task"]
+    assert predict["task"]["python_type"]["type"] == "str" and predict["task"]["parameter_default"] is None
     assert predict["image"]["python_type"]["type"] == "filepath" and not predict["image"]["parameter_has_default"]
     assert predict["question"]["python_type"]["type"] == "str"
     # the sample code passes a shipped example scene and its question, not a stock image and "Hello!!"
@@ -419,7 +422,8 @@ def test_csv_columns_of_a_semicolon_csv_are_its_own(tmp_path):
     )
     updates = ui.csv_columns(str(tmp_path / "d.csv"))
     assert updates[0]["choices"] == ["filename", "caption", "category"]
-    assert [u["value"] for u in updates] == ["filename", "caption", "category"]
+    # the text and label fields take several columns: the guess is one of each
+    assert [u["value"] for u in updates] == ["filename", ["caption"], ["category"]]
 
 
 def test_a_csv_header_reaches_the_column_roles_as_text(app, tmp_path):
