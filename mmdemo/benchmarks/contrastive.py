@@ -74,17 +74,19 @@ def arm(data: dict, out: Path, weight: float, epochs: int, seed: int) -> dict:
 
 
 def contrastive_ab(
-    kinds: list[str], weights: list[float], epochs: int, seed: int, workdir: Path, progress=print
+    kinds: list[str], weights: list[float], epochs: int, seed: int, workdir: Path, progress=print, data_seed: int = 0
 ) -> dict:
-    """Every (benchmark, weight) arm; ``progress`` gets one line per arm."""
+    """Every (benchmark, weight) arm, trained with ``seed`` on the data ``data_seed`` writes;
+    ``progress`` gets one line per arm."""
     results = []
     for kind in kinds:
-        data = make_data(kind, workdir / kind, seed)
+        folder = workdir / f"{kind}-data{data_seed}"
+        data = make_data(kind, folder, data_seed)
         for weight in weights:
-            figures = arm(data, workdir / kind / f"contrastive-{weight:g}", weight, epochs, seed)
-            results.append({"benchmark": kind, **figures})
+            figures = arm(data, folder / f"contrastive-{weight:g}-seed{seed}", weight, epochs, seed)
+            results.append({"benchmark": kind, "seed": seed, **figures})
             progress(table([results[-1]], header=False))
-    return {"epochs": epochs, "seed": seed, "arms": results}
+    return {"epochs": epochs, "seed": seed, "data_seed": data_seed, "arms": results}
 
 
 def step_overhead(sizes: tuple[int, ...] = (64, 128), steps: int = 10, threads: int = 1, rounds: int = 3) -> list[dict]:
@@ -114,12 +116,12 @@ def table(arms: list[dict], header: bool = True) -> str:
     lines = []
     if header:
         lines += [
-            "| benchmark | --contrastive | test accuracy | test ECE | best epoch | train s | samples/s | load |",
-            "|---|---|---|---|---|---|---|---|",
+            "| benchmark | --contrastive | seed | test accuracy | test ECE | best epoch | train s | samples/s | load |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
     for a in arms:
         lines.append(
-            f"| {a['benchmark']} | {a['contrastive']:g} | {100 * a['test_accuracy']:.1f} % | {a['test_ece']:.3f} |"
+            f"| {a['benchmark']} | {a['contrastive']:g} | {a['seed']} | {100 * a['test_accuracy']:.1f} % | {a['test_ece']:.3f} |"
             f" {a['best_epoch']} | {a['train_seconds']:.0f} | {a['samples_per_s']} |"
             f" {a['load_before']}-{a['load_after']} |"
         )

@@ -99,7 +99,10 @@ def add_bench_contrastive(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--weights", type=float, nargs="+", default=[0.0, 0.1, 0.5], help="contrastive weights (0: without)")
     p.add_argument("--epochs", type=int, default=8, help="epochs of every arm (fixed, so every arm does the same work)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="training seed of every arm")
+    p.add_argument(
+        "--data-seed", type=int, default=0, help="seed of the benchmark data (its split into train and test)"
+    )
     p.add_argument("--workdir", type=Path, default=Path("data/bench-contrastive"), help="data and checkpoints")
     p.add_argument(
         "--step-overhead",
@@ -116,8 +119,9 @@ def _bench_contrastive(args) -> int:
     if args.epochs < 1 or any(w < 0 for w in args.weights):
         raise ValueError("--epochs must be at least 1 and every --weights value at least 0")
     result = contrastive_ab(
-        args.kinds, args.weights, args.epochs, args.seed, args.workdir, lambda line: print(line, file=sys.stderr)
-    )
+        args.kinds, args.weights, args.epochs, args.seed, args.workdir, lambda line: print(line, file=sys.stderr),
+        args.data_seed,
+    )  # fmt: skip
     print(table(result["arms"]), file=sys.stderr)
     if args.step_overhead:
         result["step_overhead"] = step_overhead()

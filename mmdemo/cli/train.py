@@ -83,6 +83,13 @@ def _add_train_settings(p: argparse.ArgumentParser) -> None:
         help="weight the loss by inverse class frequency (default: when classes are imbalanced)",
     )
     p.add_argument("--patience", type=int, help="early stopping: epochs without a better validation score")
+    p.add_argument(
+        "--contrastive",
+        type=float,
+        metavar="W",
+        help="add W times an image-text contrastive loss (symmetric InfoNCE over the rows of a batch) to the"
+        " classification loss (default: 0, off; docs/training.md)",
+    )
     p.add_argument("--seed", type=int)
     p.add_argument(
         "--stage2-blocks",
@@ -94,7 +101,7 @@ def _add_train_settings(p: argparse.ArgumentParser) -> None:
 
 TRAIN_SETTING_FLAGS = (
     "epochs", "batch_size", "lr", "encoder_lr", "weight_decay", "freeze", "modality_dropout", "class_weights",
-    "patience", "seed", "stage2_blocks",
+    "patience", "seed", "stage2_blocks", "contrastive",
 )  # fmt: skip
 ARCHITECTURE_FLAGS = (
     "image_encoder", "image_size", "image_stride", "text_encoder", "text_model", "fusion_dim", "fusion_heads",

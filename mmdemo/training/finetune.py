@@ -400,6 +400,7 @@ def throughput(history: list[dict]) -> dict:
 def save_resume_state(folder: Path, request: FinetuneRequest, recipe: recipes.Recipe, state: TrainState) -> None:
     tensors = {f"model.{k}": v.contiguous() for k, v in state.model.items()}
     tensors |= {f"best_model.{k}": v.contiguous() for k, v in state.best_model.items()}
+    tensors |= {f"contrastive.{k}": v.contiguous() for k, v in state.contrastive.items()}
     tensors |= {"generator": state.generator, "torch_rng": state.torch_rng}
     opt_state = {}
     for index, entries in state.optimizer["state"].items():
@@ -456,6 +457,7 @@ def load_resume_state(folder: Path) -> tuple[FinetuneRequest, recipes.Recipe, Tr
         stage=meta.get("stage", 1),
         stage2=meta.get("stage2"),
         world_size=meta.get("world_size", 1),
+        contrastive=prefixed("contrastive."),
     )
     r = meta["recipe"]
     recipe = recipes.Recipe(TrainSettings(**r["settings"]), r["config"], r["choices"], r["estimate_s"])

@@ -38,6 +38,7 @@ from ..metrics import classification_report
 from ..model.classifier import PARTS, ModelConfig, MultimodalClassifier, build_model, make_head
 from . import distributed
 from .augment import modality_dropout
+from .contrastive import ContrastiveLoss
 from .features import Encoded
 from .scoring import modality_baselines, predict_encoded
 from .settings import Progress, TrainResult, TrainSettings, TrainState
@@ -183,12 +184,16 @@ def train(
     labels = tasks[0][1] if tasks else sorted({e.label for e in train_examples} | {e.label for e in val_examples})
     if len(labels) < 2:
         raise ValueError(f"training needs at least 2 classes, found {labels}")
+    if settings.contrastive < 0:
+        raise ValueError(f"the contrastive loss's weight must be 0 (off) or more, got {settings.contrastive}")
 
     model = model_for(labels, init, config, tasks)
     model.set_frozen(settings.freeze)
     trained = {part for part in PARTS if part not in settings.freeze}  # this run moves their weights
     model.config.trained_parts = sorted(set(model.config.trained_parts) | trained)
     model.to(device)
+    # trained beside the model, never stored in its checkpoint
+    contrastive = ContrastiveLoss(model.fusion.dim).to(device) if settings.contrastive else None
     progress({"stage": "prepare", "message": f"preparing {len(train_examples)} training rows"})
     encode_start = time.perf_counter()
     train_enc = Encoded(model, train_examples, device, progress, ctx, should_stop)
@@ -208,7 +213,7 @@ def train(
     if settings.class_weights:
         weight = [_class_weight(targets[:, t], len(ls), device) for t, ls in enumerate(model.config.task_labels())]
     loop = _Loop(model, train_enc, val_enc, targets, val_targets, weight, settings, device, progress, should_stop, ctx)
-    loop.on_best, loop.on_epoch = on_best, on_epoch
+    loop.on_best, loop.on_epoch, loop.contrastive = on_best, on_epoch, contrastive
     steps = math.ceil(len(targets) / (settings.batch_size * ctx.world_size))  # per process, global batches
     if resume is not None:
         if resume.world_size != ctx.world_size:
@@ -220,7 +225,7 @@ def train(
     base_tuned = model.config.image_tuned_blocks
 
     if loop.stage == 1:
-        optimizer, scheduler, params = _optimizer(model, settings, steps)
+        optimizer, scheduler, params = _optimizer(model, settings, steps, contrastive)
         first = 1
         if resume is not None:
             first = resume.epoch + 1
@@ -251,7 +256,9 @@ def train(
         if val_enc is not None:
             val_enc.cache_below(model, plan["blocks"], None, device, progress)
         plan["setup_seconds"] = round(time.perf_counter() - setup_start, 1)
-        optimizer, scheduler, params = _stage2_optimizer(model, blocks, settings, steps * plan["max_epochs"])
+        optimizer, scheduler, params = _stage2_optimizer(
+            model, blocks, settings, steps * plan["max_epochs"], contrastive
+        )
         first = plan["first_epoch"]
         if resume is not None and resume.stage == 2:
             first = resume.epoch + 1
@@ -304,6 +311,7 @@ class _Loop:
         self.ctx = ctx
         self.on_best: Callable | None = None
         self.on_epoch: Callable | None = None
+        self.contrastive: ContrastiveLoss | None = None
         self.generator = torch.Generator().manual_seed(settings.seed)
         self.best: dict = {"score": None, "epoch": 0, "metrics": {}}
         self.best_model: dict | None = None
@@ -319,6 +327,8 @@ class _Loop:
         self.stale, self.stage, self.stage2 = state.stale_epochs, state.stage, state.stage2
         self.generator.set_state(state.generator)
         torch.set_rng_state(state.torch_rng)
+        if self.contrastive is not None:
+            self.contrastive.load_state_dict(state.contrastive)
 
     def state(self, epoch: int, optimizer, scheduler) -> TrainState:
         """What ``restore`` takes to continue after ``epoch`` as if the run had not stopped."""
@@ -336,6 +346,9 @@ class _Loop:
             stage=self.stage,
             stage2=copy.deepcopy(self.stage2),
             world_size=self.ctx.world_size,
+            contrastive={}
+            if self.contrastive is None
+            else {k: v.detach().cpu().clone() for k, v in self.contrastive.state_dict().items()},
         )
 
     def best_stage(self) -> int:
@@ -354,7 +367,7 @@ class _Loop:
                 self.train_enc.draw_views(self.generator)
             totals = _train_epoch(
                 model, self.train_enc, self.targets, self.weight, optimizer, scheduler, params, self.generator,
-                settings, self.device, self.should_stop, self.progress, epoch, last, self.ctx,
+                settings, self.device, self.should_stop, self.progress, epoch, last, self.ctx, self.contrastive,
             )  # fmt: skip
             if totals.seen == 0:
                 self.stopped = True
@@ -364,6 +377,7 @@ class _Loop:
                 "training_stage": self.stage,
                 "train_loss": totals.loss,
                 "train_accuracy": totals.correct / max(1, totals.answered),
+                **({} if totals.contrastive is None else {"train_contrastive_loss": totals.contrastive}),
                 "complete": totals.seen == len(self.targets),  # False: cut short by a stop or the time limit
                 "optimizer_steps": totals.steps,
                 "samples_per_s": round(totals.seen / (time.perf_counter() - epoch_start), 1),  # all processes
@@ -429,23 +443,35 @@ def _adamw(groups: list[dict], weight_decay: float) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, weight_decay=weight_decay, fused=True)
 
 
-def _optimizer(model: MultimodalClassifier, settings: TrainSettings, steps_per_epoch: int):
-    """AdamW with the encoders' own learning rate, warm-up then cosine decay over all epochs."""
+def _optimizer(
+    model: MultimodalClassifier,
+    settings: TrainSettings,
+    steps_per_epoch: int,
+    contrastive: ContrastiveLoss | None = None,
+):
+    """AdamW with the encoders' own learning rate, warm-up then cosine decay over all epochs;
+    the contrastive loss's projections (when on) learn at the fusion's rate."""
     encoder_params = [p for part in PARTS if part not in settings.freeze for p in getattr(model, part).parameters()]
     head_params = list(model.fusion.parameters()) + [p for head in model.heads() for p in head.parameters()]
     groups = [{"params": head_params, "lr": settings.lr}]
     if encoder_params:
         groups.append({"params": encoder_params, "lr": settings.encoder_lr})
+    if contrastive is not None:
+        groups += contrastive.parameter_groups(settings.lr)
     optimizer = _adamw(groups, settings.weight_decay)
     total_steps = steps_per_epoch * settings.epochs
     scheduler = get_cosine_schedule_with_warmup(optimizer, max(1, int(settings.warmup * total_steps)), total_steps)
-    return optimizer, scheduler, head_params + encoder_params
+    return optimizer, scheduler, [p for g in groups for p in g["params"]]
 
 
-def _stage2_optimizer(model: MultimodalClassifier, blocks: list[nn.Module], settings: TrainSettings, total_steps: int):
-    """AdamW for stage 2: the fusion and head at ``stage2_lr``, the k-th block from the top at
-    ``stage2_lr * layer_decay**k`` (features further down are more generic: they move less);
-    no weight decay on BatchNorm scales and shifts; warm-up then cosine decay over stage 2."""
+def _stage2_optimizer(
+    model: MultimodalClassifier, blocks: list[nn.Module], settings: TrainSettings, total_steps: int,
+    contrastive: ContrastiveLoss | None = None,
+):  # fmt: skip
+    """AdamW for stage 2: the fusion and head (and the contrastive loss's projections, when on)
+    at ``stage2_lr``, the k-th block from the top at ``stage2_lr * layer_decay**k`` (features
+    further down are more generic: they move less); no weight decay on BatchNorm scales and
+    shifts; warm-up then cosine decay over stage 2."""
     head_params = list(model.fusion.parameters()) + [p for head in model.heads() for p in head.parameters()]
     groups = [{"params": head_params, "lr": settings.stage2_lr}]
     for k, block in enumerate(blocks, start=1):
@@ -453,22 +479,35 @@ def _stage2_optimizer(model: MultimodalClassifier, blocks: list[nn.Module], sett
         weights = [p for p in block.parameters() if p.ndim > 1]
         norms = [p for p in block.parameters() if p.ndim <= 1]
         groups += [{"params": weights, "lr": lr}, {"params": norms, "lr": lr, "weight_decay": 0.0}]
+    if contrastive is not None:
+        groups += contrastive.parameter_groups(settings.stage2_lr)
     optimizer = _adamw(groups, settings.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, max(1, int(settings.warmup * total_steps)), total_steps)
     return optimizer, scheduler, [p for g in groups for p in g["params"]]
 
 
+class StepOutput(NamedTuple):
+    task_logits: tuple[torch.Tensor, ...]  # (B, L_t) for each task
+    contrastive: torch.Tensor | None  # (B,) the contrastive loss of each row; None when off
+
+
 class TrainStep(nn.Module):
     """The training forward of one batch as a module: DistributedDataParallel syncs the
-    gradients of what runs inside the forward of the module it wraps."""
+    gradients of what runs inside the forward of the module it wraps (the contrastive loss's
+    projections too, so they stay the same on every process)."""
 
-    def __init__(self, model: MultimodalClassifier):
+    def __init__(self, model: MultimodalClassifier, contrastive: ContrastiveLoss | None = None):
         super().__init__()
         self.model = model
+        self.contrastive = contrastive
 
-    def forward(self, encoded: Encoded, rows, drop_image, drop_text, device: torch.device) -> tuple[torch.Tensor, ...]:
+    def forward(self, encoded: Encoded, rows, drop_image, drop_text, device: torch.device) -> StepOutput:
         fm, px, ts, mask, index = encoded.batch(self.model, rows, device)
-        return self.model.forward_fusion(fm, ts, mask, drop_image, drop_text, index, px).task_logits()  # (B, L_t) each
+        task_logits = self.model.forward_fusion(fm, ts, mask, drop_image, drop_text, index, px).task_logits()
+        if self.contrastive is None:
+            return StepOutput(task_logits, None)
+        # the true pairs, whatever modality dropout hid from the classifier
+        return StepOutput(task_logits, self.contrastive(self.model.fusion, fm, px, ts, mask, index))
 
     def frozen_names(self) -> list[str]:
         """Parameters and buffers of the frozen encoders (identical on every process)."""
@@ -483,21 +522,25 @@ class EpochTotals(NamedTuple):
     seen: int  # rows trained on (all processes)
     steps: int  # optimizer steps
     answered: int  # labels trained on, over every task (``seen`` for one task)
+    contrastive: float | None = None  # mean contrastive loss (this process's rows); None when off
 
 
 def _train_epoch(
     model, encoded, targets, weight, optimizer, scheduler, params, generator, settings, device, should_stop, progress,
-    epoch, last_epoch, ctx: distributed.Context = distributed.SINGLE,
+    epoch, last_epoch, ctx: distributed.Context = distributed.SINGLE, contrastive: ContrastiveLoss | None = None,
 ) -> EpochTotals:  # fmt: skip
     """One pass over the training rows (until ``should_stop``, decided on rank 0).
 
     Every process draws the same global batches of ``world_size * batch_size`` rows and trains
     on its share of each; the loss is scaled so that DDP's average of the gradients is the
-    gradient of the global batch's mean loss, as one process with that batch would compute it."""
+    gradient of the global batch's mean loss, as one process with that batch would compute it.
+    With ``contrastive``, ``settings.contrastive`` times its mean over the rows is added (under
+    torchrun each process's negatives are the rows of its share)."""
     model.train()
-    step = TrainStep(model)
+    step = TrainStep(model, contrastive)
     step = ctx.wrap(step, ignore=step.frozen_names())
     total_loss, correct, seen, answered, seen_all, steps = 0.0, 0, 0, 0, 0, 0
+    total_contrastive = 0.0
     task_weights = settings.task_weights or [1.0] * targets.shape[1]
     batches = grouped_batches(encoded.rows_image, settings.batch_size * ctx.world_size, generator)
     for i, batch in enumerate(batches):
@@ -509,7 +552,9 @@ def _train_epoch(
         rows, scale = batch[share], float(hi > lo)
         y = targets[rows].to(device)  # (b, tasks), -1: no label for that task
         with autocast(device):
-            task_logits = step(encoded, rows, drop_image[share].to(device), drop_text[share].to(device), device)
+            task_logits, per_row_contrastive = step(
+                encoded, rows, drop_image[share].to(device), drop_text[share].to(device), device
+            )
         loss = torch.zeros((), device=device)
         for t, logits in enumerate(task_logits):
             known = y[:, t] >= 0
@@ -525,8 +570,13 @@ def _train_epoch(
             if scale:
                 correct += int((logits.argmax(-1)[known] == y[known, t]).sum())
                 answered += int(known.sum())
+        objective = loss
+        if per_row_contrastive is not None:  # the mean over the global batch's rows, as for the loss above
+            contrastive_loss = per_row_contrastive.sum() * scale / len(batch)
+            objective = loss + settings.contrastive * contrastive_loss
+            total_contrastive += contrastive_loss.item() * len(batch)
         optimizer.zero_grad(set_to_none=True)
-        (loss * ctx.world_size).backward()  # DDP divides the summed gradients by world_size
+        (objective * ctx.world_size).backward()  # DDP divides the summed gradients by world_size
         if settings.grad_clip:
             nn.utils.clip_grad_norm_(params, settings.grad_clip)
         optimizer.step()
@@ -545,8 +595,11 @@ def _train_epoch(
                 "loss": total_loss * ctx.world_size / seen_all,  # rank 0's estimate under torchrun
             }
         )
-    total_loss, correct, seen, answered = ctx.sum([total_loss, correct, seen, answered])
-    return EpochTotals(total_loss / max(1, seen), int(correct), int(seen), steps, int(answered))
+    total_loss, correct, seen, answered, total_contrastive = ctx.sum(
+        [total_loss, correct, seen, answered, total_contrastive]
+    )
+    mean_contrastive = total_contrastive / max(1, seen) if contrastive is not None else None
+    return EpochTotals(total_loss / max(1, seen), int(correct), int(seen), steps, int(answered), mean_contrastive)
 
 
 def _validate(model, encoded, targets, device, record, ctx=distributed.SINGLE) -> tuple[dict, tuple]:

@@ -55,6 +55,11 @@ ENCODE_MS_224 = 27.0  # EfficientNet-Lite0 features of one 224-px image (scales 
 TEXT_MS = 1.6  # MiniLM states of one question in a batch
 FUSION_MS_ROW = 1.5  # one training row through fusion + head, forward and backward ...
 FUSION_MS_ROW_REGION = 0.03  # ... plus this per image region (16 at 64 px, 196 at 224 px)
+# the image–text contrastive loss stays off: measured on the real-data benchmarks (bench-contrastive)
+CONTRASTIVE_WHY = (
+    "off: on the digit scans and the photo crops it did not beat training without it (docs/training.md); their"
+    " texts are questions that every image is asked, so a text cannot tell its image from the others"
+)
 VALIDATION_SHARE = 0.3  # an evaluation pass costs about this share of a training pass per row
 # each block's share of the stride-16 EfficientNet-Lite0's multiply-adds (stem first; counted
 # over its convolutions at 224 px): what training its top blocks adds to an epoch
@@ -273,6 +278,7 @@ def choose(
         f" (weights from {IMBALANCE_RATIO:g})",
     )
     threads = pick("cpu_threads", free_threads, threads_why)
+    contrastive = pick("contrastive", 0.0, CONTRASTIVE_WHY)
     settings = TrainSettings(
         epochs=epochs,
         batch_size=batch_size,
@@ -281,6 +287,7 @@ def choose(
         patience=patience,
         class_weights=class_weights,
         cpu_threads=threads,
+        contrastive=contrastive,
     )
     _choose_stage2(settings, pick, data, overrides, init_config or config, image_size, regions, speed)
     _choose_augmentation(settings, pick, data, overrides, init_config or config, image_size, budget_s, speed)

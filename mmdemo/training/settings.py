@@ -32,6 +32,9 @@ class TrainSettings:
     modality_dropout: float = 0.1  # per sample: image dropped with p/2, text dropped with p/2
     class_weights: bool = False
     label_smoothing: float = 0.0
+    # weight of the image–text contrastive loss added to the classification loss (0: off; see
+    # contrastive.py)
+    contrastive: float = 0.0
     grad_clip: float = 1.0
     patience: int | None = None  # stop after this many epochs without a better validation score
     cpu_threads: int | None = None  # torch threads on a CPU (None: torch's default)
@@ -101,6 +104,7 @@ class TrainState:
     stage: int = 1  # the stage that epoch belongs to
     stage2: dict | None = None  # stage 2's plan, once decided (see stage2.plan_stage2)
     world_size: int = 1  # a run resumes with as many processes as it had
+    contrastive: dict[str, torch.Tensor] = field(default_factory=dict)  # the contrastive loss's projections
 
 
 class Stopped(RuntimeError):
