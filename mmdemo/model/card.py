@@ -13,12 +13,64 @@ def _pct(value) -> str:
     return f"{100 * value:.1f} %" if isinstance(value, (int, float)) else "–"
 
 
+def _figure(value, digits: int = 4) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, (int, float)) else "–"
+
+
+def task_figures(model: dict, training: dict) -> list[dict]:
+    """Each task of a model of several tasks (none for one task): its name, labels, validation
+    accuracy, macro-F1 and expected calibration error as served (after its temperature, where
+    one was fitted), from the stored config and training record."""
+    extra = model.get("extra_tasks") or []
+    if not extra:
+        return []
+    tasks = [(model.get("task") or "label", model.get("labels", []), model.get("temperature", 1.0))]
+    tasks += [(t["name"], t["labels"], t["temperature"]) for t in extra]
+    records = training.get("tasks") or {}
+    out = []
+    for name, labels, temperature in tasks:
+        record = records.get(name) or {}
+        metrics, calibration = record.get("metrics") or {}, record.get("calibration") or {}
+        out.append(
+            {
+                "name": name,
+                "labels": list(labels),
+                "temperature": temperature,
+                "val_accuracy": metrics.get("val_accuracy", (metrics.get("report") or {}).get("accuracy")),
+                "val_macro_f1": metrics.get("val_macro_f1", (metrics.get("report") or {}).get("macro_f1")),
+                "ece": calibration.get("ece_after"),
+                "rows_without_label": record.get("rows_without_label"),
+            }
+        )
+    return out
+
+
+def task_table(tasks: list[dict]) -> list[str]:
+    """The Markdown table of ``task_figures``."""
+    lines = [
+        "| task | labels | validation accuracy | validation macro-F1 | ECE (15 bins) | temperature |",
+        "|---|---|---|---|---|---|",
+    ]
+    for t in tasks:
+        lines.append(
+            f"| {t['name']} | {', '.join(t['labels'])} | {_pct(t['val_accuracy'])} | {_figure(t['val_macro_f1'])} "
+            f"| {_figure(t['ece'])} | {_figure(t['temperature'], 3)} |"
+        )
+    return lines
+
+
 def app_model_card(name: str, data: dict) -> str:
     """Markdown: what the model answers, what it can be asked, how it was trained and measured."""
     model, training, scope = data.get("model", {}), data.get("training", {}), data.get("scope") or {}
     lines = [f"### {name}", "", training.get("description", "An mmdemo image + text classifier."), ""]
     labels = model.get("labels", [])
-    lines.append(f"**Answers ({len(labels)})**: {', '.join(labels)}")
+    tasks = task_figures(model, training)
+    if tasks:  # one answer per task
+        lines.append(f"**Tasks ({len(tasks)})**, one answer each:")
+        lines.append("")
+        lines += [f"- **{t['name']}** ({len(t['labels'])}): {', '.join(t['labels'])}" for t in tasks]
+    else:
+        lines.append(f"**Answers ({len(labels)})**: {', '.join(labels)}")
     lines.append("")
     lines.append(f"**Image input**: resized to {model.get('image_size', '?')} px squares for the image encoder.")
     if scope:
@@ -44,6 +96,10 @@ def app_model_card(name: str, data: dict) -> str:
         lines.append(f"- `{command}`")
     lines.append("")
 
+    if tasks:
+        lines += ["#### Each task on the validation rows", ""]
+        lines += task_table(tasks)
+        lines += ["", "The expected calibration error is after the task's own temperature, where one was fitted.", ""]
     bench = training.get("benchmark") or {}
     if bench.get("canonical"):
         sets = [("canonical wording", bench["canonical"]), ("held-out wording", bench.get("held_out_phrasing", {}))]

@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from ..folders import new_folder, replace_folder
 from ..metrics import reliability_rows
+from .card import task_figures, task_table
 from .classifier import ModelConfig, MultimodalClassifier, build_model
 from .encoders import LITE0_PACKAGE, MINILM_PACKAGE
 
@@ -175,7 +176,12 @@ def model_card(name: str, data: dict) -> str:
     config, training = data["model"], data["training"]
     lines = [f"# {name}", "", training.get("description", "An mmdemo image + text classifier."), ""]
     lines += ["## Model", ""]
-    lines.append(f"- Labels ({len(config['labels'])}): {', '.join(config['labels'])}")
+    tasks = task_figures(config, training)
+    if tasks:
+        lines.append(f"- Tasks ({len(tasks)}), one head each:")
+        lines += [f"  - {t['name']}: labels ({len(t['labels'])}): {', '.join(t['labels'])}" for t in tasks]
+    else:
+        lines.append(f"- Labels ({len(config['labels'])}): {', '.join(config['labels'])}")
     lines.append(
         f"- Image encoder: {config['image_encoder']} at {config['image_size']} px"
         + (f", output stride {config['image_stride']}" if config["image_encoder"] == "efficientnet_lite0" else "")
@@ -197,11 +203,18 @@ def model_card(name: str, data: dict) -> str:
         if "command" in training:
             lines += ["```", training["command"], "```", ""]
         for key, value in training.items():
-            skip = ("command", "description", "metrics", "benchmark", "history", "calibration", "stages")
+            skip = ("command", "description", "metrics", "benchmark", "history", "calibration", "stages", "tasks")
             if key not in (*skip, "start_comparison"):
                 lines.append(f"- {key}: {value}")
     if training.get("start_comparison"):  # training/finetune.py start_comparison
         lines += ["", "## Compared with the starting checkpoint", "", training["start_comparison"]["summary"]]
+    if tasks:
+        lines += ["", "## Tasks", "", *task_table(tasks)]
+        lines += ["", "Validation figures of each task on the rows with a label for it; the expected calibration"]
+        lines.append("error is after the task's own temperature, where one was fitted.")
+        for t in tasks:
+            if t["rows_without_label"]:
+                lines.append(f"- {t['name']}: {t['rows_without_label']} training rows had no label for it")
     if training.get("stages"):
         lines += ["", "## Stages", ""]
         lines += [stage_line(stage) for stage in training["stages"]]
@@ -223,6 +236,8 @@ def model_card(name: str, data: dict) -> str:
     if metrics:
         lines += ["", "## Metrics", "", "| metric | value |", "|---|---|"]
         for key, value in metrics.items():
+            if key == "tasks" and tasks:
+                continue  # each task's figures: the Tasks table
             lines.append(f"| {key} | {value:.4f} |" if isinstance(value, float) else f"| {key} | {value} |")
     return "\n".join(lines) + "\n"
 
