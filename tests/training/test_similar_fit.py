@@ -27,3 +27,12 @@ def test_finetune_indexes_the_training_rows_of_its_split_only(tmp_path):
     assert split.val and indexed == as_rows(split.train)
     assert not set(indexed) & set(as_rows(split.val))
     assert len(index.thumbnails) == len(index.images) == len({e.image for e in split.train})
+
+
+def test_a_row_of_several_tasks_is_listed_with_each_tasks_label():
+    from mmdemo.datasets.csv_table import Example
+    from mmdemo.training.similar_fit import row_label
+
+    assert row_label(Example(2, Path("a.png"), "q", "cat")) == "cat"
+    several = Example(3, Path("a.png"), "q", "", labels={"animal": "", "colour": "red", "size": "big"})
+    assert row_label(several) == "colour: red; size: big"  # a task without a label for the row is left out
