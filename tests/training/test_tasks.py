@@ -87,6 +87,37 @@ def test_one_model_learns_every_task_and_masks_empty_cells(two_task_rows, tmp_pa
     assert prediction.label == "blue"
     assert {t: a["label"] for t, a in prediction.tasks.items()} == {"colour": "blue", "place": "left"}
     assert sum(prediction.tasks["place"]["scores"].values()) == pytest.approx(1.0, abs=1e-5)
+    # the gradient method explains the task asked for: another task, another map
+    served = Predictor(load_checkpoint(tmp_path / "ckpt"), backend="torch")  # a Predictor owns its model
+    colour_map = served.predict(image, "tell me about the square", "gradient")
+    place_map = served.predict(image, "tell me about the square", "gradient", "place")
+    assert (colour_map.explained_task, place_map.explained_task) == ("colour", "place")
+    assert not np.allclose(colour_map.explanation.heatmap, place_map.explanation.heatmap)
+    with pytest.raises(ValueError, match="no task 'size'"):
+        served.predict(image, "tell me about the square", task="size")
+
+    # ONNX: one logits output per task, named after it, that ONNX Runtime runs as PyTorch does
+    import onnxruntime as ort
+
+    from mmdemo.inference.export import export_onnx
+    from mmdemo.model.preprocess import image_to_tensor, tokenize
+
+    loaded = load_checkpoint(tmp_path / "ckpt")
+    written = export_onnx(loaded, tmp_path / "model.onnx")
+    assert written["outputs"][0] == "logits" and written["outputs"][-1] == "logits_place"
+    assert written["tasks"]["place"] == {"labels": ["left", "right"], "output": "logits_place", "temperature": 1.0}
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"))
+    batch = tokenize(served.tokenizer, ["tell me about the square"], loaded.config.max_tokens)
+    pixels = image_to_tensor(image.convert("RGB"), loaded.config)[None]
+    feed = {
+        "pixels": pixels.numpy(),
+        "input_ids": batch.input_ids.numpy(),
+        "attention_mask": batch.attention_mask.numpy(),
+    }
+    place = session.run(["logits_place"], feed)[0]
+    with torch.no_grad():
+        expected = loaded(pixels, batch.input_ids, batch.attention_mask).extra_logits[0]
+    assert np.allclose(place, expected.numpy(), atol=1e-4)
 
 
 def test_the_task_weights_weigh_the_loss(two_task_rows):
