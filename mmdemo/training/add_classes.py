@@ -461,11 +461,21 @@ def add_classes(request: AddClassesRequest, progress: Progress | None = None) ->
 def _add_classes(request: AddClassesRequest, progress: Progress, started: float, out: Path) -> AddClassesResult:
     device = resolve_device(request.device)
     start = load_checkpoint(request.init, device)
-    tasks = getattr(start.config, "tasks", None)
-    if request.task is not None and not tasks:
+    tasks = start.config.task_names()
+    if request.task is not None and len(tasks) == 1:
         raise ValueError(
             f"{Path(request.init).name} answers one task only; leave out the task (it names one of a checkpoint's"
             " several tasks)"
+        )
+    if request.task is not None and request.task != tasks[0]:
+        known = request.task in tasks
+        raise ValueError(
+            f"{Path(request.init).name}: new labels can be taught to its first task, {tasks[0]!r}, only"
+            + (
+                f"; to teach {request.task!r} new labels, fine-tune on data with them"
+                if known
+                else f"; it has no task {request.task!r} (its tasks: {', '.join(tasks)})"
+            )
         )
     for p in start.parameters():
         p.requires_grad_(False)
@@ -477,11 +487,22 @@ def _add_classes(request: AddClassesRequest, progress: Progress, started: float,
 
     replay_rows, calibration_rows = _replay_sample(request.replay, old_labels, request.seed)
     method = request.method
-    if method == "auto":
+    if len(tasks) > 1:  # replay steps move the fusion that every task's head reads: the other tasks would drift
+        if method == "replay":
+            raise ValueError(
+                f"{Path(request.init).name} answers {len(tasks)} tasks: the replay method would change the answers"
+                " of the others; use --method imprint (or auto)"
+            )
+        method = "imprint"
+        warnings.append(
+            f"taught to the task {tasks[0]!r} by imprinting only (its head's new rows): the other tasks'"
+            f" answers ({', '.join(tasks[1:])}) are unchanged"
+        )
+    elif method == "auto":
         method = "replay" if replay_rows else "imprint"
     if method == "replay" and not replay_rows:
         raise ValueError("the replay method needs rows of the old classes (a replay CSV with the model's labels)")
-    if method == "imprint":
+    if method == "imprint" and len(tasks) == 1:
         warnings.append(
             "no rows of the old classes to replay: only the new classes' head rows were fitted, which protects"
             " the old classes less (give the training CSV with --replay-csv)"

@@ -182,3 +182,32 @@ def test_train_and_batch_predict_answer_every_task_from_the_cli(two_task_rows, t
         assert right >= 0.9, (task, right)
         assert all(0.0 < float(r[f"confidence_{task}"]) <= 1.0 for r in rows)
     assert all(r["prediction"] == r["prediction_colour"] for r in rows)
+
+
+def test_new_labels_go_to_the_first_task_and_leave_the_others_unchanged(two_task_rows, tmp_path):
+    from mmdemo.training.add_classes import AddClassesRequest, add_classes
+
+    ds = read_csv(two_task_rows, text_column="question", label_column=["colour", "place"])
+    model = train(ds, ds, _settings(epochs=6), config=tiny_config()).model
+    start = save_checkpoint(model, tmp_path / "start")
+    rows = []
+    for i in range(3):
+        a = np.full((32, 32, 3), 255, np.uint8)
+        a[10:18, 2 + 6 * i : 10 + 6 * i] = (0, 200, 0)
+        Image.fromarray(a).save(tmp_path / f"green{i}.png")
+        rows.append([f"green{i}.png", "tell me about the square", "green"])
+    with open(tmp_path / "new.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["image", "text", "label"], *rows])
+    new = read_csv(tmp_path / "new.csv")
+    with pytest.raises(ValueError, match="first task, 'colour', only"):
+        add_classes(AddClassesRequest(init=start, dataset=new, out=tmp_path / "wrong", task="place"))
+    with pytest.raises(ValueError, match="no task 'size'"):
+        add_classes(AddClassesRequest(init=start, dataset=new, out=tmp_path / "wrong", task="size"))
+    result = add_classes(AddClassesRequest(init=start, dataset=new, out=tmp_path / "taught", task="colour"))
+    assert any("unchanged" in w for w in result.warnings)
+    taught = load_checkpoint(result.checkpoint)
+    assert taught.config.labels == ["blue", "red", "green"] and taught.config.extra_tasks == model.config.extra_tasks
+    before, after = load_checkpoint(start).state_dict(), taught.state_dict()
+    for key in before:
+        if not key.startswith("head."):
+            assert torch.equal(before[key], after[key]), key  # only the first task's head changed
