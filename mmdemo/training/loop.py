@@ -522,7 +522,7 @@ class EpochTotals(NamedTuple):
     seen: int  # rows trained on (all processes)
     steps: int  # optimizer steps
     answered: int  # labels trained on, over every task (``seen`` for one task)
-    contrastive: float | None = None  # mean contrastive loss (this process's rows); None when off
+    contrastive: float | None = None  # mean contrastive loss per row (all processes); None when off
 
 
 def _train_epoch(

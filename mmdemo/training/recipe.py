@@ -57,7 +57,7 @@ FUSION_MS_ROW = 1.5  # one training row through fusion + head, forward and backw
 FUSION_MS_ROW_REGION = 0.03  # ... plus this per image region (16 at 64 px, 196 at 224 px)
 # the image–text contrastive loss stays off: measured on the real-data benchmarks (bench-contrastive)
 CONTRASTIVE_WHY = (
-    "off: on the digit scans and the photo crops it did not beat training without it (docs/training.md); their"
+    "off: on the digit scans and the photo patches it did not beat training without it (docs/training.md); their"
     " texts are questions that every image is asked, so a text cannot tell its image from the others"
 )
 VALIDATION_SHARE = 0.3  # an evaluation pass costs about this share of a training pass per row
