@@ -211,7 +211,8 @@ def run_job(record_path: str, link: ServerLink) -> None:
         force=True,
         state=state,
         progress=1.0 if state == "done" else record["progress"],
-        report={**result.report, "calibration": result.record.get("calibration")},  # the tab's diagram
+        # the tab's diagram, and every task's figures for a model of several
+        report={**result.report, "calibration": result.record.get("calibration"), "tasks": result.record.get("tasks")},
         finished=time.time(),
         stopped_by=result.stopped_by,
         start_comparison=comparison,

@@ -317,6 +317,18 @@ def training_curves(history: list[dict]) -> go.Figure:
             fig.add_trace(
                 go.Scatter(x=epochs, y=[h.get(key) for h in history], name=name, yaxis=axis, mode="lines+markers")
             )
+    tasks = list(dict.fromkeys(t for h in history for t in h.get("tasks", {})))
+    for task in tasks if len(tasks) > 1 else ():  # a model of several tasks: each task's validation accuracy
+        fig.add_trace(
+            go.Scatter(
+                x=epochs,
+                y=[h.get("tasks", {}).get(task, {}).get("val_accuracy") for h in history],
+                name=f"validation accuracy: {task}",
+                yaxis="y2",
+                mode="lines+markers",
+                line={"dash": "dot"},
+            )
+        )
     fig.update_layout(
         xaxis_title="epoch",
         yaxis={"title": "loss"},

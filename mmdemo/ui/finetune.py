@@ -223,6 +223,13 @@ def status_views(status: dict):
         if report.get("per_class")
         else []
     )
+    tasks = report.get("tasks") or {}
+    if len(tasks) > 1:  # a model of several tasks: every task's classes, "task: label"
+        table = [
+            [f"{task}: {label}", round(v["precision"], 3), round(v["recall"], 3), round(v["f1"], 3), v["support"]]
+            for task, t in tasks.items()
+            for label, v in t.get("metrics", {}).get("report", {}).get("per_class", {}).items()
+        ]
     resume = gr.update(visible=bool(status.get("resumable")))
     return status_text(status), bar, curves, confusion, reliability, table, resume, plan_text(status)
 

@@ -78,6 +78,10 @@ def test_one_model_learns_every_task_and_masks_empty_cells(two_task_rows, tmp_pa
     best = result.best_metrics
     assert best["tasks"]["colour"]["val_accuracy"] == 1.0 and best["tasks"]["place"]["val_accuracy"] == 1.0
     assert len(result.task_val) == 2 and int((result.task_val[0][1] == -1).sum()) == 1  # the empty cell
+    from mmdemo.explain.render import training_curves
+
+    names = [trace.name for trace in training_curves(result.history).data]
+    assert "validation accuracy: colour" in names and "validation accuracy: place" in names  # the live curves
 
     save_checkpoint(result.model, tmp_path / "ckpt")
     loaded = load_checkpoint(tmp_path / "ckpt")  # strict: the extra head's weights are all there

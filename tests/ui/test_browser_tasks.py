@@ -82,6 +82,7 @@ def test_two_ticked_label_columns_train_one_model_that_answers_both(url, app, tw
         page.locator("#checkpoint-name textarea, #checkpoint-name input").first.fill("two-tasks")
         page.locator("#start-button").click()
         expect(page.locator("#job-status")).to_contain_text("done", timeout=300_000)
+        expect(page.locator("#per-class")).to_contain_text("place: left", timeout=30_000)  # every task's classes
 
         record = next(r for r in app.jobs.records() if r["checkpoint"] == "two-tasks")
         assert record["data"]["label_column"] == ["colour", "place"]  # one job, one model
