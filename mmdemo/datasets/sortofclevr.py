@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -203,21 +204,32 @@ def generate(out_dir: str | Path, n_images: int, seed: int, phrasing: str = "tra
     """Write ``out_dir/images/*.png`` and ``out_dir/data.csv``; returns the CSV path."""
     if phrasing not in PHRASING_SETS:
         raise ValueError(f"phrasing must be one of {sorted(PHRASING_SETS)}, got {phrasing!r}")
-    out_dir = Path(out_dir)
-    (out_dir / "images").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    digits = max(4, math.ceil(math.log10(max(n_images, 2))))
-    csv_path = out_dir / "data.csv"
-    with open(csv_path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        writer.writeheader()
-        for i in range(n_images):
-            scene = random_scene(rng)
-            name = f"images/{i:0{digits}d}.png"
-            render(scene).save(out_dir / name)
+    with _scene_writer(out_dir, FIELDS) as writer:
+        for name, scene in _scenes(out_dir, n_images, rng):
             for row in questions(scene, rng, PHRASING_SETS[phrasing], per_kind):
                 writer.writerow({"image": name, **row})
-    return csv_path
+    return Path(out_dir) / "data.csv"
+
+
+@contextmanager
+def _scene_writer(out_dir: str | Path, fields: list[str]):
+    """``out_dir/data.csv`` opened with its header written (and ``out_dir/images`` made)."""
+    (Path(out_dir) / "images").mkdir(parents=True, exist_ok=True)
+    with open(Path(out_dir) / "data.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        yield writer
+
+
+def _scenes(out_dir: str | Path, n_images: int, rng: np.random.Generator):
+    """``n_images`` random scenes, each saved as ``out_dir/images/NNNN.png``: (name, scene)."""
+    digits = max(4, math.ceil(math.log10(max(n_images, 2))))
+    for i in range(n_images):
+        scene = random_scene(rng)
+        name = f"images/{i:0{digits}d}.png"
+        render(scene).save(Path(out_dir) / name)
+        yield name, scene
 
 
 # several answers per row: one request names one object; each label column is a task about it
@@ -236,24 +248,15 @@ def generate_tasks(out_dir: str | Path, n_images: int, seed: int, per_image: int
     about the red object.") and the columns shape, side, height and nearest_shape answer the
     shape, left/right, top/bottom and closest-object questions about it. ``per_image`` rows
     (distinct colours) per scene. Writes ``out_dir/images/*.png`` and ``out_dir/data.csv``."""
-    out_dir = Path(out_dir)
-    (out_dir / "images").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    digits = max(4, math.ceil(math.log10(max(n_images, 2))))
-    csv_path = out_dir / "data.csv"
-    with open(csv_path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["image", "text", *TASK_COLUMNS, "color"])
-        writer.writeheader()
-        for i in range(n_images):
-            scene = random_scene(rng)
-            name = f"images/{i:0{digits}d}.png"
-            render(scene).save(out_dir / name)
+    with _scene_writer(out_dir, ["image", "text", *TASK_COLUMNS, "color"]) as writer:
+        for name, scene in _scenes(out_dir, n_images, rng):
             for j in rng.permutation(len(COLORS))[:per_image]:
                 color = list(COLORS)[int(j)]
                 text = TASK_REQUESTS[int(rng.integers(len(TASK_REQUESTS)))].format(c=color)
                 answers = {column: answer(scene, qtype, color)[0] for column, qtype in TASK_COLUMNS.items()}
                 writer.writerow({"image": name, "text": text, **answers, "color": color})
-    return csv_path
+    return Path(out_dir) / "data.csv"
 
 
 def write_examples(folder: str | Path, seed: int = 2024) -> Path:

@@ -130,3 +130,21 @@ def test_generate_writes_the_standard_csv(tmp_path):
     assert not ({r["text"] for r in held} & train_texts)
     with pytest.raises(ValueError, match="phrasing"):
         generate(tmp_path / "x", 1, seed=0, phrasing="pirate")
+
+
+def test_the_tasks_set_answers_four_questions_about_the_object_each_row_names(tmp_path):
+    import csv
+
+    from mmdemo.datasets.csv_table import read_csv
+    from mmdemo.datasets.sortofclevr import TASK_COLUMNS, generate_tasks
+
+    path = generate_tasks(tmp_path, 5, seed=2, per_image=3)
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 15 and len({r["color"] for r in rows[:3]}) == 3  # distinct objects per scene
+    for row in rows:
+        assert row["color"] in row["text"]
+        assert row["shape"] in ("circle", "square") and row["nearest_shape"] in ("circle", "square")
+        assert row["side"] in ("left", "right") and row["height"] in ("top", "bottom")
+    ds = read_csv(path, label_column=list(TASK_COLUMNS))
+    assert ds.tasks == list(TASK_COLUMNS) and not ds.rejected
