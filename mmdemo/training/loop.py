@@ -243,6 +243,8 @@ def train(
             loop.stage2 = agree_plan(ctx, plan)
             if loop.stage2["ran"]:
                 loop.stage = 2
+        if loop.stage == 1 and resume is None and time_left is not None:
+            _extend_stage1(loop, model, optimizer, settings, steps, time_left, prepare_seconds, params, ctx)
     if loop.stage == 2:
         plan = loop.stage2
         setup_start = time.perf_counter()
@@ -283,6 +285,8 @@ def train(
     result.best_metrics["prepare_seconds"] = round(prepare_seconds, 1)
     if result.stages and settings.stage1_augment:
         result.stages[0]["augmented_copies"] = copies
+    if result.stages and loop.extension:
+        result.stages[0]["extended"] = loop.extension
     if val_enc is not None and loop.history:
         val_logits = predict_encoded(model, val_enc, device, ctx=ctx, tasks=True)
         result.val_logits, result.val_targets = val_logits[0], val_targets[:, 0]
@@ -321,6 +325,7 @@ class _Loop:
         self.stage2: dict | None = None
         self.stopped = False  # by should_stop
         self.stopped_early = False  # by the patience rule
+        self.extension: dict | None = None  # more stage-1 epochs in the time left (_extend_stage1)
 
     def restore(self, state: TrainState) -> None:
         self.best, self.best_model, self.history = state.best, state.best_model, list(state.history)
@@ -404,6 +409,36 @@ class _Loop:
             if patience is not None and self.stale >= patience:
                 self.stopped_early = True
                 break
+
+
+EXTEND_LR = 0.5  # a stage-1 extension's cosine cycle starts from this share of stage 1's peak learning rate
+
+
+def _extend_stage1(loop, model, optimizer, settings, steps, time_left, prepare_seconds, params, ctx) -> None:
+    """More stage-1 epochs when stage 1 ran all its planned epochs (no stop, no patience rule),
+    stage 2 does not run, and the time left fits at least two more: the recipe plans its epochs
+    from an estimate of the machine's speed, which can be pessimistic, and a budget left unused
+    is accuracy given away. The epochs that fit, measured by stage 1's own epochs (at most as
+    many again), follow a second cosine cycle from EXTEND_LR of the peak rate (a warm restart,
+    SGDR); the best epoch stays the one to beat. Not for a resumed run (its plan is its own)."""
+    history = [h for h in loop.history if h.get("training_stage", 1) == 1]
+    if loop.stopped or loop.stopped_early or not history or len(history) < settings.epochs:
+        return
+    epoch_s = sorted(h["epoch_seconds"] for h in history)[len(history) // 2]
+    left, epoch_s = ctx.sum([time_left() if ctx.is_main else 0.0, epoch_s if ctx.is_main else 0.0])  # rank 0's
+    extra = min(settings.epochs, int((left - prepare_seconds) / max(epoch_s, 1e-6)))
+    if extra < 2:
+        return
+    for group in optimizer.param_groups:
+        group["initial_lr"] = group["initial_lr"] * EXTEND_LR
+    scheduler = get_cosine_schedule_with_warmup(optimizer, 0, steps * extra)
+    first = history[-1]["epoch"] + 1
+    loop.extension = {
+        "epochs": [first, first + extra - 1],
+        "why": f"stage 1 ran its {settings.epochs} planned epochs with {left:.0f} s left: {extra} more of about"
+        f" {epoch_s:.0f} s, a second cosine cycle from {EXTEND_LR:g} x the learning rate",
+    }
+    loop.run(first, first + extra - 1, settings.patience, optimizer, scheduler, params)
 
 
 COPIES_SHARE = 0.4  # stage 1's augmented copies are made only when they take at most this share of the time left
