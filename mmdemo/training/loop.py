@@ -420,9 +420,10 @@ def _extend_stage1(loop, model, optimizer, settings, steps, time_left, prepare_s
     from an estimate of the machine's speed, which can be pessimistic, and a budget left unused
     is accuracy given away. The epochs that fit, measured by stage 1's own epochs (at most as
     many again), follow a second cosine cycle from EXTEND_LR of the peak rate (a warm restart,
-    SGDR); the best epoch stays the one to beat. Not for a resumed run (its plan is its own)."""
+    SGDR); the best epoch stays the one to beat. Only for epochs the recipe chose
+    (``settings.extend_epochs``), not for a resumed run (its plan is its own)."""
     history = [h for h in loop.history if h.get("training_stage", 1) == 1]
-    if loop.stopped or loop.stopped_early or not history or len(history) < settings.epochs:
+    if not settings.extend_epochs or loop.stopped or loop.stopped_early or len(history) < max(1, settings.epochs):
         return
     epoch_s = sorted(h["epoch_seconds"] for h in history)[len(history) // 2]
     left, epoch_s = ctx.sum([time_left() if ctx.is_main else 0.0, epoch_s if ctx.is_main else 0.0])  # rank 0's

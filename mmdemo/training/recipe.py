@@ -288,6 +288,7 @@ def choose(
         class_weights=class_weights,
         cpu_threads=threads,
         contrastive=contrastive,
+        extend_epochs="epochs" not in overrides,  # epochs it chose from an estimate, not the user's
     )
     _choose_stage2(settings, pick, data, overrides, init_config or config, image_size, regions, speed)
     _choose_augmentation(settings, pick, data, overrides, init_config or config, image_size, budget_s, speed)
@@ -415,6 +416,14 @@ def _choose_augmentation(
         if touched
         else "brightness and contrast jittered by up to 20 %: no question is about brightness or colour",
     )
+    framed = settings.augment_zoom < 1 or settings.augment_mirror or settings.augment_shift or settings.augment_colour
+    if stage1 and not framed:  # a copy would differ by a blur alone: the epochs its encoding costs are worth more
+        settings.stage1_augment = pick(
+            "stage1_augment",
+            False,
+            "photos whose questions or labels are about where things are, their direction and their colour: a copy"
+            " could differ by a slight blur only, so stage 1 trains on the images as they are (more epochs instead)",
+        )
 
 
 def cpu_threads(cores: int | None = None, load: float | None = None, busy: float | None = None) -> tuple[int, str]:

@@ -64,6 +64,9 @@ class TrainSettings:
     # several tasks: the loss is the sum over the tasks of each task's weight times its loss
     # (None: 1 each)
     task_weights: list[float] | None = None
+    # more stage-1 epochs when the planned ones end with time to spare (loop._extend_stage1): the
+    # recipe turns it on for the epochs it chose, never for epochs set explicitly
+    extend_epochs: bool = False
 
 
 @dataclass

@@ -279,3 +279,14 @@ def test_busy_cores_sees_a_process_that_keeps_a_core_busy():
         assert busy_cores(0.5) >= 0.6
     finally:
         spinner.kill()
+
+
+def test_photos_whose_questions_leave_only_blur_train_stage1_on_the_images_as_they_are():
+    placed = DataProfile(9000, 1500, 5, {"a": 1, "b": 1}, 75, 1.0, _words(
+        "Tell me about the red object. side left right height top bottom"
+    ))  # fmt: skip
+    recipe = choose(placed)
+    assert recipe.settings.augment_zoom == 1 and not recipe.settings.augment_mirror
+    assert recipe.settings.augment_shift == 0 and recipe.settings.augment_colour == 0
+    assert not recipe.settings.stage1_augment and "blur only" in recipe.choices["stage1_augment"]["why"]
+    assert choose(placed, overrides={"stage1_augment": True}).settings.stage1_augment  # an explicit choice wins

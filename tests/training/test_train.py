@@ -347,12 +347,14 @@ def test_finetune_holds_out_whole_groups_and_says_so(sixteen_rows, tmp_path):
 
 def test_time_left_after_the_planned_epochs_trains_more_epochs(sixteen_rows):
     ds = read_csv(sixteen_rows)
-    planned = train(ds, ds, _settings(epochs=2), config=tiny_config())  # no time limit: as planned
-    extended = train(ds, ds, _settings(epochs=2), config=tiny_config(), time_left=lambda: 3600.0)
+    planned = train(ds, ds, _settings(epochs=2, extend_epochs=True), config=tiny_config())  # no time limit
+    extended = train(ds, ds, _settings(epochs=2, extend_epochs=True), config=tiny_config(), time_left=lambda: 3600.0)
+    mine = train(ds, ds, _settings(epochs=2), config=tiny_config(), time_left=lambda: 3600.0)
+    assert [h["epoch"] for h in mine.history] == [1, 2]  # epochs set explicitly are kept
     assert [h["epoch"] for h in planned.history] == [1, 2] and "extended" not in planned.stages[0]
     assert [h["epoch"] for h in extended.history] == [1, 2, 3, 4]
     assert extended.stages[0]["extended"]["epochs"] == [3, 4]
     # the first epochs are the planned run's, to the bit
     assert [h["train_loss"] for h in extended.history[:2]] == [h["train_loss"] for h in planned.history]
-    tight = train(ds, ds, _settings(epochs=2), config=tiny_config(), time_left=lambda: 0.0)
+    tight = train(ds, ds, _settings(epochs=2, extend_epochs=True), config=tiny_config(), time_left=lambda: 0.0)
     assert [h["epoch"] for h in tight.history] == [1, 2]  # no time left: nothing more
