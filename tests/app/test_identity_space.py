@@ -182,7 +182,7 @@ def test_a_replayed_session_hash_does_not_redraw_its_visitors_prediction(space):
     image = {"path": uploaded.json()[0], "meta": {"_type": "gradio.FileData"}, "orig_name": example.name}
     token = secrets.token_urlsafe(32)
     alice = Page(space.url)
-    answered = alice.call("predict-button", "click", [image, "What shape is the red object?", None, "raw", 0.5, token])
+    answered = alice.call("predict-button", "click", [image, "What shape is the red object?", None, "raw", 0.5, token, None])
     assert "data" in answered  # the prediction, kept in alice's session for her word clicks
     word = {"index": 0, "value": ["What", 0.5], "selected": True}
     bob = Page(space.url, session_hash=alice.session_hash)
