@@ -176,9 +176,9 @@ def read_csv(
     text_columns, label_columns = column_list(text_column), column_list(label_column)
     if not text_columns or not label_columns:
         raise ValueError("name at least one text column and one label column")
-    repeated = sorted({c for c in label_columns + text_columns if (label_columns + text_columns).count(c) > 1})
+    repeated = sorted({c for names in (text_columns, label_columns) for c in names if names.count(c) > 1})
     if repeated:
-        raise ValueError(f"column(s) {repeated} named more than once among the text and label columns")
+        raise ValueError(f"column(s) {repeated} named more than once among the text columns or the label columns")
     text_column, label_column = text_columns[0], label_columns[0]
     several = len(label_columns) > 1
     csv_path = Path(csv_path)
