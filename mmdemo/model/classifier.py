@@ -46,6 +46,9 @@ class ModelConfig:
     fusion_layers: int = 3  # text layers: cross-attention to regions, self-attention
     region_layers: int = 2  # region self-attention layers, run once per image
     patch_embedding: bool = True  # add a linear embedding of each region's own pixels
+    # the summary also reads where each cross-attention head looked (fusion.py); configs from
+    # before it was there load as without it (``from_dict``)
+    position_readout: bool = True
     dropout: float = 0.1
     # calibration: probabilities are softmax(logits / temperature); fitted on the validation
     # split after training (1.0 = as trained)
@@ -146,7 +149,7 @@ class ModelConfig:
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown model config keys: {sorted(unknown)}")
-        return cls(**data)
+        return cls(**{"position_readout": False, **data})
 
 
 class ModelOutput(NamedTuple):
@@ -293,6 +296,7 @@ def build_model(config: ModelConfig, pretrained: bool = True) -> MultimodalClass
         config.region_layers,
         config.dropout,
         patch_size=image_encoder.output_stride if config.patch_embedding else 0,
+        position_readout=config.position_readout,
     )
     extra_heads = nn.ModuleList([make_head(config, len(t["labels"])) for t in config.extra_tasks])
     return MultimodalClassifier(

@@ -14,6 +14,13 @@ Two stacks:
 A learned summary token is prepended to the text; the head reads its final state. It makes
 an image-only input well defined (the summary token alone queries the image), while a
 text-only input replaces every region with a learned "missing image" token.
+
+With ``position_readout`` the summary also carries *where* the text looked: the expected (x, y)
+of each cross-attention head's weights, for the summary token and for the mean text token. Once
+a question's words have found their object (which its colour or shape teaches in the first
+steps), left/right and top/bottom are a linear function of these coordinates, instead of a
+direction the value vectors must first learn to carry; several tasks about one object then
+learn their positions together rather than one after another.
 """
 
 from __future__ import annotations
@@ -175,6 +182,7 @@ class CrossModalFusion(nn.Module):
         region_layers: int,
         dropout: float,
         patch_size: int = 0,
+        position_readout: bool = False,
     ):
         super().__init__()
         self.image_proj = nn.Sequential(nn.Linear(image_channels, dim), nn.LayerNorm(dim))
@@ -191,6 +199,12 @@ class CrossModalFusion(nn.Module):
         self.region_norm = nn.LayerNorm(dim)
         self.layers = nn.ModuleList(TextLayer(dim, heads, dropout) for _ in range(layers))
         self.norm = nn.LayerNorm(2 * dim)
+        # (x, y) of [summary; mean token] per layer and head -> the pooled state; zero at first,
+        # so the model starts as one without it
+        self.position_readout = nn.Linear(layers * heads * 4, 2 * dim) if position_readout else None
+        if self.position_readout is not None:
+            nn.init.zeros_(self.position_readout.weight)
+            nn.init.zeros_(self.position_readout.bias)
         self.dim = dim
 
     def encode_regions(
@@ -276,4 +290,31 @@ class CrossModalFusion(nn.Module):
         # object (the colour word finding the red one) reaches the head in one hop
         weights = text_mask[..., None].to(text.dtype)
         pooled = torch.cat([text[:, 0], (text * weights).sum(1) / weights.sum(1)], dim=-1)  # (B, 2D)
+        if self.position_readout is not None:
+            pooled = pooled + self.position_readout(attended_positions(cross, text_mask))
         return self.norm(pooled), tuple(cross), tuple(text_self)
+
+
+def region_coordinates(n_regions: int) -> torch.Tensor:
+    """(R, 2) centres (x, y) in [-1, 1] of a square grid of ``n_regions`` regions, row by row."""
+    side = math.isqrt(n_regions)
+    if side * side != n_regions:
+        raise ValueError(f"the position readout needs a square region grid, got {n_regions} regions")
+    centres = (torch.arange(side, dtype=torch.float32) + 0.5) / side * 2 - 1
+    ys, xs = torch.meshgrid(centres, centres, indexing="ij")
+    return torch.stack([xs.flatten(), ys.flatten()], dim=1)
+
+
+def attended_positions(cross: list[torch.Tensor], text_mask: torch.Tensor) -> torch.Tensor:
+    """Where the text looked: per layer's (B, H, 1 + T, R) cross-attention, the expected region
+    centre of each head for the summary token and for the mean of the text tokens (``text_mask``
+    (B, 1 + T), the summary first) -> (B, layers * H * 4)."""
+    coords = region_coordinates(cross[0].shape[-1]).to(cross[0].device, cross[0].dtype)  # (R, 2)
+    tokens = text_mask[:, 1:].to(cross[0].dtype)  # (B, T)
+    share = tokens / tokens.sum(1, keepdim=True).clamp(min=1)  # (B, T): zeros without text
+    out = []
+    for weights in cross:
+        summary = weights[:, :, 0] @ coords  # (B, H, 2)
+        mean = torch.einsum("bt,bhtr->bhr", share, weights[:, :, 1:]) @ coords  # (B, H, 2)
+        out.append(torch.cat([summary, mean], dim=-1).flatten(1))  # (B, H * 4)
+    return torch.cat(out, dim=1)
