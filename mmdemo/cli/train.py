@@ -104,7 +104,7 @@ TRAIN_SETTING_FLAGS = (
     "patience", "seed", "stage2_blocks", "contrastive",
 )  # fmt: skip
 ARCHITECTURE_FLAGS = (
-    "image_encoder", "image_size", "image_stride", "text_encoder", "text_model", "fusion_dim", "fusion_heads",
+    "image_encoder", "image_size", "image_stride", "region_pool", "patch_embedding", "text_encoder", "text_model", "fusion_dim", "fusion_heads",
     "fusion_layers", "region_layers", "dropout",
 )  # fmt: skip
 
@@ -114,6 +114,15 @@ def _add_architecture(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-encoder", choices=["efficientnet_lite0", "small_cnn"])
     p.add_argument("--image-size", type=int, help="default: from the data (64 px for small scans, 224 for photos)")
     p.add_argument("--image-stride", type=int, choices=[16, 32])
+    p.add_argument(
+        "--region-pool", type=int, choices=[1, 2, 3, 4], help="average-pool the encoder's regions by this factor"
+    )
+    p.add_argument(
+        "--patch-embedding",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="add a linear embedding of each region's own pixels to its features (default: on)",
+    )
     p.add_argument("--text-encoder", choices=["minilm", "gru"])
     p.add_argument("--text-model", help="'minilm' (packaged) or a folder / hub id")
     p.add_argument("--fusion-dim", type=int)

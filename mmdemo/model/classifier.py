@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .encoders import EfficientNetLite0, GRUEncoder, MiniLMEncoder, SmallCNN, load_tokenizer, top_block_prefixes
@@ -31,6 +32,10 @@ class ModelConfig:
     image_encoder: str = "efficientnet_lite0"
     image_size: int = 224
     image_stride: int = 16  # EfficientNet-Lite0 cut: 16 -> 14x14 regions at 224 px, 32 -> 7x7
+    # the encoder's feature map average-pooled by this factor before the fusion: a photo read at
+    # 224 px (the encoder's own resolution) in 7x7 regions of stride-16 features costs the fusion
+    # what a 112 px image does (1: every region as the encoder gives it)
+    region_pool: int = 1
     image_pretrained: bool = True  # start from the packaged ImageNet weights
     cnn_channels: list[int] = field(default_factory=lambda: [32, 64, 96, 128])  # small_cnn only
     pixel_mean: float = 0.5
@@ -92,6 +97,8 @@ class ModelConfig:
             unknown = set(getattr(self, key)) - set(PARTS)
             if unknown:
                 raise ValueError(f"{key} may name {PARTS}, got {sorted(unknown)}")
+        if not (isinstance(self.region_pool, int) and 1 <= self.region_pool <= 4):
+            raise ValueError(f"region_pool must be 1, 2, 3 or 4, got {self.region_pool!r}")
         if self.image_tuned_blocks and self.image_encoder != "efficientnet_lite0":
             raise ValueError("image_tuned_blocks needs the efficientnet_lite0 image encoder")
         self.tuned_prefixes()  # ValueError when out of range
@@ -99,7 +106,8 @@ class ModelConfig:
     @property
     def grid_size(self) -> int:
         stride = self.image_stride if self.image_encoder == "efficientnet_lite0" else 2 ** len(self.cnn_channels)
-        return -(-self.image_size // stride)
+        encoder_grid = -(-self.image_size // stride)  # the 'same' padding rounds up
+        return -(-encoder_grid // self.region_pool)
 
     def referenced_parts(self) -> list[str]:
         """Frozen parts whose weights come from a package, so a checkpoint does not store them."""
@@ -213,7 +221,12 @@ class MultimodalClassifier(nn.Module):
         return self
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.image_encoder(pixels)  # (B, C, h, w)
+        return self.pool_regions(self.image_encoder(pixels))  # (B, C, h, w)
+
+    def pool_regions(self, feature_map: torch.Tensor) -> torch.Tensor:
+        """The image encoder's map -> the fusion's regions (``config.region_pool``)."""
+        pool = self.config.region_pool
+        return F.avg_pool2d(feature_map, pool, ceil_mode=True) if pool > 1 else feature_map
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.text_encoder(input_ids, attention_mask)  # (B, T, E)
@@ -295,7 +308,7 @@ def build_model(config: ModelConfig, pretrained: bool = True) -> MultimodalClass
         config.fusion_layers,
         config.region_layers,
         config.dropout,
-        patch_size=image_encoder.output_stride if config.patch_embedding else 0,
+        patch_size=image_encoder.output_stride * config.region_pool if config.patch_embedding else 0,
         position_readout=config.position_readout,
     )
     extra_heads = nn.ModuleList([make_head(config, len(t["labels"])) for t in config.extra_tasks])

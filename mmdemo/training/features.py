@@ -178,7 +178,9 @@ class Encoded:
         )
         px = normalize_pixels(pixels, config).to(device).contiguous(memory_format=torch.channels_last)
         if self.below is not None:
-            feature_map = model.image_encoder.forward_top(self.below[view, img_ids].to(device), self.top)
+            feature_map = model.pool_regions(
+                model.image_encoder.forward_top(self.below[view, img_ids].to(device), self.top)
+            )
         elif self.features is not None:
             feature_map = self.features[img_ids].to(device)
         else:

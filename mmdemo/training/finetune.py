@@ -97,7 +97,7 @@ def plan(request: FinetuneRequest) -> recipes.Recipe:
     if request.settings is not None:
         config = request.config or ModelConfig(labels=request.dataset.labels)
         cfg = init_config or config
-        regions = recipes.regions_for(cfg.image_size, cfg.image_stride)
+        regions = recipes.regions_for(cfg.image_size, cfg.image_stride, cfg.region_pool)
         speed = recipes.machine_speed(request.settings.cpu_threads)
         estimate = recipes.estimate_seconds(
             data, cfg.image_size, regions, request.settings.epochs, request.settings.freeze, speed

@@ -34,6 +34,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field, fields
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -92,6 +93,7 @@ POSITION_WORDS = frozenset(
     "top bottom upper lower above below left right side position where height middle half".split()
 )
 SIZE_WORDS |= POSITION_WORDS
+PHOTO_EQUAL_NEIGHBOURS = 0.5  # a photo has fewer exactly equal neighbouring pixels (drawings ~0.98, photo crops ~0.08)
 PHOTO_ZOOM = 0.6  # a zoomed copy of a photo keeps a part 60..100 % of its side
 PHOTO_BLUR = 1.0  # pixels of blur at 128 px, at most (scaled with the image size)
 STAGE1_VIEWS = 4  # augmented copies of each photo for stage 1, at most ...
@@ -107,6 +109,7 @@ class DataProfile:
     image_side: int  # median shorter side of (a sample of) the images, in pixels
     imbalance: float = 1.0  # largest / smallest count among answers that compete (see profile)
     words: frozenset[str] = frozenset()  # the words of the questions, the labels and the label columns, lower case
+    photographic: float = 0.0  # share of (a sample of) the images that look like photographs (``looks_photographic``)
 
 
 class Speed(NamedTuple):
@@ -155,10 +158,11 @@ def profile(dataset: Dataset, sample: int = 200) -> DataProfile:
     """What the recipe looks at; reads only the headers of up to ``sample`` images."""
     images = sorted({e.image for e in dataset.examples})
     step = max(1, len(images) // sample)
-    sides = []
+    sides, photos = [], []
     for path in images[::step][:sample]:
         with Image.open(path) as im:
             sides.append(min(im.size))
+            photos.append(looks_photographic(im))
     return DataProfile(
         rows=len(dataset.examples),
         images=len(images),
@@ -167,7 +171,23 @@ def profile(dataset: Dataset, sample: int = 200) -> DataProfile:
         image_side=int(statistics.median(sides)) if sides else 224,
         imbalance=imbalance(dataset),
         words=frozenset(w for text in _worded(dataset) for w in re.findall(r"[a-z]+", text.lower())),
+        photographic=sum(photos) / len(photos) if photos else 0.0,
     )
+
+
+def looks_photographic(im: Image.Image, side: int = 128) -> bool:
+    """Whether an image looks like a photograph rather than a drawing, a chart or a scan: in a
+    photo (sensor noise, texture, shading) neighbouring pixels are rarely exactly equal, in a
+    drawing most are (flat fills). Read at up to ``side`` px, nearest-neighbour, so flat areas
+    stay flat."""
+    im.draft("RGB", (2 * side, 2 * side))  # JPEG: decode at a fraction of the size
+    small = im.convert("RGB")
+    small.thumbnail((side, side), Image.NEAREST)
+    pixels = np.asarray(small, np.int16)
+    if pixels.shape[1] < 2:
+        return False
+    equal = (pixels[:, 1:] == pixels[:, :-1]).all(axis=-1).mean()
+    return bool(equal < PHOTO_EQUAL_NEIGHBOURS)
 
 
 def _worded(dataset: Dataset) -> set[str]:
@@ -233,12 +253,23 @@ def choose(
     if init_config is None:
         size, why = image_size_for(data.image_side)
         config["image_size"] = pick("image_size", size, why)
+        photos = data.image_side > 48 and data.photographic >= 0.5
+        config["patch_embedding"] = pick(
+            "patch_embedding",
+            not photos,
+            f"photos ({data.photographic:.0%} of the images sampled look like photographs): the regions are the"
+            " pretrained encoder's features alone; an embedding of their raw pixels lets the model learn the exact"
+            " colours and textures of the parts of the photos it was given"
+            if photos
+            else "each region also embeds its own pixels: exact colours and layout, which the encoder's features blur",
+        )
         config["image_stride"] = pick("image_stride", 16, "stride-16 regions: the finest grid the encoder offers")
         for name in sorted(CONFIG_NAMES & set(overrides) - set(config)):
             config[name] = pick(name, overrides[name], "")
         image_size, stride = config["image_size"], config["image_stride"]
+        pool = config.get("region_pool", 1)
     else:
-        image_size, stride = init_config.image_size, init_config.image_stride
+        image_size, stride, pool = init_config.image_size, init_config.image_stride, init_config.region_pool
         choices["image_size"] = {"value": image_size, "why": "kept from the checkpoint fine-tuned"}
 
     freeze = pick(
@@ -259,7 +290,7 @@ def choose(
     free_threads, threads_why = cpu_threads()
     if speed is None:
         speed = machine_speed(overrides.get("cpu_threads", free_threads))
-    regions = regions_for(image_size, stride)
+    regions = regions_for(image_size, stride, pool)
     estimate = estimate_seconds(data, image_size, regions, 1, freeze, speed)
     per_epoch = estimate_seconds(data, image_size, regions, 2, freeze, speed) - estimate
     fixed = estimate - per_epoch
@@ -554,9 +585,10 @@ def encode_seconds(data: DataProfile, image_size: int, speed: Speed = REFERENCE)
     return speed.encoder * ENCODE_MS_224 * (image_size / 224) ** 2 * data.images / 1000
 
 
-def regions_for(image_size: int, stride: int) -> int:
-    """Image regions the fusion reads: the encoder's 'same' padding rounds the grid up."""
-    return math.ceil(image_size / stride) ** 2
+def regions_for(image_size: int, stride: int, pool: int = 1) -> int:
+    """Image regions the fusion reads: the encoder's 'same' padding rounds the grid up, and so
+    does pooling it."""
+    return math.ceil(math.ceil(image_size / stride) / pool) ** 2
 
 
 def estimate_seconds(

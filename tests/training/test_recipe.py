@@ -290,3 +290,52 @@ def test_photos_whose_questions_leave_only_blur_train_stage1_on_the_images_as_th
     assert recipe.settings.augment_shift == 0 and recipe.settings.augment_colour == 0
     assert not recipe.settings.stage1_augment and "blur only" in recipe.choices["stage1_augment"]["why"]
     assert choose(placed, overrides={"stage1_augment": True}).settings.stage1_augment  # an explicit choice wins
+
+
+def _photo_profile(photographic: float, side: int = 96) -> DataProfile:
+    return DataProfile(3600, 1200, 3, {"a": 1, "b": 1}, side, 1.0, _words("What is shown?"), photographic)
+
+
+def test_photographs_are_read_through_the_encoders_features_alone():
+    photos = choose(_photo_profile(0.9))
+    assert photos.config["patch_embedding"] is False and photos.config["image_size"] == 128
+    assert "look like photographs" in photos.choices["patch_embedding"]["why"]
+    # drawings of the same size, and small scans, keep the embedding of each region's pixels
+    assert choose(_photo_profile(0.1)).config["patch_embedding"] is True
+    assert choose(_photo_profile(0.9, side=32)).config["patch_embedding"] is True
+    # an explicit choice wins
+    assert choose(_photo_profile(0.9), overrides={"patch_embedding": True}).config["patch_embedding"] is True
+
+
+def test_pooled_regions_are_estimated_as_the_fusion_reads_them():
+    from mmdemo.training.recipe import regions_for
+
+    assert (regions_for(224, 16), regions_for(224, 16, 2), regions_for(200, 16, 2)) == (196, 49, 49)
+    pooled = choose(_photo_profile(0.9), speed=REFERENCE, overrides={"image_size": 224, "region_pool": 2})
+    assert (pooled.config["image_size"], pooled.config["region_pool"]) == (224, 2)
+    # a cheaper epoch: more of them fit the same budget
+    assert (
+        pooled.settings.epochs
+        > choose(_photo_profile(0.9), speed=REFERENCE, overrides={"image_size": 224}).settings.epochs
+    )
+
+
+def test_photographs_are_told_from_drawings_and_scans(tmp_path):
+    from sklearn.datasets import load_sample_image
+
+    from mmdemo.datasets import sortofclevr
+    from mmdemo.training.recipe import looks_photographic
+
+    china = Image.fromarray(load_sample_image("china.jpg"))
+    assert looks_photographic(china) and looks_photographic(china.crop((100, 100, 196, 196)))
+    assert looks_photographic(china.convert("L"))  # black and white is still a photograph
+    scene = sortofclevr.render(sortofclevr.random_scene(np.random.default_rng(0)))
+    assert not looks_photographic(scene)
+    chart = Image.new("RGB", (200, 120), "white")
+    chart.paste((200, 30, 30), (20, 40, 60, 120))
+    assert not looks_photographic(chart)
+    # the profile reads the share from the images themselves
+    china.crop((100, 100, 196, 196)).save(tmp_path / "photo.png")
+    scene.save(tmp_path / "scene.png")
+    (tmp_path / "data.csv").write_text("image,text,label\nphoto.png,what?,a\nscene.png,what?,b\n")
+    assert profile(read_csv(tmp_path / "data.csv")).photographic == 0.5
