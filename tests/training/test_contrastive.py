@@ -137,7 +137,9 @@ def _settings(**kw):
 
 def test_training_lowers_the_contrastive_loss_and_records_it(captioned_rows):
     ds = read_csv(captioned_rows)
-    result = train(ds, ds, _settings(contrastive=0.5), config=tiny_config())
+    # 40 steps: with the fusion's position readout the loss reaches its floor later (20 steps:
+    # 2.5 -> 1.7, 40 steps: 2.5 -> 0.7; without the readout 0.8 and 0.7)
+    result = train(ds, ds, _settings(contrastive=0.5, epochs=40), config=tiny_config())
     losses = [h["train_contrastive_loss"] for h in result.history]
     assert losses[-1] < 0.5 * losses[0]
 
