@@ -104,8 +104,8 @@ TRAIN_SETTING_FLAGS = (
     "patience", "seed", "stage2_blocks", "contrastive",
 )  # fmt: skip
 ARCHITECTURE_FLAGS = (
-    "image_encoder", "image_size", "image_stride", "region_pool", "patch_embedding", "text_encoder", "text_model", "fusion_dim", "fusion_heads",
-    "fusion_layers", "region_layers", "dropout",
+    "image_encoder", "image_size", "image_stride", "region_pool", "patch_embedding", "text_encoder", "text_model",
+    "fusion_dim", "fusion_heads", "fusion_layers", "region_layers", "dropout",
 )  # fmt: skip
 
 

@@ -155,7 +155,8 @@ class Recipe:
 
 
 def profile(dataset: Dataset, sample: int = 200) -> DataProfile:
-    """What the recipe looks at; reads only the headers of up to ``sample`` images."""
+    """What the recipe looks at; reads up to ``sample`` images (their size, and whether they
+    look like photographs, at up to 128 px)."""
     images = sorted({e.image for e in dataset.examples})
     step = max(1, len(images) // sample)
     sides, photos = [], []
