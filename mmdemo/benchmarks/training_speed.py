@@ -10,6 +10,7 @@ the cache.
 
     python -m mmdemo bench-train                     # 64, 128 and 224 px
     python -m mmdemo bench-train --sizes 128 --threads 1
+    python -m mmdemo bench-train --sizes 224 --region-pool 2   # 224 px read in 7x7 regions
 """
 
 from __future__ import annotations
@@ -35,10 +36,12 @@ def step_samples_per_s(
     threads: int | None = None,
     seed: int = 0,
     contrastive: float = 0.0,
+    region_pool: int = 1,
 ) -> dict:
     """Samples per second of the training step at ``image_size`` (the median of ``steps`` steps
     after 3 warm-up steps), with the regions the fusion reads; ``contrastive``: the weight of the
-    image–text contrastive loss added as ``train --contrastive`` adds it (0: without); torch's
+    image–text contrastive loss added as ``train --contrastive`` adds it (0: without);
+    ``region_pool``: the encoder's regions pooled as ``train --region-pool`` pools them; torch's
     thread count and random generators are left as they were."""
     before = torch.get_num_threads()
     with torch.random.fork_rng(devices=[]):
@@ -46,11 +49,12 @@ def step_samples_per_s(
             if threads:
                 torch.set_num_threads(threads)
             torch.manual_seed(seed)
-            config = ModelConfig(labels=[str(i) for i in range(14)], image_size=image_size)
+            config = ModelConfig(labels=[str(i) for i in range(14)], image_size=image_size, region_pool=region_pool)
             channels = LITE0_CUTS[16][1]
             fusion = CrossModalFusion(
                 channels, TEXT_DIM, config.fusion_dim, config.fusion_heads, config.fusion_layers,
-                config.region_layers, config.dropout, patch_size=16,
+                config.region_layers, config.dropout, patch_size=16 * region_pool,
+                position_readout=config.position_readout,
             )  # fmt: skip
             head = torch.nn.Sequential(
                 torch.nn.Linear(2 * config.fusion_dim, config.fusion_dim),
@@ -63,7 +67,7 @@ def step_samples_per_s(
                 params += list(loss_module.parameters())
             optimizer = torch.optim.AdamW(params, lr=1e-3, fused=True)
             images = -(-batch_size // QUESTIONS_PER_IMAGE)
-            grid = -(-image_size // 16)
+            grid = config.grid_size
             feature_map = torch.randn(images, channels, grid, grid)  # (U, C, h, w)
             pixels = torch.randn(images, 3, image_size, image_size)  # (U, 3, S, S)
             text_states = torch.randn(batch_size, TOKENS, TEXT_DIM)  # (B, T, E)
@@ -93,6 +97,7 @@ def step_samples_per_s(
             median = sorted(times)[len(times) // 2]
             return {
                 "image_size": image_size,
+                "region_pool": region_pool,
                 "contrastive": contrastive,
                 "regions": grid * grid,
                 "batch_size": batch_size,

@@ -86,6 +86,7 @@ def add_bench_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--steps", type=int, default=20, help="timed steps per size (the median is reported)")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    p.add_argument("--region-pool", type=int, default=1, choices=[1, 2, 3, 4], help="as train --region-pool")
     p.set_defaults(func=_bench_train)
 
 
@@ -143,8 +144,12 @@ def _bench_train(args) -> int:
     for size in args.sizes:
         if not 16 <= size <= 1024:
             raise ValueError(f"--sizes: {size} px is outside 16..1024")
-        figures.append(step_samples_per_s(size, args.batch_size, args.steps, args.threads))
-        print(f"{size} px: {figures[-1]['samples_per_s']} samples/s", file=sys.stderr)
+        figures.append(
+            step_samples_per_s(size, args.batch_size, args.steps, args.threads, region_pool=args.region_pool)
+        )
+        print(
+            f"{size} px: {figures[-1]['samples_per_s']} samples/s ({figures[-1]['regions']} regions)", file=sys.stderr
+        )
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     print(json.dumps({"load_average": load, "sizes": figures}))
     return 0

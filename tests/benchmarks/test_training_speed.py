@@ -30,3 +30,8 @@ def test_the_command_prints_one_figure_per_size_and_names_a_bad_size():
 def test_the_step_can_add_the_contrastive_loss():
     with_loss = step_samples_per_s(32, batch_size=6, steps=2, threads=1, contrastive=0.5)
     assert with_loss["contrastive"] == 0.5 and with_loss["step_ms"] > 0
+
+
+def test_the_step_reads_pooled_regions():
+    pooled = step_samples_per_s(64, batch_size=6, steps=2, threads=1, region_pool=2)
+    assert pooled["regions"] == 4 and pooled["region_pool"] == 2 and pooled["step_ms"] > 0
