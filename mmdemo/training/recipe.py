@@ -254,14 +254,14 @@ def choose(
     if init_config is None:
         size, why = image_size_for(data.image_side)
         config["image_size"] = pick("image_size", size, why)
-        photos = data.image_side > 48 and data.photographic >= 0.5
+        photographs = data.image_side > 48 and data.photographic >= 0.5
         config["patch_embedding"] = pick(
             "patch_embedding",
-            not photos,
+            not photographs,
             f"photos ({data.photographic:.0%} of the images sampled look like photographs): the regions are the"
             " pretrained encoder's features alone; an embedding of their raw pixels lets the model learn the exact"
             " colours and textures of the parts of the photos it was given"
-            if photos
+            if photographs
             else "each region also embeds its own pixels: exact colours and layout, which the encoder's features blur",
         )
         config["image_stride"] = pick("image_stride", 16, "stride-16 regions: the finest grid the encoder offers")

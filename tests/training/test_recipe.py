@@ -11,7 +11,16 @@ from PIL import Image
 from mmdemo.datasets.csv_table import read_csv
 from mmdemo.training.finetune import FinetuneRequest, finetune, plan
 from mmdemo.training.loop import train
-from mmdemo.training.recipe import REFERENCE, DataProfile, Speed, choose, estimate_seconds, profile
+from mmdemo.training.recipe import (
+    REFERENCE,
+    DataProfile,
+    Speed,
+    choose,
+    estimate_seconds,
+    looks_photographic,
+    profile,
+    regions_for,
+)
 from mmdemo.training.settings import TrainSettings
 
 from ..conftest import tiny_config
@@ -308,8 +317,6 @@ def test_photographs_are_read_through_the_encoders_features_alone():
 
 
 def test_pooled_regions_are_estimated_as_the_fusion_reads_them():
-    from mmdemo.training.recipe import regions_for
-
     assert (regions_for(224, 16), regions_for(224, 16, 2), regions_for(200, 16, 2)) == (196, 49, 49)
     pooled = choose(_photo_profile(0.9), speed=REFERENCE, overrides={"image_size": 224, "region_pool": 2})
     assert (pooled.config["image_size"], pooled.config["region_pool"]) == (224, 2)
@@ -324,7 +331,6 @@ def test_photographs_are_told_from_drawings_and_scans(tmp_path):
     from sklearn.datasets import load_sample_image
 
     from mmdemo.datasets import sortofclevr
-    from mmdemo.training.recipe import looks_photographic
 
     china = Image.fromarray(load_sample_image("china.jpg"))
     assert looks_photographic(china) and looks_photographic(china.crop((100, 100, 196, 196)))
